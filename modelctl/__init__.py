@@ -1,0 +1,1 @@
+"""modelctl: the desired state of model delivery, validated; the core every shell reads."""

@@ -1,0 +1,5 @@
+import sys
+
+from modelctl.cli import main
+
+sys.exit(main())

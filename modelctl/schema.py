@@ -1,0 +1,490 @@
+"""The shape of the desired state: model registry files and stack configuration.
+
+Each class validates one file's content on its own; rules that span files (a stack naming
+a version of a model) live in `modelctl.state`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from datetime import datetime
+from functools import total_ordering
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+VERSION = re.compile(r"^v(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$")
+MD5 = re.compile(r"^[0-9a-f]{32}$")
+DVC_MD5 = re.compile(r"^[0-9a-f]{32}(\.dir)?$")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
+METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DOTTED_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+COOKIE_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+CONFIG_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+SAFE_FORMATS = ("skops", "onnx")
+UNSAFE_FORMATS = ("pickle", "pkl", "joblib", "dill", "cloudpickle")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def _matches(pattern: re.Pattern[str], what: str, fix: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if not pattern.match(value):
+            raise ValueError(f"{value!r} is not {what}; {fix}")
+        return value
+
+    return AfterValidator(check)
+
+
+ModelName = Annotated[
+    str,
+    _matches(DNS_LABEL, "a DNS-1123 label", "use lower-case letters, digits and '-', at most 63"),
+]
+VersionName = Annotated[
+    str, _matches(VERSION, "a version like v1.2.3 or v1.2.3-rc.1", "write vMAJOR.MINOR.PATCH[-pre]")
+]
+Md5 = Annotated[str, _matches(MD5, "an md5 (32 lower-case hex digits)", "take it from dvc.lock")]
+DvcMd5 = Annotated[
+    str, _matches(DVC_MD5, "a DVC md5 (32 hex digits, '.dir' for folders)", "take it from dvc.lock")
+]
+Sha256 = Annotated[
+    str, _matches(SHA256, "a sha256 (64 lower-case hex digits)", "let 'modelctl register' compute it")
+]
+CommitSha = Annotated[str, _matches(COMMIT, "a full 40-digit commit sha", "use 'git rev-parse HEAD'")]
+Duration = Annotated[
+    str, _matches(DURATION, "a Prometheus duration like 30s, 5m, 24h", "write a number and a unit")
+]
+MetricName = Annotated[
+    str, _matches(METRIC_NAME, "a Prometheus metric name", "use letters, digits, '_' and ':'")
+]
+SecretKey = Annotated[
+    str,
+    _matches(
+        CONFIG_KEY,
+        "a config key name",
+        "name the key set with 'pulumi config set --secret modelctl:<key>'",
+    ),
+]
+Weight = Annotated[StrictInt, Field(ge=0, le=100)]
+
+
+def duration_seconds(value: str) -> float:
+    """Seconds in a Prometheus-style duration such as '1h30m'."""
+    return sum(
+        int(number) * _DURATION_UNITS[unit] for number, unit in re.findall(r"(\d+)(ms|s|m|h|d|w|y)", value)
+    )
+
+
+@total_ordering
+class Version:
+    """Semantic-version precedence for `vMAJOR.MINOR.PATCH[-pre]` names."""
+
+    def __init__(self, name: str) -> None:
+        match = VERSION.match(name)
+        if not match:
+            raise ValueError(f"{name!r} is not a version like v1.2.3")
+        self.name = name
+        self.core = (int(match[1]), int(match[2]), int(match[3]))
+        self.pre: tuple[tuple[int, int | str], ...] = tuple(
+            (0, int(part)) if part.isdigit() else (1, part)
+            for part in (match[4].split(".") if match[4] else [])
+        )
+
+    def _key(self) -> tuple[Any, ...]:
+        # A release sorts after all of its pre-releases.
+        return (self.core, not self.pre, self.pre)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Version) and self._key() == other._key()
+
+    def __lt__(self, other: Version) -> bool:
+        return self._key() < other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def bump(self, part: Literal["major", "minor", "patch"]) -> Version:
+        major, minor, patch = self.core
+        if part == "major":
+            return Version(f"v{major + 1}.0.0")
+        if part == "minor":
+            return Version(f"v{major}.{minor + 1}.0")
+        if self.pre:
+            return Version(f"v{major}.{minor}.{patch}")
+        return Version(f"v{major}.{minor}.{patch + 1}")
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a misspelt setting must never vanish silently."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+# ---------------------------------------------------------------- models/<model>/model.yaml
+
+
+class Feature(Strict):
+    name: Annotated[str, _matches(IDENTIFIER, "an identifier", "use letters, digits and '_'")]
+    type: Literal["float", "int", "bool"] = "float"
+    min: float | None = None
+    max: float | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _range(self) -> Feature:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}; swap or correct them")
+        return self
+
+
+class Signature(Strict):
+    features: list[Feature] = Field(min_length=1)
+
+    @field_validator("features")
+    @classmethod
+    def _unique(cls, features: list[Feature]) -> list[Feature]:
+        names = [f.name for f in features]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"feature names repeat: {', '.join(repeated)}; give each a unique name")
+        return features
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+
+class Output(Strict):
+    classes: list[str] = Field(min_length=2)
+    positive_class: str
+
+    @model_validator(mode="after")
+    def _positive_is_a_class(self) -> Output:
+        if self.positive_class not in self.classes:
+            raise ValueError(
+                f"positive_class {self.positive_class!r} is not one of the classes; "
+                f"pick one of {self.classes}"
+            )
+        return self
+
+
+class ThresholdAlert(Strict):
+    """An alert the model owner asks for: `metric operator threshold` held for `for`."""
+
+    name: Annotated[str, _matches(IDENTIFIER, "an alert name", "use CamelCase letters and digits")]
+    metric: MetricName
+    operator: Literal[">", ">=", "<", "<=", "==", "!="]
+    threshold: float
+    for_: Duration = Field(default="5m", alias="for")
+    severity: Literal["critical", "warning", "info"] = "warning"
+    description: str = ""
+
+
+class Artifact(Strict):
+    path: str
+    md5: Md5
+    sha256: Sha256
+    size: Annotated[StrictInt, Field(gt=0)]
+    format: str
+    trusted_types: list[
+        Annotated[str, _matches(DOTTED_NAME, "a dotted type name", "e.g. sklearn.tree._tree.Tree")]
+    ] = []
+
+    @field_validator("format")
+    @classmethod
+    def _safe_format(cls, value: str) -> str:
+        if value.lower() in UNSAFE_FORMATS:
+            raise ValueError(
+                f"format {value!r} is refused because loading it runs arbitrary code; "
+                "save the model with skops (trusted types listed) or ONNX"
+            )
+        if value not in SAFE_FORMATS:
+            raise ValueError(f"format {value!r} is unknown; use one of {', '.join(SAFE_FORMATS)}")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        return _repo_relative(value)
+
+
+class ProfileRef(Strict):
+    path: str
+    md5: Md5
+    sha256: Sha256
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        return _repo_relative(value)
+
+
+def _repo_relative(value: str) -> str:
+    if value.startswith("/") or ".." in value.split("/") or not value:
+        raise ValueError(f"path {value!r} must be relative to the repository; write it as in dvc.yaml")
+    return value
+
+
+Status = Literal["active", "deprecated", "revoked"]
+
+
+class VersionRecord(Strict):
+    """An immutable record of one trained version; only `status` may change after merge."""
+
+    artifact: Artifact
+    profile: ProfileRef
+    metrics: dict[str, float]
+    params: dict[str, Any] = {}
+    source_commit: CommitSha
+    data_md5: DvcMd5
+    created_at: datetime
+    status: Status = "active"
+
+    @field_validator("created_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("created_at has no time zone; write it in UTC like 2026-01-31T12:00:00Z")
+        return value
+
+    def failed_gates(self, gates: dict[str, float]) -> list[str]:
+        """The gates this version misses, as 'metric value < minimum' phrases."""
+        failed = []
+        for metric, minimum in gates.items():
+            value = self.metrics.get(metric)
+            if value is None:
+                failed.append(f"{metric} missing (needs >= {minimum})")
+            elif value < minimum:
+                failed.append(f"{metric} {value:g} < {minimum:g}")
+        return failed
+
+
+class ModelFile(Strict):
+    """`models/<name>/model.yaml`."""
+
+    name: ModelName
+    description: str = ""
+    owner: str
+    signature: Signature
+    output: Output
+    gates: dict[
+        Annotated[str, _matches(IDENTIFIER, "a metric name", "use the metric's name from metrics.json")],
+        float,
+    ] = {}
+    alerts: list[ThresholdAlert] = []
+    versions: dict[VersionName, VersionRecord] = {}
+
+    @field_validator("alerts")
+    @classmethod
+    def _unique_alerts(cls, alerts: list[ThresholdAlert]) -> list[ThresholdAlert]:
+        names = [a.name for a in alerts]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"alert names repeat: {', '.join(repeated)}; give each a unique name")
+        return alerts
+
+    def ordered_versions(self) -> list[str]:
+        return sorted(self.versions, key=Version)
+
+    def latest(self) -> str | None:
+        ordered = self.ordered_versions()
+        return ordered[-1] if ordered else None
+
+
+# ---------------------------------------------------------------- Pulumi.<stack>.yaml
+
+
+class Requires(Strict):
+    """A version must have served on `stack` for at least `soak` before it serves here."""
+
+    stack: ModelName
+    soak: Duration = "24h"
+
+
+class EmailReceiver(Strict):
+    to: str
+    from_: str = Field(alias="from")
+    smarthost: Annotated[
+        str, _matches(re.compile(r"^[^:\s]+:\d+$"), "host:port", "e.g. smtp.example.com:587")
+    ]
+    auth_username: str = ""
+    auth_password_secret: SecretKey | None = None
+    require_tls: StrictBool = True
+
+
+class SlackReceiver(Strict):
+    channel: str
+    api_url_secret: SecretKey
+
+
+class WebhookReceiver(Strict):
+    url_secret: SecretKey
+
+
+class Receiver(Strict):
+    name: ModelName
+    severities: list[Literal["critical", "warning", "info"]] = ["critical", "warning"]
+    email: EmailReceiver | None = None
+    slack: SlackReceiver | None = None
+    webhook: WebhookReceiver | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_kind(self) -> Receiver:
+        kinds = [k for k in ("email", "slack", "webhook") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(
+                f"receiver {self.name!r} has {len(kinds)} kinds; give exactly one of email, slack, webhook"
+            )
+        return self
+
+    def secret_keys(self) -> list[str]:
+        keys = [
+            self.email.auth_password_secret if self.email else None,
+            self.slack.api_url_secret if self.slack else None,
+            self.webhook.url_secret if self.webhook else None,
+        ]
+        return [k for k in keys if k]
+
+
+class Monitoring(Strict):
+    install: StrictBool = False
+
+
+class Ingress(Strict):
+    gateway: str | None = None
+    domain: str | None = None
+
+
+class Environment(Strict):
+    namespace: ModelName
+    image: str
+    dvc_remote: str
+    production: StrictBool = False
+    requires: Requires | None = None
+    receivers: list[Receiver] = []
+    monitoring: Monitoring = Monitoring()
+    ingress: Ingress = Ingress()
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        if not value or any(c.isspace() for c in value):
+            raise ValueError(
+                f"image {value!r} is not an image reference; write registry/name:tag[@sha256:...]"
+            )
+        return value
+
+    @field_validator("receivers")
+    @classmethod
+    def _unique_receivers(cls, receivers: list[Receiver]) -> list[Receiver]:
+        names = [r.name for r in receivers]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"receiver names repeat: {', '.join(repeated)}; give each a unique name")
+        return receivers
+
+
+class Shadow(Strict):
+    version: VersionName
+    percent: Annotated[float, Field(gt=0, le=100)]
+
+
+class Sticky(Strict):
+    cookie: Annotated[str, _matches(COOKIE_NAME, "a cookie name", "use letters, digits and '-'")] = (
+        "model-version"
+    )
+    max_age: Duration = "24h"
+
+
+class Replicas(Strict):
+    min: Annotated[StrictInt, Field(ge=1)] = 2
+    max: Annotated[StrictInt, Field(ge=1)] = 10
+    target_cpu: Annotated[StrictInt, Field(ge=1, le=100)] = 70
+
+    @model_validator(mode="after")
+    def _order(self) -> Replicas:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}; raise max or lower min")
+        return self
+
+
+class Resources(Strict):
+    cpu: str = "500m"
+    memory: str = "512Mi"
+    cpu_limit: str = "1"
+    memory_limit: str = "1Gi"
+
+
+class Analysis(Strict):
+    """How the canary judge decides, and the weights a canary steps through."""
+
+    steps: list[Annotated[StrictInt, Field(ge=1, le=99)]] = [5, 10, 25, 50]
+    interval: Duration = "5m"
+    alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.05
+    error_margin: Annotated[float, Field(ge=0)] = 0.005
+    latency_margin: Annotated[float, Field(ge=0)] = 0.10
+    min_requests: Annotated[StrictInt, Field(ge=1)] = 500
+    score_shift: Literal["warn", "critical"] = "warn"
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, steps: list[int]) -> list[int]:
+        if any(b <= a for a, b in itertools.pairwise(steps)):
+            raise ValueError(f"steps {steps} must increase; list them smallest first")
+        return steps
+
+
+class Release(Strict):
+    traffic: dict[VersionName, Weight] = Field(min_length=1)
+    shadow: Shadow | None = None
+    sticky: Sticky | None = None
+    overrides: dict[Annotated[str, Field(min_length=1)], VersionName] = {}
+    replicas: Replicas = Replicas()
+    resources: Resources = Resources()
+    analysis: Analysis = Analysis()
+
+    @field_validator("traffic")
+    @classmethod
+    def _sums_to_100(cls, traffic: dict[str, int]) -> dict[str, int]:
+        total = sum(traffic.values())
+        if total != 100:
+            raise ValueError(f"weights sum to {total}, not 100; adjust them so they add up to 100")
+        return traffic
+
+    def serving(self) -> list[str]:
+        """Versions that take live traffic, in version order."""
+        return sorted((v for v, w in self.traffic.items() if w > 0), key=Version)
+
+    def deployed(self) -> list[str]:
+        """Versions that need running pods: any weight (0 keeps a rollback target warm) and the shadow."""
+        names = set(self.traffic) | ({self.shadow.version} if self.shadow else set())
+        return sorted(names, key=Version)
+
+    def referenced(self) -> list[tuple[str, str]]:
+        """(key path, version) for every place this release names a version."""
+        refs = [(f"traffic.{v}", v) for v in self.traffic]
+        if self.shadow:
+            refs.append(("shadow.version", self.shadow.version))
+        refs += [(f"overrides.{h}", v) for h, v in self.overrides.items()]
+        return refs
+
+
+class StackConfig(Strict):
+    """The `modelctl:environment` and `modelctl:releases` keys of a stack's config."""
+
+    environment: Environment = Field(alias="modelctl:environment")
+    releases: dict[ModelName, Release] = Field(default={}, alias="modelctl:releases")

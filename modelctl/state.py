@@ -1,0 +1,309 @@
+"""Load and validate the whole desired state: every model file and every stack file.
+
+Everything that reads the repository goes through here, so an invalid state is refused
+the same way by the CLI, the Pulumi program, the policy pack and the tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from modelctl import yamlio
+from modelctl.errors import UserError, UserErrors, as_list, collect
+from modelctl.schema import ModelFile, StackConfig, duration_seconds
+
+STACK_PREFIX = "Pulumi."
+CONFIG_NAMESPACE = "modelctl"
+STRUCTURED_KEYS = ("environment", "releases")
+
+_FIXES = {
+    "missing": "add it",
+    "extra_forbidden": "remove it or check its spelling",
+    "int_type": "write a whole number",
+    "bool_type": "write true or false",
+    "string_type": "write it as text",
+    "float_type": "write a number",
+    "dict_type": "write a mapping of keys to values",
+    "list_type": "write a list",
+    "literal_error": "use one of the allowed values",
+    "too_short": "add at least one entry",
+    "greater_than_equal": "raise it",
+    "less_than_equal": "lower it",
+    "greater_than": "raise it",
+    "less_than": "lower it",
+    "datetime_from_date_parsing": "write an ISO-8601 time like 2026-01-31T12:00:00Z",
+    "datetime_parsing": "write an ISO-8601 time like 2026-01-31T12:00:00Z",
+}
+
+
+def pydantic_errors(
+    exc: ValidationError, display: str, doc: Any, prefix: tuple[str, ...] = ()
+) -> list[UserError]:
+    """One UserError per pydantic error, with the YAML key path (and line) it concerns."""
+    errors = []
+    for err in exc.errors():
+        loc = prefix + tuple(str(p) for p in err["loc"] if p != "[key]")
+        line = yamlio.line_of(doc, tuple(_index(p) for p in loc))
+        where = f"{display}:{line}" if line else display
+        message = err["msg"].removeprefix("Value error, ")
+        if "; " in message:
+            problem, fix = message.split("; ", 1)
+        else:
+            problem, fix = message[0].lower() + message[1:], _FIXES.get(err["type"], "correct the value")
+        errors.append(UserError(where, problem, fix, key=".".join(loc)))
+    return errors
+
+
+def _index(part: str) -> int | str:
+    return int(part) if part.isdigit() else part
+
+
+def parse(model: type[BaseModel], data: Any, display: str, doc: Any, prefix: tuple[str, ...] = ()) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        collect(pydantic_errors(exc, display, doc, prefix))
+        raise  # unreachable: collect raises for a non-empty list
+
+
+@dataclass(frozen=True)
+class Stack:
+    name: str
+    file: str
+    config: StackConfig
+    # Config keys of this namespace set with `pulumi config set --secret`.
+    secret_keys: frozenset[str] = field(default_factory=frozenset)
+    plaintext_keys: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class State:
+    root: Path
+    models: dict[str, ModelFile]
+    stacks: dict[str, Stack]
+
+    def model(self, name: str) -> ModelFile:
+        if name not in self.models:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise UserError(f"models/{name}/model.yaml", f"no model named {name!r}", f"use one of: {known}")
+        return self.models[name]
+
+    def stack(self, name: str) -> Stack:
+        if name not in self.stacks:
+            known = ", ".join(sorted(self.stacks)) or "none"
+            raise UserError(stack_file(name), f"no stack named {name!r}", f"use one of: {known}")
+        return self.stacks[name]
+
+
+def model_file(name: str) -> str:
+    return f"models/{name}/model.yaml"
+
+
+def stack_file(name: str) -> str:
+    return f"{STACK_PREFIX}{name}.yaml"
+
+
+def find_root(start: Path) -> Path:
+    """The repository root: the nearest folder at or above `start` holding Pulumi.yaml."""
+    for folder in [start.resolve(), *start.resolve().parents]:
+        if (folder / "Pulumi.yaml").is_file():
+            return folder
+    raise UserError(
+        str(start),
+        "not inside a modelctl repository (no Pulumi.yaml found)",
+        "run it from the repository or pass -C DIR",
+    )
+
+
+def parse_model(text: str, display: str) -> ModelFile:
+    doc = yamlio.loads(text, display)
+    result: ModelFile = parse(ModelFile, doc, display, doc)
+    expected = display.split("/")[-2] if display.count("/") >= 2 else result.name
+    if result.name != expected:
+        raise UserError(
+            display,
+            f"name {result.name!r} differs from its folder {expected!r}",
+            "make them the same",
+            key="name",
+        )
+    return result
+
+
+def load_model(root: Path, name: str) -> ModelFile:
+    display = model_file(name)
+    path = root / display
+    if not path.is_file():
+        raise UserError(
+            display, f"no model named {name!r}", "check the name or create models/<name>/model.yaml"
+        )
+    return parse_model(path.read_text(encoding="utf-8"), display)
+
+
+def parse_stack(text: str, name: str) -> Stack:
+    display = stack_file(name)
+    doc = yamlio.loads(text, display) or {}
+    config = doc.get("config") or {}
+    ours = {
+        key.split(":", 1)[1]: value
+        for key, value in config.items()
+        if isinstance(key, str) and key.startswith(f"{CONFIG_NAMESPACE}:")
+    }
+    structured = {f"{CONFIG_NAMESPACE}:{k}": ours[k] for k in STRUCTURED_KEYS if k in ours}
+    parsed: StackConfig = parse(StackConfig, structured, display, doc, prefix=("config",))
+    secure = {k for k, v in ours.items() if isinstance(v, dict) and set(v) == {"secure"}}
+    return Stack(
+        name=name,
+        file=display,
+        config=parsed,
+        secret_keys=frozenset(secure),
+        plaintext_keys=frozenset(set(ours) - secure - set(STRUCTURED_KEYS)),
+    )
+
+
+def load_stack(root: Path, name: str) -> Stack:
+    path = root / stack_file(name)
+    if not path.is_file():
+        raise UserError(
+            stack_file(name), f"no stack named {name!r}", "check the name or create the stack file"
+        )
+    return parse_stack(path.read_text(encoding="utf-8"), name)
+
+
+def stack_names(root: Path) -> list[str]:
+    return sorted(
+        p.name[len(STACK_PREFIX) : -len(".yaml")]
+        for p in root.glob(f"{STACK_PREFIX}*.yaml")
+        if p.name.count(".") == 2
+    )
+
+
+def model_names(root: Path) -> list[str]:
+    return sorted(p.parent.name for p in (root / "models").glob("*/model.yaml"))
+
+
+def load_state(root: Path) -> State:
+    """Read and validate everything; every problem found is reported, one per line."""
+    errors: list[UserError] = []
+    models: dict[str, ModelFile] = {}
+    stacks: dict[str, Stack] = {}
+    for name in model_names(root):
+        try:
+            models[name] = load_model(root, name)
+        except (UserError, UserErrors) as exc:
+            errors += as_list(exc)
+    for name in stack_names(root):
+        try:
+            stacks[name] = load_stack(root, name)
+        except (UserError, UserErrors) as exc:
+            errors += as_list(exc)
+    state = State(root=root, models=models, stacks=stacks)
+    if not errors:
+        errors += cross_check(state)
+    collect(errors)
+    return state
+
+
+def cross_check(state: State) -> list[UserError]:
+    """Rules that span files: stacks name existing, active versions; production passes gates."""
+    errors: list[UserError] = []
+    for stack in state.stacks.values():
+        errors += _check_stack(state, stack)
+    return errors
+
+
+def _check_stack(state: State, stack: Stack) -> list[UserError]:
+    errors: list[UserError] = []
+    env = stack.config.environment
+    base = f"config.{CONFIG_NAMESPACE}:"
+    if env.requires and env.requires.stack not in state.stacks:
+        errors.append(
+            UserError(
+                stack.file,
+                f"requires stack {env.requires.stack!r}, which does not exist",
+                f"create {stack_file(env.requires.stack)} or fix the name",
+                key=f"{base}environment.requires.stack",
+            )
+        )
+    if env.requires and env.requires.stack == stack.name:
+        errors.append(
+            UserError(
+                stack.file,
+                "a stack cannot require itself",
+                "name the stack versions must serve on first",
+                key=f"{base}environment.requires.stack",
+            )
+        )
+    for receiver in env.receivers:
+        for secret in receiver.secret_keys():
+            if secret in stack.plaintext_keys:
+                errors.append(
+                    UserError(
+                        stack.file,
+                        f"secret {CONFIG_NAMESPACE}:{secret} is stored in plain text",
+                        f"run 'pulumi config set --secret {CONFIG_NAMESPACE}:{secret}'",
+                        key=f"config.{CONFIG_NAMESPACE}:{secret}",
+                    )
+                )
+    for model_name, release in stack.config.releases.items():
+        key = f"{base}releases.{model_name}"
+        if model_name not in state.models:
+            errors.append(
+                UserError(
+                    stack.file,
+                    f"model {model_name!r} is not registered",
+                    f"create {model_file(model_name)} or fix the name",
+                    key=key,
+                )
+            )
+            continue
+        model = state.models[model_name]
+        errors += _check_release(stack, model, release, key)
+    return errors
+
+
+def _check_release(stack: Stack, model: ModelFile, release: Any, key: str) -> list[UserError]:
+    errors = []
+    for path, version in release.referenced():
+        record = model.versions.get(version)
+        if record is None:
+            known = ", ".join(model.ordered_versions()) or "none"
+            errors.append(
+                UserError(
+                    stack.file,
+                    f"version {version} of {model.name} is not registered",
+                    f"register it first or use one of: {known}",
+                    key=f"{key}.{path}",
+                )
+            )
+        elif record.status != "active":
+            errors.append(
+                UserError(
+                    stack.file,
+                    f"version {version} of {model.name} is {record.status}",
+                    "move its traffic to an active version",
+                    key=f"{key}.{path}",
+                )
+            )
+    if stack.config.environment.production:
+        for version in release.serving():
+            record = model.versions.get(version)
+            failed = record.failed_gates(model.gates) if record else []
+            if failed:
+                errors.append(
+                    UserError(
+                        stack.file,
+                        f"version {version} of {model.name} fails the promotion gates ({'; '.join(failed)}) on a production stack",
+                        "serve a version that passes the gates in models/<model>/model.yaml",
+                        key=f"{key}.traffic.{version}",
+                    )
+                )
+    return errors
+
+
+def soak_seconds(stack: Stack) -> float:
+    requires = stack.config.environment.requires
+    return duration_seconds(requires.soak) if requires else 0.0

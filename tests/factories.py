@@ -1,0 +1,128 @@
+"""Well-formed desired-state documents for tests, and a throwaway git repository holding them."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from modelctl import yamlio
+
+FEATURES = ["amount", "hour", "merchant_risk", "distance_km"]
+
+
+def fake_hex(seed: str, length: int) -> str:
+    return hashlib.sha256(seed.encode()).hexdigest()[:length]
+
+
+def version_record(model: str, version: str, **metrics: float) -> dict[str, Any]:
+    values = {"accuracy": 0.97, "precision": 0.9, "recall": 0.8, "f1": 0.85, "auc_roc": 0.97}
+    values.update(metrics)
+    return {
+        "artifact": {
+            "path": f"artifacts/{model}/model.skops",
+            "md5": fake_hex(f"{model}{version}md5", 32),
+            "sha256": fake_hex(f"{model}{version}sha", 64),
+            "size": 1234,
+            "format": "skops",
+            "trusted_types": ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"],
+        },
+        "profile": {
+            "path": f"artifacts/{model}/profile.npz",
+            "md5": fake_hex(f"{model}{version}pmd5", 32),
+            "sha256": fake_hex(f"{model}{version}psha", 64),
+        },
+        "metrics": values,
+        "params": {"learning_rate": 0.1},
+        "source_commit": fake_hex(f"{model}{version}commit", 40),
+        "data_md5": fake_hex(f"{model}{version}data", 32) + ".dir",
+        "created_at": "2026-11-01T12:00:00Z",
+        "status": "active",
+    }
+
+
+def model_doc(name: str = "fraud-detection", versions: tuple[str, ...] = ("v1.0.0", "v1.1.0")) -> dict[str, Any]:
+    return {
+        "name": name,
+        "description": f"{name} example",
+        "owner": "ml-team@example.com",
+        "signature": {
+            "features": [
+                {"name": f, "type": "float", "min": 0.0, "max": 1000.0} for f in FEATURES
+            ]
+        },
+        "output": {"classes": ["legit", "fraud"], "positive_class": "fraud"},
+        "gates": {"auc_roc": 0.95, "recall": 0.75},
+        "alerts": [
+            {
+                "name": "LowLiveAccuracy",
+                "metric": "model_accuracy",
+                "operator": "<",
+                "threshold": 0.85,
+                "for": "10m",
+                "severity": "critical",
+            }
+        ],
+        "versions": {v: version_record(name, v) for v in versions},
+    }
+
+
+def stack_doc(traffic: dict[str, int], production: bool = False, model: str = "fraud-detection", **env: Any) -> dict[str, Any]:
+    environment: dict[str, Any] = {
+        "namespace": "models-test",
+        "image": "ghcr.io/acme/modelctl-serving:0.1.0",
+        "dvc_remote": "s3://acme-ml-artifacts/dvc",
+        "production": production,
+    }
+    environment.update(env)
+    return {
+        "config": {
+            "modelctl:environment": environment,
+            "modelctl:releases": {model: {"traffic": dict(traffic)}},
+        }
+    }
+
+
+def default_docs() -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    models = {"fraud-detection": model_doc()}
+    stacks = {
+        "dev": stack_doc({"v1.1.0": 100}),
+        "staging": stack_doc({"v1.0.0": 90, "v1.1.0": 10}),
+        "prod": stack_doc(
+            {"v1.0.0": 100},
+            production=True,
+            requires={"stack": "staging", "soak": "24h"},
+            image="ghcr.io/acme/modelctl-serving:0.1.0@sha256:" + fake_hex("image", 64),
+        ),
+    }
+    return models, stacks
+
+
+def write_repo(
+    root: Path,
+    models: dict[str, dict[str, Any]] | None = None,
+    stacks: dict[str, dict[str, Any]] | None = None,
+    git: bool = True,
+) -> Path:
+    """A repository with these documents (the defaults if none given), committed when `git`."""
+    default_models, default_stacks = default_docs()
+    models = copy.deepcopy(default_models if models is None else models)
+    stacks = copy.deepcopy(default_stacks if stacks is None else stacks)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "Pulumi.yaml").write_text("name: modelctl\nmain: infra/\nruntime: python\n")
+    for name, doc in models.items():
+        yamlio.dump_file(root / "models" / name / "model.yaml", doc)
+    for name, doc in stacks.items():
+        yamlio.dump_file(root / f"Pulumi.{name}.yaml", doc)
+    if git:
+        run_git(root, "init", "-q", "-b", "main")
+        run_git(root, "add", "-A")
+        run_git(root, "commit", "-q", "-m", "initial state")
+    return root
+
+
+def run_git(root: Path, *args: str) -> str:
+    env_args = ["-c", "user.name=Test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false"]
+    return subprocess.run(["git", *env_args, *args], cwd=root, check=True, capture_output=True, text=True).stdout
