@@ -43,15 +43,15 @@ def version_record(model: str, version: str, **metrics: float) -> dict[str, Any]
     }
 
 
-def model_doc(name: str = "fraud-detection", versions: tuple[str, ...] = ("v1.0.0", "v1.1.0")) -> dict[str, Any]:
+def model_doc(
+    name: str = "fraud-detection", versions: tuple[str, ...] = ("v1.0.0", "v1.1.0")
+) -> dict[str, Any]:
     return {
         "name": name,
         "description": f"{name} example",
         "owner": "ml-team@example.com",
         "signature": {
-            "features": [
-                {"name": f, "type": "float", "min": 0.0, "max": 1000.0} for f in FEATURES
-            ]
+            "features": [{"name": f, "type": "float", "min": 0.0, "max": 1000.0} for f in FEATURES]
         },
         "output": {"classes": ["legit", "fraud"], "positive_class": "fraud"},
         "gates": {"auc_roc": 0.95, "recall": 0.75},
@@ -69,7 +69,9 @@ def model_doc(name: str = "fraud-detection", versions: tuple[str, ...] = ("v1.0.
     }
 
 
-def stack_doc(traffic: dict[str, int], production: bool = False, model: str = "fraud-detection", **env: Any) -> dict[str, Any]:
+def stack_doc(
+    traffic: dict[str, int], production: bool = False, model: str = "fraud-detection", **env: Any
+) -> dict[str, Any]:
     environment: dict[str, Any] = {
         "namespace": "models-test",
         "image": "ghcr.io/acme/modelctl-serving:0.1.0",
@@ -125,4 +127,6 @@ def write_repo(
 
 def run_git(root: Path, *args: str) -> str:
     env_args = ["-c", "user.name=Test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false"]
-    return subprocess.run(["git", *env_args, *args], cwd=root, check=True, capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["git", *env_args, *args], cwd=root, check=True, capture_output=True, text=True
+    ).stdout
