@@ -1,0 +1,458 @@
+"""Release transitions as pure functions: the current release of a model on a stack and a
+command (canary, promote, A/B, shadow, blue-green, rollback) give the next release.
+
+Nothing here reads git or the disk; `modelctl.history` supplies past states and the CLI
+writes the result. Each transition refuses, with a UserError, what the command must not do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ruamel.yaml.comments import CommentedMap
+
+from modelctl import yamlio
+from modelctl.errors import UserError
+from modelctl.schema import ModelFile, Release, Requires, Shadow, Sticky, Version, duration_seconds
+from modelctl.state import CONFIG_NAMESPACE, stack_file
+
+# The release fields a release command may change; replicas, resources, overrides and
+# analysis settings are edited by hand and survive every command, rollback included.
+TRAFFIC_FIELDS = ("traffic", "shadow", "sticky")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a command acts: one model on one stack."""
+
+    model: ModelFile
+    stack: str
+
+    @property
+    def file(self) -> str:
+        return stack_file(self.stack)
+
+    @property
+    def key(self) -> str:
+        return f"config.{CONFIG_NAMESPACE}:releases.{self.model.name}"
+
+    def refuse(self, problem: str, fix: str, key: str = "") -> UserError:
+        return UserError(self.file, problem, fix, key=f"{self.key}.{key}" if key else self.key)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """The next release and the one-line description that becomes the commit message."""
+
+    action: str
+    release: Release
+    summary: str
+    # Rollback restores a state that already served, so it skips the soak check.
+    soak_applies: bool = True
+
+    @property
+    def message(self) -> str:
+        return f"{self.action}: {self.summary}"
+
+
+# ---------------------------------------------------------------- reading a release
+
+
+def stable_version(release: Release) -> str:
+    """The version carrying the most traffic; on a tie, the older one (a canary at 50%)."""
+    oldest_first = sorted(release.traffic, key=Version)
+    return max(oldest_first, key=release.traffic.__getitem__)
+
+
+def fully_on(release: Release) -> str | None:
+    """The version serving all traffic when exactly one does and nothing is mirrored."""
+    serving = release.serving()
+    return serving[0] if len(serving) == 1 and release.shadow is None else None
+
+
+def describe_traffic(traffic: Mapping[str, int]) -> str:
+    return ", ".join(f"{v} {w}%" for v, w in sorted(traffic.items(), key=lambda vw: Version(vw[0])))
+
+
+def gaining_traffic(before: Release | None, after: Release) -> list[str]:
+    """Versions whose live weight rises from `before` to `after`."""
+    old = before.traffic if before else {}
+    return [v for v, w in after.traffic.items() if w > old.get(v, 0)]
+
+
+# ---------------------------------------------------------------- version checks
+
+
+def require_registered(target: Target, version: str) -> None:
+    """Refuse a version the registry does not know or has revoked."""
+    record = target.model.versions.get(version)
+    if record is None:
+        known = ", ".join(target.model.ordered_versions()) or "none"
+        raise target.refuse(
+            f"version {version} of {target.model.name} is not registered",
+            f"register it first or use one of: {known}",
+        )
+    if record.status == "revoked":
+        raise target.refuse(
+            f"version {version} of {target.model.name} is revoked",
+            "release an active version instead",
+        )
+
+
+def require_may_gain(target: Target, before: Release | None, after: Release) -> None:
+    """Refuse a deprecated version whose traffic would rise."""
+    for version in gaining_traffic(before, after):
+        record = target.model.versions.get(version)
+        if record is not None and record.status == "deprecated":
+            raise target.refuse(
+                f"version {version} of {target.model.name} is deprecated and cannot gain traffic",
+                "release an active version instead",
+                key=f"traffic.{version}",
+            )
+
+
+# ---------------------------------------------------------------- transitions
+
+
+def canary(target: Target, release: Release, version: str, weight: int | None = None) -> Proposal:
+    """Start a canary at the first analysis step, or move it to the next step (or to `weight`)."""
+    require_registered(target, version)
+    if weight is not None and not 1 <= weight <= 99:
+        raise target.refuse(
+            f"canary weight {weight} is outside 1-99",
+            "give a weight from 1 to 99, or use 'modelctl promote' for 100",
+        )
+    stable = _canary_stable(target, release, version)
+    current = release.traffic.get(version, 0)
+    new_weight = weight if weight is not None else _next_step(target, release, current)
+    traffic = {stable: 100 - new_weight, version: new_weight}
+    traffic |= _rollback_target(release, exclude={stable, version})
+    new = _with(release, traffic=_ordered(release, traffic), shadow=_unless_shadowing(release, version))
+    summary = (
+        f"{target.model.name} {version} at {new_weight}% on {target.stack} ({stable} {100 - new_weight}%)"
+    )
+    return Proposal("canary", new, summary)
+
+
+def _canary_stable(target: Target, release: Release, version: str) -> str:
+    others = [v for v in release.serving() if v != version]
+    if len(others) != 1:
+        if not others:
+            raise target.refuse(
+                f"{version} already takes all traffic of {target.model.name} on {target.stack}",
+                "canary a different version",
+            )
+        raise target.refuse(
+            f"{', '.join(others)} of {target.model.name} all serve on {target.stack}; a canary needs one stable version",
+            "finish the experiment first with 'modelctl promote', 'modelctl ab' or 'modelctl rollback'",
+        )
+    stable = others[0]
+    if release.traffic.get(version, 0) > release.traffic[stable]:
+        raise target.refuse(
+            f"{version} already takes more traffic than {stable} on {target.stack}",
+            "promote it with 'modelctl promote' or roll back with 'modelctl rollback'",
+        )
+    return stable
+
+
+def _next_step(target: Target, release: Release, current: int) -> int:
+    steps = release.analysis.steps
+    for step in steps:
+        if step > current:
+            return step
+    raise target.refuse(
+        f"the canary is at {current}%, the last analysis step ({steps[-1]}%)",
+        f"promote it with 'modelctl promote {target.model.name} --stack {target.stack}'",
+    )
+
+
+def promote(target: Target, release: Release) -> Proposal:
+    """The canary takes all traffic; the old stable stays deployed at weight 0 for a fast rollback."""
+    serving = release.serving()
+    if len(serving) != 2:
+        raise target.refuse(
+            f"{target.model.name} has {len(serving)} serving version(s) on {target.stack}; promote needs a canary next to the stable version",
+            f"start one with 'modelctl canary {target.model.name} VERSION --stack {target.stack}'",
+        )
+    stable = stable_version(release)
+    (new_stable,) = (v for v in serving if v != stable)
+    require_registered(target, new_stable)
+    traffic = _ordered(release, {new_stable: 100, stable: 0})
+    new = _with(release, traffic=traffic, shadow=_unless_shadowing(release, new_stable))
+    summary = f"{target.model.name} {new_stable} to 100% on {target.stack} ({stable} kept at 0% for rollback)"
+    return Proposal("promote", new, summary)
+
+
+def parse_split(text: str) -> dict[str, int]:
+    """`v1.0.0=50,v1.1.0=50` as a mapping; a malformed entry is a UserError."""
+    split: dict[str, int] = {}
+    for part in text.split(","):
+        version, sep, weight = part.strip().partition("=")
+        if not sep or not weight.strip().isdigit() or version.strip() in split:
+            raise UserError(
+                "--split",
+                f"{part.strip()!r} is not a distinct VERSION=WEIGHT entry",
+                "write it like v1.0.0=50,v1.1.0=50",
+            )
+        split[version.strip()] = int(weight)
+    return split
+
+
+def ab(target: Target, release: Release, split: Mapping[str, int], sticky: bool) -> Proposal:
+    """An A/B experiment over two or more versions, optionally sticky per user by cookie."""
+    for version in split:
+        require_registered(target, version)
+    if len(split) < 2 or any(not 1 <= w <= 99 for w in split.values()) or sum(split.values()) != 100:
+        raise target.refuse(
+            f"split {describe_traffic(split)} is not an A/B split",
+            "give two or more versions, each 1-99, summing to 100",
+        )
+    stable = stable_version(release)
+    traffic = dict(split)
+    if stable not in traffic:
+        traffic[stable] = 0
+    else:
+        traffic |= _rollback_target(release, exclude=set(traffic))
+    new = _with(
+        release,
+        traffic=_ordered(release, traffic),
+        sticky=(release.sticky or Sticky()) if sticky else None,
+        shadow=None if release.shadow and release.shadow.version in split else release.shadow,
+    )
+    cookie = f", sticky by cookie {new.sticky.cookie}" if new.sticky else ""
+    return Proposal("ab", new, f"{target.model.name} {describe_traffic(split)} on {target.stack}{cookie}")
+
+
+def shadow(target: Target, release: Release, version: str, percent: float) -> Proposal:
+    """Mirror `percent` of the live requests to `version`; its responses are discarded."""
+    require_registered(target, version)
+    if not 0 < percent <= 100:
+        raise target.refuse(
+            f"shadow percent {percent:g} is outside (0, 100]", "give a percent above 0, at most 100"
+        )
+    if release.traffic.get(version, 0) > 0:
+        raise target.refuse(
+            f"{version} already serves live traffic on {target.stack}",
+            "mirror a version that does not serve yet",
+        )
+    new = _with(release, shadow=Shadow(version=version, percent=percent))
+    summary = f"{target.model.name} {version} mirrors {percent:g}% of traffic on {target.stack}"
+    return Proposal("shadow", new, summary)
+
+
+def shadow_off(target: Target, release: Release) -> Proposal:
+    if release.shadow is None:
+        raise target.refuse(f"{target.model.name} has no shadow on {target.stack}", "nothing to turn off")
+    summary = f"{target.model.name} stops mirroring to {release.shadow.version} on {target.stack}"
+    return Proposal("shadow", _with(release, shadow=None), summary)
+
+
+def bluegreen(target: Target, release: Release, version: str, mirror: float | None = None) -> Proposal:
+    """Deploy `version` (green) at weight 0 next to the stable version (blue), optionally mirrored."""
+    require_registered(target, version)
+    blue = _single_stable(target, release, "blue-green")
+    if version in release.traffic:
+        raise target.refuse(
+            f"{version} is already deployed on {target.stack}",
+            f"switch to it with 'modelctl bluegreen {target.model.name} {version} --stack {target.stack} --switch'",
+        )
+    traffic = {**release.traffic, version: 0}
+    new_shadow = Shadow(version=version, percent=mirror) if mirror is not None else release.shadow
+    new = _with(release, traffic=traffic, shadow=new_shadow)
+    mirrored = f", mirroring {mirror:g}%" if mirror is not None else ""
+    summary = f"{target.model.name} {version} deployed at 0% on {target.stack} ({blue} 100%{mirrored})"
+    return Proposal("bluegreen", new, summary)
+
+
+def bluegreen_switch(target: Target, release: Release, version: str | None = None) -> Proposal:
+    """All traffic moves to green in one step; blue stays deployed at weight 0."""
+    blue = _single_stable(target, release, "a blue-green switch")
+    green = version or _green(target, release, blue)
+    require_registered(target, green)
+    if release.traffic.get(green) != 0:
+        raise target.refuse(
+            f"{green} is not deployed at 0% on {target.stack}",
+            f"deploy it first with 'modelctl bluegreen {target.model.name} {green} --stack {target.stack}'",
+        )
+    new = _with(
+        release, traffic=_ordered(release, {green: 100, blue: 0}), shadow=_unless_shadowing(release, green)
+    )
+    summary = (
+        f"{target.model.name} switched to {green} 100% on {target.stack} ({blue} kept at 0% for rollback)"
+    )
+    return Proposal("bluegreen", new, summary)
+
+
+def _single_stable(target: Target, release: Release, what: str) -> str:
+    serving = release.serving()
+    if len(serving) != 1:
+        raise target.refuse(
+            f"{', '.join(serving)} of {target.model.name} serve on {target.stack}; {what} needs one stable version",
+            "finish the canary or experiment first with 'modelctl promote' or 'modelctl rollback'",
+        )
+    return serving[0]
+
+
+def _green(target: Target, release: Release, blue: str) -> str:
+    waiting = [v for v, w in release.traffic.items() if w == 0 and Version(v) > Version(blue)]
+    if not waiting:
+        raise target.refuse(
+            f"no version newer than {blue} is deployed at 0% on {target.stack}",
+            f"deploy one with 'modelctl bluegreen {target.model.name} VERSION --stack {target.stack}'",
+        )
+    return max(waiting, key=Version)
+
+
+def rollback(
+    target: Target,
+    release: Release,
+    past: Sequence[tuple[str, Release | None]],
+    to: str | None = None,
+) -> Proposal:
+    """Back to the newest past release (commit, release; newest first) fully on one stable version.
+
+    Without `to`, that is the last such state that differs from now, on another version when
+    the model is already fully on one. Only a revoked version stops a rollback.
+    """
+    now_on = fully_on(release)
+    for commit, candidate in past:
+        if candidate is None or _same_traffic(candidate, release):
+            continue
+        version = fully_on(candidate)
+        if version is None or (to is not None and version != to) or (to is None and version == now_on):
+            continue
+        require_registered(target, version)
+        new = _with(release, traffic=candidate.traffic, shadow=candidate.shadow, sticky=candidate.sticky)
+        summary = f"{target.model.name} to {version} 100% on {target.stack} (as of {commit[:12]})"
+        return Proposal("rollback", new, summary, soak_applies=False)
+    wanted = f"fully on {to}" if to else "fully on one stable version other than now"
+    raise target.refuse(
+        f"no earlier state of {target.model.name} on {target.stack} was {wanted}",
+        "name a version that served alone with --to, or edit the stack file by hand",
+    )
+
+
+def _same_traffic(a: Release, b: Release) -> bool:
+    return all(getattr(a, f) == getattr(b, f) for f in TRAFFIC_FIELDS)
+
+
+def _rollback_target(release: Release, exclude: set[str]) -> dict[str, int]:
+    """Keep at most one weight-0 version, the newest, as the stable's warm predecessor."""
+    idle = [v for v, w in release.traffic.items() if w == 0 and v not in exclude]
+    return {max(idle, key=Version): 0} if idle else {}
+
+
+def _unless_shadowing(release: Release, version: str) -> Shadow | None:
+    """A mirror of a version that now takes live traffic is dropped."""
+    return None if release.shadow and release.shadow.version == version else release.shadow
+
+
+def _ordered(release: Release, traffic: Mapping[str, int]) -> dict[str, int]:
+    """Versions already listed keep their place; new ones follow, so diffs stay small."""
+    known = [v for v in release.traffic if v in traffic]
+    return {v: traffic[v] for v in known + [v for v in traffic if v not in release.traffic]}
+
+
+def _with(release: Release, **changes: Any) -> Release:
+    # Validate the result: model_copy(update=...) alone would skip the weights-sum check.
+    return Release.model_validate({**release.model_dump(by_alias=True), **_dumped(changes)})
+
+
+def _dumped(changes: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v.model_dump(by_alias=True) if hasattr(v, "model_dump") else v for k, v in changes.items()}
+
+
+# ---------------------------------------------------------------- soak
+
+
+def served_seconds(past: Sequence[tuple[datetime, Release | None]], version: str, now: datetime) -> float:
+    """How long `version` has taken live traffic without a break up to `now`.
+
+    `past` is (commit time, release) newest first; a release of None means not deployed.
+    """
+    since: datetime | None = None
+    for when, release in past:
+        if release is None or release.traffic.get(version, 0) == 0:
+            break
+        since = when
+    return max((now - since).total_seconds(), 0.0) if since else 0.0
+
+
+def require_soaked(
+    target: Target,
+    versions: Sequence[str],
+    requires: Requires,
+    past: Sequence[tuple[datetime, Release | None]],
+    now: datetime,
+) -> None:
+    """Refuse a version that has not served on the required stack for the whole soak time.
+
+    `past` is the required stack's history of this model's release, newest first.
+    """
+    required_stack, soak = requires.stack, requires.soak
+    for version in versions:
+        served = served_seconds(past, version, now)
+        if served >= duration_seconds(soak):
+            continue
+        problem = (
+            f"{version} of {target.model.name} has served on {required_stack} for only {format_duration(served)}"
+            if served
+            else f"{version} of {target.model.name} does not serve on {required_stack}"
+        )
+        raise target.refuse(
+            f"{problem}, and {target.stack} requires {soak} there first",
+            f"release it on {required_stack} and wait until it has served there for {soak}",
+            key=f"traffic.{version}",
+        )
+
+
+def format_duration(seconds: float) -> str:
+    """Whole minutes, shortened to the two largest units: '1d 2h', '3h 5m', '0m'."""
+    days, rest = divmod(int(seconds // 60), 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    parts = [f"{n}{unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "m")) if n]
+    return " ".join(parts[:2]) or "0m"
+
+
+# ---------------------------------------------------------------- the stack file edit
+
+
+def edit_stack_text(text: str, stack: str, model: str, before: Release, after: Release) -> str:
+    """The stack file with only `modelctl:releases.<model>` changed, comments and order kept."""
+    doc = yamlio.loads(text, stack_file(stack))
+    node = doc["config"][f"{CONFIG_NAMESPACE}:releases"][model]
+    dumped = after.model_dump(by_alias=True, include=set(TRAFFIC_FIELDS))
+    for field in TRAFFIC_FIELDS:
+        if getattr(before, field) == getattr(after, field):
+            continue
+        if dumped[field] is None:
+            node.pop(field, None)
+        else:
+            node[field] = _merge(node.get(field), _plain(dumped[field]))
+    return yamlio.dumps(doc)
+
+
+def _merge(existing: Any, wanted: Any) -> Any:
+    """`wanted`, reusing the existing mapping (and its comments) where there is one."""
+    if not (isinstance(existing, CommentedMap) and isinstance(wanted, dict)):
+        return wanted
+    for key in [k for k in existing if k not in wanted]:
+        del existing[key]
+    for key, value in wanted.items():
+        existing[key] = _merge(existing.get(key), value)
+    if list(existing) != list(wanted):
+        for key in wanted:
+            existing.move_to_end(key)
+    return existing
+
+
+def _plain(value: Any) -> Any:
+    """Whole floats as ints, so a percent of 10 is written `10`, not `10.0`."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
