@@ -22,6 +22,7 @@ from modelctl.state import find_root
 
 COMMAND_MODULES = [
     "modelctl.cli.check",
+    "modelctl.cli.release",
 ]
 
 
