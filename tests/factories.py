@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -130,3 +131,17 @@ def run_git(root: Path, *args: str) -> str:
     return subprocess.run(
         ["git", *env_args, *args], cwd=root, check=True, capture_output=True, text=True
     ).stdout
+
+
+def commit_at(root: Path, when: str, message: str, *paths: str) -> None:
+    """Commit these paths with author and committer dates `when` (ISO 8601), for time-based rules."""
+    env = {**os.environ, "GIT_AUTHOR_DATE": when, "GIT_COMMITTER_DATE": when}
+    git_args = ["-c", "user.name=Test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", *git_args, "add", "--", *paths], cwd=root, check=True, capture_output=True)
+    subprocess.run(
+        ["git", *git_args, "commit", "-q", "-m", message, "--", *paths],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        env=env,
+    )

@@ -1,0 +1,255 @@
+"""Release transitions on data alone: what each command makes of a release, and what it refuses."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from modelctl import releases, yamlio
+from modelctl.errors import UserError
+from modelctl.releases import Target
+from modelctl.schema import ModelFile, Release, Requires
+from tests.factories import model_doc, stack_doc
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+
+def target(stack: str = "staging", **statuses: str) -> Target:
+    doc = model_doc(versions=("v1.0.0", "v1.1.0", "v1.2.0"))
+    for version, status in statuses.items():
+        doc["versions"][version.replace("_", ".")]["status"] = status
+    return Target(ModelFile.model_validate(doc), stack)
+
+
+def release(traffic: dict[str, int], **extra: Any) -> Release:
+    return Release.model_validate({"traffic": traffic, **extra})
+
+
+def refusal(call: Any) -> str:
+    with pytest.raises(UserError) as caught:
+        call()
+    return str(caught.value)
+
+
+def test_stable_is_the_heaviest_version_and_the_older_on_a_tie() -> None:
+    assert releases.stable_version(release({"v1.0.0": 10, "v1.1.0": 90})) == "v1.1.0"
+    assert releases.stable_version(release({"v1.1.0": 50, "v1.0.0": 50})) == "v1.0.0"
+
+
+def test_canary_walks_the_analysis_steps_then_asks_for_promote() -> None:
+    current = release({"v1.0.0": 100})
+    seen = []
+    for _ in range(4):
+        current = releases.canary(target(), current, "v1.1.0").release
+        seen.append(current.traffic["v1.1.0"])
+    assert seen == [5, 10, 25, 50]
+    assert current.traffic == {"v1.0.0": 50, "v1.1.0": 50}
+    assert "promote" in refusal(lambda: releases.canary(target(), current, "v1.1.0"))
+
+
+def test_canary_steps_come_from_the_stack_analysis_settings() -> None:
+    current = release({"v1.0.0": 100}, analysis={"steps": [20, 40]})
+    assert releases.canary(target(), current, "v1.1.0").release.traffic["v1.1.0"] == 20
+
+
+def test_canary_message_names_model_stack_versions_and_weights() -> None:
+    proposal = releases.canary(target(), release({"v1.0.0": 100}), "v1.1.0", weight=10)
+    assert proposal.message == "canary: fraud-detection v1.1.0 at 10% on staging (v1.0.0 90%)"
+
+
+@pytest.mark.parametrize("weight", [0, 100, -5, 150])
+def test_canary_weight_must_be_1_to_99(weight: int) -> None:
+    assert "outside 1-99" in refusal(
+        lambda: releases.canary(target(), release({"v1.0.0": 100}), "v1.1.0", weight)
+    )
+
+
+def test_canary_needs_exactly_one_stable_version() -> None:
+    experiment = release({"v1.0.0": 50, "v1.1.0": 50})
+    assert "a canary needs one stable version" in refusal(
+        lambda: releases.canary(target(), experiment, "v1.2.0")
+    )
+    assert "already takes all traffic" in refusal(
+        lambda: releases.canary(target(), release({"v1.1.0": 100}), "v1.1.0")
+    )
+
+
+def test_unknown_and_revoked_versions_are_refused() -> None:
+    stable = release({"v1.0.0": 100})
+    assert "v9.9.9 of fraud-detection is not registered" in refusal(
+        lambda: releases.canary(target(), stable, "v9.9.9")
+    )
+    revoked = target(v1_1_0="revoked")
+    assert "v1.1.0 of fraud-detection is revoked" in refusal(
+        lambda: releases.canary(revoked, stable, "v1.1.0")
+    )
+
+
+def test_a_deprecated_version_may_not_gain_traffic_but_may_lose_it() -> None:
+    deprecated = target(v1_0_0="deprecated")
+    before = release({"v1.0.0": 50, "v1.1.0": 50})
+    releases.require_may_gain(deprecated, before, release({"v1.0.0": 10, "v1.1.0": 90}))
+    assert "deprecated and cannot gain traffic" in refusal(
+        lambda: releases.require_may_gain(deprecated, before, release({"v1.0.0": 60, "v1.1.0": 40}))
+    )
+
+
+def test_promote_keeps_only_the_previous_stable_at_zero() -> None:
+    canary = release({"v1.1.0": 90, "v1.2.0": 10, "v1.0.0": 0})
+    promoted = releases.promote(target(), canary).release
+    assert promoted.traffic == {"v1.1.0": 0, "v1.2.0": 100}
+    restarted = releases.canary(target(), release({"v1.1.0": 100, "v1.0.0": 0}), "v1.2.0").release
+    assert restarted.traffic == {"v1.1.0": 95, "v1.0.0": 0, "v1.2.0": 5}
+
+
+def test_promote_without_a_canary_is_refused() -> None:
+    assert "promote needs a canary" in refusal(lambda: releases.promote(target(), release({"v1.0.0": 100})))
+
+
+def test_promote_drops_a_shadow_of_the_promoted_version() -> None:
+    canary = release({"v1.0.0": 90, "v1.1.0": 10}, shadow={"version": "v1.1.0", "percent": 20})
+    assert releases.promote(target(), canary).release.shadow is None
+
+
+def test_parse_split() -> None:
+    assert releases.parse_split("v1.0.0=50, v1.1.0=50") == {"v1.0.0": 50, "v1.1.0": 50}
+    for bad in ["v1.0.0", "v1.0.0=x", "v1.0.0=50,v1.0.0=50"]:
+        assert "VERSION=WEIGHT" in refusal(lambda bad=bad: releases.parse_split(bad))
+
+
+def test_ab_split_sticky_and_previous_stable_kept_warm() -> None:
+    proposal = releases.ab(target(), release({"v1.0.0": 100}), {"v1.1.0": 50, "v1.2.0": 50}, sticky=True)
+    assert proposal.release.traffic == {"v1.0.0": 0, "v1.1.0": 50, "v1.2.0": 50}
+    assert proposal.release.sticky is not None
+    assert proposal.release.sticky.cookie == "model-version"
+    for bad in [{"v1.0.0": 100}, {"v1.0.0": 60, "v1.1.0": 60}, {"v1.0.0": 100, "v1.1.0": 0}]:
+        assert "not an A/B split" in refusal(
+            lambda bad=bad: releases.ab(target(), release({"v1.0.0": 100}), bad, sticky=False)
+        )
+
+
+def test_shadow_on_and_off() -> None:
+    stable = release({"v1.0.0": 100})
+    mirrored = releases.shadow(target(), stable, "v1.1.0", 12.5).release
+    assert mirrored.shadow is not None
+    assert (mirrored.shadow.version, mirrored.shadow.percent) == ("v1.1.0", 12.5)
+    assert mirrored.traffic == stable.traffic
+    assert releases.shadow_off(target(), mirrored).release.shadow is None
+    assert "no shadow" in refusal(lambda: releases.shadow_off(target(), stable))
+    assert "already serves live traffic" in refusal(lambda: releases.shadow(target(), stable, "v1.0.0", 5))
+
+
+def test_bluegreen_deploys_at_zero_then_switches_in_one_step() -> None:
+    stable = release({"v1.0.0": 100})
+    deployed = releases.bluegreen(target(), stable, "v1.1.0", mirror=10).release
+    assert deployed.traffic == {"v1.0.0": 100, "v1.1.0": 0}
+    assert deployed.shadow is not None
+    assert deployed.shadow.version == "v1.1.0"
+    switched = releases.bluegreen_switch(target(), deployed).release
+    assert switched.traffic == {"v1.0.0": 0, "v1.1.0": 100}
+    assert switched.shadow is None
+    assert "no version newer than v1.0.0" in refusal(lambda: releases.bluegreen_switch(target(), stable))
+
+
+def test_rollback_during_a_canary_returns_to_the_last_stable_state() -> None:
+    past = [
+        ("c3", release({"v1.0.0": 90, "v1.1.0": 10})),
+        ("c2", release({"v1.0.0": 100})),
+        ("c1", release({"v0.9.0": 100})),
+    ]
+    proposal = releases.rollback(target(), release({"v1.0.0": 90, "v1.1.0": 10}), past)
+    assert proposal.release.traffic == {"v1.0.0": 100}
+    assert proposal.message == "rollback: fraud-detection to v1.0.0 100% on staging (as of c2)"
+
+
+def test_rollback_after_promote_returns_to_the_previous_version() -> None:
+    promoted = release({"v1.0.0": 0, "v1.1.0": 100})
+    past = [
+        ("c4", promoted),
+        ("c3", release({"v1.0.0": 50, "v1.1.0": 50}, sticky={"cookie": "ab"})),
+        ("c2", release({"v1.0.0": 100}, shadow={"version": "v1.1.0", "percent": 5})),
+        ("c1", release({"v1.0.0": 100})),
+        ("c0", None),
+    ]
+    assert releases.rollback(target(), promoted, past).release.traffic == {"v1.0.0": 100}
+    assert releases.rollback(target(), promoted, past, to="v1.0.0").release.shadow is None
+
+
+def test_rollback_refuses_a_revoked_target_and_a_missing_one() -> None:
+    promoted = release({"v1.1.0": 100})
+    past = [("c2", promoted), ("c1", release({"v1.0.0": 100}))]
+    assert "v1.0.0 of fraud-detection is revoked" in refusal(
+        lambda: releases.rollback(target(v1_0_0="revoked"), promoted, past)
+    )
+    assert "was fully on v1.2.0" in refusal(lambda: releases.rollback(target(), promoted, past, to="v1.2.0"))
+
+
+def test_served_seconds_counts_only_the_unbroken_run_up_to_now() -> None:
+    def at(hours: int) -> datetime:
+        return NOW - timedelta(hours=hours)
+
+    past = [
+        (at(2), release({"v1.0.0": 50, "v1.1.0": 50})),
+        (at(30), release({"v1.0.0": 90, "v1.1.0": 10})),
+        (at(40), release({"v1.0.0": 100})),
+        (at(50), release({"v1.0.0": 90, "v1.1.0": 10})),
+    ]
+    assert releases.served_seconds(past, "v1.1.0", NOW) == 30 * 3600
+    assert releases.served_seconds(past, "v1.2.0", NOW) == 0
+    assert releases.served_seconds([(at(1), None)], "v1.1.0", NOW) == 0
+
+
+def test_soak_refusal_says_how_long_it_served() -> None:
+    past = [(NOW - timedelta(hours=3, minutes=5), release({"v1.0.0": 90, "v1.1.0": 10}))]
+    prod = target("prod")
+    requires = Requires(stack="staging", soak="24h")
+    releases.require_soaked(prod, ["v1.0.0"], Requires(stack="staging", soak="3h"), past, NOW)
+    assert "has served on staging for only 3h 5m, and prod requires 24h there first" in refusal(
+        lambda: releases.require_soaked(prod, ["v1.1.0"], requires, past, NOW)
+    )
+    assert "v1.2.0 of fraud-detection does not serve on staging" in refusal(
+        lambda: releases.require_soaked(prod, ["v1.2.0"], requires, past, NOW)
+    )
+
+
+def test_format_duration() -> None:
+    assert releases.format_duration(0) == "0m"
+    assert releases.format_duration(3 * 86400 + 7200 + 60) == "3d 2h"
+    assert releases.format_duration(3600 + 300) == "1h 5m"
+
+
+def test_edit_changes_only_the_model_release_and_keeps_comments() -> None:
+    text = (
+        "# the staging stack\n"
+        "config:\n"
+        "  modelctl:environment:\n"
+        "    namespace: models-staging  # shared\n"
+        "    image: ghcr.io/acme/serving:1\n"
+        "    dvc_remote: s3://bucket/dvc\n"
+        "  modelctl:releases:\n"
+        "    fraud-detection:\n"
+        "      replicas: {min: 3, max: 6}\n"
+        "      traffic:\n"
+        "        v1.0.0: 100  # stable since Monday\n"
+        "    other:\n"
+        "      traffic: {v2.0.0: 100}\n"
+    )
+    before = release({"v1.0.0": 100}, replicas={"min": 3, "max": 6})
+    after = releases.canary(target(), before, "v1.1.0").release
+    edited = releases.edit_stack_text(text, "staging", "fraud-detection", before, after)
+    # The comment keeps its column.
+    assert edited == text.replace(
+        "        v1.0.0: 100  # stable since Monday\n",
+        "        v1.0.0: 95   # stable since Monday\n        v1.1.0: 5\n",
+    )
+
+
+def test_edit_restores_key_order_and_removes_cleared_fields() -> None:
+    doc = stack_doc({"v1.1.0": 100, "v1.0.0": 0})
+    doc["config"]["modelctl:releases"]["fraud-detection"]["shadow"] = {"version": "v1.2.0", "percent": 10}
+    before = release({"v1.1.0": 100, "v1.0.0": 0}, shadow={"version": "v1.2.0", "percent": 10})
+    after = release({"v1.0.0": 100, "v1.1.0": 0})
+    edited = releases.edit_stack_text(yamlio.dumps(doc), "staging", "fraud-detection", before, after)
+    assert edited == yamlio.dumps(stack_doc({"v1.0.0": 100, "v1.1.0": 0}))
