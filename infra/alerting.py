@@ -1,0 +1,169 @@
+"""Alertmanager routing from a stack's receivers: an AlertmanagerConfig with its Secret, and a native
+alertmanager.yml with the same routes.
+
+Credentials never appear in these objects: render writes placeholders, and the Pulumi program
+fills the Secret from `pulumi config set --secret` values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from infra.common import MANAGED_BY, STACK_LABEL, Obj, metadata, secret_placeholder
+from modelctl.schema import EmailReceiver, Receiver, SlackReceiver, WebhookReceiver
+from modelctl.state import Stack
+
+SECRET_NAME = "modelctl-alerting"
+CONFIG_NAME = "modelctl-alerts"
+NULL_RECEIVER = "null"
+GROUP_BY = ["alertname", "model", "version"]
+TIMING = {"group_wait": "30s", "group_interval": "5m", "repeat_interval": "4h"}
+
+
+def _labels(stack: Stack) -> dict[str, str]:
+    return {**MANAGED_BY, STACK_LABEL: stack.name}
+
+
+def secret_keys(stack: Stack) -> list[str]:
+    """Config keys the receivers need, in order of first use."""
+    keys = [key for receiver in stack.config.environment.receivers for key in receiver.secret_keys()]
+    return list(dict.fromkeys(keys))
+
+
+def secret(stack: Stack) -> Obj | None:
+    keys = secret_keys(stack)
+    if not keys:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(SECRET_NAME, stack.config.environment.namespace, _labels(stack)),
+        "type": "Opaque",
+        "stringData": {key: secret_placeholder(key) for key in keys},
+    }
+
+
+def alertmanager_config(stack: Stack) -> Obj | None:
+    receivers = stack.config.environment.receivers
+    if not receivers:
+        return None
+    return {
+        "apiVersion": "monitoring.coreos.com/v1alpha1",
+        "kind": "AlertmanagerConfig",
+        "metadata": metadata(CONFIG_NAME, stack.config.environment.namespace, _labels(stack)),
+        "spec": {
+            "route": {
+                "receiver": NULL_RECEIVER,
+                "groupBy": GROUP_BY,
+                "groupWait": TIMING["group_wait"],
+                "groupInterval": TIMING["group_interval"],
+                "repeatInterval": TIMING["repeat_interval"],
+                "routes": [
+                    {
+                        "receiver": receiver.name,
+                        "matchers": [{"name": "severity", "matchType": "=~", "value": _severities(receiver)}],
+                        "continue": True,
+                    }
+                    for receiver in receivers
+                ],
+            },
+            "receivers": [{"name": NULL_RECEIVER}, *(_cr_receiver(r) for r in receivers)],
+        },
+    }
+
+
+def _severities(receiver: Receiver) -> str:
+    return "|".join(receiver.severities)
+
+
+def _key_ref(key: str) -> Obj:
+    return {"name": SECRET_NAME, "key": key}
+
+
+def _cr_receiver(receiver: Receiver) -> Obj:
+    if receiver.email:
+        return {"name": receiver.name, "emailConfigs": [_cr_email(receiver.email)]}
+    if receiver.slack:
+        return {"name": receiver.name, "slackConfigs": [_cr_slack(receiver.slack)]}
+    assert receiver.webhook is not None  # the schema requires exactly one kind
+    return {"name": receiver.name, "webhookConfigs": [_cr_webhook(receiver.webhook)]}
+
+
+def _cr_email(email: EmailReceiver) -> Obj:
+    config: Obj = {
+        "to": email.to,
+        "from": email.from_,
+        "smarthost": email.smarthost,
+        "requireTLS": email.require_tls,
+        "sendResolved": True,
+    }
+    if email.auth_username:
+        config["authUsername"] = email.auth_username
+    if email.auth_password_secret:
+        config["authPassword"] = _key_ref(email.auth_password_secret)
+    return config
+
+
+def _cr_slack(slack: SlackReceiver) -> Obj:
+    return {"apiURL": _key_ref(slack.api_url_secret), "channel": slack.channel, "sendResolved": True}
+
+
+def _cr_webhook(webhook: WebhookReceiver) -> Obj:
+    return {"urlSecret": _key_ref(webhook.url_secret), "sendResolved": True}
+
+
+SecretLookup = Callable[[str], str]
+
+
+def native_config(stack: Stack, secret_value: SecretLookup = secret_placeholder) -> Obj:
+    """The same routing as a plain alertmanager.yml. Alertmanager 0.25 cannot read a webhook URL
+    from a file, so values are looked up: placeholders in render, real values on a local stack."""
+    receivers = stack.config.environment.receivers
+    namespace = stack.config.environment.namespace
+    return {
+        "route": {
+            "receiver": NULL_RECEIVER,
+            "group_by": GROUP_BY,
+            **TIMING,
+            "routes": [
+                {
+                    "receiver": receiver.name,
+                    "matchers": [f'namespace="{namespace}"', f'severity=~"{_severities(receiver)}"'],
+                    "continue": True,
+                }
+                for receiver in receivers
+            ],
+        },
+        "receivers": [{"name": NULL_RECEIVER}, *(_native_receiver(r, secret_value) for r in receivers)],
+    }
+
+
+def _native_receiver(receiver: Receiver, secret_value: SecretLookup) -> Obj:
+    if receiver.email:
+        return {"name": receiver.name, "email_configs": [_native_email(receiver.email, secret_value)]}
+    if receiver.slack:
+        slack = receiver.slack
+        config = {
+            "channel": slack.channel,
+            "api_url": secret_value(slack.api_url_secret),
+            "send_resolved": True,
+        }
+        return {"name": receiver.name, "slack_configs": [config]}
+    assert receiver.webhook is not None  # the schema requires exactly one kind
+    url = secret_value(receiver.webhook.url_secret)
+    return {"name": receiver.name, "webhook_configs": [{"url": url, "send_resolved": True}]}
+
+
+def _native_email(email: EmailReceiver, secret_value: SecretLookup) -> Obj:
+    config: Obj = {
+        "to": email.to,
+        "from": email.from_,
+        "smarthost": email.smarthost,
+        "require_tls": email.require_tls,
+        "send_resolved": True,
+    }
+    if email.auth_username:
+        config["auth_username"] = email.auth_username
+    if email.auth_password_secret:
+        config["auth_password"] = secret_value(email.auth_password_secret)
+    return config

@@ -1,0 +1,34 @@
+"""`build_stack`: every Kubernetes object of one stack, in a stable order."""
+
+from __future__ import annotations
+
+from infra import alerting, dashboard, monitoring, routing, workloads
+from infra.common import ModelTarget, Obj
+from modelctl.state import State
+
+
+def build_stack(state: State, stack_name: str) -> list[Obj]:
+    """The objects Pulumi applies and render writes: the namespace, each model, then alerting."""
+    stack = state.stack(stack_name)
+    objects = [workloads.namespace(stack.config.environment.namespace, stack.name)]
+    for model_name, release in sorted(stack.config.releases.items()):
+        objects += build_model(ModelTarget(stack, state.model(model_name), release))
+    objects.append(dashboard.dashboard_config_map(stack))
+    objects += [obj for obj in (alerting.secret(stack), alerting.alertmanager_config(stack)) if obj]
+    return objects
+
+
+def build_model(target: ModelTarget) -> list[Obj]:
+    deployed = target.release.deployed()
+    return [
+        workloads.service_account(target),
+        workloads.service(target),
+        *(workloads.deployment(target, version) for version in deployed),
+        *(workloads.autoscaler(target, version) for version in deployed),
+        workloads.disruption_budget(target),
+        workloads.network_policy(target),
+        routing.destination_rule(target),
+        routing.virtual_service(target),
+        monitoring.service_monitor(target),
+        monitoring.prometheus_rule(target),
+    ]

@@ -1,0 +1,114 @@
+"""Names, labels and the per-model context every builder shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from modelctl.errors import UserError
+from modelctl.schema import Environment, ModelFile, Release
+from modelctl.state import CONFIG_NAMESPACE, Stack
+
+Obj = dict[str, Any]
+
+HTTP_PORT = 8080
+SERVICE_PORT = 80
+MODEL_DIR = "/models"
+MONITORING_NAMESPACE = "monitoring"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "modelctl"}
+STACK_LABEL = "modelctl.io/stack"
+VERSION_HEADER = "x-model-version"
+
+
+def secret_placeholder(key: str) -> str:
+    """What render writes where a secret value goes; the Pulumi program swaps in the secret."""
+    return f"<secret:{CONFIG_NAMESPACE}:{key}>"
+
+
+def subset_name(version: str) -> str:
+    """A DNS label for a version (Istio subsets and object names cannot hold dots)."""
+    return version.replace(".", "-").lower()
+
+
+def metadata(name: str, namespace: str | None, labels: dict[str, str], **extra: Any) -> Obj:
+    meta: Obj = {"name": name}
+    if namespace is not None:
+        meta["namespace"] = namespace
+    meta["labels"] = labels
+    meta.update(extra)
+    return meta
+
+
+@dataclass(frozen=True)
+class ModelTarget:
+    """One model as released on one stack: what every per-model builder needs."""
+
+    stack: Stack
+    model: ModelFile
+    release: Release
+
+    @property
+    def env(self) -> Environment:
+        return self.stack.config.environment
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def namespace(self) -> str:
+        return self.env.namespace
+
+    @property
+    def host(self) -> str:
+        return f"{self.name}.{self.namespace}.svc.cluster.local"
+
+    @property
+    def external_host(self) -> str | None:
+        ingress = self.env.ingress
+        if not ingress.gateway:
+            return None
+        if not ingress.domain:
+            raise UserError(
+                self.stack.file,
+                "ingress.gateway is set without ingress.domain",
+                "set the domain the gateway serves models under",
+                key=f"config.{CONFIG_NAMESPACE}:environment.ingress.domain",
+            )
+        return f"{self.name}.{ingress.domain}"
+
+    def labels(self, version: str | None = None) -> dict[str, str]:
+        labels = {"app": self.name, **MANAGED_BY, STACK_LABEL: self.stack.name}
+        if version is not None:
+            labels["version"] = version
+        return labels
+
+    def selector(self, version: str | None = None) -> dict[str, str]:
+        return {"app": self.name, **({"version": version} if version else {})}
+
+    def versioned_name(self, version: str) -> str:
+        return f"{self.name}-{subset_name(version)}"
+
+    def subsets(self) -> dict[str, str]:
+        """Subset name of every deployed version; two versions mapping to one name are refused."""
+        names: dict[str, str] = {}
+        for version in self.release.deployed():
+            subset = subset_name(version)
+            if subset in names:
+                raise UserError(
+                    self.stack.file,
+                    f"versions {names[subset]} and {version} of {self.name} share the name {subset!r}",
+                    "deploy only one of them",
+                    key=f"config.{CONFIG_NAMESPACE}:releases.{self.name}",
+                )
+            names[subset] = version
+        return names
+
+    def stable(self) -> str:
+        """The version with the most traffic (the older one on a tie): the canary baseline."""
+        serving = self.release.serving()
+        return max(serving, key=lambda v: (self.release.traffic[v], -serving.index(v)))
+
+    def canaries(self) -> list[str]:
+        stable = self.stable()
+        return [v for v in self.release.serving() if v != stable]

@@ -1,0 +1,98 @@
+"""A Grafana dashboard ConfigMap (picked up by Grafana's sidecar through `grafana_dashboard: "1"`)."""
+
+from __future__ import annotations
+
+import json
+
+from infra.common import MANAGED_BY, STACK_LABEL, Obj, metadata
+from modelctl.state import Stack
+
+NAME = "modelctl-dashboard"
+RATE = "[5m]"
+
+
+def dashboard_config_map(stack: Stack) -> Obj:
+    namespace = stack.config.environment.namespace
+    labels = {**MANAGED_BY, STACK_LABEL: stack.name, "grafana_dashboard": "1"}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(NAME, namespace, labels),
+        "data": {f"modelctl-{stack.name}.json": json.dumps(dashboard(stack), indent=2, sort_keys=True)},
+    }
+
+
+def dashboard(stack: Stack) -> Obj:
+    namespace = stack.config.environment.namespace
+    sel = f'namespace="{namespace}",model="$model"'
+    requests = f"sum by (version) (rate(model_requests_total{{{sel}}}{RATE}))"
+    errors = f'sum by (version) (rate(model_requests_total{{{sel},code=~"5.."}}{RATE}))'
+    buckets = f"sum by (version, le) (rate(model_prediction_duration_seconds_bucket{{{sel}}}{RATE}))"
+    ood = f"sum by (version) (rate(model_out_of_distribution_total{{{sel}}}{RATE}))"
+    predictions = f"sum by (version) (rate(model_predictions_total{{{sel}}}{RATE}))"
+    panels = [
+        _panel(
+            "Traffic split by version",
+            "percentunit",
+            [(f"{requests} / ignoring(version) group_left sum({requests})", "{{version}}")],
+        ),
+        _panel("Error rate (5xx share)", "percentunit", [(f"{errors} / {requests}", "{{version}}")]),
+        _panel(
+            "Latency p50 / p99",
+            "s",
+            [
+                (f"histogram_quantile(0.5, {buckets})", "p50 {{version}}"),
+                (f"histogram_quantile(0.99, {buckets})", "p99 {{version}}"),
+            ],
+        ),
+        _panel(
+            "Feature drift (KS statistic)",
+            "none",
+            [(f"max by (version, feature) (model_feature_drift{{{sel}}})", "{{version}} {{feature}}")],
+        ),
+        _panel("Out-of-distribution rate", "percentunit", [(f"{ood} / {predictions}", "{{version}}")]),
+        _panel(
+            "Live accuracy, precision, recall",
+            "percentunit",
+            [
+                (f"avg by (version) (model_{metric}{{{sel}}})", f"{metric} {{{{version}}}}")
+                for metric in ("accuracy", "precision", "recall")
+            ],
+        ),
+    ]
+    for index, panel in enumerate(panels):
+        panel["id"] = index + 1
+        panel["gridPos"] = {"h": 8, "w": 12, "x": 12 * (index % 2), "y": 8 * (index // 2)}
+    return {
+        "title": f"modelctl models ({stack.name})",
+        "uid": f"modelctl-{stack.name}",
+        "schemaVersion": 39,
+        "time": {"from": "now-6h", "to": "now"},
+        "refresh": "30s",
+        "templating": {
+            "list": [
+                {
+                    "name": "model",
+                    "type": "query",
+                    "datasource": {"type": "prometheus", "uid": "${datasource}"},
+                    "query": f'label_values(model_requests_total{{namespace="{namespace}"}}, model)',
+                    "refresh": 2,
+                },
+                {"name": "datasource", "type": "datasource", "query": "prometheus"},
+            ]
+        },
+        "panels": panels,
+    }
+
+
+def _panel(title: str, unit: str, queries: list[tuple[str, str]]) -> Obj:
+    return {
+        "title": title,
+        "type": "timeseries",
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "targets": [
+            {"expr": expr, "legendFormat": legend, "refId": chr(ord("A") + index)}
+            for index, (expr, legend) in enumerate(queries)
+        ],
+    }

@@ -1,0 +1,57 @@
+"""Objects as YAML files, one per object, with stable names: what a reviewer reads and diffs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from infra import alerting
+from infra.build import build_stack
+from infra.common import Obj, subset_name
+from modelctl.state import State
+
+NATIVE_ALERTMANAGER = "alertmanager/alertmanager.yml"
+HEADER = "# Rendered by 'modelctl render' from the desired state; do not edit.\n"
+
+
+class _Dumper(yaml.CSafeDumper):
+    """Multi-line strings (PromQL, dashboards) as literal blocks, so diffs stay line by line."""
+
+
+def _str(dumper: _Dumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def to_yaml(data: Any) -> str:
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=4096, allow_unicode=True)
+
+
+def file_name(obj: Obj) -> str:
+    """`<model>/<kind>[-<version>].yaml` for a model's objects, `<kind>.yaml` for the stack's."""
+    labels = obj["metadata"].get("labels", {})
+    kind = obj["kind"].lower()
+    if "app" not in labels:
+        return f"{kind}.yaml"
+    version = labels.get("version")
+    suffix = f"-{subset_name(version)}" if version else ""
+    return f"{labels['app']}/{kind}{suffix}.yaml"
+
+
+def render_files(state: State, stack_name: str) -> dict[str, str]:
+    """Relative file name -> YAML text for every object of the stack, plus the native
+    Alertmanager configuration when the stack has receivers."""
+    files: dict[str, str] = {}
+    for obj in build_stack(state, stack_name):
+        name = file_name(obj)
+        if name in files:
+            raise RuntimeError(f"two rendered objects map to {name}")  # a naming bug, not a user error
+        files[name] = HEADER + to_yaml(obj)
+    stack = state.stack(stack_name)
+    if stack.config.environment.receivers:
+        files[NATIVE_ALERTMANAGER] = HEADER + to_yaml(alerting.native_config(stack))
+    return dict(sorted(files.items()))

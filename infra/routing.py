@@ -1,0 +1,115 @@
+"""Istio DestinationRule (a subset per version) and VirtualService (overrides, sticky, weighted)."""
+
+from __future__ import annotations
+
+import re
+
+from infra.common import SERVICE_PORT, VERSION_HEADER, ModelTarget, Obj, metadata, subset_name
+from modelctl.schema import Sticky, duration_seconds
+
+REQUEST_TIMEOUT = "10s"
+# Inference is idempotent, so retrying on a failed connection or an overloaded pod is safe.
+RETRIES = {"attempts": 2, "perTryTimeout": "4s", "retryOn": "gateway-error,connect-failure,refused-stream"}
+
+
+def destination_rule(target: ModelTarget) -> Obj:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": metadata(target.name, target.namespace, target.labels()),
+        "spec": {
+            "host": target.host,
+            "trafficPolicy": {
+                "connectionPool": {
+                    "tcp": {"maxConnections": 1000, "connectTimeout": "2s"},
+                    "http": {"http1MaxPendingRequests": 1000, "http2MaxRequests": 1000},
+                },
+                "outlierDetection": {
+                    "consecutive5xxErrors": 5,
+                    "interval": "10s",
+                    "baseEjectionTime": "30s",
+                    "maxEjectionPercent": 50,
+                },
+            },
+            "subsets": [
+                {"name": subset, "labels": {"version": version}}
+                for subset, version in target.subsets().items()
+            ],
+        },
+    }
+
+
+def virtual_service(target: ModelTarget) -> Obj:
+    spec: Obj = {"hosts": [target.host]}
+    external = target.external_host
+    if external:
+        spec["hosts"].append(external)
+        spec["gateways"] = [target.env.ingress.gateway, "mesh"]
+    spec["http"] = [*_override_routes(target), *_sticky_routes(target), _weighted_route(target)]
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": metadata(target.name, target.namespace, target.labels()),
+        "spec": spec,
+    }
+
+
+def _destination(target: ModelTarget, version: str) -> Obj:
+    return {"host": target.host, "subset": subset_name(version), "port": {"number": SERVICE_PORT}}
+
+
+def _route(name: str, match: list[Obj], route: list[Obj]) -> Obj:
+    return {"name": name, "match": match, "route": route, "timeout": REQUEST_TIMEOUT, "retries": RETRIES}
+
+
+def _override_routes(target: ModelTarget) -> list[Obj]:
+    return [
+        _route(
+            f"override-{subset_name(version)}-{index}",
+            [{"headers": {VERSION_HEADER: {"exact": value}}}],
+            [{"destination": _destination(target, version)}],
+        )
+        for index, (value, version) in enumerate(sorted(target.release.overrides.items()))
+    ]
+
+
+def _sticky_routes(target: ModelTarget) -> list[Obj]:
+    """Requests carrying the cookie a weighted route set go back to the same version."""
+    sticky = target.release.sticky
+    if sticky is None:
+        return []
+    return [
+        _route(
+            f"sticky-{subset_name(version)}",
+            [{"headers": {"cookie": {"regex": _cookie_regex(sticky.cookie, version)}}}],
+            [{"destination": _destination(target, version)}],
+        )
+        for version in target.release.serving()
+    ]
+
+
+def _cookie_regex(cookie: str, version: str) -> str:
+    # RE2 (Envoy) syntax: the cookie may be anywhere in the header, between '; ' separators.
+    return rf"^(.*;\s*)?{re.escape(cookie)}={re.escape(version)}(;.*)?$"
+
+
+def _weighted_route(target: ModelTarget) -> Obj:
+    release = target.release
+    destinations = []
+    for version in release.serving():
+        destination: Obj = {"destination": _destination(target, version), "weight": release.traffic[version]}
+        if release.sticky:
+            destination["headers"] = {
+                "response": {"add": {"set-cookie": _set_cookie(release.sticky, version)}}
+            }
+        destinations.append(destination)
+    route: Obj = {"name": "weighted", "route": destinations, "timeout": REQUEST_TIMEOUT, "retries": RETRIES}
+    if release.shadow:
+        route["mirror"] = _destination(target, release.shadow.version)
+        route["mirrorPercentage"] = {"value": release.shadow.percent}
+    return route
+
+
+def _set_cookie(sticky: Sticky, version: str) -> str:
+    max_age = int(duration_seconds(sticky.max_age))
+    return f"{sticky.cookie}={version}; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Lax"
