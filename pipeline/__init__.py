@@ -1,0 +1,1 @@
+"""DVC stage code: prepare → train → evaluate → profile, once per model in params.yaml."""
