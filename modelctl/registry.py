@@ -1,0 +1,562 @@
+"""The git-native model registry: version records in models/<model>/model.yaml, made from dvc.lock.
+
+A record is written once, by `register`, from a committed pipeline run; afterwards only its
+status changes. Each change is one commit touching only the model file.
+
+The pipeline's conventions this relies on (dvc.yaml): stages `<stage>@<model>`, where
+`train@<model>` writes exactly the artifact, `profile@<model>` the reference profile,
+`prepare@<model>` the data, and `evaluate@<model>` the metrics in `metrics/<model>.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from ruamel.yaml.comments import CommentedMap
+
+from modelctl import dvcstore, gitutil, yamlio
+from modelctl.dvcstore import Location, LockedStage
+from modelctl.errors import UserError, collect
+from modelctl.schema import ModelFile, Status, Version, VersionRecord
+from modelctl.state import State, load_model, load_state, model_file, parse_model
+
+STAGES = ("prepare", "train", "evaluate", "profile")
+PIPELINE_FILES = ("dvc.yaml", "dvc.lock", "params.yaml", "pipeline")
+FORMATS = {".skops": "skops", ".onnx": "onnx"}
+Bump = Literal["major", "minor", "patch"]
+Say = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    """The default progress callback: say nothing."""
+
+
+def stage_names(model: str) -> list[str]:
+    return [f"{stage}@{model}" for stage in STAGES]
+
+
+def metrics_path(model: str) -> str:
+    return f"metrics/{model}.json"
+
+
+# ---------------------------------------------------------------- register
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    """What dvc.lock says one model's stages produced."""
+
+    artifact: tuple[str, str, int]  # path, md5, size
+    profile: tuple[str, str, int]
+    data_md5: str
+    params: dict[str, Any]
+    deps: list[str]
+
+
+def _only_output(stage: LockedStage) -> tuple[str, str, int]:
+    if len(stage.outs) != 1:
+        raise UserError(
+            dvcstore.LOCK_FILE,
+            f"stage {stage.name} has {len(stage.outs)} outputs, expected exactly one",
+            "give the stage a single output in dvc.yaml",
+            key=f"stages.{stage.name}.outs",
+        )
+    ((path, (md5, size)),) = stage.outs.items()
+    return path, md5, size
+
+
+def pipeline_run(root: Path, model: str) -> PipelineRun:
+    stages = {name.split("@")[0]: dvcstore.locked_stage(root, name) for name in stage_names(model)}
+    params: dict[str, Any] = {}
+    for stage in stages.values():
+        for key, value in stage.params.items():
+            params[key.removeprefix(f"models.{model}.")] = json.loads(json.dumps(value))
+    outputs = {path for stage in stages.values() for path in stage.outs}
+    return PipelineRun(
+        artifact=_only_output(stages["train"]),
+        profile=_only_output(stages["profile"]),
+        data_md5=_only_output(stages["prepare"])[1],
+        params=params,
+        deps=sorted({dep for stage in stages.values() for dep in stage.deps} - outputs),
+    )
+
+
+def next_version(model: ModelFile, version: str | None, bump: Bump | None) -> str:
+    latest = model.latest()
+    if version is None:
+        return Version(latest).bump(bump or "minor").name if latest else "v1.0.0"
+    try:
+        wanted = Version(version)
+    except ValueError:
+        raise UserError(
+            model_file(model.name), f"{version!r} is not a version like v1.2.3", "pass --version vX.Y.Z"
+        ) from None
+    if latest and not Version(latest) < wanted:
+        raise UserError(
+            model_file(model.name),
+            f"version {version} is not greater than the latest, {latest}",
+            "pass a greater --version or use --bump",
+            key="versions",
+        )
+    return version
+
+
+def _require_committed(root: Path, paths: list[str]) -> None:
+    dirty = gitutil.dirty_paths(root, *paths)
+    if dirty:
+        raise UserError(
+            dirty[0],
+            f"uncommitted changes in {', '.join(sorted(dirty)[:5])}",
+            "commit them first, so the record's source_commit reproduces this run",
+        )
+
+
+def _require_up_to_date(root: Path, model: str) -> None:
+    changed = dvcstore.changed_stages(root, stage_names(model))
+    if changed:
+        raise UserError(
+            dvcstore.LOCK_FILE,
+            f"outputs of {', '.join(changed)} differ from dvc.lock",
+            f"run 'dvc repro {' '.join(stage_names(model))}' and commit dvc.lock",
+        )
+
+
+def _require_new_artifact(model: ModelFile, md5: str) -> None:
+    for name, record in model.versions.items():
+        if record.artifact.md5 == md5:
+            raise UserError(
+                model_file(model.name),
+                f"artifact md5 {md5} is already registered as {name}",
+                "change params or code and 'dvc repro' to train a new version",
+                key=f"versions.{name}.artifact.md5",
+            )
+
+
+def _cached_digest(cache: Path, md5: str, path: str) -> dvcstore.Digest:
+    """The sha256 of a cached output, after checking the cache copy is what dvc.lock names."""
+    obj = cache / dvcstore.object_path(md5)
+    if not obj.is_file():
+        raise UserError(path, f"md5 {md5} is not in the DVC cache {cache}", "run 'dvc repro' or 'dvc pull'")
+    digest = dvcstore.digest_file(obj)
+    if digest.md5 != md5:
+        raise UserError(str(obj), f"cached copy has md5 {digest.md5}, not {md5}", "run 'dvc repro --force'")
+    return digest
+
+
+def _trusted_types(path: Path, fmt: str) -> list[str]:
+    """The non-default types a skops artifact holds; reviewers approve them in the PR."""
+    if fmt != "skops":
+        return []
+    try:
+        import skops.io
+    except ImportError:
+        raise UserError(str(path), "skops is not installed", "install modelctl[pipeline]") from None
+    return sorted(skops.io.get_untrusted_types(file=path))
+
+
+def _artifact_format(path: str) -> str:
+    suffix = Path(path).suffix
+    if suffix not in FORMATS:
+        raise UserError(path, f"unknown artifact format {suffix!r}", "save the model as .skops or .onnx")
+    return FORMATS[suffix]
+
+
+def _metrics(root: Path, model: str) -> dict[str, float]:
+    path = root / metrics_path(model)
+    if not path.is_file():
+        raise UserError(metrics_path(model), "file not found", f"run 'dvc repro evaluate@{model}'")
+    values = json.loads(path.read_text(encoding="utf-8"))
+    return {name: float(value) for name, value in values.items() if isinstance(value, int | float)}
+
+
+def build_record(root: Path, model: str, run: PipelineRun, cache: Path, commit: str) -> dict[str, Any]:
+    artifact_path, artifact_md5, size = run.artifact
+    profile_path, profile_md5, _ = run.profile
+    artifact = _cached_digest(cache, artifact_md5, artifact_path)
+    profile = _cached_digest(cache, profile_md5, profile_path)
+    fmt = _artifact_format(artifact_path)
+    return {
+        "artifact": {
+            "path": artifact_path,
+            "md5": artifact_md5,
+            "sha256": artifact.sha256,
+            "size": size,
+            "format": fmt,
+            "trusted_types": _trusted_types(cache / dvcstore.object_path(artifact_md5), fmt),
+        },
+        "profile": {"path": profile_path, "md5": profile_md5, "sha256": profile.sha256},
+        "metrics": _metrics(root, model),
+        "params": run.params,
+        "source_commit": commit,
+        "data_md5": run.data_md5,
+        "created_at": datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        "status": "active",
+    }
+
+
+@dataclass(frozen=True)
+class Registered:
+    model: str
+    version: str
+    record: VersionRecord
+    commit: str | None
+
+
+def register(
+    root: Path,
+    model: str,
+    *,
+    version: str | None = None,
+    bump: Bump | None = None,
+    commit: bool = True,
+    say: Say = _quiet,
+) -> Registered:
+    """Record the committed, up-to-date pipeline run of `model` as a new version."""
+    current = load_model(root, model)
+    name = next_version(current, version, bump)
+    run = pipeline_run(root, model)
+    _require_committed(root, [*PIPELINE_FILES, *run.deps])
+    say(f"checking that {', '.join(stage_names(model))} match dvc.lock")
+    _require_up_to_date(root, model)
+    _require_new_artifact(current, run.artifact[1])
+    say("hashing the artifact and profile")
+    record = build_record(root, model, run, dvcstore.repo_config(root).cache, gitutil.head(root))
+    doc = yamlio.load(root / model_file(model), model_file(model))
+    if not doc.get("versions"):
+        doc["versions"] = CommentedMap()  # block style, also where the file says `versions: {}`
+    doc["versions"][name] = record
+    text = yamlio.dumps(doc)
+    message = (
+        f"register {model} {name}\n\nartifact md5 {run.artifact[1]}, trained at {record['source_commit']}"
+    )
+    made = _save(root, model, text, message, commit)
+    return Registered(model, name, parse_model(text, model_file(model)).versions[name], made)
+
+
+def _save(root: Path, model: str, text: str, message: str, commit: bool) -> str | None:
+    """Write the validated model file and commit it alone; on failure, leave everything as it was."""
+    display = model_file(model)
+    parse_model(text, display)
+    path = root / display
+    if commit and gitutil.dirty_paths(root, display):
+        raise UserError(
+            display, "has uncommitted changes", "commit or discard them first, or pass --no-commit"
+        )
+    before = path.read_text(encoding="utf-8")
+    yamlio.write_atomic(path, text)
+    if not commit:
+        return None
+    try:
+        return gitutil.commit_only(root, [display], message)
+    except BaseException:
+        yamlio.write_atomic(path, before)
+        gitutil.git(root, "reset", "--quiet", "--", display, check=False)
+        raise
+
+
+# ---------------------------------------------------------------- status
+
+
+def _referencing(state: State, model: str, version: str) -> list[tuple[str, str]]:
+    """(stack, key path) for every place a stack names this version."""
+    return [
+        (stack.name, path)
+        for stack in state.stacks.values()
+        for path, named in (
+            stack.config.releases[model].referenced() if model in stack.config.releases else []
+        )
+        if named == version
+    ]
+
+
+def _other_active(model: ModelFile, version: str) -> str:
+    active = [v for v in model.ordered_versions() if v != version and model.versions[v].status == "active"]
+    return active[-1] if active else "<an active version>"
+
+
+def set_status(root: Path, model: str, version: str, status: Status, *, commit: bool = True) -> str | None:
+    """Deprecate or revoke a version no stack names any more; revoked is final."""
+    state = load_state(root)
+    current = state.model(model)
+    record = _record(current, version)
+    key = f"versions.{version}.status"
+    if record.status == "revoked":
+        raise UserError(
+            model_file(model), f"{version} is revoked, which is final", "register a new version", key=key
+        )
+    if record.status == status:
+        raise UserError(model_file(model), f"{version} is already {status}", "nothing to do", key=key)
+    collect(
+        [
+            UserError(
+                f"{state.stack(stack).file}",
+                f"{model} {version} is still referenced at {path}",
+                f"move its traffic first: modelctl rollback {model} --stack {stack} --to {_other_active(current, version)}",
+            )
+            for stack, path in _referencing(state, model, version)
+        ]
+    )
+    doc = yamlio.load(root / model_file(model), model_file(model))
+    doc["versions"][version]["status"] = status
+    verb = "deprecate" if status == "deprecated" else "revoke"
+    return _save(root, model, yamlio.dumps(doc), f"{verb} {model} {version}", commit)
+
+
+def _record(model: ModelFile, version: str) -> VersionRecord:
+    if version not in model.versions:
+        known = ", ".join(model.ordered_versions()) or "none"
+        raise UserError(
+            model_file(model.name), f"no version {version}", f"use one of: {known}", key="versions"
+        )
+    return model.versions[version]
+
+
+# ---------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class Serving:
+    stack: str
+    role: str  # "traffic", "shadow" or "override"
+    weight: float  # percent of live traffic, or of mirrored traffic for a shadow
+
+
+def serving(state: State, model: str) -> dict[str, list[Serving]]:
+    """Which stacks serve each version of `model`, and how."""
+    found: dict[str, list[Serving]] = {}
+    for stack in sorted(state.stacks.values(), key=lambda s: s.name):
+        release = stack.config.releases.get(model)
+        if release is None:
+            continue
+        for version, weight in release.traffic.items():
+            found.setdefault(version, []).append(Serving(stack.name, "traffic", weight))
+        if release.shadow:
+            found.setdefault(release.shadow.version, []).append(
+                Serving(stack.name, "shadow", release.shadow.percent)
+            )
+        for version in sorted(set(release.overrides.values())):
+            found.setdefault(version, []).append(Serving(stack.name, "override", 0))
+    return found
+
+
+@dataclass(frozen=True)
+class Change:
+    commit: str
+    author: str
+    date: str
+    subject: str
+    change: str
+
+
+_FIELD, _RECORD = "\x1f", "\x1e"
+
+
+def history(root: Path, model: str) -> dict[str, list[Change]]:
+    """For each version, in version order, the commits that added or changed its record."""
+    display = model_file(model)
+    log = gitutil.git(
+        root, "log", "--reverse", f"--format=%H{_FIELD}%an <%ae>{_FIELD}%cI{_FIELD}%s{_RECORD}", "--", display
+    )
+    changes: dict[str, list[Change]] = {}
+    before: dict[str, Any] = {}
+    for entry in filter(str.strip, log.split(_RECORD)):
+        sha, author, date, subject = entry.strip("\n").split(_FIELD)
+        after = _versions_at(root, sha, display)
+        for version in sorted(set(before) | set(after), key=Version):
+            change = _describe(before.get(version), after.get(version))
+            if change:
+                changes.setdefault(version, []).append(Change(sha, author, date, subject, change))
+        before = after
+    return {version: changes[version] for version in sorted(changes, key=Version)}
+
+
+def _versions_at(root: Path, commit: str, display: str) -> dict[str, Any]:
+    text = gitutil.show(root, commit, display)
+    try:
+        doc = yamlio.loads(text, display) if text else None
+    except UserError:
+        return {}
+    versions = doc.get("versions") if isinstance(doc, dict) else None
+    return json.loads(json.dumps(versions, default=str)) if isinstance(versions, dict) else {}
+
+
+def _describe(old: Any, new: Any) -> str:
+    if old == new:
+        return ""
+    if old is None:
+        return "registered"
+    if new is None:
+        return "removed"
+    status = (old.get("status", "active"), new.get("status", "active"))
+    others_same = {k: v for k, v in old.items() if k != "status"} == {
+        k: v for k, v in new.items() if k != "status"
+    }
+    if others_same:
+        return f"status {status[0]} -> {status[1]}"
+    return "record changed"
+
+
+# ---------------------------------------------------------------- objects in stores
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    kind: Literal["artifact", "profile"]
+    path: str
+    md5: str
+    sha256: str
+    size: int | None
+
+
+def stored_objects(record: VersionRecord) -> list[StoredObject]:
+    a, p = record.artifact, record.profile
+    return [
+        StoredObject("artifact", a.path, a.md5, a.sha256, a.size),
+        StoredObject("profile", p.path, p.md5, p.sha256, None),
+    ]
+
+
+def remote_location(root: Path, remote: str | None) -> Location:
+    url = remote or dvcstore.repo_config(root).remote
+    if not url:
+        raise UserError(
+            ".dvc/config", "no default DVC remote", "run 'dvc remote add -d <name> <url>' or pass --remote"
+        )
+    return Location.of(url)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    kind: str
+    out: str
+    source: str
+
+
+def fetch_version(
+    root: Path, model: str, version: str, *, out: Path, profile_out: Path | None, remote: str | None
+) -> list[Fetched]:
+    """Write a registered version's artifact (and profile) from the remote or the cache, verified."""
+    record = _record(load_model(root, model), version)
+    config = dvcstore.repo_config(root)
+    urls = [remote] if remote else [url for url in (config.remote, str(config.cache)) if url]
+    sources = [Location.of(url) for url in urls]
+    targets = [(stored_objects(record)[0], out)]
+    if profile_out is not None:
+        targets.append((stored_objects(record)[1], profile_out))
+    fetched = []
+    for obj, path in targets:
+        used = dvcstore.fetch(sources, obj.md5, obj.sha256, path, obj.size)
+        fetched.append(Fetched(obj.kind, str(path), used.url))
+    return fetched
+
+
+@dataclass(frozen=True)
+class Finding:
+    model: str
+    version: str
+    kind: str
+    state: dvcstore.ObjectState
+    detail: str
+    stacks: list[str] = field(default_factory=list)
+
+    @property
+    def fix(self) -> str:
+        if self.state == "ok":
+            return ""
+        return f"modelctl reproduce {self.model} {self.version}"
+
+
+def served_versions(state: State) -> dict[tuple[str, str], list[str]]:
+    """(model, version) -> stacks, for every version any stack names (traffic, shadow, overrides)."""
+    found: dict[tuple[str, str], list[str]] = {}
+    for stack in sorted(state.stacks.values(), key=lambda s: s.name):
+        for model, release in stack.config.releases.items():
+            for _, version in release.referenced():
+                stacks = found.setdefault((model, version), [])
+                if stack.name not in stacks:
+                    stacks.append(stack.name)
+    return dict(sorted(found.items(), key=lambda item: (item[0][0], Version(item[0][1]))))
+
+
+def doctor(root: Path, remote: str | None = None, say: Say = _quiet) -> tuple[str, list[Finding]]:
+    """Check every served version's artifact and profile in the remote: present, same size and hashes."""
+    state = load_state(root)
+    location = remote_location(root, remote)
+    findings = []
+    for (model, version), stacks in served_versions(state).items():
+        say(f"checking {model} {version}")
+        for obj in stored_objects(state.model(model).versions[version]):
+            check = dvcstore.check_object(location, obj.md5, obj.sha256, obj.size)
+            findings.append(Finding(model, version, obj.kind, check.state, check.detail, stacks))
+    return location.url, findings
+
+
+# ---------------------------------------------------------------- reproduce
+
+
+@dataclass(frozen=True)
+class Reproduced:
+    model: str
+    version: str
+    remote: str
+    rebuilt: bool
+    pushed: list[str]
+
+
+def reproduce(
+    root: Path, model: str, version: str, *, remote: str | None = None, force: bool = False, say: Say = _quiet
+) -> Reproduced:
+    """Rebuild a version from its source commit, check it matches the record, push it to the remote."""
+    record = _record(load_model(root, model), version)
+    location = remote_location(root, remote)
+    objects = stored_objects(record)
+    missing = [o for o in objects if dvcstore.check_object(location, o.md5, o.sha256, o.size).state != "ok"]
+    if not missing and not force:
+        say(f"{model} {version}: artifact and profile already in {location.url}, verified")
+        return Reproduced(model, version, location.url, rebuilt=False, pushed=[])
+    commit = gitutil.resolve(root, record.source_commit)
+    cache = dvcstore.repo_config(root).cache
+    with _worktree(root, commit, say) as tree:
+        dvcstore.run_dvc(tree, "cache", "dir", "--local", str(cache))
+        say(f"{model} {version}: dvc repro {' '.join(stage_names(model))} at {commit[:12]}")
+        dvcstore.run_dvc(tree, "repro", "--force", *stage_names(model))
+        for obj in objects:
+            _require_reproduced(tree, model, version, obj)
+        for obj in missing or objects:
+            say(f"{model} {version}: pushing the {obj.kind} to {location.url}")
+            dvcstore.push(tree / obj.path, location, obj.md5, obj.sha256)
+    return Reproduced(model, version, location.url, rebuilt=True, pushed=[o.kind for o in missing or objects])
+
+
+def _require_reproduced(tree: Path, model: str, version: str, obj: StoredObject) -> None:
+    built = dvcstore.digest_file(tree / obj.path)
+    if built.md5 != obj.md5 or built.sha256 != obj.sha256:
+        raise UserError(
+            model_file(model),
+            f"rebuilt {obj.kind} of {version} has md5 {built.md5}, the record says {obj.md5}",
+            "the build is not reproducible at its source commit; check pinned versions (constraints.txt)",
+            key=f"versions.{version}.{obj.kind}.md5",
+        )
+
+
+@contextmanager
+def _worktree(root: Path, commit: str, say: Say) -> Iterator[Path]:
+    """A detached checkout of `commit`, removed afterwards whatever happens."""
+    parent = Path(tempfile.mkdtemp(prefix="modelctl-reproduce-"))
+    tree = parent / "tree"
+    say(f"checking out {commit[:12]} in {tree}")
+    gitutil.git(root, "worktree", "add", "--quiet", "--detach", str(tree), commit)
+    try:
+        yield tree
+    finally:
+        gitutil.git(root, "worktree", "remove", "--force", str(tree), check=False)
+        shutil.rmtree(parent, ignore_errors=True)
+        gitutil.git(root, "worktree", "prune", check=False)
