@@ -1,0 +1,77 @@
+"""Stack states read back from git: dates, authors, merges, unusable old commits."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from modelctl import yamlio
+from modelctl.history import release_changes, snapshot_at, stack_history
+from tests.factories import commit_at, run_git, stack_doc, write_repo
+
+MODEL = "fraud-detection"
+
+
+def commit_stack(root: Path, when: str, doc: dict[str, Any], message: str = "edit staging") -> None:
+    yamlio.dump_file(root / "Pulumi.staging.yaml", doc)
+    commit_at(root, when, message, "Pulumi.staging.yaml")
+
+
+def traffic_of(snapshot: Any) -> dict[str, int] | None:
+    release = snapshot.release(MODEL)
+    return dict(release.traffic) if release else None
+
+
+def test_history_reads_each_commit_with_its_committer_date(repo: Path) -> None:
+    commit_stack(repo, "2026-03-01T10:00:00Z", stack_doc({"v1.0.0": 80, "v1.1.0": 20}), "canary")
+    commit_stack(repo, "2026-03-02T10:00:00+01:00", stack_doc({"v1.1.0": 100}), "promote")
+    snapshots = stack_history(repo, "staging")
+    assert [s.subject for s in snapshots] == ["promote", "canary", "initial state"]
+    assert snapshots[0].date == datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    assert snapshots[0].author == "Test <test@example.com>"
+    assert traffic_of(snapshots[1]) == {"v1.0.0": 80, "v1.1.0": 20}
+
+
+def test_only_commits_that_change_the_model_release_are_changes(repo: Path) -> None:
+    commit_stack(repo, "2026-03-01T10:00:00Z", stack_doc({"v1.0.0": 100}), "to v1.0.0")
+    commit_stack(repo, "2026-03-01T11:00:00Z", stack_doc({"v1.0.0": 100}, namespace="other"), "namespace")
+    commit_stack(repo, "2026-03-01T12:00:00Z", stack_doc({"v1.0.0": 100}, model="other"), "model gone")
+    changes = release_changes(stack_history(repo, "staging"), MODEL)
+    assert [s.subject for s in changes] == ["model gone", "to v1.0.0", "initial state"]
+    assert traffic_of(changes[0]) is None
+
+
+def test_the_state_at_a_time_is_the_newest_commit_not_after_it(repo: Path) -> None:
+    commit_stack(repo, "2030-03-01T10:00:00Z", stack_doc({"v1.0.0": 100}), "march")
+    commit_stack(repo, "2030-04-01T10:00:00Z", stack_doc({"v1.1.0": 100}), "april")
+    snapshots = stack_history(repo, "staging")
+    at = snapshot_at(snapshots, datetime(2030, 3, 31, tzinfo=UTC))
+    assert at is not None
+    assert at.subject == "march"
+    exactly = snapshot_at(snapshots, datetime(2030, 4, 1, 10, tzinfo=UTC))
+    assert exactly is not None
+    assert exactly.subject == "april"
+    assert snapshot_at(snapshots, datetime(2000, 1, 1, tzinfo=UTC)) is None
+
+
+def test_a_commit_that_does_not_validate_offers_no_state(repo: Path) -> None:
+    (repo / "Pulumi.staging.yaml").write_text("config:\n  modelctl:environment: [broken\n")
+    commit_at(repo, "2026-03-01T10:00:00Z", "broken", "Pulumi.staging.yaml")
+    latest = stack_history(repo, "staging")[0]
+    assert latest.subject == "broken"
+    assert latest.stack is None
+
+
+def test_merged_branches_count_from_the_merge(tmp_path: Path) -> None:
+    repo = write_repo(tmp_path / "repo")
+    run_git(repo, "checkout", "-q", "-b", "feature")
+    commit_stack(repo, "2026-03-01T10:00:00Z", stack_doc({"v1.1.0": 100}), "on a branch")
+    run_git(repo, "checkout", "-q", "main")
+    (repo / "README.md").write_text("unrelated\n")
+    commit_at(repo, "2026-03-05T10:00:00Z", "readme", "README.md")
+    run_git(repo, "merge", "-q", "--no-ff", "-m", "merge feature", "feature")
+    latest = stack_history(repo, "staging")[0]
+    assert latest.subject == "merge feature"
+    assert latest.date > datetime(2026, 3, 5, 10, tzinfo=UTC)
+    assert traffic_of(latest) == {"v1.1.0": 100}
