@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "modelctl.cli.check",
     "modelctl.cli.release",
     "modelctl.cli.registry",
+    "modelctl.cli.render",
 ]
 
 

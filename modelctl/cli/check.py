@@ -1,24 +1,35 @@
-"""`modelctl check`: validate the whole desired state (and, with --base, immutability)."""
+"""`modelctl check`: validate the whole desired state (and, with --base, immutability), then run the
+policy rules on the objects each stack renders (every stack, or the one named by --stack)."""
 
 from __future__ import annotations
 
 import argparse
 
+from infra.build import build_stack
 from modelctl.cli import Result, add_command, repo_root
-from modelctl.errors import collect
+from modelctl.errors import UserError, collect
 from modelctl.immutability import changes_since
-from modelctl.state import load_state
+from modelctl.state import State, load_state, stack_file
+from policies.rules import check_objects
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = add_command(sub, "check", run, "validate models, stacks and (with --base) record immutability")
+    parser = add_command(
+        sub,
+        "check",
+        run,
+        "validate models and stacks, run the policies and (with --base) record immutability",
+    )
     parser.add_argument("--base", metavar="REV", help="also refuse edits to version records merged at REV")
+    parser.add_argument("--stack", help="run the policies on this stack only (default: every stack)")
 
 
 def run(args: argparse.Namespace) -> Result:
     state = load_state(repo_root(args))
     if args.base:
         collect(changes_since(state, args.base))
+    stacks = [state.stack(args.stack).name] if args.stack else sorted(state.stacks)
+    objects = {name: check_policies(state, name) for name in stacks}
     versions = sum(len(m.versions) for m in state.models.values())
     data = {
         "ok": True,
@@ -26,8 +37,23 @@ def run(args: argparse.Namespace) -> Result:
         "versions": versions,
         "stacks": sorted(state.stacks),
         "base": args.base,
+        "policies": {"stacks": stacks, "objects": objects},
     }
     text = f"ok: {len(state.models)} models, {versions} versions, {len(state.stacks)} stacks valid"
+    if stacks:
+        text += f"; policies pass on {sum(objects.values())} objects of {', '.join(stacks)}"
     if args.base:
         text += f"; no registered version changed since {args.base}"
     return Result(data, text)
+
+
+def check_policies(state: State, stack_name: str) -> int:
+    """Run every policy on the stack's rendered objects; violations are one-line errors."""
+    objects = build_stack(state, stack_name)
+    collect(
+        [
+            UserError(stack_file(stack_name), f"policy {violation}", violation.fix)
+            for violation in check_objects(objects, state)
+        ]
+    )
+    return len(objects)

@@ -1,0 +1,1 @@
+"""Policies over rendered Kubernetes objects, shared by the CrossGuard pack and `modelctl check`."""

@@ -1,0 +1,356 @@
+"""Policy rules: plain functions over (kind, object), plus the State where a rule needs the registry.
+
+Each rule returns the problems it finds as sentences; an empty list means the object passes.
+The CrossGuard pack (`policies/pack.py`) and `modelctl check --stack` run the same rules.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from modelctl.schema import ModelFile
+from modelctl.state import Stack, State
+
+Obj = dict[str, Any]
+# Labels and headers as infra/common.py writes them.
+STACK_LABEL = "modelctl.io/stack"
+VERSION_HEADER = "x-model-version"
+POD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "Pod"})
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+SECRET_NAME = re.compile(r"pass(word|wd)?|secret|token|api[_-]?key|credential|private[_-]?key", re.IGNORECASE)
+SECRET_VALUE = re.compile(
+    r"hooks\.slack\.com/services/|-----BEGIN [A-Z ]*PRIVATE KEY-----|://[^/\s:@]+:[^/\s@]+@|\bxox[abpr]-"
+)
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    description: str
+    fix: str
+    kinds: frozenset[str]
+    check: Callable[[Obj, State], list[str]]
+
+
+@dataclass(frozen=True)
+class StackRule:
+    name: str
+    description: str
+    fix: str
+    check: Callable[[list[Obj], State], list[str]]
+
+
+@dataclass(frozen=True)
+class Violation:
+    rule: str
+    kind: str
+    name: str
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        subject = f"{self.kind} {self.name}: " if self.name else ""
+        return f"{self.rule}: {subject}{self.message}"
+
+
+def object_name(obj: Obj) -> str:
+    meta = obj.get("metadata") or {}
+    return f"{meta['namespace']}/{meta.get('name', '?')}" if meta.get("namespace") else meta.get("name", "?")
+
+
+def _stack_of(obj: Obj, state: State) -> Stack | None:
+    name = ((obj.get("metadata") or {}).get("labels") or {}).get(STACK_LABEL)
+    return state.stacks.get(name) if name else None
+
+
+def _model_of(obj: Obj, state: State) -> ModelFile | None:
+    app = ((obj.get("metadata") or {}).get("labels") or {}).get("app")
+    return state.models.get(app) if app else None
+
+
+def _subset_versions(model: ModelFile) -> dict[str, str]:
+    # The subset naming of infra.common.subset_name (policies depend on the core only).
+    return {version.replace(".", "-").lower(): version for version in model.versions}
+
+
+# ---------------------------------------------------------------- routing
+
+
+def _routes(vs: Obj) -> Iterator[tuple[Obj, bool]]:
+    """Each HTTP route with whether it only serves requests that ask for a version by header."""
+    for route in (vs.get("spec") or {}).get("http") or []:
+        matches = route.get("match") or []
+        by_header = bool(matches) and all(VERSION_HEADER in (m.get("headers") or {}) for m in matches)
+        yield route, by_header
+
+
+def traffic_weights(vs: Obj, state: State) -> list[str]:
+    """Weights of each route sum to 100, and every destination names an active version."""
+    problems = []
+    model = _model_of(vs, state)
+    for route, _ in _routes(vs):
+        destinations = route.get("route") or []
+        name = route.get("name", "unnamed")
+        weights = [d.get("weight") for d in destinations]
+        total = sum(w or 0 for w in weights)
+        if (len(destinations) > 1 or any(w is not None for w in weights)) and total != 100:
+            problems.append(f"route {name} has weights summing to {total:g}, not 100")
+        if model is None:
+            problems.append(f"route {name} belongs to no registered model (label 'app')")
+            continue
+        subsets = _subset_versions(model)
+        mirror = [route["mirror"]] if route.get("mirror") else []
+        for destination in [d.get("destination") or {} for d in destinations] + mirror:
+            version = subsets.get(destination.get("subset", ""))
+            if version is None:
+                problems.append(f"route {name} sends traffic to unknown subset {destination.get('subset')!r}")
+            elif model.versions[version].status != "active":
+                problems.append(
+                    f"route {name} sends traffic to {version}, which is {model.versions[version].status}"
+                )
+    return problems
+
+
+def production_gates(vs: Obj, state: State) -> list[str]:
+    """On production stacks, live traffic only reaches versions that pass the model's gates."""
+    stack, model = _stack_of(vs, state), _model_of(vs, state)
+    if stack is None or model is None or not stack.config.environment.production:
+        return []
+    subsets = _subset_versions(model)
+    problems = []
+    for route, by_header in _routes(vs):
+        for destination in route.get("route") or []:
+            version = subsets.get((destination.get("destination") or {}).get("subset", ""))
+            if by_header or version is None or destination.get("weight", 100) == 0:
+                continue
+            failed = model.versions[version].failed_gates(model.gates)
+            if failed:
+                problems.append(
+                    f"production route {route.get('name')} serves {version}, which fails {'; '.join(failed)}"
+                )
+    return problems
+
+
+# ---------------------------------------------------------------- pods
+
+
+def _pod_spec(obj: Obj) -> Obj:
+    if obj.get("kind") == "Pod":
+        return obj.get("spec") or {}
+    return ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
+
+
+def _containers(obj: Obj) -> Iterator[tuple[Obj, bool]]:
+    """Every container of the pod, with whether it is an init container."""
+    spec = _pod_spec(obj)
+    for container in spec.get("initContainers") or []:
+        yield container, True
+    for container in spec.get("containers") or []:
+        yield container, False
+
+
+def resource_limits(obj: Obj, state: State) -> list[str]:
+    return [
+        f"container {c.get('name')} has no {resource} limit"
+        for c, _ in _containers(obj)
+        for resource in ("cpu", "memory")
+        if resource not in ((c.get("resources") or {}).get("limits") or {})
+    ]
+
+
+def health_probes(obj: Obj, state: State) -> list[str]:
+    return [
+        f"container {c.get('name')} has no {probe}"
+        for c, init in _containers(obj)
+        if not init
+        for probe in ("readinessProbe", "livenessProbe")
+        if not c.get(probe)
+    ]
+
+
+def non_root(obj: Obj, state: State) -> list[str]:
+    pod = _pod_spec(obj).get("securityContext") or {}
+    problems = []
+    for container, _ in _containers(obj):
+        context = {
+            **pod,
+            **{k: v for k, v in (container.get("securityContext") or {}).items() if v is not None},
+        }
+        if context.get("runAsNonRoot") is not True:
+            problems.append(f"container {container.get('name')} does not set runAsNonRoot: true")
+        if context.get("runAsUser") == 0:
+            problems.append(f"container {container.get('name')} runs as user 0")
+    return problems
+
+
+def read_only_root(obj: Obj, state: State) -> list[str]:
+    return [
+        f"container {c.get('name')} does not set readOnlyRootFilesystem: true"
+        for c, _ in _containers(obj)
+        if (c.get("securityContext") or {}).get("readOnlyRootFilesystem") is not True
+    ]
+
+
+def pinned_images(obj: Obj, state: State) -> list[str]:
+    """No `latest` (or missing) tags anywhere; digests on production stacks."""
+    stack = _stack_of(obj, state)
+    production = stack is not None and stack.config.environment.production
+    problems = []
+    for container, _ in _containers(obj):
+        image = container.get("image") or ""
+        repository, _, tag = image.split("@")[0].rpartition(":")
+        if "/" in tag or not repository:
+            tag = ""  # the colon belonged to a registry port, so there is no tag
+        if not DIGEST.search(image) and tag in ("", "latest"):
+            problems.append(f"container {container.get('name')} image {image!r} has no tag or uses 'latest'")
+        elif production and not DIGEST.search(image):
+            problems.append(
+                f"container {container.get('name')} image {image!r} is not pinned by @sha256 digest"
+            )
+    return problems
+
+
+# ---------------------------------------------------------------- secrets
+
+
+def _looks_secret(name: str, value: Any) -> bool:
+    return bool(SECRET_NAME.search(name)) or (isinstance(value, str) and bool(SECRET_VALUE.search(value)))
+
+
+def no_plaintext_secrets(obj: Obj, state: State) -> list[str]:
+    """Credentials belong in Secrets: not in ConfigMap data, not in literal env values."""
+    if obj.get("kind") == "ConfigMap":
+        data = {**(obj.get("data") or {}), **(obj.get("binaryData") or {})}
+        return [
+            f"ConfigMap key {key!r} looks like a credential"
+            for key, value in data.items()
+            if _looks_secret(key, value)
+        ]
+    return [
+        f"container {c.get('name')} env {env.get('name')!r} holds a literal credential"
+        for c, _ in _containers(obj)
+        for env in c.get("env") or []
+        if "value" in env and _looks_secret(env.get("name", ""), env["value"])
+    ]
+
+
+# ---------------------------------------------------------------- stack
+
+
+def monitored_models(objects: list[Obj], state: State) -> list[str]:
+    """Every served model has a ServiceMonitor selecting its pods and a PrometheusRule."""
+    served = {
+        (o["metadata"].get("namespace"), label)
+        for o in objects
+        if o.get("kind") in POD_KINDS and (label := (o["metadata"].get("labels") or {}).get("app"))
+    }
+    problems = []
+    for namespace, model in sorted(served, key=lambda item: (item[0] or "", item[1])):
+        in_namespace = [o for o in objects if o["metadata"].get("namespace") == namespace]
+        monitors = [
+            o
+            for o in in_namespace
+            if o.get("kind") == "ServiceMonitor"
+            and ((o.get("spec") or {}).get("selector") or {}).get("matchLabels", {}).get("app") == model
+        ]
+        rules = [
+            o
+            for o in in_namespace
+            if o.get("kind") == "PrometheusRule" and (o["metadata"].get("labels") or {}).get("app") == model
+        ]
+        if not monitors:
+            problems.append(f"model {model} in {namespace} has no ServiceMonitor")
+        if not rules:
+            problems.append(f"model {model} in {namespace} has no PrometheusRule")
+    return problems
+
+
+RULES = [
+    Rule(
+        "traffic-weights",
+        "Route weights sum to 100 and name active versions.",
+        "set traffic weights that add up to 100, on active versions only",
+        frozenset({"VirtualService"}),
+        traffic_weights,
+    ),
+    Rule(
+        "production-gates",
+        "Production traffic only reaches versions passing the promotion gates.",
+        "serve a version that passes the gates in models/<model>/model.yaml",
+        frozenset({"VirtualService"}),
+        production_gates,
+    ),
+    Rule(
+        "resource-limits",
+        "Every container has CPU and memory limits.",
+        "set resources.limits.cpu and resources.limits.memory",
+        POD_KINDS,
+        resource_limits,
+    ),
+    Rule(
+        "health-probes",
+        "Every serving container has readiness and liveness probes.",
+        "add readinessProbe and livenessProbe",
+        POD_KINDS,
+        health_probes,
+    ),
+    Rule(
+        "non-root",
+        "Every container runs as a non-root user.",
+        "set securityContext.runAsNonRoot: true and a non-zero runAsUser",
+        POD_KINDS,
+        non_root,
+    ),
+    Rule(
+        "read-only-root-fs",
+        "Every container has a read-only root filesystem.",
+        "set securityContext.readOnlyRootFilesystem: true and mount an emptyDir where it writes",
+        POD_KINDS,
+        read_only_root,
+    ),
+    Rule(
+        "pinned-images",
+        "No 'latest' tags; production images are pinned by digest.",
+        "use a versioned tag, and on production stacks name:tag@sha256:<digest>",
+        POD_KINDS,
+        pinned_images,
+    ),
+    Rule(
+        "no-plaintext-secrets",
+        "No credentials in ConfigMaps or literal env values.",
+        "keep credentials in a Secret set with 'pulumi config set --secret'",
+        POD_KINDS | {"ConfigMap"},
+        no_plaintext_secrets,
+    ),
+]
+STACK_RULES = [
+    StackRule(
+        "monitored-models",
+        "Every served model has a ServiceMonitor and a PrometheusRule.",
+        "render the model's ServiceMonitor and PrometheusRule with the same 'app' label",
+        monitored_models,
+    ),
+]
+
+
+def check_object(obj: Obj, state: State, rules: Iterable[Rule] = RULES) -> list[Violation]:
+    kind = obj.get("kind", "")
+    return [
+        Violation(rule.name, kind, object_name(obj), message, rule.fix)
+        for rule in rules
+        if kind in rule.kinds
+        for message in rule.check(obj, state)
+    ]
+
+
+def check_objects(objects: list[Obj], state: State) -> list[Violation]:
+    """Every rule on every object, then the rules over the whole set."""
+    violations = [v for obj in objects for v in check_object(obj, state)]
+    for rule in STACK_RULES:
+        violations += [
+            Violation(rule.name, "", "", message, rule.fix) for message in rule.check(objects, state)
+        ]
+    return violations
