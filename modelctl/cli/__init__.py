@@ -23,6 +23,7 @@ from modelctl.state import find_root
 COMMAND_MODULES = [
     "modelctl.cli.check",
     "modelctl.cli.release",
+    "modelctl.cli.plan",
     "modelctl.cli.registry",
     "modelctl.cli.render",
 ]

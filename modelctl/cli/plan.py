@@ -1,0 +1,153 @@
+"""`modelctl plan`: the rendered-manifest diff and traffic changes between a git revision and now.
+
+The base defaults to `origin/main` (what CI last deployed, and what a pull request is
+compared with) when that exists, else `HEAD` (your uncommitted edits). Exit code 0 means
+nothing changes, 2 that something does, so CI can act on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeAlias
+
+from modelctl import gitutil
+from modelctl.cli import Result, add_command, repo_root
+from modelctl.cli.release import describe, unified_diff
+from modelctl.state import STACK_PREFIX, State, load_state, model_file, stack_file
+
+DEFAULT_BASE = "origin/main"
+CHANGED = 2
+SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def register(sub: SubParsers) -> None:
+    parser = add_command(
+        sub, "plan", run, "diff the rendered manifests and traffic between a revision and the working tree"
+    )
+    parser.add_argument(
+        "--base",
+        metavar="REV",
+        help=f"compare with this revision (default: {DEFAULT_BASE} if present, else HEAD)",
+    )
+    parser.add_argument("--stack", help="only this stack")
+
+
+@dataclass(frozen=True)
+class StackPlan:
+    name: str
+    traffic: list[dict[str, str]]
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+    diff: str
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.traffic or self.diff)
+
+
+def run(args: argparse.Namespace) -> Result:
+    root = repo_root(args)
+    base = args.base or default_base(root)
+    commit = gitutil.resolve(root, base)
+    head = load_state(root)
+    with tempfile.TemporaryDirectory(prefix="modelctl-plan-") as folder:
+        before = load_state(checkout_state(root, commit, Path(folder)))
+        plans = [plan_stack(before, head, name) for name in stack_names(before, head, args.stack)]
+    changed = any(p.changes for p in plans)
+    data: dict[str, Any] = {
+        "base": base,
+        "commit": commit,
+        "changed": changed,
+        "stacks": {p.name: _plan_data(p) for p in plans},
+    }
+    return Result(data, _text(base, plans), CHANGED if changed else 0)
+
+
+def stack_names(before: State, after: State, only: str | None) -> list[str]:
+    if only and only not in before.stacks:
+        after.stack(only)  # refuses a stack that exists on neither side
+    return [only] if only else sorted(set(before.stacks) | set(after.stacks))
+
+
+def default_base(root: Path) -> str:
+    has_remote = gitutil.git(root, "rev-parse", "--verify", "--quiet", DEFAULT_BASE, check=False).strip()
+    return DEFAULT_BASE if has_remote else "HEAD"
+
+
+def checkout_state(root: Path, commit: str, folder: Path) -> Path:
+    """Write the desired-state files of `commit` into `folder`; git itself is only read."""
+    top = gitutil.git(root, "ls-tree", "--name-only", commit)
+    models = gitutil.git(root, "ls-tree", "-r", "--name-only", commit, "--", "models")
+    for path in (top + models).splitlines():
+        if _is_state_file(path):
+            text = gitutil.show(root, commit, path)
+            if text is not None:
+                (folder / path).parent.mkdir(parents=True, exist_ok=True)
+                (folder / path).write_text(text, encoding="utf-8")
+    return folder
+
+
+def _is_state_file(path: str) -> bool:
+    top_stack = "/" not in path and path.startswith(STACK_PREFIX) and path.endswith(".yaml")
+    parts = path.split("/")
+    return top_stack or (len(parts) == 3 and path == model_file(parts[1]))
+
+
+def plan_stack(before: State, after: State, name: str) -> StackPlan:
+    # Imported here so the other commands keep working while infra is being edited.
+    from infra.render import render_files
+
+    old = render_files(before, name) if name in before.stacks else {}
+    new = render_files(after, name) if name in after.stacks else {}
+    diff = "".join(
+        unified_diff(f"{name}/{file}", old.get(file, ""), new.get(file, ""))
+        for file in sorted(set(old) | set(new))
+        if old.get(file) != new.get(file)
+    )
+    return StackPlan(
+        name=name,
+        traffic=traffic_changes(before, after, name),
+        added=sorted(set(new) - set(old)),
+        removed=sorted(set(old) - set(new)),
+        changed=sorted(f for f in set(old) & set(new) if old[f] != new[f]),
+        diff=diff,
+    )
+
+
+def traffic_changes(before: State, after: State, name: str) -> list[dict[str, str]]:
+    old = before.stacks[name].config.releases if name in before.stacks else {}
+    new = after.stacks[name].config.releases if name in after.stacks else {}
+    rows = []
+    for model in sorted(set(old) | set(new)):
+        was, now = describe(old.get(model)), describe(new.get(model))
+        if was != now:
+            rows.append({"model": model, "before": was, "after": now})
+    return rows
+
+
+def _plan_data(plan: StackPlan) -> dict[str, Any]:
+    return {
+        "file": stack_file(plan.name),
+        "traffic": plan.traffic,
+        "added": plan.added,
+        "removed": plan.removed,
+        "changed": plan.changed,
+        "diff": plan.diff,
+    }
+
+
+def _text(base: str, plans: list[StackPlan]) -> str:
+    lines = [f"plan against {base}:"]
+    for plan in plans:
+        if not plan.changes:
+            lines.append(f"  {plan.name}: no changes")
+            continue
+        counts = f"{len(plan.added)} added, {len(plan.changed)} changed, {len(plan.removed)} removed"
+        lines.append(f"  {plan.name}: {counts}")
+        lines += [f"    {row['model']}: {row['before']} -> {row['after']}" for row in plan.traffic]
+    diffs = [plan.diff for plan in plans if plan.diff]
+    return "\n".join(lines) + ("\n\n" + "".join(diffs).rstrip("\n") if diffs else "")

@@ -1,0 +1,101 @@
+"""`modelctl plan`: rendered-manifest diffs between a revision and the working tree, and exit codes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from modelctl import yamlio
+from modelctl.cli import main
+from tests.factories import run_git, stack_doc
+
+pytest.importorskip("infra.render", reason="plan renders through infra.render")
+
+MODEL = "fraud-detection"
+Cli = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
+    def run(root: Path, *args: str) -> tuple[int, str, str]:
+        code = main(["-C", str(root), *args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def git_picture(root: Path) -> tuple[str, str, str]:
+    return (
+        run_git(root, "log", "--all", "--format=%H"),
+        run_git(root, "status", "--porcelain", "--untracked-files=all", "--ignored"),
+        run_git(root, "worktree", "list", "--porcelain"),
+    )
+
+
+def test_no_change_exits_0(repo: Path, cli: Cli) -> None:
+    code, out, _ = cli(repo, "plan")
+    assert code == 0
+    assert out.splitlines() == [
+        "plan against HEAD:",
+        "  dev: no changes",
+        "  prod: no changes",
+        "  staging: no changes",
+    ]
+
+
+def test_a_canary_commit_shows_its_manifest_diff_and_exits_2(repo: Path, cli: Cli) -> None:
+    cli(repo, "promote", MODEL, "--stack", "staging")
+    before = git_picture(repo)
+    code, out, _ = cli(repo, "plan", "--base", "HEAD~1")
+    assert code == 2
+    assert "  staging: " in out
+    assert "    fraud-detection: v1.0.0 90%, v1.1.0 10% -> v1.0.0 0%, v1.1.0 100%" in out
+    assert "+++ b/staging/fraud-detection/virtualservice.yaml" in out
+    assert "\n-      weight: 90\n" in out
+    assert "  prod: no changes" in out
+    assert git_picture(repo) == before
+
+
+def test_uncommitted_edits_are_planned_against_head(repo: Path, cli: Cli) -> None:
+    cli(repo, "shadow", MODEL, "v1.1.0", "--stack", "prod", "--percent", "10", "--no-commit")
+    code, out, _ = cli(repo, "plan", "--json")
+    data = json.loads(out)
+    assert code == 2
+    assert data["base"] == "HEAD"
+    assert data["changed"] is True
+    assert data["stacks"]["prod"]["traffic"] == [
+        {"model": MODEL, "before": "v1.0.0 100%", "after": "v1.0.0 100%; shadow v1.1.0 10%"}
+    ]
+    assert any("v1-1-0" in name for name in data["stacks"]["prod"]["added"])
+    assert data["stacks"]["staging"]["diff"] == ""
+
+
+def test_the_default_base_is_origin_main_when_present(repo: Path, cli: Cli) -> None:
+    run_git(repo, "update-ref", "refs/remotes/origin/main", "HEAD")
+    cli(repo, "promote", MODEL, "--stack", "staging")
+    code, out, _ = cli(repo, "plan", "--stack", "staging")
+    assert code == 2
+    assert out.startswith("plan against origin/main:\n  staging: ")
+
+
+def test_a_new_stack_is_all_additions(repo: Path, cli: Cli) -> None:
+    yamlio.dump_file(repo / "Pulumi.qa.yaml", stack_doc({"v1.0.0": 100}, namespace="models-qa"))
+    code, out, _ = cli(repo, "plan", "--stack", "qa", "--json")
+    data = json.loads(out)["stacks"]["qa"]
+    assert code == 2
+    assert data["added"]
+    assert data["removed"] == data["changed"] == []
+
+
+def test_an_unknown_base_is_one_line(repo: Path, cli: Cli) -> None:
+    code, out, err = cli(repo, "plan", "--base", "no-such-branch")
+    assert code == 2
+    assert out == ""
+    assert err == (
+        "error: no-such-branch: not a commit in this repository; "
+        "pass a branch, tag or commit that exists (e.g. origin/main)\n"
+    )
