@@ -67,10 +67,12 @@ def test_uncommitted_edits_are_planned_against_head(repo: Path, cli: Cli) -> Non
     assert code == 2
     assert data["base"] == "HEAD"
     assert data["changed"] is True
+    assert (data["stacks"]["prod"]["changed"], data["stacks"]["prod"]["production"]) == (True, True)
+    assert data["stacks"]["staging"]["changed"] is False
     assert data["stacks"]["prod"]["traffic"] == [
         {"model": MODEL, "before": "v1.0.0 100%", "after": "v1.0.0 100%; shadow v1.1.0 10%"}
     ]
-    assert any("v1-1-0" in name for name in data["stacks"]["prod"]["added"])
+    assert any("v1-1-0" in name for name in data["stacks"]["prod"]["files"]["added"])
     assert data["stacks"]["staging"]["diff"] == ""
 
 
@@ -85,10 +87,10 @@ def test_the_default_base_is_origin_main_when_present(repo: Path, cli: Cli) -> N
 def test_a_new_stack_is_all_additions(repo: Path, cli: Cli) -> None:
     yamlio.dump_file(repo / "Pulumi.qa.yaml", stack_doc({"v1.0.0": 100}, namespace="models-qa"))
     code, out, _ = cli(repo, "plan", "--stack", "qa", "--json")
-    data = json.loads(out)["stacks"]["qa"]
+    files = json.loads(out)["stacks"]["qa"]["files"]
     assert code == 2
-    assert data["added"]
-    assert data["removed"] == data["changed"] == []
+    assert files["added"]
+    assert files["removed"] == files["changed"] == []
 
 
 def test_an_unknown_base_is_one_line(repo: Path, cli: Cli) -> None:

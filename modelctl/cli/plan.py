@@ -38,6 +38,7 @@ def register(sub: SubParsers) -> None:
 @dataclass(frozen=True)
 class StackPlan:
     name: str
+    production: bool
     traffic: list[dict[str, str]]
     added: list[str]
     removed: list[str]
@@ -110,6 +111,7 @@ def plan_stack(before: State, after: State, name: str) -> StackPlan:
     )
     return StackPlan(
         name=name,
+        production=(after.stacks.get(name) or before.stacks[name]).config.environment.production,
         traffic=traffic_changes(before, after, name),
         added=sorted(set(new) - set(old)),
         removed=sorted(set(old) - set(new)),
@@ -132,10 +134,10 @@ def traffic_changes(before: State, after: State, name: str) -> list[dict[str, st
 def _plan_data(plan: StackPlan) -> dict[str, Any]:
     return {
         "file": stack_file(plan.name),
+        "production": plan.production,
+        "changed": plan.changes,
         "traffic": plan.traffic,
-        "added": plan.added,
-        "removed": plan.removed,
-        "changed": plan.changed,
+        "files": {"added": plan.added, "changed": plan.changed, "removed": plan.removed},
         "diff": plan.diff,
     }
 
