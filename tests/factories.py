@@ -145,3 +145,57 @@ def commit_at(root: Path, when: str, message: str, *paths: str) -> None:
         capture_output=True,
         env=env,
     )
+
+
+PROD_IMAGE = "ghcr.io/acme/modelctl-serving:0.1.0@sha256:" + fake_hex("image", 64)
+
+
+def full_docs() -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Documents using every release and environment feature: two models, a warm rollback version,
+    shadow, sticky sessions, header overrides, all receiver kinds, ingress and monitoring install."""
+    fraud = model_doc(versions=("v1.0.0", "v1.1.0", "v1.2.0"))
+    fraud["gates"]["accuracy"] = 0.9
+    fraud["alerts"].append(
+        {"name": "HighFraudScore", "metric": "model_prediction_score_sum", "operator": ">", "threshold": 1e6}
+    )
+    churn = model_doc("churn", versions=("v2.0.0", "v2.1.0-rc.1"))
+    receivers = [
+        {
+            "name": "oncall-email",
+            "severities": ["critical"],
+            "email": {
+                "to": "oncall@example.com",
+                "from": "alerts@example.com",
+                "smarthost": "smtp.example.com:587",
+                "auth_username": "alerts",
+                "auth_password_secret": "smtpPassword",
+            },
+        },
+        {"name": "ml-slack", "slack": {"channel": "#ml-alerts", "api_url_secret": "slackUrl"}},
+        {"name": "pager", "webhook": {"url_secret": "pagerUrl"}},
+    ]
+    staging = stack_doc({"v1.1.0": 90, "v1.2.0": 10}, receivers=receivers[1:2])
+    staging["config"]["modelctl:releases"]["fraud-detection"].update(
+        {"sticky": {"cookie": "fraud-version", "max_age": "1h"}, "overrides": {"canary": "v1.2.0"}}
+    )
+    staging["config"]["modelctl:releases"]["churn"] = {
+        "traffic": {"v2.0.0": 100},
+        "shadow": {"version": "v2.1.0-rc.1", "percent": 25},
+    }
+    staging["config"]["modelctl:slackUrl"] = {"secure": "v1:c2xhY2s="}
+    prod = stack_doc(
+        {"v1.0.0": 0, "v1.1.0": 100},
+        production=True,
+        requires={"stack": "staging", "soak": "24h"},
+        image=PROD_IMAGE,
+        namespace="models-prod",
+        receivers=receivers,
+        monitoring={"install": True},
+        ingress={"gateway": "istio-system/public", "domain": "models.example.com"},
+    )
+    prod["config"]["modelctl:releases"]["fraud-detection"]["shadow"] = {"version": "v1.2.0", "percent": 10}
+    prod["config"]["modelctl:releases"]["churn"] = {"traffic": {"v2.0.0": 100}}
+    for key in ("smtpPassword", "slackUrl", "pagerUrl"):
+        prod["config"][f"modelctl:{key}"] = {"secure": "v1:" + fake_hex(key, 24)}
+    dev = stack_doc({"v1.2.0": 100}, namespace="models-dev")
+    return {"fraud-detection": fraud, "churn": churn}, {"dev": dev, "staging": staging, "prod": prod}

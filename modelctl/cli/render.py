@@ -67,7 +67,7 @@ def stack_summary(state: State, stack_name: str) -> dict[str, Any]:
     for name, release in sorted(stack.config.releases.items()):
         models[name] = {
             "weights": {version: release.traffic[version] for version in release.serving()},
-            "warm": [v for v in release.deployed() if v not in release.serving()],
+            "warm": [v for v in release.deployed() if release.traffic.get(v) == 0],
             "shadow": release.shadow.model_dump() if release.shadow else None,
             "sticky": release.sticky is not None,
             "overrides": dict(release.overrides),

@@ -1,0 +1,264 @@
+"""What the builders turn a desired state into: the objects a cluster runs, one behaviour per test."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.build import build_stack
+from modelctl.errors import UserError
+from modelctl.servingspec import ServingSpec
+from modelctl.state import State, load_state
+from tests.factories import PROD_IMAGE, default_docs, full_docs, model_doc, stack_doc, write_repo
+
+Obj = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory: pytest.TempPathFactory) -> State:
+    return load_state(write_repo(tmp_path_factory.mktemp("full"), *full_docs(), git=False))
+
+
+def objects_of(state: State, stack: str, kind: str, app: str | None = None) -> list[Obj]:
+    return [
+        obj
+        for obj in build_stack(state, stack)
+        if obj["kind"] == kind and (app is None or obj["metadata"]["labels"].get("app") == app)
+    ]
+
+
+def one(state: State, stack: str, kind: str, app: str | None = None) -> Obj:
+    [obj] = objects_of(state, stack, kind, app)
+    return obj
+
+
+def test_build_is_deterministic_and_starts_with_the_namespace(state: State) -> None:
+    objects = build_stack(state, "prod")
+    assert objects == build_stack(state, "prod")
+    assert objects[0]["kind"] == "Namespace"
+    assert objects[0]["metadata"]["name"] == "models-prod"
+    assert objects[0]["metadata"]["labels"]["istio-injection"] == "enabled"
+    assert all(obj["metadata"].get("namespace") == "models-prod" for obj in objects[1:])
+
+
+def test_every_deployed_version_gets_a_deployment_and_an_autoscaler(state: State) -> None:
+    # prod: v1.1.0 serves, v1.0.0 stays warm at weight 0, v1.2.0 is the shadow.
+    deployments = objects_of(state, "prod", "Deployment", "fraud-detection")
+    assert [d["metadata"]["labels"]["version"] for d in deployments] == ["v1.0.0", "v1.1.0", "v1.2.0"]
+    assert [d["metadata"]["name"] for d in deployments] == [
+        "fraud-detection-v1-0-0",
+        "fraud-detection-v1-1-0",
+        "fraud-detection-v1-2-0",
+    ]
+    hpas = objects_of(state, "prod", "HorizontalPodAutoscaler", "fraud-detection")
+    assert [h["spec"]["scaleTargetRef"]["name"] for h in hpas] == [d["metadata"]["name"] for d in deployments]
+    assert hpas[0]["spec"]["minReplicas"] == 2
+    assert hpas[0]["spec"]["maxReplicas"] == 10
+    assert "replicas" not in deployments[0]["spec"], "the HPA owns the replica count"
+    assert [d["metadata"]["labels"]["version"] for d in objects_of(state, "dev", "Deployment")] == ["v1.2.0"]
+
+
+def test_init_containers_fetch_the_recorded_artifact_and_profile_by_content_address(state: State) -> None:
+    deployment = objects_of(state, "prod", "Deployment", "fraud-detection")[1]
+    record = state.models["fraud-detection"].versions["v1.1.0"]
+    pod = deployment["spec"]["template"]["spec"]
+    fetches = {c["name"]: c["command"] for c in pod["initContainers"]}
+    remote = state.stacks["prod"].config.environment.dvc_remote
+    assert fetches == {
+        "fetch-model": ["modelctl", "fetch", "--md5", record.artifact.md5, "--sha256", record.artifact.sha256,
+                        "--remote", remote, "-o", "/models/model.skops"],
+        "fetch-profile": ["modelctl", "fetch", "--md5", record.profile.md5, "--sha256", record.profile.sha256,
+                          "--remote", remote, "-o", "/models/profile.npz"],
+    }  # fmt: skip
+    assert {v["name"]: v["emptyDir"] for v in pod["volumes"]}.keys() == {"models", "tmp"}
+
+
+def test_server_env_is_the_serving_spec_contract(state: State) -> None:
+    deployment = objects_of(state, "prod", "Deployment", "fraud-detection")[1]
+    [server] = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in server["env"]}
+    expected = ServingSpec.from_record(state.models["fraud-detection"], "v1.1.0", "/models")
+    assert env == expected.to_env()
+    assert ServingSpec.from_env(env) == expected
+    assert server["command"] == ["python", "-m", "serving"]
+    assert server["image"] == PROD_IMAGE
+
+
+def test_pods_are_hardened_and_probed_on_the_inference_protocol(state: State) -> None:
+    pod = objects_of(state, "staging", "Deployment", "fraud-detection")[0]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for container in pod["initContainers"] + pod["containers"]:
+        security = container["securityContext"]
+        assert security["readOnlyRootFilesystem"] is True
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"] == {"drop": ["ALL"]}
+        assert set(container["resources"]["limits"]) == {"cpu", "memory"}
+    [server] = pod["containers"]
+    assert server["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert server["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert server["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert server["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
+    assert pod["terminationGracePeriodSeconds"] > 5
+    assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} == {
+        "topology.kubernetes.io/zone",
+        "kubernetes.io/hostname",
+    }
+
+
+def test_destination_rule_has_a_subset_per_deployed_version(state: State) -> None:
+    rule = one(state, "prod", "DestinationRule", "fraud-detection")
+    assert rule["spec"]["host"] == "fraud-detection.models-prod.svc.cluster.local"
+    assert rule["spec"]["subsets"] == [
+        {"name": "v1-0-0", "labels": {"version": "v1.0.0"}},
+        {"name": "v1-1-0", "labels": {"version": "v1.1.0"}},
+        {"name": "v1-2-0", "labels": {"version": "v1.2.0"}},
+    ]
+    assert rule["spec"]["trafficPolicy"]["outlierDetection"]["consecutive5xxErrors"] > 0
+
+
+def test_routes_are_overrides_then_sticky_then_weighted(state: State) -> None:
+    routes = one(state, "staging", "VirtualService", "fraud-detection")["spec"]["http"]
+    assert [r["name"] for r in routes] == ["override-v1-2-0-0", "sticky-v1-1-0", "sticky-v1-2-0", "weighted"]
+    assert routes[0]["match"] == [{"headers": {"x-model-version": {"exact": "canary"}}}]
+    assert routes[0]["route"][0]["destination"]["subset"] == "v1-2-0"
+    weighted = routes[-1]
+    assert [(d["destination"]["subset"], d["weight"]) for d in weighted["route"]] == [
+        ("v1-1-0", 90),
+        ("v1-2-0", 10),
+    ]
+    assert all(route["timeout"] and route["retries"]["attempts"] for route in routes)
+
+
+def test_sticky_routes_match_the_cookie_the_weighted_route_sets(state: State) -> None:
+    routes = one(state, "staging", "VirtualService", "fraud-detection")["spec"]["http"]
+    weighted = routes[-1]["route"]
+    set_cookie = weighted[1]["headers"]["response"]["add"]["set-cookie"]
+    assert set_cookie.startswith("fraud-version=v1.2.0; Max-Age=3600;")
+    cookie = set_cookie.split(";")[0]
+    sticky = {
+        r["route"][0]["destination"]["subset"]: r["match"][0]["headers"]["cookie"]["regex"]
+        for r in routes[1:3]
+    }
+    for header, expected in [
+        (cookie, "v1-2-0"),
+        (f"session=abc; {cookie}; theme=dark", "v1-2-0"),
+        ("fraud-version=v1.1.0", "v1-1-0"),
+    ]:
+        assert [subset for subset, regex in sticky.items() if re.fullmatch(regex, header)] == [expected]
+    assert not any(re.fullmatch(regex, "fraud-version=v1.2.0x") for regex in sticky.values())
+    assert not any(re.fullmatch(regex, "other-fraud-version=v1.2.0") for regex in sticky.values())
+
+
+def test_shadow_is_a_mirror_on_the_weighted_route(state: State) -> None:
+    vs = one(state, "prod", "VirtualService", "fraud-detection")
+    [weighted] = vs["spec"]["http"]
+    assert weighted["route"] == [
+        {
+            "destination": {
+                "host": "fraud-detection.models-prod.svc.cluster.local",
+                "subset": "v1-1-0",
+                "port": {"number": 80},
+            },
+            "weight": 100,
+        }
+    ]
+    assert weighted["mirror"]["subset"] == "v1-2-0"
+    assert weighted["mirrorPercentage"] == {"value": 10.0}
+
+
+def test_an_ingress_gateway_binds_the_external_host(state: State) -> None:
+    prod = one(state, "prod", "VirtualService", "churn")["spec"]
+    assert prod["hosts"] == ["churn.models-prod.svc.cluster.local", "churn.models.example.com"]
+    assert prod["gateways"] == ["istio-system/public", "mesh"]
+    assert "gateways" not in one(state, "staging", "VirtualService", "churn")["spec"]
+
+
+def test_network_policy_admits_the_mesh_and_prometheus_only(state: State) -> None:
+    policy = one(state, "prod", "NetworkPolicy", "churn")["spec"]
+    assert policy["podSelector"] == {"matchLabels": {"app": "churn"}}
+    assert policy["policyTypes"] == ["Ingress"]
+    sources = [peer for rule in policy["ingress"] for peer in rule["from"]]
+    assert all("namespaceSelector" in peer for peer in sources)
+    assert one(state, "prod", "PodDisruptionBudget", "churn")["spec"]["maxUnavailable"] == 1
+
+
+def test_alerting_objects_reference_secrets_without_values(state: State) -> None:
+    secret = one(state, "prod", "Secret")
+    assert secret["stringData"] == {
+        "smtpPassword": "<secret:modelctl:smtpPassword>",
+        "slackUrl": "<secret:modelctl:slackUrl>",
+        "pagerUrl": "<secret:modelctl:pagerUrl>",
+    }
+    spec = one(state, "prod", "AlertmanagerConfig")["spec"]
+    receivers = {r["name"]: r for r in spec["receivers"]}
+    assert [r["receiver"] for r in spec["route"]["routes"]] == ["oncall-email", "ml-slack", "pager"]
+    assert spec["route"]["routes"][0]["matchers"] == [
+        {"name": "severity", "matchType": "=~", "value": "critical"}
+    ]
+    assert receivers["oncall-email"]["emailConfigs"][0]["authPassword"] == {
+        "name": "modelctl-alerting",
+        "key": "smtpPassword",
+    }
+    assert receivers["ml-slack"]["slackConfigs"][0]["apiURL"]["key"] == "slackUrl"
+    assert receivers["pager"]["webhookConfigs"][0]["urlSecret"]["key"] == "pagerUrl"
+    assert objects_of(state, "dev", "Secret") == objects_of(state, "dev", "AlertmanagerConfig") == []
+
+
+def test_dashboard_shows_traffic_errors_latency_drift_ood_and_accuracy(state: State) -> None:
+    config_map = one(state, "prod", "ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    [text] = config_map["data"].values()
+    board = json.loads(text)
+    queries = " ".join(t["expr"] for p in board["panels"] for t in p["targets"])
+    for metric in ["model_requests_total", "model_prediction_duration_seconds_bucket", "model_feature_drift",
+                   "model_out_of_distribution_total", "model_accuracy"]:  # fmt: skip
+        assert metric in queries
+    assert "histogram_quantile(0.5," in queries
+    assert "histogram_quantile(0.99," in queries
+
+
+def test_every_model_is_monitored(state: State) -> None:
+    monitor = one(state, "prod", "ServiceMonitor", "churn")
+    assert monitor["spec"]["selector"] == {"matchLabels": {"app": "churn"}}
+    assert monitor["spec"]["endpoints"][0]["port"] == "http"
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    names = [
+        r["alert"]
+        for r in one(state, "prod", "PrometheusRule", "fraud-detection")["spec"]["groups"][0]["rules"]
+    ]
+    assert names[:5] == [
+        "ModelHighErrorRate",
+        "ModelHighLatencyP99",
+        "ModelFeatureDrift",
+        "ModelOutOfDistribution",
+        "ModelNoTraffic",
+    ]
+    assert {
+        "ModelLiveAccuracyBelowGate",
+        "ModelLiveRecallBelowGate",
+        "LowLiveAccuracy",
+        "HighFraudScore",
+    } <= set(names)
+
+
+def test_a_gateway_without_a_domain_is_one_clear_error(tmp_path: Path) -> None:
+    models, stacks = default_docs()
+    stacks["dev"]["config"]["modelctl:environment"]["ingress"] = {"gateway": "istio-system/public"}
+    state = load_state(write_repo(tmp_path, models, stacks, git=False))
+    with pytest.raises(
+        UserError, match=r"Pulumi\.dev\.yaml: .*ingress\.domain: ingress.gateway is set without"
+    ):
+        build_stack(state, "dev")
+
+
+def test_versions_whose_subset_names_collide_are_refused(tmp_path: Path) -> None:
+    models = {"fraud-detection": model_doc(versions=("v1.0.0-a.b", "v1.0.0-a-b"))}
+    stacks = {"dev": stack_doc({"v1.0.0-a.b": 50, "v1.0.0-a-b": 50})}
+    state = load_state(write_repo(tmp_path, models, stacks, git=False))
+    with pytest.raises(UserError, match="share the name 'v1-0-0-a-b'"):
+        build_stack(state, "dev")
