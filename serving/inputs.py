@@ -162,7 +162,7 @@ def infer_request(body: Any, checker: RowChecker) -> InferRequest:
 
 def _tensor_rows(tensor: dict[str, Any], checker: RowChecker) -> list[Row]:
     shape, datatype, data = tensor.get("shape"), tensor.get("datatype"), tensor.get("data")
-    if datatype not in _TENSOR_TYPES:
+    if type(datatype) is not str or datatype not in _TENSOR_TYPES:
         raise invalid(
             f"inputs[0].datatype is {_show(datatype)}; use one of {', '.join(sorted(_TENSOR_TYPES))}"
         )

@@ -1,0 +1,85 @@
+"""Online drift against the version's reference profile, kept off the request path.
+
+Each batch only flags out-of-distribution rows (one vectorized comparison) and parks its
+rows; a timer moves them into the drift window and recomputes the statistics in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import zipfile
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+
+from modelctl.drift import DriftWindow, Profile
+from modelctl.errors import UserError
+from modelctl.servingspec import ServingSpec
+from serving.loader import FIX_RECORD, Matrix, read_verified
+
+log = logging.getLogger("serving.drift")
+Publish = Callable[[dict[str, float]], None]
+
+
+def load_profile(spec: ServingSpec) -> Profile:
+    """The reference profile, verified by sha256 like the artifact.
+
+    `Profile.load` reads a path, so the verified bytes go to a private copy first: what is
+    parsed is exactly what was hashed, even if the original file changes in between.
+    """
+    data = read_verified(spec.profile_path, spec.profile_sha256, "reference profile")
+    with tempfile.NamedTemporaryFile(suffix=".npz") as verified:
+        verified.write(data)
+        verified.flush()
+        try:
+            return Profile.load(verified.name)
+        except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
+            raise UserError(
+                spec.profile_path, f"the reference profile is unreadable ({exc})", FIX_RECORD
+            ) from None
+
+
+class DriftMonitor:
+    def __init__(self, profile: Profile, window_size: int) -> None:
+        self.profile = profile
+        self.window = DriftWindow(profile, window_size)
+        # At most one window's worth of rows waits for the timer; older rows would be dropped anyway.
+        self._parked: deque[Matrix] = deque()
+        self._parked_rows = 0
+        self._window_size = window_size
+
+    def observe(self, rows: Matrix) -> int:
+        """Park a batch for the drift window; the number of its out-of-distribution rows."""
+        self._parked.append(rows)
+        self._parked_rows += len(rows)
+        while self._parked_rows - len(self._parked[0]) >= self._window_size:
+            self._parked_rows -= len(self._parked.popleft())
+        return int(np.count_nonzero(self.profile.out_of_range(rows)))
+
+    def _take(self) -> Matrix | None:
+        if not self._parked:
+            return None
+        rows = np.concatenate(self._parked)
+        self._parked.clear()
+        self._parked_rows = 0
+        return rows
+
+    def update(self, rows: Matrix | None) -> dict[str, float]:
+        if rows is not None:
+            self.window.add(rows)
+        return self.window.statistics()
+
+    async def run(self, interval: float, publish: Publish) -> None:
+        """Every `interval` seconds, fold the parked rows into the window and publish the statistics."""
+        while True:
+            await asyncio.sleep(interval)
+            rows = self._take()
+            if rows is None:
+                continue
+            try:
+                publish(await asyncio.to_thread(self.update, rows))
+            except Exception:  # drift is monitoring: log it and keep serving predictions
+                log.exception("drift statistics failed; keeping the previous values")
