@@ -1,0 +1,329 @@
+"""The server's HTTP API in-process: every endpoint, every kind of bad input, feedback and metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+from sklearn.metrics import accuracy_score, precision_score, recall_score
+
+with warnings.catch_warnings():
+    # Starlette now prefers the httpx2 package; the httpx it falls back to works the same here.
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+from serving.app import Settings, create_app
+from serving.server import build
+from tests.test_serving_helpers import SIGNATURE, Version, as_json_row, labels_for, reference_rows, served
+
+__all__ = ["served"]  # the session fixture, used by name
+MODEL = "fraud-detection"
+JSON = {"content-type": "application/json"}
+
+
+@pytest.fixture
+def client(served: Version) -> Iterator[TestClient]:
+    server = build(served.spec, Settings(max_rows=50, max_body_bytes=20_000, drift_interval_s=3600))
+    with TestClient(create_app(server), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def post(client: TestClient, path: str, body: Any) -> Any:
+    return client.post(path, content=orjson.dumps(body), headers=JSON)
+
+
+def metric_samples(client: TestClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    text = client.get("/metrics").text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def sample(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    key = frozenset({"model": MODEL, "version": "v1.2.0", **labels}.items())
+    return samples[(name, key)]
+
+
+ROWS = reference_rows(40, seed=7)
+
+
+def test_predict_one_row_matches_the_model(client: TestClient, served: Version) -> None:
+    response = post(client, "/predict", {"features": as_json_row(ROWS[0])})
+    assert response.status_code == 200
+    body = response.json()
+    expected = served.estimator.predict_proba(ROWS[:1])[0]
+    assert body["probability"] == expected.tolist()
+    assert body["prediction"] == ["legit", "fraud"][served.estimator.predict(ROWS[:1])[0]]
+    assert (body["model"], body["version"]) == (MODEL, "v1.2.0")
+    assert body["request_id"]
+    assert body["timestamp"].startswith("20")
+
+
+def test_predict_batch_matches_the_model(client: TestClient, served: Version) -> None:
+    response = post(client, "/predict", {"instances": [as_json_row(r) for r in ROWS]})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["probabilities"] == served.estimator.predict_proba(ROWS).tolist()
+    assert body["predictions"] == [["legit", "fraud"][i] for i in served.estimator.predict(ROWS)]
+
+
+def test_request_id_comes_from_the_gateway_header(client: TestClient) -> None:
+    response = client.post(
+        "/predict",
+        content=orjson.dumps({"features": as_json_row(ROWS[0])}),
+        headers={**JSON, "x-request-id": "gateway-42"},
+    )
+    assert response.json()["request_id"] == "gateway-42"
+
+
+def test_open_inference_protocol(client: TestClient, served: Version) -> None:
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+    assert client.get(f"/v2/models/{MODEL}/ready").json() == {"name": MODEL, "ready": True}
+    metadata = client.get(f"/v2/models/{MODEL}").json()
+    assert metadata["versions"] == ["v1.2.0"]
+    assert metadata["inputs"][0]["shape"] == [-1, 4]
+    assert metadata["parameters"]["features"] == SIGNATURE.names
+    assert client.get("/v2").json()["name"] == "modelctl-serving"
+
+    rows = [as_json_row(r) for r in ROWS[:3]]
+    flat = [value for row in rows for value in row]
+    for data in (flat, rows):
+        tensor = {"name": "input-0", "shape": [3, 4], "datatype": "FP64", "data": data}
+        response = post(client, f"/v2/models/{MODEL}/infer", {"id": "abc", "inputs": [tensor]})
+        assert response.status_code == 200
+        body = response.json()
+        assert (body["model_name"], body["model_version"], body["id"]) == (MODEL, "v1.2.0", "abc")
+        outputs = {o["name"]: o for o in body["outputs"]}
+        assert outputs["predict"]["data"] == [
+            ["legit", "fraud"][i] for i in served.estimator.predict(ROWS[:3])
+        ]
+        assert outputs["predict_proba"]["shape"] == [3, 2]
+        assert outputs["predict_proba"]["data"] == served.estimator.predict_proba(ROWS[:3]).ravel().tolist()
+
+    only = post(
+        client,
+        f"/v2/models/{MODEL}/versions/v1.2.0/infer",
+        {
+            "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": rows[0]}],
+            "outputs": [{"name": "predict"}],
+        },
+    )
+    assert [o["name"] for o in only.json()["outputs"]] == ["predict"]
+
+
+def test_version_endpoint(client: TestClient, served: Version) -> None:
+    body = client.get("/version").json()
+    assert body["model"] == MODEL
+    assert body["version"] == "v1.2.0"
+    assert body["sha256"] == served.spec.sha256
+    assert body["build"]
+
+
+GOOD = as_json_row(ROWS[0])
+TENSOR = {"name": "x", "shape": [1, 4], "datatype": "FP64", "data": GOOD}
+BAD_BODIES: list[tuple[str, str, bytes, dict[str, str], int, str]] = [
+    ("invalid JSON", "/predict", b'{"features": [1, 2', JSON, 400, "not valid JSON"),
+    ("NaN literal", "/predict", b'{"features": [NaN, 1, 0.5, true]}', JSON, 400, "not valid JSON"),
+    ("Infinity by overflow", "/predict", b'{"features": [1e400, 1, 0.5, true]}', JSON, 400, "not valid JSON"),
+    ("empty body", "/predict", b"", JSON, 400, "not valid JSON"),
+    ("a list, not an object", "/predict", b"[1, 2]", JSON, 422, '"features"'),
+    ("neither key", "/predict", b'{"rows": []}', JSON, 422, '"instances"'),
+    ("wrong feature count", "/predict", orjson.dumps({"features": GOOD[:3]}), JSON, 422, "send a list of 4 values"),
+    ("a string value", "/predict", orjson.dumps({"features": ["12", *GOOD[1:]]}), JSON, 422, "send a number"),
+    ("a null value", "/predict", orjson.dumps({"features": [None, *GOOD[1:]]}), JSON, 422, "send a number"),
+    ("a bool for a number", "/predict", orjson.dumps({"features": [True, *GOOD[1:]]}), JSON, 422, "send a number"),
+    ("a fraction for an int", "/predict", orjson.dumps({"features": [1.0, 3.5, 0.5, True]}), JSON, 422, "whole number"),
+    ("a number for a bool", "/predict", orjson.dumps({"features": [1.0, 3, 0.5, 7]}), JSON, 422, "true or false"),
+    ("above the signature", "/predict", orjson.dumps({"features": [1.0, 3, 1.5, True]}), JSON, 422, "outside the signature"),
+    ("below the signature", "/predict", orjson.dumps({"features": [-1.0, 3, 0.5, True]}), JSON, 422, "outside"),
+    ("empty instances", "/predict", orjson.dumps({"instances": []}), JSON, 422, "non-empty list"),
+    ("too many rows", "/predict", orjson.dumps({"instances": [GOOD] * 51}), JSON, 413, "at most 50"),
+    ("too large a body", "/predict", b'{"features": [' + b" " * 30_000 + b"]}", JSON, 413, "over 20000 bytes"),
+    ("wrong content type", "/predict", orjson.dumps({"features": GOOD}), {"content-type": "text/plain"}, 415, "Content-Type"),
+    ("no content type", "/predict", orjson.dumps({"features": GOOD}), {}, 415, "Content-Type"),
+    ("unknown model", "/v2/models/churn/infer", orjson.dumps({"inputs": [TENSOR]}), JSON, 404, "not 'churn'"),
+    ("unknown version", "/v2/models/fraud-detection/versions/v9.9.9/infer", orjson.dumps({"inputs": [TENSOR]}), JSON, 404, "v9.9.9"),
+    ("tensor of wrong shape", f"/v2/models/{MODEL}/infer", orjson.dumps({"inputs": [{**TENSOR, "shape": [1, 5]}]}), JSON, 422, "[rows, 4]"),
+    ("tensor of text", f"/v2/models/{MODEL}/infer", orjson.dumps({"inputs": [{**TENSOR, "datatype": "BYTES"}]}), JSON, 422, "datatype"),
+    ("tensor data short", f"/v2/models/{MODEL}/infer", orjson.dumps({"inputs": [{**TENSOR, "data": GOOD[:2]}]}), JSON, 422, "does not hold"),
+    ("unknown output", f"/v2/models/{MODEL}/infer", orjson.dumps({"inputs": [TENSOR], "outputs": [{"name": "x"}]}), JSON, 422, "outputs"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_BODIES, ids=[case[0] for case in BAD_BODIES])
+def test_bad_input_is_a_4xx_saying_what_to_fix(
+    client: TestClient, case: tuple[str, str, bytes, dict[str, str], int, str]
+) -> None:
+    _, path, body, headers, status, hint = case
+    response = client.post(path, content=body, headers=headers)
+    assert response.status_code == status
+    assert hint in response.json()["error"]
+
+
+def test_unknown_paths_and_methods_are_json_errors(client: TestClient) -> None:
+    assert client.get("/nothing-here").json()["error"].startswith("not found")
+    response = client.get("/predict")
+    assert response.status_code == 405
+    assert "method" in response.json()["error"]
+
+
+def test_bad_input_is_counted_by_type_and_code(client: TestClient) -> None:
+    post(client, "/predict", {"features": [1.0, 3, 1.5, True]})
+    client.post("/predict", content=b"{", headers=JSON)
+    samples = metric_samples(client)
+    assert sample(samples, "model_errors_total", type="out_of_range") == 1
+    assert sample(samples, "model_errors_total", type="invalid_json") == 1
+    assert sample(samples, "model_requests_total", code="422") == 1
+    assert sample(samples, "model_requests_total", code="400") == 1
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda children: (
+        st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=30,
+)
+ROW_LIKE = st.lists(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=3), max_size=6)
+BODIES = (
+    JSON_VALUES
+    | st.fixed_dictionaries({"features": ROW_LIKE | JSON_VALUES})
+    | st.fixed_dictionaries({"instances": st.lists(ROW_LIKE, max_size=4) | JSON_VALUES})
+    | st.fixed_dictionaries(
+        {
+            "inputs": st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "name": st.text(max_size=3),
+                        "shape": st.lists(st.integers(-2, 6), max_size=3) | JSON_VALUES,
+                        "datatype": st.sampled_from(["FP64", "INT64", "BOOL", "BYTES"]) | JSON_VALUES,
+                        "data": ROW_LIKE | st.lists(ROW_LIKE, max_size=3) | JSON_VALUES,
+                    }
+                ),
+                max_size=2,
+            ),
+            "outputs": JSON_VALUES,
+        }
+    )
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=BODIES, path=st.sampled_from(["/predict", f"/v2/models/{MODEL}/infer", "/feedback"]))
+def test_no_json_body_causes_a_5xx(client: TestClient, body: Any, path: str) -> None:
+    # The standard library writes what orjson will not: huge integers, NaN and Infinity.
+    response = client.post(path, content=json.dumps(body), headers=JSON)
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        assert response.json()["error"]
+
+
+def test_feedback_gives_live_accuracy_precision_recall(client: TestClient, served: Version) -> None:
+    rows = reference_rows(30, seed=11)
+    truth = labels_for(rows)
+    truth[:5] = 1 - truth[:5]  # some labels the model cannot have got right
+    predicted = served.estimator.predict(rows)
+    request_ids = [
+        post(client, "/predict", {"features": as_json_row(row)}).json()["request_id"] for row in rows
+    ]
+    for request_id, label in zip(request_ids, truth, strict=True):
+        response = post(client, "/feedback", {"request_id": request_id, "label": ["legit", "fraud"][label]})
+        assert response.status_code == 200
+    body = response.json()
+    assert body["labelled"] == 30
+    assert body["accuracy"] == pytest.approx(accuracy_score(truth, predicted))
+    assert body["precision"] == pytest.approx(precision_score(truth, predicted))
+    assert body["recall"] == pytest.approx(recall_score(truth, predicted))
+    samples = metric_samples(client)
+    assert sample(samples, "model_accuracy") == pytest.approx(accuracy_score(truth, predicted))
+    assert sample(samples, "model_recall") == pytest.approx(recall_score(truth, predicted))
+    assert sample(samples, "model_feedback_total") == 30
+
+
+def test_feedback_for_a_batch_takes_one_label_per_row(client: TestClient, served: Version) -> None:
+    request_id = post(client, "/predict", {"instances": [as_json_row(r) for r in ROWS[:2]]}).json()[
+        "request_id"
+    ]
+    assert post(client, "/feedback", {"request_id": request_id, "label": "fraud"}).status_code == 422
+    response = post(client, "/feedback", {"request_id": request_id, "labels": ["fraud", "legit"]})
+    assert response.status_code == 200
+    assert len(response.json()["correct"]) == 2
+
+
+def test_feedback_refuses_unknown_requests_repeats_and_labels(client: TestClient) -> None:
+    assert post(client, "/feedback", {"request_id": "never-seen", "label": "fraud"}).status_code == 404
+    request_id = post(client, "/predict", {"features": GOOD}).json()["request_id"]
+    wrong = post(client, "/feedback", {"request_id": request_id, "label": "maybe"})
+    assert wrong.status_code == 422
+    assert "legit" in wrong.json()["error"]
+    assert post(client, "/feedback", {"request_id": request_id, "label": "fraud"}).status_code == 200
+    assert post(client, "/feedback", {"request_id": request_id, "label": "fraud"}).status_code == 404
+
+
+def test_metrics_describe_predictions(client: TestClient, served: Version) -> None:
+    post(client, "/predict", {"features": GOOD})
+    post(client, "/predict", {"instances": [as_json_row(r) for r in ROWS[:5]]})
+    samples = metric_samples(client)
+    assert sample(samples, "model_requests_total", code="200") == 2
+    assert sample(samples, "model_predictions_total") == 6
+    assert sample(samples, "model_prediction_duration_seconds_count") == 2
+    assert sample(samples, "model_prediction_score_count") == 6
+    scores = [
+        served.estimator.predict_proba(np.array([ROWS[0]]))[0, 1],
+        *served.estimator.predict_proba(ROWS[:5])[:, 1],
+    ]
+    assert sample(samples, "model_prediction_score_sum") == pytest.approx(sum(scores))
+    assert sample(samples, "model_prediction_score_bucket", le="0.5") == sum(s <= 0.5 for s in scores)
+    assert sample(samples, "model_batch_size_sum") == 6
+    assert sample(samples, "model_info", sha256=served.spec.sha256) == 1
+    assert sample(samples, "model_out_of_distribution_total") == 0
+    for name in SIGNATURE.names:
+        assert np.isnan(sample(samples, "model_feature_drift", feature=name))  # no window computed yet
+    assert np.isnan(sample(samples, "model_accuracy"))  # no feedback yet is unknown, not zero
+    assert (
+        "model_gc_pause_seconds_count",
+        frozenset({"model": MODEL, "version": "v1.2.0", "generation": "0"}.items()),
+    ) in samples
+
+
+def test_rows_outside_the_reference_range_are_counted(client: TestClient) -> None:
+    # Inside the signature (so served), far outside what the model was trained on.
+    outlier = [9_999.0, 3, 0.5, True]
+    assert post(client, "/predict", {"instances": [outlier, GOOD, outlier]}).status_code == 200
+    assert sample(metric_samples(client), "model_out_of_distribution_total") == 2
+
+
+def test_drift_is_published_per_feature_off_the_request_path(served: Version) -> None:
+    server = build(served.spec, Settings(drift_interval_s=0.05))
+    rows = reference_rows(400, seed=21)
+    rows[:, 2] = np.random.default_rng(21).beta(5, 2, len(rows))  # merchant_risk moves up
+    with TestClient(create_app(server)) as test_client:
+        assert (
+            post(test_client, "/predict", {"instances": [as_json_row(r) for r in rows[:200]]}).status_code
+            == 200
+        )
+        assert (
+            post(test_client, "/predict", {"instances": [as_json_row(r) for r in rows[200:]]}).status_code
+            == 200
+        )
+        drift = {}
+        for _ in range(200):
+            samples = metric_samples(test_client)
+            drift = {name: sample(samples, "model_feature_drift", feature=name) for name in SIGNATURE.names}
+            if not np.isnan(drift["merchant_risk"]):
+                break
+            time.sleep(0.05)
+    assert drift["merchant_risk"] > 0.4
+    assert max(drift["amount"], drift["hour"], drift["is_foreign"]) < 0.15

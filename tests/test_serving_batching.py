@@ -1,0 +1,82 @@
+"""Batching: concurrent requests share one model call and get exactly what direct calls give."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import numpy.typing as npt
+
+from serving.batcher import Batcher, Predictions
+from tests.test_serving_helpers import Version, reference_rows, served
+
+__all__ = ["served"]
+
+
+class CountingModel:
+    def __init__(self, version: Version) -> None:
+        self.estimator = version.estimator
+        self.batch_sizes: list[int] = []
+
+    def predict_proba(self, rows: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        self.batch_sizes.append(len(rows))
+        proba: npt.NDArray[np.float64] = self.estimator.predict_proba(rows)
+        return proba
+
+
+async def predict_concurrently(batcher: Batcher, requests: list[list[list[float]]]) -> list[Predictions]:
+    return await asyncio.gather(*(batcher.submit(rows) for rows in requests))
+
+
+def test_concurrent_requests_share_one_call_and_match_direct_calls(served: Version) -> None:
+    rows = reference_rows(40, seed=3)
+    requests = [[row.tolist()] for row in rows[:30]] + [rows[30:].tolist()]
+    model = CountingModel(served)
+    observed: list[int] = []
+    batcher = Batcher(model.predict_proba, lambda x, p: observed.append(len(x)), max_rows=64, max_wait=0.0)
+
+    results = asyncio.run(predict_concurrently(batcher, requests))
+
+    assert model.batch_sizes == [40]
+    assert observed == [40]
+    got = np.concatenate([r.probabilities for r in results])
+    np.testing.assert_array_equal(got, served.estimator.predict_proba(rows))
+    classes = np.concatenate([r.classes for r in results])
+    np.testing.assert_array_equal(served.estimator.classes_[classes], served.estimator.predict(rows))
+    assert [len(r.probabilities) for r in results] == [1] * 30 + [10]
+
+
+def test_batches_are_bounded_in_rows(served: Version) -> None:
+    rows = reference_rows(100, seed=4)
+    model = CountingModel(served)
+    batcher = Batcher(model.predict_proba, lambda x, p: None, max_rows=32, max_wait=0.0)
+
+    results = asyncio.run(predict_concurrently(batcher, [[row.tolist()] for row in rows]))
+
+    assert model.batch_sizes == [32, 32, 32, 4]
+    np.testing.assert_array_equal(
+        np.concatenate([r.probabilities for r in results]), served.estimator.predict_proba(rows)
+    )
+
+
+def test_a_model_fault_fails_only_its_batch(served: Version) -> None:
+    calls = 0
+
+    def flaky(rows: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("model fault")
+        proba: npt.NDArray[np.float64] = served.estimator.predict_proba(rows)
+        return proba
+
+    async def scenario() -> tuple[BaseException | Predictions, Predictions]:
+        batcher = Batcher(flaky, lambda x, p: None, max_rows=64, max_wait=0.0)
+        row = reference_rows(1, seed=5).tolist()
+        first = await asyncio.gather(batcher.submit(row), return_exceptions=True)
+        second = await batcher.submit(row)
+        return first[0], second
+
+    failed, succeeded = asyncio.run(scenario())
+    assert isinstance(failed, RuntimeError)
+    assert succeeded.probabilities.shape == (1, 2)

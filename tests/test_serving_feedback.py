@@ -1,0 +1,56 @@
+"""The feedback window stays bounded in size and age, and scores the latest labels only."""
+
+from __future__ import annotations
+
+import math
+
+from serving.feedback import LiveScores, PredictionMemory
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_memory_forgets_the_oldest_beyond_its_capacity() -> None:
+    memory = PredictionMemory(capacity=3, ttl=60, clock=Clock())
+    for index in range(5):
+        memory.remember(f"r{index}", [index % 2])
+    assert len(memory) == 3
+    assert memory.take("r0") is None
+    assert memory.take("r1") is None
+    assert memory.take("r4") == (0,)
+
+
+def test_memory_forgets_predictions_older_than_its_ttl() -> None:
+    clock = Clock()
+    memory = PredictionMemory(capacity=100, ttl=10, clock=clock)
+    memory.remember("old", [1])
+    clock.now = 6
+    memory.remember("new", [0])
+    clock.now = 11
+    assert memory.take("old") is None
+    assert memory.take("new") == (0,)
+
+
+def test_a_prediction_is_labelled_once() -> None:
+    memory = PredictionMemory(capacity=10, ttl=10, clock=Clock())
+    memory.remember("r", [1, 0])
+    assert memory.take("r") == (1, 0)
+    assert memory.take("r") is None
+
+
+def test_scores_cover_the_last_window_of_labels() -> None:
+    scores = LiveScores(positive_index=1, window=4)
+    assert math.isnan(scores.scores().accuracy)
+    for predicted, actual in [(0, 1), (0, 1), (1, 1), (1, 0), (0, 0), (1, 1)]:
+        scores.add(predicted, actual)
+    # The window holds the last four: (1,1) (1,0) (0,0) (1,1).
+    result = scores.scores()
+    assert result.count == 4
+    assert result.accuracy == 3 / 4
+    assert result.precision == 2 / 3
+    assert result.recall == 1.0
