@@ -1,0 +1,321 @@
+"""`python -m bench.serving`: the seed-style baseline and `serving` on the same model, machine and load.
+
+Trains a 30-feature HistGradientBoosting model (seeded), serves it with each server in turn,
+loads each with wrk at every concurrency for the same duration, and prints req/s, p50, p99,
+errors and server CPU per request, with the ratios and the targets. Both servers run with
+one OpenMP/BLAS thread. The table also goes to bench/serving/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+import orjson
+import skops.io
+from sklearn.datasets import make_classification
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.model_selection import train_test_split
+
+from modelctl.drift import fit_profile
+from modelctl.schema import Feature, Output, Signature
+from modelctl.servingspec import ServingSpec
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+SEED = 20261124
+FEATURES = 30
+THREAD_PINS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+BASELINE, OURS = "baseline", "serving"
+# Per concurrency: at least this many times the baseline's req/s, and at most this p99 (ms).
+TARGETS = {8: (5.0, 5.0), 64: (10.0, 20.0)}
+CPU_TARGET_US = 150.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Run:
+    server: str
+    concurrency: int
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    cpu_us: float
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+
+def train(folder: Path) -> tuple[ServingSpec, npt.NDArray[np.float64]]:
+    """A realistic model, its artifact, profile and spec; returns the held-out rows to send."""
+    rows, labels = make_classification(
+        n_samples=30_000, n_features=FEATURES, n_informative=12, n_redundant=6,
+        weights=[0.9], flip_y=0.02, random_state=SEED,
+    )  # fmt: skip
+    train_rows, test_rows, train_labels, _ = train_test_split(rows, labels, test_size=0.2, random_state=SEED)
+    model = HistGradientBoostingClassifier(random_state=SEED).fit(train_rows, train_labels)
+    artifact = skops.io.dumps(model)
+    (folder / "model.skops").write_bytes(artifact)
+    names = [f"f{j:02d}" for j in range(FEATURES)]
+    fit_profile(train_rows, names).save(folder / "profile.npz")
+    spread = train_rows.std(axis=0)
+    signature = Signature(
+        features=[
+            Feature(
+                name=name,
+                min=float(train_rows[:, j].min() - 10 * spread[j]),
+                max=float(train_rows[:, j].max() + 10 * spread[j]),
+            )
+            for j, name in enumerate(names)
+        ]
+    )
+    spec = ServingSpec(
+        model="bench",
+        version="v1.0.0",
+        artifact_path=str(folder / "model.skops"),
+        sha256=hashlib.sha256(artifact).hexdigest(),
+        format="skops",
+        trusted_types=tuple(skops.io.get_untrusted_types(data=artifact)),
+        signature=signature,
+        output=Output(classes=["negative", "positive"], positive_class="positive"),
+        profile_path=str(folder / "profile.npz"),
+        profile_sha256=hashlib.sha256((folder / "profile.npz").read_bytes()).hexdigest(),
+    )
+    return spec, test_rows
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def commands(spec: ServingSpec, port: int) -> dict[str, tuple[list[str], dict[str, str]]]:
+    env = {**os.environ, **THREAD_PINS, "PYTHONPATH": str(ROOT)}
+    bind = ["127.0.0.1", str(port)]
+    return {
+        BASELINE: (
+            [sys.executable, "-m", "gunicorn", "--workers", "2", "--worker-class", "sync", "--bind", ":".join(bind),
+             "bench.serving.baseline:app"],
+            {**env, "BENCH_MODEL": spec.artifact_path, "BENCH_TRUSTED": json.dumps(list(spec.trusted_types))},
+        ),
+        OURS: (
+            [sys.executable, "-m", "serving", "--host", bind[0], "--port", bind[1], "--drift-interval-s", "10"],
+            {**env, **spec.to_env()},
+        ),
+    }  # fmt: skip
+
+
+def wait_ready(process: subprocess.Popen[bytes], url: str, body: bytes) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited with code {process.returncode} before answering")
+        try:
+            response = httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=2)
+            if response.status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("the server did not answer within 90 s")
+
+
+def cpu_seconds(root_pid: int) -> float:
+    """User + system CPU of a process and all its descendants (gunicorn's workers)."""
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited while we looked
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+    family, total = {root_pid}, 0.0
+    for pid in sorted(stats):  # parents have lower pids than their children here
+        parent, seconds = stats[pid]
+        if pid in family or parent in family:
+            family.add(pid)
+            total += seconds
+    return total
+
+
+def wrk(url: str, concurrency: int, seconds: int, bodies: Path) -> dict[str, int]:
+    result = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{seconds}s",
+            "--timeout",
+            "5s",
+            "-s",
+            str(HERE / "post.lua"),
+            url,
+        ],
+        env={**os.environ, "BODIES_FILE": str(bodies)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
+    summary: dict[str, int] = json.loads(line.removeprefix("RESULT "))
+    return summary
+
+
+@dataclass(frozen=True)
+class Load:
+    url: str
+    bodies: Path
+    seconds: int
+
+
+def measure(server: str, pid: int, load: Load, concurrency: int) -> Run:
+    before = cpu_seconds(pid)
+    summary = wrk(load.url, concurrency, load.seconds, load.bodies)
+    cpu = cpu_seconds(pid) - before
+    requests = summary["requests"]
+    errors = sum(summary[k] for k in ("connect", "read", "write", "status", "timeout"))
+    return Run(
+        server=server,
+        concurrency=concurrency,
+        requests=requests,
+        seconds=summary["duration_us"] / 1e6,
+        p50_ms=summary["p50_us"] / 1000,
+        p99_ms=summary["p99_us"] / 1000,
+        errors=errors,
+        cpu_us=cpu / max(requests, 1) * 1e6,
+    )
+
+
+def bench_server(
+    name: str, command: tuple[list[str], dict[str, str]], port: int, args: argparse.Namespace, folder: Path
+) -> list[Run]:
+    load = Load(f"http://127.0.0.1:{port}/predict", folder / "bodies.jsonl", args.duration)
+    with (folder / f"{name}.log").open("wb") as output:
+        process = subprocess.Popen(
+            command[0], env=command[1], cwd=ROOT, stdout=output, stderr=subprocess.STDOUT
+        )
+        try:
+            wait_ready(process, load.url, load.bodies.read_bytes().splitlines()[0])
+            wrk(
+                load.url, max(args.concurrency), args.warmup, load.bodies
+            )  # warm caches and allocators; discarded
+            return [measure(name, process.pid, load, c) for c in args.concurrency]
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+
+
+def table(runs: list[Run]) -> str:
+    lines = [
+        "| server | concurrency | req/s | p50 ms | p99 ms | errors | server CPU µs/req |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r.server} | {r.concurrency} | {r.rate:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {r.cpu_us:,.0f} |"
+        for r in runs
+    ]
+    return "\n".join(lines)
+
+
+def verdicts(runs: list[Run]) -> str:
+    by = {(r.server, r.concurrency): r for r in runs}
+    lines = [
+        "| concurrency | req/s ratio (target) | p99 ms (target) | CPU µs/req (target) | CPU ratio | errors | targets |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for concurrency in sorted({r.concurrency for r in runs}):
+        ours, base = by[(OURS, concurrency)], by[(BASELINE, concurrency)]
+        min_ratio, max_p99 = TARGETS.get(concurrency, (0.0, float("inf")))
+        ratio = ours.rate / base.rate
+        met = (
+            ratio >= min_ratio
+            and ours.p99_ms <= max_p99
+            and ours.cpu_us <= CPU_TARGET_US
+            and ours.errors == 0
+        )
+        lines.append(
+            f"| {concurrency} | {ratio:.1f}× (≥ {min_ratio:g}×) | {ours.p99_ms:.2f} (≤ {max_p99:g}) | "
+            f"{ours.cpu_us:.0f} (≤ {CPU_TARGET_US:g}) | {base.cpu_us / ours.cpu_us:.1f}× less | {ours.errors} | "
+            f"{'met' if met else 'MISSED'} |"
+        )
+    return "\n".join(lines)
+
+
+def report(runs: list[Run], args: argparse.Namespace, load_before: float) -> str:
+    return f"""# Serving benchmark
+
+`python -m bench.serving` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {os.cpu_count()} cores
+({platform.processor() or platform.machine()}), Python {platform.python_version()}, wrk with one thread on
+the same cores. Model: HistGradientBoostingClassifier, 30 features, 100 trees (seeded); requests are
+one-row `/predict` bodies cycling through 1,024 held-out rows. {args.duration} s per run after a
+{args.warmup} s warm-up; OMP/OpenBLAS pinned to one thread for both servers. 1-minute load average
+before the run: {load_before:.2f}.
+
+- baseline: the seed's Flask app under gunicorn, 2 sync workers, `predict` + `predict_proba` per request.
+- serving: `python -m serving` (Starlette on uvicorn with uvloop/httptools, orjson, batching, metrics
+  and the drift window on, drift recomputed every 10 s).
+
+{table(runs)}
+
+{verdicts(runs)}
+"""
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__)
+    parser.add_argument("--duration", type=int, default=30, help="seconds per measured run")
+    parser.add_argument("--warmup", type=int, default=3, help="seconds of discarded load before measuring")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 64])
+    parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md", help="where the report goes")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: run 'make tools' (or apt-get install wrk)", file=sys.stderr)
+        return 2
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+        folder = Path(tmp)
+        spec, rows = train(folder)
+        bodies = folder / "bodies.jsonl"
+        bodies.write_bytes(
+            b"\n".join(orjson.dumps({"features": row.tolist()}) for row in rows[:1024]) + b"\n"
+        )
+        runs: list[Run] = []
+        port = free_port()
+        for name, command in commands(spec, port).items():
+            print(f"benchmarking {name} ...", file=sys.stderr, flush=True)
+            runs += bench_server(name, command, port, args, folder)
+    text = report(runs, args, load_before)
+    print(text)
+    args.output.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
