@@ -181,7 +181,8 @@ def promote(target: Target, release: Release) -> Proposal:
     (new_stable,) = (v for v in serving if v != stable)
     require_registered(target, new_stable)
     traffic = _ordered(release, {new_stable: 100, stable: 0})
-    new = _with(release, traffic=traffic, shadow=_unless_shadowing(release, new_stable))
+    # No sticky cookie: it would keep pinned users on the old version at weight 0.
+    new = _with(release, traffic=traffic, shadow=_unless_shadowing(release, new_stable), sticky=None)
     summary = f"{target.model.name} {new_stable} to 100% on {target.stack} ({stable} kept at 0% for rollback)"
     return Proposal("promote", new, summary)
 
@@ -278,7 +279,10 @@ def bluegreen_switch(target: Target, release: Release, version: str | None = Non
             f"deploy it first with 'modelctl bluegreen {target.model.name} {green} --stack {target.stack}'",
         )
     new = _with(
-        release, traffic=_ordered(release, {green: 100, blue: 0}), shadow=_unless_shadowing(release, green)
+        release,
+        traffic=_ordered(release, {green: 100, blue: 0}),
+        shadow=_unless_shadowing(release, green),
+        sticky=None,
     )
     summary = (
         f"{target.model.name} switched to {green} 100% on {target.stack} ({blue} kept at 0% for rollback)"

@@ -108,9 +108,10 @@ def test_promote_without_a_canary_is_refused() -> None:
     assert "promote needs a canary" in refusal(lambda: releases.promote(target(), release({"v1.0.0": 100})))
 
 
-def test_promote_drops_a_shadow_of_the_promoted_version() -> None:
-    canary = release({"v1.0.0": 90, "v1.1.0": 10}, shadow={"version": "v1.1.0", "percent": 20})
-    assert releases.promote(target(), canary).release.shadow is None
+def test_promote_drops_a_shadow_of_the_promoted_version_and_stickiness() -> None:
+    canary = release({"v1.0.0": 90, "v1.1.0": 10}, shadow={"version": "v1.1.0", "percent": 20}, sticky={})
+    promoted = releases.promote(target(), canary).release
+    assert (promoted.shadow, promoted.sticky) == (None, None)
 
 
 def test_parse_split() -> None:
