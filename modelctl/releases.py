@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel
 from ruamel.yaml.comments import CommentedMap
 
 from modelctl import yamlio
@@ -77,10 +78,9 @@ def describe_traffic(traffic: Mapping[str, int]) -> str:
     return ", ".join(f"{v} {w}%" for v, w in sorted(traffic.items(), key=lambda vw: Version(vw[0])))
 
 
-def gaining_traffic(before: Release | None, after: Release) -> list[str]:
+def gaining_traffic(before: Release, after: Release) -> list[str]:
     """Versions whose live weight rises from `before` to `after`."""
-    old = before.traffic if before else {}
-    return [v for v, w in after.traffic.items() if w > old.get(v, 0)]
+    return [v for v, w in after.traffic.items() if w > before.traffic.get(v, 0)]
 
 
 # ---------------------------------------------------------------- version checks
@@ -102,7 +102,7 @@ def require_registered(target: Target, version: str) -> None:
         )
 
 
-def require_may_gain(target: Target, before: Release | None, after: Release) -> None:
+def require_may_gain(target: Target, before: Release, after: Release) -> None:
     """Refuse a deprecated version whose traffic would rise."""
     for version in gaining_traffic(before, after):
         record = target.model.versions.get(version)
@@ -146,7 +146,7 @@ def _canary_stable(target: Target, release: Release, version: str) -> str:
                 "canary a different version",
             )
         raise target.refuse(
-            f"{', '.join(others)} of {target.model.name} all serve on {target.stack}; a canary needs one stable version",
+            f"{', '.join(others)} of {target.model.name} all serve on {target.stack}, but a canary needs one stable version",
             "finish the experiment first with 'modelctl promote', 'modelctl ab' or 'modelctl rollback'",
         )
     stable = others[0]
@@ -174,7 +174,7 @@ def promote(target: Target, release: Release) -> Proposal:
     serving = release.serving()
     if len(serving) != 2:
         raise target.refuse(
-            f"{target.model.name} has {len(serving)} serving version(s) on {target.stack}; promote needs a canary next to the stable version",
+            f"{target.model.name} has {len(serving)} serving version(s) on {target.stack}, but promote needs a canary next to the stable version",
             f"start one with 'modelctl canary {target.model.name} VERSION --stack {target.stack}'",
         )
     stable = stable_version(release)
@@ -294,7 +294,7 @@ def _single_stable(target: Target, release: Release, what: str) -> str:
     serving = release.serving()
     if len(serving) != 1:
         raise target.refuse(
-            f"{', '.join(serving)} of {target.model.name} serve on {target.stack}; {what} needs one stable version",
+            f"{', '.join(serving)} of {target.model.name} serve on {target.stack}, but {what} needs one stable version",
             "finish the canary or experiment first with 'modelctl promote' or 'modelctl rollback'",
         )
     return serving[0]
@@ -366,14 +366,14 @@ def _with(release: Release, **changes: Any) -> Release:
 
 
 def _dumped(changes: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v.model_dump(by_alias=True) if hasattr(v, "model_dump") else v for k, v in changes.items()}
+    return {k: v.model_dump(by_alias=True) if isinstance(v, BaseModel) else v for k, v in changes.items()}
 
 
 # ---------------------------------------------------------------- soak
 
 
-def served_seconds(past: Sequence[tuple[datetime, Release | None]], version: str, now: datetime) -> float:
-    """How long `version` has taken live traffic without a break up to `now`.
+def serving_since(past: Sequence[tuple[datetime, Release | None]], version: str) -> datetime | None:
+    """When `version` began its current unbroken run of live traffic, or None if it does not serve.
 
     `past` is (commit time, release) newest first; a release of None means not deployed.
     """
@@ -382,7 +382,7 @@ def served_seconds(past: Sequence[tuple[datetime, Release | None]], version: str
         if release is None or release.traffic.get(version, 0) == 0:
             break
         since = when
-    return max((now - since).total_seconds(), 0.0) if since else 0.0
+    return since
 
 
 def require_soaked(
@@ -396,26 +396,26 @@ def require_soaked(
 
     `past` is the required stack's history of this model's release, newest first.
     """
-    required_stack, soak = requires.stack, requires.soak
     for version in versions:
-        served = served_seconds(past, version, now)
-        if served >= duration_seconds(soak):
+        since = serving_since(past, version)
+        served = (now - since).total_seconds() if since else 0.0
+        if since and served >= duration_seconds(requires.soak):
             continue
         problem = (
-            f"{version} of {target.model.name} has served on {required_stack} for only {format_duration(served)}"
-            if served
-            else f"{version} of {target.model.name} does not serve on {required_stack}"
+            f"{version} of {target.model.name} has served on {requires.stack} for only {format_duration(served)}"
+            if since
+            else f"{version} of {target.model.name} does not serve on {requires.stack}"
         )
         raise target.refuse(
-            f"{problem}, and {target.stack} requires {soak} there first",
-            f"release it on {required_stack} and wait until it has served there for {soak}",
+            f"{problem}, and {target.stack} requires {requires.soak} there first",
+            f"release it on {requires.stack} and wait until it has served there for {requires.soak}",
             key=f"traffic.{version}",
         )
 
 
 def format_duration(seconds: float) -> str:
     """Whole minutes, shortened to the two largest units: '1d 2h', '3h 5m', '0m'."""
-    days, rest = divmod(int(seconds // 60), 24 * 60)
+    days, rest = divmod(max(int(seconds // 60), 0), 24 * 60)
     hours, minutes = divmod(rest, 60)
     parts = [f"{n}{unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "m")) if n]
     return " ".join(parts[:2]) or "0m"

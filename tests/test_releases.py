@@ -187,7 +187,7 @@ def test_rollback_refuses_a_revoked_target_and_a_missing_one() -> None:
     assert "was fully on v1.2.0" in refusal(lambda: releases.rollback(target(), promoted, past, to="v1.2.0"))
 
 
-def test_served_seconds_counts_only_the_unbroken_run_up_to_now() -> None:
+def test_serving_since_is_the_start_of_the_unbroken_run_up_to_now() -> None:
     def at(hours: int) -> datetime:
         return NOW - timedelta(hours=hours)
 
@@ -197,9 +197,10 @@ def test_served_seconds_counts_only_the_unbroken_run_up_to_now() -> None:
         (at(40), release({"v1.0.0": 100})),
         (at(50), release({"v1.0.0": 90, "v1.1.0": 10})),
     ]
-    assert releases.served_seconds(past, "v1.1.0", NOW) == 30 * 3600
-    assert releases.served_seconds(past, "v1.2.0", NOW) == 0
-    assert releases.served_seconds([(at(1), None)], "v1.1.0", NOW) == 0
+    assert releases.serving_since(past, "v1.1.0") == at(30)
+    assert releases.serving_since(past, "v1.0.0") == at(50)
+    assert releases.serving_since(past, "v1.2.0") is None
+    assert releases.serving_since([(at(1), None), *past], "v1.1.0") is None
 
 
 def test_soak_refusal_says_how_long_it_served() -> None:
