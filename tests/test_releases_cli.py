@@ -17,11 +17,22 @@ import pytest
 from modelctl import yamlio
 from modelctl.cli import main
 from modelctl.state import load_state
-from tests.factories import commit_at, model_doc, run_git, stack_doc, write_repo
+from tests.factories import commit_at, fake_hex, model_doc, run_git, stack_doc, write_repo
 
 MODEL = "fraud-detection"
 VERSIONS = ("v1.0.0", "v1.1.0", "v1.2.0")
 Cli = Callable[..., tuple[int, str, str]]
+
+
+def prod_doc(traffic: dict[str, int], soak: bool = True) -> dict[str, Any]:
+    """A production stack with a pinned image; with `soak`, versions serve on staging for 24h first."""
+    env: dict[str, Any] = {
+        "namespace": "models-prod",
+        "image": "ghcr.io/acme/modelctl-serving:0.1.0@sha256:" + fake_hex("image", 64),
+    }
+    if soak:
+        env["requires"] = {"stack": "staging", "soak": "24h"}
+    return stack_doc(traffic, production=True, **env)
 
 
 def two_days_ago() -> str:
@@ -37,12 +48,7 @@ def build_repo(
         model["versions"][version]["status"] = status
     default_stacks = {
         "staging": stack_doc({"v1.0.0": 100}),
-        "prod": stack_doc(
-            {"v1.0.0": 100},
-            production=True,
-            namespace="models-prod",
-            requires={"stack": "staging", "soak": "24h"},
-        ),
+        "prod": prod_doc({"v1.0.0": 100}),
     }
     write_repo(root, {MODEL: model}, stacks or default_stacks, git=False)
     run_git(root, "init", "-q", "-b", "main")
@@ -202,7 +208,7 @@ def test_bluegreen_deploy_mirror_and_switch(repo: Path, cli: Cli) -> None:
 def test_prod_takes_a_version_that_soaked_on_staging(tmp_path: Path, cli: Cli) -> None:
     stacks = {
         "staging": stack_doc({"v1.0.0": 90, "v1.1.0": 10}),
-        "prod": stack_doc({"v1.0.0": 100}, production=True, requires={"stack": "staging", "soak": "24h"}),
+        "prod": prod_doc({"v1.0.0": 100}),
     }
     repo = build_repo(tmp_path / "repo", stacks)
     assert cli(repo, "canary", MODEL, "v1.1.0", "--stack", "prod")[0] == 0
@@ -368,12 +374,22 @@ def test_refusals_leave_git_and_the_tree_unchanged(
 def test_gates_are_enforced_on_production(tmp_path: Path, cli: Cli) -> None:
     model = model_doc(versions=VERSIONS)
     model["versions"]["v1.1.0"]["metrics"]["auc_roc"] = 0.5
-    write_repo(tmp_path / "repo", {MODEL: model}, {"prod": stack_doc({"v1.0.0": 100}, production=True)})
+    write_repo(tmp_path / "repo", {MODEL: model}, {"prod": prod_doc({"v1.0.0": 100}, soak=False)})
     repo = tmp_path / "repo"
     before = git_picture(repo)
     code, _, err = cli(repo, "canary", MODEL, "v1.1.0", "--stack", "prod")
     assert code == 2
     assert "fails the promotion gates (auc_roc 0.5 < 0.95) on a production stack" in err
+    assert git_picture(repo) == before
+
+
+def test_the_policies_run_on_the_new_state(tmp_path: Path, cli: Cli) -> None:
+    unpinned = stack_doc({"v1.0.0": 100}, production=True)
+    repo = write_repo(tmp_path / "repo", {MODEL: model_doc(versions=VERSIONS)}, {"prod": unpinned})
+    before = git_picture(repo)
+    code, _, err = cli(repo, "canary", MODEL, "v1.1.0", "--stack", "prod")
+    assert code == 2
+    assert "policy pinned-images" in err
     assert git_picture(repo) == before
 
 

@@ -17,6 +17,7 @@ from typing import Any, TypeAlias
 
 from modelctl import gitutil, releases, yamlio
 from modelctl.cli import Result, add_command, repo_root
+from modelctl.cli.check import check_policies
 from modelctl.errors import UserError, collect
 from modelctl.history import (
     Snapshot,
@@ -202,9 +203,11 @@ def current_release(state: State, target: Target) -> Release:
 
 
 def validate_with(state: State, stack: str, text: str) -> None:
-    """`modelctl check` on the state with this stack file's new text."""
+    """`modelctl check --stack` on the state with this stack file's new text: schema, cross-file
+    rules and the policies on the objects it renders."""
     changed = dataclasses.replace(state, stacks={**state.stacks, stack: parse_stack(text, stack)})
     collect(cross_check(changed))
+    check_policies(changed, stack)
 
 
 def require_soak(root: Path, state: State, target: Target, before: Release, proposal: Proposal) -> None:
