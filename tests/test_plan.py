@@ -12,8 +12,6 @@ from modelctl import yamlio
 from modelctl.cli import main
 from tests.factories import run_git, stack_doc
 
-pytest.importorskip("infra.render", reason="plan renders through infra.render")
-
 MODEL = "fraud-detection"
 Cli = Callable[..., tuple[int, str, str]]
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from infra.render import render_files
 from modelctl import yamlio
 from modelctl.cli import main
 from modelctl.state import load_state
@@ -150,13 +151,12 @@ def test_rollback_after_canary_and_promote_restores_the_stable_state_byte_for_by
 
 
 def test_rollback_restores_the_rendered_manifests(repo: Path, cli: Cli) -> None:
-    render = pytest.importorskip("infra.render")
-    before = render.render_files(load_state(repo), "staging")
+    before = render_files(load_state(repo), "staging")
     cli(repo, "canary", MODEL, "v1.1.0", "--stack", "staging")
     cli(repo, "promote", MODEL, "--stack", "staging")
-    assert render.render_files(load_state(repo), "staging") != before
+    assert render_files(load_state(repo), "staging") != before
     cli(repo, "rollback", MODEL, "--stack", "staging")
-    assert render.render_files(load_state(repo), "staging") == before
+    assert render_files(load_state(repo), "staging") == before
 
 
 def test_rollback_to_a_named_version(repo: Path, cli: Cli) -> None:
