@@ -480,3 +480,13 @@ def test_end_to_end_through_the_installed_entry_point(repo: Path) -> None:
     assert refused.returncode == 2
     assert refused.stderr.startswith("error: Pulumi.staging.yaml: ")
     assert "Traceback" not in refused.stderr
+
+
+@pytest.mark.parametrize(
+    "command", ["canary", "promote", "ab", "shadow", "bluegreen", "rollback", "status", "history", "plan"]
+)
+def test_help_renders(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--help"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: modelctl {command}")

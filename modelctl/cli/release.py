@@ -41,7 +41,7 @@ _IN_PROGRESS = ("MERGE_HEAD", "CHERRY_PICK_HEAD", "REVERT_HEAD", "rebase-merge",
 def register(sub: SubParsers) -> None:
     _register_canary(sub)
     promote = _release_command(
-        sub, "promote", run_promote, "the canary takes 100%; the old stable stays at 0%"
+        sub, "promote", run_promote, "the canary takes 100%%; the old stable stays at 0%%"
     )
     promote.add_argument("model")
     ab = _release_command(sub, "ab", run_ab, "split traffic between versions for an A/B experiment")
@@ -57,7 +57,7 @@ def register(sub: SubParsers) -> None:
     mode.add_argument("--percent", type=float, help="share of requests mirrored, above 0 and at most 100")
     mode.add_argument("--off", action="store_true", help="stop mirroring")
     bluegreen = _release_command(
-        sub, "bluegreen", run_bluegreen, "deploy a version at 0% next to the stable one, then --switch"
+        sub, "bluegreen", run_bluegreen, "deploy a version at 0%% next to the stable one, then --switch"
     )
     bluegreen.add_argument("model")
     bluegreen.add_argument(
