@@ -274,6 +274,17 @@ def start_conflicting_merge(root: Path) -> None:
     git(root, "merge", "-q", "other")
 
 
+def leave_a_conflict(root: Path) -> None:
+    """Unmerged paths with no merge in progress, as a conflicting 'git stash pop' leaves them."""
+    path = root / "Pulumi.prod.yaml"
+    original = path.read_text()
+    path.write_text(original.replace("models-prod", "models-stashed"))
+    git(root, "stash", "-q")
+    path.write_text(original.replace("models-prod", "models-committed"))
+    git(root, "commit", "-q", "-am", "committed namespace")
+    git(root, "stash", "pop", "-q")
+
+
 def failing_hook(root: Path) -> None:
     hook = root / ".git" / "hooks" / "pre-commit"
     hook.write_text("#!/bin/sh\necho 'policy says no' >&2\nexit 1\n")
@@ -338,6 +349,12 @@ REFUSALS = [
         ["canary", MODEL, "v1.1.0", "--stack", "staging"],
         "a git operation is in progress (MERGE_HEAD)",
         setup=start_conflicting_merge,
+    ),
+    Refusal(
+        "conflict",
+        ["canary", MODEL, "v1.1.0", "--stack", "staging"],
+        "there are unresolved conflicts",
+        setup=leave_a_conflict,
     ),
     Refusal(
         "hook",
