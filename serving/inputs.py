@@ -5,6 +5,7 @@ Every check runs before a request joins a batch, so one bad request never fails 
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,9 @@ class RowChecker:
             )
             for f in signature.features
         )
+        # Bounds for the fast path; an empty range sends int and bool features to the full check.
+        self._lows = tuple(f.low if f.type == "float" else math.inf for f in self._features)
+        self._highs = tuple(f.high if f.type == "float" else -math.inf for f in self._features)
 
     def rows(self, value: Any, where: str) -> list[Row]:
         """`value` as a checked list of rows (a list of lists)."""

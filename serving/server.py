@@ -48,6 +48,7 @@ def serve(spec: ServingSpec, settings: Settings, host: str, port: int, grace_s: 
         http="httptools",
         lifespan="on",
         access_log=False,
+        proxy_headers=False,  # the client address is not used; skip its per-request rewrite
         server_header=False,
         log_config=None,
         timeout_keep_alive=75,  # above typical proxy idle timeouts, so proxies close first
