@@ -69,6 +69,7 @@ def model_from_argv() -> str:
 @dataclass(frozen=True)
 class Dataset:
     features: list[str]
+    categorical: list[str]
     X_train: npt.NDArray[np.float64]
     y_train: npt.NDArray[np.int64]
     X_test: npt.NDArray[np.float64]
@@ -80,13 +81,13 @@ def save_dataset(folder: Path, dataset: Dataset) -> None:
     for name in ARRAYS:
         # np.save writes no timestamp, unlike np.savez, so the folder's md5 is reproducible.
         np.save(folder / f"{name}.npy", getattr(dataset, name), allow_pickle=False)
-    write_json(folder / "features.json", dataset.features)
+    write_json(folder / "features.json", {"names": dataset.features, "categorical": dataset.categorical})
 
 
 def load_dataset(folder: Path) -> Dataset:
     arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in ARRAYS}
     features = json.loads((folder / "features.json").read_text(encoding="utf-8"))
-    return Dataset(features=features, **arrays)
+    return Dataset(features=features["names"], categorical=features["categorical"], **arrays)
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -23,6 +23,7 @@ class Feature:
     type: str  # "float", "int" or "bool", as in the model signature
     min: float
     max: float
+    categorical: bool  # codes without order: drift detection counts them instead of ranking
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,18 @@ class _Columns:
         self.features: list[Feature] = []
         self.values: list[Array] = []
 
-    def add(self, name: str, kind: str, low: float, high: float, values: npt.NDArray[Any]) -> None:
+    def add(
+        self,
+        name: str,
+        kind: str,
+        bounds: tuple[float, float],
+        values: npt.NDArray[Any],
+        *,
+        categorical: bool = False,
+    ) -> None:
+        low, high = bounds
         rounded = np.round(values) if kind in ("int", "bool") else values
-        self.features.append(Feature(name, kind, low, high))
+        self.features.append(Feature(name, kind, low, high, categorical or kind == "bool"))
         self.values.append(np.clip(rounded, low, high).astype(np.float64))
 
     def table(self, y: npt.NDArray[np.int64]) -> Table:
@@ -65,35 +75,35 @@ def transactions(rows: int, seed: int, fraud_rate: float, stealth: float = 1.0) 
     c = _Columns()
     avg_amount = rng.lognormal(3.6, 0.8, rows)
     amount = avg_amount * rng.lognormal(0.0, 0.5, rows) * (1 + 2.5 * s * rng.random(rows))
-    c.add("amount", "float", 0.0, 50000.0, amount)
+    c.add("amount", "float", (0.0, 50000.0), amount)
     night = rng.random(rows) < 0.1 + 0.5 * s
-    c.add("hour", "int", 0, 23, np.where(night, rng.integers(0, 6, rows), rng.integers(6, 24, rows)))
-    c.add("day_of_week", "int", 0, 6, rng.integers(0, 7, rows))
-    c.add("merchant_risk", "float", 0.0, 1.0, rng.beta(2 + 3 * s, 8 - 3 * s))
-    c.add("distance_km", "float", 0.0, 20000.0, rng.exponential(15 + 400 * s))
-    c.add("card_age_days", "int", 0, 7300, rng.gamma(2.0, 400 - 250 * s))
-    c.add("account_age_days", "int", 0, 18250, rng.gamma(2.5, 700 - 400 * s))
-    c.add("txn_count_1h", "int", 0, 100, rng.poisson(0.4 + 2.5 * s))
-    c.add("txn_count_24h", "int", 0, 500, rng.poisson(4 + 6 * s))
-    c.add("avg_amount_30d", "float", 0.0, 50000.0, avg_amount)
-    c.add("amount_ratio", "float", 0.0, 1000.0, amount / avg_amount)
-    c.add("is_foreign", "bool", 0, 1, rng.random(rows) < 0.05 + 0.35 * s)
-    c.add("is_online", "bool", 0, 1, rng.random(rows) < 0.4 + 0.4 * s)
-    c.add("card_present", "bool", 0, 1, rng.random(rows) < 0.55 - 0.4 * s)
-    c.add("new_device", "bool", 0, 1, rng.random(rows) < 0.05 + 0.3 * s)
-    c.add("ip_risk", "float", 0.0, 1.0, rng.beta(1.5 + 2 * s, 10 - 4 * s))
-    c.add("velocity_score", "float", 0.0, 100.0, rng.gamma(2.0 + 2 * s, 2.0))
-    c.add("failed_logins_24h", "int", 0, 50, rng.poisson(0.2 + 0.8 * s))
-    c.add("chargebacks_90d", "int", 0, 20, rng.poisson(0.05 + 0.3 * s))
-    c.add("merchant_category", "int", 0, 19, rng.integers(0, 20, rows))
-    c.add("device_trust", "float", 0.0, 1.0, rng.beta(8 - 4 * s, 2 + 2 * s))
-    c.add("email_age_days", "int", 0, 10000, rng.gamma(2.0, 600 - 400 * s))
-    c.add("address_mismatch", "bool", 0, 1, rng.random(rows) < 0.08 + 0.25 * s)
-    c.add("pin_attempts", "int", 0, 10, rng.poisson(1.05 + 0.6 * s))
-    c.add("mcc_risk", "float", 0.0, 1.0, rng.beta(2 + s, 6 - s))
+    c.add("hour", "int", (0, 23), np.where(night, rng.integers(0, 6, rows), rng.integers(6, 24, rows)))
+    c.add("day_of_week", "int", (0, 6), rng.integers(0, 7, rows))
+    c.add("merchant_risk", "float", (0.0, 1.0), rng.beta(2 + 3 * s, 8 - 3 * s))
+    c.add("distance_km", "float", (0.0, 20000.0), rng.exponential(15 + 400 * s))
+    c.add("card_age_days", "int", (0, 7300), rng.gamma(2.0, 400 - 250 * s))
+    c.add("account_age_days", "int", (0, 18250), rng.gamma(2.5, 700 - 400 * s))
+    c.add("txn_count_1h", "int", (0, 100), rng.poisson(0.4 + 2.5 * s))
+    c.add("txn_count_24h", "int", (0, 500), rng.poisson(4 + 6 * s))
+    c.add("avg_amount_30d", "float", (0.0, 50000.0), avg_amount)
+    c.add("amount_ratio", "float", (0.0, 1000.0), amount / avg_amount)
+    c.add("is_foreign", "bool", (0, 1), rng.random(rows) < 0.05 + 0.35 * s)
+    c.add("is_online", "bool", (0, 1), rng.random(rows) < 0.4 + 0.4 * s)
+    c.add("card_present", "bool", (0, 1), rng.random(rows) < 0.55 - 0.4 * s)
+    c.add("new_device", "bool", (0, 1), rng.random(rows) < 0.05 + 0.3 * s)
+    c.add("ip_risk", "float", (0.0, 1.0), rng.beta(1.5 + 2 * s, 10 - 4 * s))
+    c.add("velocity_score", "float", (0.0, 100.0), rng.gamma(2.0 + 2 * s, 2.0))
+    c.add("failed_logins_24h", "int", (0, 50), rng.poisson(0.2 + 0.8 * s))
+    c.add("chargebacks_90d", "int", (0, 20), rng.poisson(0.05 + 0.3 * s))
+    c.add("merchant_category", "int", (0, 19), rng.integers(0, 20, rows), categorical=True)
+    c.add("device_trust", "float", (0.0, 1.0), rng.beta(8 - 4 * s, 2 + 2 * s))
+    c.add("email_age_days", "int", (0, 10000), rng.gamma(2.0, 600 - 400 * s))
+    c.add("address_mismatch", "bool", (0, 1), rng.random(rows) < 0.08 + 0.25 * s)
+    c.add("pin_attempts", "int", (0, 10), rng.poisson(1.05 + 0.6 * s))
+    c.add("mcc_risk", "float", (0.0, 1.0), rng.beta(2 + s, 6 - s))
     for i in range(1, 6):
         # Anonymised components, like the PCA features of public card-fraud data.
-        c.add(f"pca_{i}", "float", -50.0, 50.0, rng.normal(0.6 * s * (-1) ** i, 1.0 + 0.5 * s))
+        c.add(f"pca_{i}", "float", (-50.0, 50.0), rng.normal(0.6 * s * (-1) ** i, 1.0 + 0.5 * s))
     return c.table(y)
 
 
@@ -108,14 +118,14 @@ def churn(rows: int, seed: int, churn_rate: float) -> Table:
     fiber = (rng.random(rows) < 0.4).astype(np.float64)
     late = rng.poisson(0.5, rows).astype(np.float64)
     satisfaction = rng.uniform(1, 5, rows)
-    c.add("tenure_months", "int", 0, 120, tenure)
-    c.add("monthly_charges", "float", 0.0, 500.0, monthly)
-    c.add("total_charges", "float", 0.0, 60000.0, monthly * tenure)
-    c.add("support_calls", "int", 0, 50, calls)
-    c.add("monthly_contract", "bool", 0, 1, monthly_contract)
-    c.add("fiber_optic", "bool", 0, 1, fiber)
-    c.add("late_payments", "int", 0, 24, late)
-    c.add("satisfaction", "float", 1.0, 5.0, satisfaction)
+    c.add("tenure_months", "int", (0, 120), tenure)
+    c.add("monthly_charges", "float", (0.0, 500.0), monthly)
+    c.add("total_charges", "float", (0.0, 60000.0), monthly * tenure)
+    c.add("support_calls", "int", (0, 50), calls)
+    c.add("monthly_contract", "bool", (0, 1), monthly_contract)
+    c.add("fiber_optic", "bool", (0, 1), fiber)
+    c.add("late_payments", "int", (0, 24), late)
+    c.add("satisfaction", "float", (1.0, 5.0), satisfaction)
     logit = (
         -0.04 * tenure + 0.015 * monthly + 0.45 * calls + 1.2 * monthly_contract + 0.5 * fiber + 0.6 * late
     ) - 0.7 * satisfaction

@@ -38,7 +38,7 @@ def metrics(
 
 def curves(y: npt.NDArray[np.int64], scores: npt.NDArray[np.float64]) -> dict[str, list[dict[str, float]]]:
     fpr, tpr, _ = roc_curve(y, scores)
-    precision, recall, _ = precision_recall_curve(y, scores)
+    precision, recall, _ = precision_recall_curve(y, scores, drop_intermediate=True)
     return {
         "roc": [
             {"fpr": round(float(x), DIGITS), "tpr": round(float(t), DIGITS)}

@@ -15,7 +15,8 @@ def prepare(model: str) -> Dataset:
     X_train, X_test, y_train, y_test = train_test_split(
         table.X, table.y, test_size=test_size, stratify=table.y, random_state=params["seed"]
     )
-    return Dataset([f.name for f in table.features], X_train, y_train, X_test, y_test)
+    categorical = [f.name for f in table.features if f.categorical]
+    return Dataset([f.name for f in table.features], categorical, X_train, y_train, X_test, y_test)
 
 
 if __name__ == "__main__":

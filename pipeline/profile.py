@@ -7,7 +7,6 @@ not fit, scored the way live traffic will be.
 from __future__ import annotations
 
 from modelctl.drift import Profile, fit_profile
-
 from pipeline.common import Paths, load_dataset, load_skops, model_from_argv
 
 
@@ -15,7 +14,7 @@ def profile(model: str) -> Profile:
     paths = Paths(model)
     data = load_dataset(paths.data)
     scores = load_skops(paths.artifact).predict_proba(data.X_test)[:, 1]
-    return fit_profile(data.X_test, data.features, scores=scores)
+    return fit_profile(data.X_test, data.features, scores=scores, categorical=data.categorical)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from pipeline.common import Paths, load_dataset, model_from_argv, model_params, save_skops
 
@@ -36,7 +37,11 @@ def build(params: dict[str, Any]) -> Any:
 
 def train(model: str) -> Any:
     data = load_dataset(Paths(model).data)
-    return build(model_params(model)["train"]).fit(data.X_train, data.y_train)
+    classifier = build(model_params(model)["train"])
+    # Histogram and BLAS sums are split across threads in an order that depends on how many
+    # there are; one thread makes the fitted model the same bytes on every machine.
+    with threadpool_limits(limits=1):
+        return classifier.fit(data.X_train, data.y_train)
 
 
 if __name__ == "__main__":
