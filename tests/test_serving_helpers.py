@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -68,7 +70,7 @@ class Version:
     rows: npt.NDArray[np.float64]
 
 
-def write_version(folder: Path, *, trusted: list[str] | None = None) -> Version:
+def write_version(folder: Path) -> Version:
     """Train, save with skops and profile a small model; the spec as the registry record would give it."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = reference_rows(3_000, seed=0)
@@ -83,13 +85,22 @@ def write_version(folder: Path, *, trusted: list[str] | None = None) -> Version:
         artifact_path=str(folder / "model.skops"),
         sha256=hashlib.sha256(artifact).hexdigest(),
         format="skops",
-        trusted_types=tuple(skops.io.get_untrusted_types(data=artifact) if trusted is None else trusted),
+        trusted_types=tuple(skops.io.get_untrusted_types(data=artifact)),
         signature=SIGNATURE,
         output=OUTPUT,
         profile_path=str(profile_path),
         profile_sha256=hashlib.sha256(profile_path.read_bytes()).hexdigest(),
     )
     return Version(spec, estimator, rows)
+
+
+def copy_version(version: Version, folder: Path) -> Version:
+    """The same version with its files copied into `folder`, for tests that damage them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    artifact = shutil.copy(version.spec.artifact_path, folder / "model.skops")
+    profile = shutil.copy(version.spec.profile_path, folder / "profile.npz")
+    spec = dataclasses.replace(version.spec, artifact_path=str(artifact), profile_path=str(profile))
+    return dataclasses.replace(version, spec=spec)
 
 
 def free_port() -> int:

@@ -15,14 +15,14 @@ from modelctl.errors import UserError
 from modelctl.schema import Output
 from serving.loader import load_model
 from serving.monitor import load_profile
-from tests.test_serving_helpers import Version, reference_rows, served, write_version
+from tests.test_serving_helpers import Version, copy_version, reference_rows, served
 
 __all__ = ["served"]
 
 
 @pytest.fixture
-def version(tmp_path: Path) -> Version:
-    return write_version(tmp_path)
+def version(served: Version, tmp_path: Path) -> Version:
+    return copy_version(served, tmp_path)
 
 
 def test_loads_a_verified_artifact(served: Version) -> None:
@@ -54,10 +54,9 @@ def test_a_missing_artifact_is_one_clear_error(version: Version) -> None:
         load_model(version.spec)
 
 
-def test_types_the_record_does_not_trust_are_refused(tmp_path: Path) -> None:
-    version = write_version(tmp_path, trusted=[])
+def test_types_the_record_does_not_trust_are_refused(version: Version) -> None:
     with pytest.raises(UserError, match=r"does not trust: sklearn\.ensemble\._hist_gradient_boosting"):
-        load_model(version.spec)
+        load_model(dataclasses.replace(version.spec, trusted_types=()))
 
 
 def test_only_skops_artifacts_are_served(version: Version) -> None:

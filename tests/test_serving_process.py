@@ -19,12 +19,12 @@ from tests.test_serving_helpers import (
     ServerProcess,
     Version,
     as_json_row,
+    copy_version,
     free_port,
     reference_rows,
     running_server,
     served,
     start_server,
-    write_version,
 )
 
 __all__ = ["running_server", "served"]
@@ -66,8 +66,8 @@ def run_to_exit(spec: Any) -> tuple[int, str]:
     return process.returncode, log
 
 
-def test_a_tampered_artifact_stops_startup_with_one_line(tmp_path: Path) -> None:
-    version = write_version(tmp_path)
+def test_a_tampered_artifact_stops_startup_with_one_line(served: Version, tmp_path: Path) -> None:
+    version = copy_version(served, tmp_path)
     artifact = Path(version.spec.artifact_path)
     artifact.write_bytes(artifact.read_bytes() + b"\0")
 
