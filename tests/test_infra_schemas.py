@@ -22,7 +22,8 @@ from modelctl.state import load_state
 from tests.factories import default_docs, full_docs, write_repo
 
 KUBERNETES_VERSIONS = ["1.30", "1.31", "1.32", "1.33", "1.34"]
-SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "schemas"
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMAS = ROOT.parent / "shared" / "schemas"
 CUSTOM_MODELS: dict[str, type[BaseModel]] = {
     "VirtualService": istio.VirtualService,
     "DestinationRule": istio.DestinationRule,
@@ -36,11 +37,13 @@ Obj = dict[str, Any]
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, Obj]]:
     """(stack, object) for every stack of the default and the full-featured repositories."""
-    objects = []
-    for label, (models, stacks) in {"default": default_docs(), "full": full_docs()}.items():
-        state = load_state(write_repo(tmp_path_factory.mktemp(label), models, stacks, git=False))
-        objects += [(f"{label}/{stack}", obj) for stack in state.stacks for obj in build_stack(state, stack)]
-    return objects
+    states = {
+        label: load_state(write_repo(tmp_path_factory.mktemp(label), models, stacks, git=False))
+        for label, (models, stacks) in {"default": default_docs(), "full": full_docs()}.items()
+    }
+    states["repository"] = load_state(ROOT)  # the committed stacks, once there are any
+    return [(f"{label}/{stack}", obj) for label, state in states.items() for stack in state.stacks
+            for obj in build_stack(state, stack)]  # fmt: skip
 
 
 def is_custom(obj: Obj) -> bool:
