@@ -4,6 +4,7 @@ secrets only as Pulumi secrets, and the dependencies that make traffic wait for 
 from __future__ import annotations
 
 import json
+import runpy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,11 @@ import pytest
 import yaml
 from pulumi.runtime import rpc
 
+from infra import alerting, program
 from infra.build import build_stack
 from infra.monitoring import KUBE_PROMETHEUS_STACK
 from infra.program import Registered, main
-from modelctl.state import load_state
+from modelctl.state import Stack, load_state
 from policies.pack import HELM_RELEASE, as_object
 from tests.factories import full_docs, write_repo
 
@@ -202,3 +204,38 @@ def test_invalid_stack_config_fails_with_one_line(root: Path, monkeypatch: pytes
         run_program(root, "dev", monkeypatch, releases=releases)
     assert str(caught.value).count("\n") == 0
     assert "weights sum to 110, not 100" in str(caught.value)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_entry_point(root: Path, stack: Stack, monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """Run `infra/__main__.py` as Pulumi starts it (`main: infra/`); the kinds it registers."""
+    secrets = {key: f"https://hooks.example.com/{key}" for key in alerting.secret_keys(stack)}
+    config = load_yaml_config(root, stack.name) | {f"modelctl:{k}": v for k, v in secrets.items()}
+    recorder = Recorder()
+    monkeypatch.setattr(program, "find_root", lambda start: root)
+    monkeypatch.setattr(pulumi, "export", lambda name, value: None)
+    pulumi.runtime.set_mocks(recorder, project="modelctl", stack=stack.name, preview=False)
+    pulumi.runtime.set_all_config(config, secret_keys=[f"modelctl:{key}" for key in secrets])
+
+    @pulumi.runtime.test  # type: ignore[untyped-decorator]
+    def entry() -> None:
+        runpy.run_path(str(ROOT / "infra"), run_name="__main__")
+
+    entry()
+    return {args.typ.rsplit(":", 1)[-1] for args in recorder.resources}
+
+
+def test_pulumis_entry_point_runs_the_program(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kinds = run_entry_point(root, load_state(root).stack("staging"), monkeypatch)
+    assert {"Namespace", "Deployment", "VirtualService", "PrometheusRule", "AlertmanagerConfig"} <= kinds
+
+
+def test_the_program_runs_on_each_committed_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    state = load_state(ROOT)
+    if not state.stacks:
+        pytest.skip("the repository has no Pulumi.<stack>.yaml yet")
+    for stack in state.stacks.values():
+        kinds = run_entry_point(ROOT, stack, monkeypatch)
+        assert {"Namespace", "Deployment", "VirtualService", "PrometheusRule"} <= kinds, stack.name
