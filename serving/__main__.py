@@ -6,15 +6,13 @@ modelctl/servingspec.py); the flags are for running it by hand.
 
 from __future__ import annotations
 
-import os
+from serving import pin_threads
 
-# One OpenMP/BLAS thread: on a few cores, HistGradientBoosting's per-tree parallel regions
-# cost far more than they save for small batches. Set before scikit-learn is imported.
-for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_variable, "1")
+pin_threads()  # before anything imports scikit-learn
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 

@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "modelctl.cli.plan",
     "modelctl.cli.registry",
     "modelctl.cli.render",
+    "modelctl.cli.serve",
 ]
 
 

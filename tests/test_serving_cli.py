@@ -1,0 +1,117 @@
+"""`modelctl serve`: a registered version fetched from a DVC remote, verified and served locally."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from modelctl import dvcstore
+from modelctl.cli import main
+from tests.factories import model_doc, version_record, write_repo
+from tests.test_serving_helpers import (
+    ROOT,
+    Version,
+    as_json_row,
+    free_port,
+    reference_rows,
+    served,
+    wait_ready,
+)
+
+__all__ = ["served"]
+MODEL = "fraud-detection"
+
+
+def digests(path: Path) -> tuple[str, str]:
+    data = path.read_bytes()
+    return hashlib.md5(data).hexdigest(), hashlib.sha256(data).hexdigest()  # md5: DVC addresses by it
+
+
+def registered(root: Path, version: Version, status: str = "active") -> Path:
+    """A repository registering `version` as v1.2.0, and a DVC remote folder holding its files."""
+    record = version_record(MODEL, "v1.2.0")
+    remote = root.parent / "remote"
+    for key, path in (
+        ("artifact", Path(version.spec.artifact_path)),
+        ("profile", Path(version.spec.profile_path)),
+    ):
+        md5, sha256 = digests(path)
+        record[key].update(md5=md5, sha256=sha256)
+        target = remote / dvcstore.object_path(md5)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+    record["artifact"].update(
+        size=Path(version.spec.artifact_path).stat().st_size, trusted_types=list(version.spec.trusted_types)
+    )
+    record["status"] = status
+    doc = model_doc(MODEL, versions=())
+    doc.update(
+        signature=version.spec.signature.model_dump(),
+        output=version.spec.output.model_dump(),
+        versions={"v1.2.0": record},
+    )
+    write_repo(root, models={MODEL: doc}, stacks={})
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
+    return remote
+
+
+def test_serve_fetches_verifies_and_serves_a_registered_version(served: Version, tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    remote = registered(root, served)
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "modelctl",
+            "-C",
+            str(root),
+            "serve",
+            MODEL,
+            "v1.2.0",
+            "--port",
+            str(port),
+            "--remote",
+            str(remote),
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(process, url)
+        assert httpx.get(f"{url}/version").json()["sha256"] == served.spec.sha256
+        row = as_json_row(reference_rows(1, seed=9)[0])
+        assert httpx.post(f"{url}/predict", json={"features": row}).status_code == 200
+    finally:
+        process.terminate()
+        out, log = process.communicate(timeout=30)
+    assert process.returncode == 0, log
+    assert "fetched and verified fraud-detection v1.2.0" in log
+    assert "stopped serving" in out
+
+
+REFUSALS = [
+    ("v9.0.0", "active", "no version v9.0.0; use one of: v1.2.0"),
+    ("v1.2.0", "revoked", "v1.2.0 is revoked"),
+]
+
+
+@pytest.mark.parametrize("case", REFUSALS, ids=["unknown", "revoked"])
+def test_serve_refuses_unknown_and_revoked_versions(
+    served: Version, tmp_path: Path, capsys: pytest.CaptureFixture[str], case: tuple[str, str, str]
+) -> None:
+    version, status, message = case
+    root = tmp_path / "repo"
+    registered(root, served, status)
+    assert main(["-C", str(root), "serve", MODEL, version]) == 2
+    assert message in capsys.readouterr().err
