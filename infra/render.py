@@ -16,7 +16,11 @@ HEADER = "# Rendered by 'modelctl render' from the desired state; do not edit.\n
 
 
 class _Dumper(yaml.CSafeDumper):
-    """Multi-line strings (PromQL, dashboards) as literal blocks, so diffs stay line by line."""
+    """Multi-line strings (PromQL, dashboards) as literal blocks, so diffs stay line by line; no
+    anchors or aliases for values the builders share, so each file reads on its own."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _str(dumper: _Dumper, value: str) -> yaml.Node:

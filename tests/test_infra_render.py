@@ -27,6 +27,7 @@ def test_each_object_is_one_file_that_parses_back_to_it(root: Path) -> None:
     documents = [yaml.safe_load(text) for name, text in files.items() if name.endswith(".yaml")]
     assert sorted(documents, key=identity) == sorted(build_stack(state, "prod"), key=identity)
     assert list(files) == sorted(files)
+    assert not any("&id" in text or "*id" in text for text in files.values()), "no YAML anchors for reviewers"
     assert "fraud-detection/virtualservice.yaml" in files
     assert "fraud-detection/deployment-v1-2-0.yaml" in files
     assert "alertmanager/alertmanager.yml" in files
