@@ -26,7 +26,7 @@ from modelctl import dvcstore, gitutil, yamlio
 from modelctl.dvcstore import Location, LockedStage
 from modelctl.errors import UserError, collect
 from modelctl.schema import ModelFile, Status, Version, VersionRecord
-from modelctl.state import State, load_model, load_state, model_file, parse_model
+from modelctl.state import State, load_model, load_state, model_file, model_names, parse_model
 
 STAGES = ("prepare", "train", "evaluate", "profile")
 PIPELINE_FILES = ("dvc.yaml", "dvc.lock", "params.yaml", "pipeline")
@@ -500,6 +500,15 @@ def doctor(root: Path, remote: str | None = None, say: Say = _quiet) -> tuple[st
 
 
 # ---------------------------------------------------------------- reproduce
+
+
+def active_versions(root: Path) -> list[tuple[str, str]]:
+    """(model, version) for every active version, in model and version order."""
+    pairs = []
+    for name in model_names(root):
+        model = load_model(root, name)
+        pairs += [(name, v) for v in model.ordered_versions() if model.versions[v].status == "active"]
+    return pairs
 
 
 @dataclass(frozen=True)

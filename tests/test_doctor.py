@@ -47,6 +47,12 @@ def test_doctor_passes_after_dvc_push_and_names_a_tampered_object(
 ) -> None:
     pipeline_repo.push_all(root)
     assert run(root, capsys, "doctor")[0] == 0
+    code, reproduced = run(root, capsys, "reproduce", "--all")
+    assert code == 0
+    assert [(r["model"], r["version"], r["rebuilt"]) for r in reproduced] == [
+        (MODEL, "v1.0.0", False),
+        (MODEL, "v1.1.0", False),
+    ]
 
     pipeline_repo.tamper(root, pipeline_repo.record(root, "v1.0.0").artifact.md5)
     code, report = run(root, capsys, "doctor")

@@ -64,8 +64,9 @@ def register(sub: SubParsers) -> None:
     parser = add_command(
         sub, "reproduce", run_reproduce, "rebuild a version at its source commit, verify and push it"
     )
-    parser.add_argument("model")
-    parser.add_argument("version")
+    parser.add_argument("model", nargs="?")
+    parser.add_argument("version", nargs="?")
+    parser.add_argument("--all", action="store_true", help="every active version of every model (make demo)")
     parser.add_argument("--remote", help="push here instead of the repository's default DVC remote")
     parser.add_argument("--force", action="store_true", help="rebuild even when the remote already holds it")
 
@@ -242,14 +243,24 @@ def _fetch_by_address(args: argparse.Namespace) -> list[registry.Fetched]:
 
 
 def run_reproduce(args: argparse.Namespace) -> Result:
-    done = registry.reproduce(
-        repo_root(args), args.model, args.version, remote=args.remote, force=args.force, say=progress
-    )
-    if done.rebuilt:
-        text = f"{done.model} {done.version}: rebuilt, md5 matches the record; pushed {', '.join(done.pushed)} to {done.remote}"
-    else:
-        text = f"{done.model} {done.version}: already in {done.remote} with matching hashes; nothing to do"
-    return Result(asdict(done), text)
+    root = repo_root(args)
+    if args.all == bool(args.model and args.version):
+        raise UserError(
+            "reproduce", "give either <model> <version> or --all", "e.g. modelctl reproduce --all"
+        )
+    targets = registry.active_versions(root) if args.all else [(args.model, args.version)]
+    done = [
+        registry.reproduce(root, model, version, remote=args.remote, force=args.force, say=progress)
+        for model, version in targets
+    ]
+    lines = [
+        f"{d.model} {d.version}: rebuilt, md5 matches the record; pushed {', '.join(d.pushed)} to {d.remote}"
+        if d.rebuilt
+        else f"{d.model} {d.version}: already in {d.remote} with matching hashes; nothing to do"
+        for d in done
+    ]
+    data = [asdict(d) for d in done]
+    return Result(data if args.all else data[0], "\n".join(lines))
 
 
 def run_doctor(args: argparse.Namespace) -> Result:
