@@ -8,11 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from infra.build import build_stack
 from modelctl.errors import UserError
+from modelctl.schema import ModelFile, StackConfig
 from modelctl.servingspec import ServingSpec
-from modelctl.state import State, load_state
+from modelctl.state import Stack, State, load_state
+from policies.rules import check_objects
 from tests.factories import PROD_IMAGE, default_docs, full_docs, model_doc, stack_doc, write_repo
 
 Obj = dict[str, Any]
@@ -262,3 +266,44 @@ def test_versions_whose_subset_names_collide_are_refused(tmp_path: Path) -> None
     state = load_state(write_repo(tmp_path, models, stacks, git=False))
     with pytest.raises(UserError, match="share the name 'v1-0-0-a-b'"):
         build_stack(state, "dev")
+
+
+VERSIONS = ("v1.0.0", "v1.1.0", "v1.2.0", "v2.0.0")
+
+
+@st.composite
+def releases(draw: st.DrawFn) -> dict[str, Any]:
+    """Any valid release of the model: weights summing to 100, optional shadow, sticky and overrides."""
+    versions = draw(st.lists(st.sampled_from(VERSIONS), min_size=1, max_size=4, unique=True))
+    cuts = sorted(draw(st.lists(st.integers(0, 100), min_size=len(versions) - 1, max_size=len(versions) - 1)))
+    weights = [b - a for a, b in zip([0, *cuts], [*cuts, 100], strict=True)]
+    release: dict[str, Any] = {"traffic": dict(zip(versions, weights, strict=True))}
+    if draw(st.booleans()):
+        release["shadow"] = {"version": draw(st.sampled_from(VERSIONS)), "percent": draw(st.integers(1, 100))}
+    if draw(st.booleans()):
+        release["sticky"] = {"cookie": "model-version"}
+    release["overrides"] = draw(
+        st.dictionaries(st.sampled_from(["canary", "beta"]), st.sampled_from(VERSIONS))
+    )
+    return release
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(release=releases(), production=st.booleans())
+def test_any_valid_release_builds_routes_that_pass_the_policies(
+    release: dict[str, Any], production: bool
+) -> None:
+    model = ModelFile.model_validate(model_doc(versions=VERSIONS))
+    doc = stack_doc({}, production=production, image=PROD_IMAGE)["config"]
+    doc["modelctl:releases"] = {model.name: release}
+    stack = Stack(name="any", file="Pulumi.any.yaml", config=StackConfig.model_validate(doc))
+    state = State(root=Path("."), models={model.name: model}, stacks={"any": stack})
+    objects = build_stack(state, "any")
+    assert check_objects(objects, state) == []
+    deployed = [o["metadata"]["labels"]["version"] for o in objects if o["kind"] == "Deployment"]
+    assert deployed == stack.config.releases[model.name].deployed()
+    [vs] = [o for o in objects if o["kind"] == "VirtualService"]
+    weighted = vs["spec"]["http"][-1]
+    assert sum(d["weight"] for d in weighted["route"]) == 100
+    assert all(d["weight"] > 0 for d in weighted["route"])
+    assert ("mirror" in weighted) == ("shadow" in release)
