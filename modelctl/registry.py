@@ -124,7 +124,7 @@ def _require_up_to_date(root: Path, model: str) -> None:
     if changed:
         raise UserError(
             dvcstore.LOCK_FILE,
-            f"outputs of {', '.join(changed)} differ from dvc.lock",
+            f"{', '.join(changed)} changed since dvc.lock ('dvc status' is not clean)",
             f"run 'dvc repro {' '.join(stage_names(model))}' and commit dvc.lock",
         )
 

@@ -106,8 +106,10 @@ def test_register_refuses_outputs_that_differ_from_dvc_lock(
     code, data, _ = run(root, capsys, "register", MODEL)
 
     assert code == 2
-    assert f"outputs of train@{MODEL} differ from dvc.lock" in data["errors"][0]
-    assert "run 'dvc repro" in data["errors"][0]
+    assert data["errors"] == [
+        f"dvc.lock: train@{MODEL} changed since dvc.lock ('dvc status' is not clean); "
+        f"run 'dvc repro {' '.join(pipeline_repo.stages())}' and commit dvc.lock"
+    ]
     assert snapshot(root) == before
 
 
