@@ -6,8 +6,7 @@ with it, feature by feature, and corrects for testing many features at once.
 
 Per numeric feature:
 
-- the two-sample Kolmogorov–Smirnov statistic D and its asymptotic p-value (the formula
-  `scipy.stats.ks_2samp` uses for large samples). The reference side is either exact (every
+- the two-sample Kolmogorov–Smirnov statistic D and its asymptotic p-value (see `ks_pvalue`). The reference side is either exact (every
   distinct value with its count: D equals scipy's to rounding) or a quantile sketch of
   `sketch_points` order statistics with their exact counts. Between sketch points the
   reference CDF is interpolated; it is known to lie within `ks_error_bound` < 1/(points - 1)
@@ -25,7 +24,8 @@ category counts (unseen categories pooled into one column), with Cohen's w as th
 
 A feature's missing values (NaN, +-inf) are left out of the distribution tests; when either
 side has some, a two-proportion test on the missing rate joins the feature's test (the smaller
-p-value, Bonferroni-doubled). The p-values of all features, and of the prediction score when
+p-value, Bonferroni-doubled; the effect size is then the larger of the two, the missing rate's
+as Cohen's h). The p-values of all features, and of the prediction score when
 given, are corrected together (Holm by default, Benjamini–Hochberg as an option); a feature
 drifts when its corrected p-value is at most alpha and its effect size reaches the optional
 practical floor, so that very large windows do not flag trivial shifts.
@@ -51,7 +51,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
+from scipy import special, stats
 
 Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
@@ -70,6 +70,7 @@ ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 # Below this many values per call, threads cost more than they save.
 PARALLEL_MIN_VALUES = 400_000
 SCORE_NAME = "prediction"
+EXACT_PVALUE_MAX_N = 2000
 _T = TypeVar("_T")
 
 
@@ -573,11 +574,18 @@ def _compare(reference: ColumnProfile, column: Floats) -> _Comparison:
     else:
         result = _compare_numeric(reference, ordered)
     p_missing = _missing_rate_p(reference.missing, reference.count, missing, ordered.size)
-    p_value = result.p_value if p_missing is None else min(1.0, 2 * min(result.p_value, p_missing))
+    p_value, effect = result.p_value, result.effect_size
+    if p_missing is not None:
+        p_value = min(1.0, 2 * min(p_value, p_missing))
+        rates = (
+            _fraction(reference.missing, reference.missing + reference.count),
+            _fraction(missing, column.size),
+        )
+        effect = float(np.nanmax([effect, _cohens_h(*rates)]))
     return _Comparison(
         statistic=result.statistic,
         p_value=p_value,
-        effect_size=result.effect_size,
+        effect_size=effect,
         psi=result.psi,
         count=int(ordered.size),
         missing=_fraction(missing, missing + ordered.size),
@@ -690,10 +698,21 @@ def _steps(m: int) -> Floats:
 
 
 def ks_pvalue(statistic: float, n_reference: int, n_current: int) -> float:
-    """Asymptotic two-sided p-value, as `scipy.stats.ks_2samp(method="asymp")` computes it."""
+    """Asymptotic two-sided p-value of the two-sample KS statistic.
+
+    Up to an effective size n1 n2 / (n1 + n2) of `EXACT_PVALUE_MAX_N`, the formula
+    `scipy.stats.ks_2samp(method="asymp")` uses (the one-sample distribution `kstwo` at the
+    effective size); above it Smirnov's limit `kolmogorov(sqrt(n) D)`, because kstwo's cost grows
+    with n (0.2 s per call at 1M x 1M rows). The limit is never smaller than kstwo's value and
+    is within 0.7% of it (absolute) from that size on: the p-value only errs on the safe side.
+    """
     big, small = sorted([float(n_reference), float(n_current)], reverse=True)
     effective = big * small / (big + small)
-    return float(np.clip(stats.kstwo.sf(statistic, np.round(effective)), 0.0, 1.0))
+    if effective <= EXACT_PVALUE_MAX_N:
+        p_value = stats.kstwo.sf(statistic, np.round(effective))
+    else:
+        p_value = special.kolmogorov(math.sqrt(effective) * statistic)
+    return float(np.clip(p_value, 0.0, 1.0))
 
 
 def adjust_pvalues(p_values: npt.ArrayLike, method: Correction = "holm") -> Floats:
@@ -779,6 +798,11 @@ def _cohens_w(reference: Floats, current: Floats) -> float:
     p_ref = np.maximum(reference, 0.5) / max(reference.sum(), 1.0)
     p_cur = current / current.sum()
     return float(np.sqrt(np.sum((p_cur - p_ref) ** 2 / p_ref)))
+
+
+def _cohens_h(p1: float, p2: float) -> float:
+    """Effect size of a change in a proportion (0.2 small, 0.5 medium, like Cohen's d)."""
+    return abs(2 * math.asin(math.sqrt(p1)) - 2 * math.asin(math.sqrt(p2)))
 
 
 def _missing_rate_p(ref_missing: int, ref_count: int, cur_missing: int, cur_count: int) -> float | None:
