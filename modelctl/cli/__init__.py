@@ -27,6 +27,8 @@ COMMAND_MODULES = [
     "modelctl.cli.registry",
     "modelctl.cli.render",
     "modelctl.cli.serve",
+    "modelctl.cli.drift",
+    "modelctl.cli.judge",
 ]
 
 

@@ -1,0 +1,246 @@
+"""`modelctl drift <model> <version> --current FILE`: current data against the version's profile.
+
+Prints the per-feature table (or JSON with --json), writes an HTML report with --report, and
+exits with status 1 when drift is detected, so that scripts can branch on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import zipfile
+from pathlib import Path
+from typing import Any, get_args
+
+import numpy as np
+import numpy.typing as npt
+
+from modelctl.cli import Result, add_command, repo_root
+from modelctl.drift import Correction, DriftReport, FeatureDrift, Profile, detect_drift
+from modelctl.errors import UserError
+from modelctl.state import load_model, model_file
+
+Floats = npt.NDArray[np.float64]
+FORMATS = (".csv", ".parquet", ".npy")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = add_command(
+        sub,
+        "drift",
+        run,
+        "compare current data with a version's reference profile (exit status 1 when it drifted)",
+    )
+    parser.add_argument("model")
+    parser.add_argument("version")
+    parser.add_argument(
+        "--current",
+        required=True,
+        metavar="FILE",
+        help="rows to check: .csv or .parquet with a header, or .npy",
+    )
+    parser.add_argument("--report", metavar="OUT.html", help="also write an HTML report with plots")
+    parser.add_argument(
+        "--score-column",
+        metavar="NAME",
+        help="column of the model's positive-class probability, for prediction drift (csv/parquet)",
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=0.05, help="error rate across all columns (default 0.05)"
+    )
+    parser.add_argument("--correction", choices=get_args(Correction), default="holm")
+    parser.add_argument(
+        "--effect-floor",
+        type=float,
+        default=0.0,
+        metavar="SIZE",
+        help="smallest effect (Wasserstein distance in reference std; Cohen's w) that counts as drift",
+    )
+
+
+def run(args: argparse.Namespace) -> Result:
+    if not 0 < args.alpha < 1:
+        raise UserError("--alpha", f"{args.alpha:g} is not between 0 and 1", "pass e.g. --alpha 0.05")
+    root = repo_root(args)
+    profile = load_profile(root, args.model, args.version)
+    current, scores = read_current(Path(args.current), profile, args.score_column)
+    report = detect_drift(
+        profile,
+        current,
+        scores=scores,
+        alpha=args.alpha,
+        correction=args.correction,
+        effect_floor=args.effect_floor,
+    )
+    if args.report:
+        from modelctl.drift_report import render_html
+
+        page = render_html(
+            report,
+            profile,
+            current,
+            scores=scores,
+            title=f"Drift: {args.model} {args.version} vs {args.current}",
+        )
+        Path(args.report).write_text(page, encoding="utf-8")
+    data = {"model": args.model, "version": args.version, "current": args.current, **report.to_dict()}
+    if args.report:
+        data["report"] = args.report
+    return Result(data, format_table(report, args), exit_code=1 if report.drift_detected else 0)
+
+
+def load_profile(root: Path, model: str, version: str) -> Profile:
+    """The version's reference profile from the workspace, checked against the registry's sha256."""
+    record = load_model(root, model).versions.get(version)
+    if record is None:
+        known = ", ".join(load_model(root, model).ordered_versions()) or "none"
+        raise UserError(model_file(model), f"no version {version} of {model}", f"use one of: {known}")
+    path = root / record.profile.path
+    if not path.is_file():
+        raise UserError(
+            record.profile.path,
+            f"the reference profile of {model} {version} is not in the workspace",
+            "run 'dvc pull' (or 'dvc repro') to fetch it",
+        )
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != record.profile.sha256:
+        raise UserError(
+            record.profile.path,
+            f"this file is not the profile registered for {model} {version} (sha256 differs)",
+            "check out the commit that registered the version and run 'dvc pull'",
+        )
+    try:
+        return Profile.load(path)
+    except (ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise UserError(
+            record.profile.path, f"unreadable reference profile ({exc})", "run 'dvc pull' again"
+        ) from None
+
+
+def read_current(path: Path, profile: Profile, score_column: str | None) -> tuple[Floats, Floats | None]:
+    """The feature matrix (profile order) and, with `score_column`, the scores of a data file."""
+    if not path.is_file():
+        raise UserError(str(path), "no such file", "pass the path of a .csv, .parquet or .npy file")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return _read_npy(path, profile, score_column), None
+    if suffix not in FORMATS:
+        raise UserError(str(path), f"unknown file type {suffix!r}", f"use one of: {', '.join(FORMATS)}")
+    columns = _read_parquet(path) if suffix == ".parquet" else _read_csv(path)
+    wanted = [*profile.feature_names, *([score_column] if score_column else [])]
+    missing = [name for name in wanted if name not in columns]
+    if missing:
+        raise UserError(
+            str(path),
+            f"missing columns: {', '.join(missing)}",
+            "give every feature of the model's signature a column",
+        )
+    matrix = np.column_stack([_numeric(path, name, columns[name]) for name in profile.feature_names])
+    return matrix, (_numeric(path, score_column, columns[score_column]) if score_column else None)
+
+
+def _read_npy(path: Path, profile: Profile, score_column: str | None) -> Floats:
+    if score_column:
+        raise UserError(
+            str(path), "a .npy file has no column names", "give the scores in a .csv or .parquet file"
+        )
+    try:
+        data = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise UserError(str(path), f"not a numeric .npy array ({exc})", "save it with numpy.save") from None
+    width = len(profile.feature_names)
+    if data.ndim != 2 or data.shape[1] != width or not np.issubdtype(data.dtype, np.number):
+        raise UserError(
+            str(path),
+            f"expected a numeric array of {width} columns (the profile's features), got shape {data.shape}",
+            f"save rows x features in this order: {', '.join(profile.feature_names)}",
+        )
+    matrix: Floats = data.astype(np.float64, copy=False)
+    return matrix
+
+
+def _read_csv(path: Path) -> dict[str, Any]:
+    try:
+        import pyarrow.csv as pacsv
+    except ImportError:
+        return _read_csv_stdlib(path)
+    try:
+        table = pacsv.read_csv(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for bad files
+        raise UserError(
+            str(path), f"unreadable CSV ({str(exc).splitlines()[0]})", "write a header row and numbers"
+        ) from None
+    return {name: table.column(name).to_numpy() for name in table.column_names}
+
+
+def _read_csv_stdlib(path: Path) -> dict[str, Any]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, [])
+        rows = list(reader)
+    return {
+        name: np.array([row[i] if i < len(row) else "" for row in rows], dtype=object)
+        for i, name in enumerate(header)
+    }
+
+
+def _read_parquet(path: Path) -> dict[str, Any]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UserError(
+            str(path), "reading parquet needs pyarrow", "pip install pyarrow, or pass a .csv"
+        ) from None
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for bad files
+        raise UserError(str(path), f"unreadable parquet ({exc})", "write it with pyarrow or pandas") from None
+    return {name: table.column(name).to_numpy() for name in table.column_names}
+
+
+def _numeric(path: Path, name: str, values: Any) -> Floats:
+    """A column as float64; empty cells are missing (NaN)."""
+    if np.asarray(values).dtype.kind == "O":
+        values = [np.nan if v is None or v == "" else v for v in values]
+    try:
+        column: Floats = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise UserError(
+            str(path), f"column {name!r} is not numeric", "write numbers (category codes for categories)"
+        ) from None
+    return column
+
+
+def format_table(report: DriftReport, args: argparse.Namespace) -> str:
+    tested = [*report.features, *([report.prediction] if report.prediction else [])]
+    verdict = (
+        f"DRIFT in {len(report.drifted)} of {len(tested)} columns" if report.drift_detected else "no drift"
+    )
+    lines = [
+        f"{args.model} {args.version} vs {args.current}: {verdict} "
+        f"({report.rows_current:,} rows against {report.rows_reference:,} reference rows, "
+        f"{report.correction} at alpha {report.alpha:g})",
+        "",
+    ]
+    width = max(len("column"), *(len(f.name) for f in tested))
+    lines.append(
+        f"{'column':<{width}}  test  statistic   p-value  adjusted    effect     PSI  missing  drifted"
+    )
+    for item in sorted(tested, key=lambda f: (f.p_adjusted, f.name)):
+        lines.append(_row(item, width))
+    if args.report:
+        lines += ["", f"report: {args.report}"]
+    return "\n".join(lines)
+
+
+def _row(item: FeatureDrift, width: int) -> str:
+    return (
+        f"{item.name:<{width}}  {item.test:<4}  {_g(item.statistic):>9}  {_g(item.p_value):>8}  "
+        f"{_g(item.p_adjusted):>8}  {_g(item.effect_size):>8}  {_g(item.psi):>6}  "
+        f"{item.missing_current:>7.1%}  {'YES' if item.drifted else 'no':>7}"
+    )
+
+
+def _g(value: float) -> str:
+    return f"{value:.3g}" if np.isfinite(value) else "n/a"

@@ -1,0 +1,124 @@
+"""`modelctl canary judge --snapshot FILE`: promote, hold or rollback, from one metrics snapshot.
+
+`canary` is also the release command `modelctl canary <model> <version>` (modelctl.cli.release).
+argparse cannot give one parser both a positional and a subcommand, so when `canary` already
+exists its parser is wrapped: arguments starting with `judge` go to the judge's parser, all
+others to the release parser, unchanged. Registered first, this module makes `canary` a
+group holding `judge`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeAlias
+
+from modelctl.cli import Result, add_command
+from modelctl.errors import UserError
+from modelctl.judge import Decision, Evidence, judge
+
+SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+JUDGE_HELP = "decide promote, hold or rollback from a canary metrics snapshot"
+
+
+def register(sub: SubParsers) -> None:
+    existing = sub.choices.get("canary")
+    if existing is None:
+        canary = sub.add_parser("canary", help="canary analysis", description="canary analysis")
+        _add_judge(canary.add_subparsers(dest="canary_command", required=True, metavar="ACTION"))
+        return
+    holder = argparse.ArgumentParser(prog=existing.prog).add_subparsers()
+    sub.choices["canary"] = _CanaryDispatch(existing, _add_judge(holder))
+
+
+def _add_judge(sub: SubParsers) -> argparse.ArgumentParser:
+    parser = add_command(sub, "judge", run, JUDGE_HELP)
+    parser.add_argument(
+        "--snapshot", required=True, metavar="FILE", help="the snapshot JSON the collector wrote"
+    )
+    return parser
+
+
+class _CanaryDispatch(argparse.ArgumentParser):
+    """`canary judge ...` to the judge's parser; every other `canary ...` to the release parser."""
+
+    def __init__(self, release: argparse.ArgumentParser, judge_parser: argparse.ArgumentParser) -> None:
+        super().__init__(prog=release.prog, add_help=False)
+        self.release = release
+        self.judge_parser = judge_parser
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        arguments = list(args or [])
+        if arguments[:1] in (["-h"], ["--help"]):
+            self.print_help()
+            self.exit()
+        if arguments[:1] == ["judge"]:
+            return self.judge_parser.parse_known_args(arguments[1:], namespace)
+        return self.release.parse_known_args(arguments, namespace)
+
+    def format_help(self) -> str:
+        return (
+            self.release.format_help()
+            + f"\nalso: {self.judge_parser.format_usage().strip()}\n  {JUDGE_HELP}\n"
+        )
+
+
+def run(args: argparse.Namespace) -> Result:
+    path = Path(args.snapshot)
+    decision = judge(read_snapshot(path), source=str(path))
+    return Result(decision.to_dict(), format_decision(decision))
+
+
+def read_snapshot(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(
+            str(path), f"cannot read the snapshot ({exc.strerror})", "pass the collector's JSON file"
+        ) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(str(path), f"not valid JSON (line {exc.lineno}: {exc.msg})", "fix the file") from None
+
+
+def format_decision(decision: Decision) -> str:
+    lines = [
+        f"{decision.model} on {decision.stack}: {decision.action.upper()} "
+        f"canary {decision.canary_version} against {decision.baseline_version} "
+        f"(snapshot {decision.taken_at}, alpha {decision.alpha:g})",
+        *(f"  - {reason}" for reason in decision.reasons),
+        *(f"  ! {warning}" for warning in decision.warnings),
+        "",
+        f"{'metric':<8}  {'canary':<22}  {'baseline':<22}  {'p harm':>7}  {'adj.':>7}  {'p ok':>7}  outcome",
+    ]
+    lines += [_row(e) for e in decision.evidence]
+    lines += ["", f"snapshot sha256 {decision.snapshot_sha256}"]
+    return "\n".join(lines)
+
+
+def _row(e: Evidence) -> str:
+    canary, baseline = _describe(e, e.canary, "canary"), _describe(e, e.baseline, "baseline")
+    return (
+        f"{e.metric:<8}  {canary:<22}  {baseline:<22}  {_p(e.p_value):>7}  {_p(e.p_adjusted):>7}  "
+        f"{_p(e.p_noninferior):>7}  {e.outcome}"
+    )
+
+
+def _describe(e: Evidence, values: dict[str, float], arm: str) -> str:
+    n = e.samples.get(arm, 0.0)
+    if e.outcome == "no data" or not values:
+        return f"n={n:,.0f}"
+    if e.metric == "errors":
+        return f"{values['rate']:.2%} of {n:,.0f}"
+    if e.metric == "latency":
+        return f"p99 {values['p99'] * 1000:,.0f}ms of {n:,.0f}"
+    return f"mean {values['mean']:.3f} of {n:,.0f}"
+
+
+def _p(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
