@@ -1,0 +1,160 @@
+"""`modelctl drift` and `modelctl canary judge` as a user runs them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from modelctl.cli import main
+from modelctl.drift import fit_profile
+from tests.factories import FEATURES, model_doc, write_repo
+from tests.test_judge import arm, identical, snapshot
+
+MODEL = "fraud-detection"
+
+
+@pytest.fixture
+def drift_repo(tmp_path: Path) -> Path:
+    """A repository whose v1.0.0 registers a real reference profile (with scores)."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "repo"
+    profile_path = root / "artifacts" / MODEL / "profile.npz"
+    profile_path.parent.mkdir(parents=True)
+    fit_profile(rng.normal(size=(4000, len(FEATURES))), FEATURES, scores=rng.beta(2, 5, 4000)).save(
+        profile_path
+    )
+    doc = model_doc()
+    doc["versions"]["v1.0.0"]["profile"]["sha256"] = hashlib.sha256(profile_path.read_bytes()).hexdigest()
+    return write_repo(root, models={MODEL: doc}, git=False)
+
+
+def write_csv(path: Path, data: np.ndarray[Any, Any], names: list[str]) -> Path:
+    lines = [",".join(names)] + [",".join(f"{v:.6f}" for v in row) for row in data]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run(root: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["-C", str(root), *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# ---------------------------------------------------------------- drift
+
+
+def test_drift_without_change_exits_zero_with_a_table(
+    drift_repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(1)
+    current = write_csv(drift_repo / "current.csv", rng.normal(size=(3000, 4)), FEATURES)
+    code, out, _ = run(drift_repo, capsys, "drift", MODEL, "v1.0.0", "--current", str(current))
+    assert code == 0
+    assert "no drift" in out.splitlines()[0]
+    assert all(name in out for name in FEATURES)
+
+
+def test_drift_found_exits_one_and_writes_json_and_html(
+    drift_repo: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(2)
+    data = rng.normal(size=(3000, 4))
+    data[:, 1] += 0.5
+    scores = rng.beta(2, 5, 3000)
+    current = write_csv(tmp_path / "current.csv", np.column_stack([data, scores]), [*FEATURES, "score"])
+    report = tmp_path / "report.html"
+    code, out, _ = run(
+        drift_repo, capsys, "drift", MODEL, "v1.0.0", "--current", str(current),
+        "--score-column", "score", "--report", str(report), "--json",
+    )  # fmt: skip
+    result = json.loads(out)
+    assert code == 1
+    assert result["drift_detected"] is True
+    assert result["drifted"] == ["hour"]
+    assert result["prediction"]["drifted"] is False
+    page = report.read_text()
+    assert page.count("<svg") == 1
+    assert "hour" in page
+
+
+def test_drift_reads_npy(drift_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = drift_repo / "current.npy"
+    np.save(path, np.random.default_rng(3).normal(size=(500, 4)))
+    code, out, _ = run(drift_repo, capsys, "drift", MODEL, "v1.0.0", "--current", str(path), "--json")
+    assert code == 0
+    assert json.loads(out)["rows_current"] == 500
+
+
+@pytest.mark.parametrize(
+    ("version", "setup", "message"),
+    [
+        ("v9.9.9", None, "no version v9.9.9 of fraud-detection; use one of: v1.0.0, v1.1.0"),
+        ("v1.1.0", None, "sha256 differs"),
+        ("v1.0.0", "remove", "is not in the workspace; run 'dvc pull'"),
+        ("v1.0.0", "columns", "missing columns: distance_km"),
+    ],
+)
+def test_drift_problems_are_one_line_errors(
+    drift_repo: Path, capsys: pytest.CaptureFixture[str], version: str, setup: str | None, message: str
+) -> None:
+    rng = np.random.default_rng(4)
+    names = FEATURES[:3] if setup == "columns" else FEATURES
+    current = write_csv(drift_repo / "current.csv", rng.normal(size=(50, len(names))), names)
+    if setup == "remove":
+        (drift_repo / "artifacts" / MODEL / "profile.npz").unlink()
+    code, out, err = run(drift_repo, capsys, "drift", MODEL, version, "--current", str(current))
+    assert code == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert message in err
+
+
+# ---------------------------------------------------------------- canary judge
+
+
+def test_canary_judge_prints_the_decision(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "snapshot.json"
+    path.write_text(json.dumps(identical(15_000)))
+    code, out, _ = run(tmp_path, capsys, "canary", "judge", "--snapshot", str(path))
+    assert code == 0
+    assert out.startswith("fraud-detection on prod: PROMOTE canary v1.1.0 against v1.0.0")
+    code, out, _ = run(tmp_path, capsys, "canary", "judge", "--snapshot", str(path), "--json")
+    decision = json.loads(out)
+    assert decision["action"] == "promote"
+    assert [e["metric"] for e in decision["evidence"]] == ["errors", "latency", "score"]
+
+
+def test_canary_judge_rolls_back_a_failing_canary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "snapshot.json"
+    path.write_text(json.dumps(snapshot(arm("v1.1.0", 10, 5000, 100), arm("v1.0.0", 90, 45_000, 450))))
+    code, out, _ = run(tmp_path, capsys, "canary", "judge", "--snapshot", str(path), "--json")
+    assert code == 0
+    assert json.loads(out)["action"] == "rollback"
+
+
+def test_canary_judge_bad_snapshot_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "snapshot.json"
+    snap = identical(1000)
+    snap["canary"]["errors"] = 5000
+    path.write_text(json.dumps(snap))
+    code, _out, err = run(tmp_path, capsys, "canary", "judge", "--snapshot", str(path))
+    assert code == 2
+    assert err.strip() == f"error: {path}: canary: errors (5000) exceed requests (1000); check the counters"
+    path.write_text("{not json")
+    code, _, err = run(tmp_path, capsys, "canary", "judge", "--snapshot", str(path))
+    assert code == 2
+    assert "not valid JSON" in err
+
+
+def test_canary_release_command_still_parses() -> None:
+    from modelctl.cli import build_parser
+
+    args = build_parser().parse_args(["canary", MODEL, "v1.1.0", "--stack", "staging"])
+    assert (args.model, args.version, args.stack) == (MODEL, "v1.1.0", "staging")
+    args = build_parser().parse_args(["canary", "judge", "--snapshot", "s.json"])
+    assert args.snapshot == "s.json"

@@ -1,0 +1,256 @@
+"""The canary judge: hold on too little data, rollback on harm, promote on non-inferiority,
+recomputable decisions, one-line errors for bad snapshots, and sequential validity."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from modelctl.errors import UserError, UserErrors
+from modelctl.judge import (
+    HARM_RATIOS,
+    HARM_WEIGHTS,
+    Settings,
+    difference_noninferiority,
+    histogram_quantile,
+    judge,
+    origin_log_evalue,
+)
+from modelctl.schema import Analysis
+
+BOUNDS = [round(0.01 * 1.1**k, 6) for k in range(64)]
+SCORE_BOUNDS = [round(0.1 * k, 1) for k in range(1, 11)]
+
+
+def latency_counts(requests: float, sigma: float = 0.5) -> list[float]:
+    """Expected cumulative bucket counts of log-normal latencies (median 100 ms)."""
+    cdf = stats.norm.cdf(np.log(np.array(BOUNDS) / 0.1) / sigma)
+    return [*(requests * cdf).tolist(), requests]
+
+
+def score_counts(requests: float, a: float = 2.0) -> list[float]:
+    return [*(requests * stats.beta.cdf(SCORE_BOUNDS, a, 5)).tolist(), requests]
+
+
+def arm(
+    version: str, weight: float, requests: float, errors: float, *, sigma: float = 0.5, a: float = 2.0
+) -> dict[str, Any]:
+    return {
+        "version": version,
+        "weight": weight,
+        "requests": requests,
+        "errors": errors,
+        "latency_seconds": {"le": [*BOUNDS, "+Inf"], "counts": latency_counts(requests, sigma)},
+        "score": {"le": [*SCORE_BOUNDS, "+Inf"], "counts": score_counts(requests, a)},
+    }
+
+
+def snapshot(canary: dict[str, Any], baseline: dict[str, Any], **analysis: Any) -> dict[str, Any]:
+    return {
+        "model": "fraud-detection",
+        "stack": "prod",
+        "taken_at": "2026-11-24T12:00:00Z",
+        "baseline": baseline,
+        "canary": canary,
+        "analysis": {
+            "alpha": 0.05,
+            "error_margin": 0.005,
+            "latency_margin": 0.1,
+            "min_requests": 500,
+            **analysis,
+        },
+    }
+
+
+def identical(canary_requests: float, weight: float = 10, error_rate: float = 0.01) -> dict[str, Any]:
+    baseline_requests = canary_requests * (100 - weight) / weight
+    return snapshot(
+        arm("v1.1.0", weight, canary_requests, canary_requests * error_rate),
+        arm("v1.0.0", 100 - weight, baseline_requests, baseline_requests * error_rate),
+    )
+
+
+# ---------------------------------------------------------------- decisions
+
+
+def test_no_canary_traffic_holds() -> None:
+    decision = judge(identical(0))
+    assert decision.action == "hold"
+    assert "not enough data" in decision.reasons[0]
+
+
+def test_few_canary_requests_hold_even_when_they_all_fail() -> None:
+    snap = snapshot(arm("v1.1.0", 10, 120, 120), arm("v1.0.0", 90, 1080, 5))
+    decision = judge(snap)
+    assert decision.action == "hold"
+    assert decision.reasons == ["not enough data: canary has 120 of the 500 requests needed to judge"]
+
+
+def test_doubled_error_rate_rolls_back() -> None:
+    decision = judge(snapshot(arm("v1.1.0", 10, 5000, 100), arm("v1.0.0", 90, 45_000, 450)))
+    assert decision.action == "rollback"
+    errors = decision.evidence[0]
+    assert errors.outcome == "harm"
+    assert errors.p_adjusted is not None
+    assert errors.p_adjusted <= 0.05
+    assert errors.canary["rate"] == pytest.approx(0.02)
+    assert errors.confidence is not None
+    assert errors.confidence["lower"] > 0
+    assert "errors:" in decision.reasons[0]
+
+
+def test_heavier_latency_tail_rolls_back() -> None:
+    # Same median, p99 about +50%.
+    sigma = 0.5 + math.log(1.5) / stats.norm.ppf(0.99)
+    decision = judge(snapshot(arm("v1.1.0", 10, 3000, 30, sigma=sigma), arm("v1.0.0", 90, 27_000, 270)))
+    assert decision.action == "rollback"
+    latency = decision.evidence[1]
+    assert latency.outcome == "harm"
+    assert latency.estimate["p99_ratio"] == pytest.approx(1.5, rel=0.1)
+
+
+def test_identical_arms_with_enough_data_promote() -> None:
+    decision = judge(identical(15_000))
+    assert decision.action == "promote"
+    assert [e.outcome for e in decision.evidence] == ["non-inferior", "non-inferior", "unchanged"]
+    assert all(e.p_noninferior is not None and e.p_noninferior <= 0.05 for e in decision.evidence[:2])
+
+
+def test_identical_arms_with_little_data_hold_undecided() -> None:
+    decision = judge(identical(800))
+    assert decision.action == "hold"
+    assert any("not yet shown" in reason for reason in decision.reasons)
+
+
+def test_score_shift_warns_or_rolls_back_per_settings() -> None:
+    shifted = snapshot(arm("v1.1.0", 10, 5000, 50, a=3.0), arm("v1.0.0", 90, 45_000, 450))
+    warned = judge(shifted)
+    assert warned.action != "rollback"
+    assert warned.warnings
+    assert "score" in warned.warnings[0]
+    critical = copy.deepcopy(shifted)
+    critical["analysis"]["score_shift"] = "critical"
+    decision = judge(critical)
+    assert decision.action == "rollback"
+    assert decision.evidence[2].outcome == "changed"
+
+
+def test_decisions_are_recomputable_from_the_snapshot() -> None:
+    snap = snapshot(arm("v1.1.0", 10, 5000, 70), arm("v1.0.0", 90, 45_000, 450))
+    first, again = judge(snap), judge(copy.deepcopy(snap))
+    assert first.to_dict() == again.to_dict()
+    reordered = dict(reversed(list(copy.deepcopy(snap).items())))
+    assert judge(reordered).snapshot_sha256 == first.snapshot_sha256
+    changed = copy.deepcopy(snap)
+    changed["canary"]["errors"] = 71
+    assert judge(changed).snapshot_sha256 != first.snapshot_sha256
+
+
+def test_settings_mirror_the_stack_schema() -> None:
+    for name, field in Settings.model_fields.items():
+        assert field.default == Analysis.model_fields[name].default, name
+    assert set(Settings.model_fields) <= set(Analysis.model_fields)
+
+
+# ---------------------------------------------------------------- bad snapshots
+
+
+def broken(change: Any) -> dict[str, Any]:
+    snap = identical(1000)
+    change(snap)
+    return snap
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: s["canary"].update(colour="blue"), "canary.colour: extra inputs are not permitted"),
+        (lambda s: s["canary"].update(errors=2000), "canary: errors (2000) exceed requests (1000)"),
+        (lambda s: s["baseline"]["latency_seconds"]["le"].pop(), "the last bucket bound must be +Inf"),
+        (lambda s: s["canary"]["score"]["counts"].pop(), "10 counts for 11 bounds"),
+        (lambda s: s.update(taken_at="2026-11-24T12:00:00"), "taken_at: taken_at has no time zone"),
+        (lambda s: s["canary"].update(version="v1.0.0"), "canary and baseline are both v1.0.0"),
+        (lambda s: s["analysis"].update(alpha=0.7), "analysis.alpha: input should be less than 0.5"),
+        (lambda s: s.pop("analysis"), "analysis: field required"),
+    ],
+)
+def test_bad_snapshots_raise_one_line_user_errors(change: Any, message: str) -> None:
+    with pytest.raises((UserError, UserErrors)) as caught:
+        judge(broken(change), source="snap.json")
+    text = str(caught.value)
+    assert message in text
+    assert text.startswith("snap.json")
+    assert "\n" not in text
+
+
+def test_decreasing_bucket_counts_are_refused() -> None:
+    snap = identical(1000)
+    snap["canary"]["latency_seconds"]["counts"][10] = 1e9
+    with pytest.raises(UserError, match="counts decrease"):
+        judge(snap)
+
+
+# ---------------------------------------------------------------- sequential validity
+
+
+def test_harm_test_keeps_alpha_over_repeated_looks() -> None:
+    # 400 runs of identical arms, a look every 200 canary requests up to 20k: the harm
+    # e-value should cross 1/alpha in at most alpha of runs (plus Monte Carlo slack), while
+    # a fixed-sample z-test re-run at every look crosses far more often.
+    rng = np.random.default_rng(1)
+    runs, looks, share, rate, alpha = 400, 100, 0.1, 0.01, 0.05
+    canary = np.cumsum(rng.binomial(200, rate, size=(runs, looks)), axis=1).astype(float)
+    baseline = np.cumsum(rng.binomial(1800, rate, size=(runs, looks)), axis=1).astype(float)
+    crossed = naive = 0
+    for c_row, b_row in zip(canary, baseline, strict=True):
+        e_values = [
+            origin_log_evalue(c, b, share, HARM_RATIOS, HARM_WEIGHTS)
+            for c, b in zip(c_row, b_row, strict=True)
+        ]
+        crossed += max(e_values) >= math.log(1 / alpha)
+        n_c, n_b = 200 * np.arange(1, looks + 1), 1800 * np.arange(1, looks + 1)
+        pooled = (c_row + b_row) / (n_c + n_b)
+        z = (c_row / n_c - b_row / n_b) / np.sqrt(pooled * (1 - pooled) * (1 / n_c + 1 / n_b) + 1e-300)
+        naive += bool(np.any(z > stats.norm.ppf(1 - alpha)))
+    assert crossed / runs <= alpha + 0.02
+    assert naive / runs > 2 * alpha
+
+
+def test_noninferiority_test_keeps_alpha_at_the_margin() -> None:
+    # A canary worse by exactly the margin must be promoted in at most alpha of runs.
+    rng = np.random.default_rng(2)
+    runs, looks, alpha, margin = 300, 60, 0.05, 0.005
+    promoted = 0
+    for _ in range(runs):
+        n_c = 250 * np.arange(1, looks + 1)
+        e_c = np.cumsum(rng.binomial(250, 0.01 + margin, size=looks))
+        e_b = np.cumsum(rng.binomial(2250, 0.01, size=looks))
+        logs = [
+            difference_noninferiority(c, n, b, 9 * n, margin)[1]
+            for c, n, b in zip(e_c.tolist(), n_c.tolist(), e_b.tolist(), strict=True)
+        ]
+        promoted += max(logs) >= math.log(1 / alpha)
+    assert promoted / runs <= alpha + 0.02
+
+
+def test_origin_evalue_has_expectation_one_under_the_null_and_less_when_canary_is_better() -> None:
+    share, events = 0.2, 40
+    canary = np.arange(events + 1)
+    e_values = np.exp(
+        [origin_log_evalue(c, events - c, share, HARM_RATIOS, HARM_WEIGHTS) for c in canary.tolist()]
+    )
+    assert stats.binom.pmf(canary, events, share) @ e_values == pytest.approx(1.0, abs=1e-9)
+    assert stats.binom.pmf(canary, events, 0.15) @ e_values < 1.0
+
+
+def test_histogram_quantile_interpolates_like_prometheus() -> None:
+    bounds = np.array([0.1, 0.2, 0.4, math.inf])
+    cumulative = np.array([50.0, 90.0, 100.0, 100.0])
+    assert histogram_quantile(bounds, cumulative, 0.5) == pytest.approx(0.1)
+    assert histogram_quantile(bounds, cumulative, 0.7) == pytest.approx(0.15)
+    assert histogram_quantile(bounds, cumulative, 0.99) == pytest.approx(0.38)
