@@ -10,7 +10,9 @@ STAMP  := $(VENV)/.installed-stamp
 APT_TOOLS := prometheus prometheus-alertmanager wrk nodejs npm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install tools test lint typecheck unit demo bench clean
+NODE_TOOLS := tools/node_modules/.package-lock.json
+
+.PHONY: install tools system-tools test lint typecheck unit demo bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +21,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-tools:
+tools: system-tools $(NODE_TOOLS)
+
+$(NODE_TOOLS): tools/package.json tools/package-lock.json | system-tools
+	npm ci --prefix tools --no-audit --no-fund --loglevel=error
+
+system-tools:
 	@missing=""; \
 	for tool in promtool:prometheus amtool:prometheus-alertmanager wrk:wrk node:nodejs npm:npm; do \
 	  command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool##*:}"; \

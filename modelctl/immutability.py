@@ -6,7 +6,7 @@ from pathlib import Path
 
 from modelctl import gitutil
 from modelctl.errors import UserError
-from modelctl.state import State, model_file, parse_model
+from modelctl.state import State, model_file, parse_model, parse_stack
 
 
 def changes_since(state: State, base_rev: str) -> list[UserError]:
@@ -20,6 +20,30 @@ def changes_since(state: State, base_rev: str) -> list[UserError]:
         base = parse_model(text, model_file(name))
         errors += _record_changes(base.versions, head.versions, model_file(name), base_rev)
     errors += _removed_models(state.root, commit, set(state.models), base_rev)
+    errors += _deprecated_gaining_traffic(state, commit, base_rev)
+    return errors
+
+
+def _deprecated_gaining_traffic(state: State, commit: str, base_rev: str) -> list[UserError]:
+    """A deprecated version may keep the traffic it had at the base, never gain more."""
+    errors = []
+    for stack in state.stacks.values():
+        text = gitutil.show(state.root, commit, stack.file)
+        base_releases = parse_stack(text, stack.name).config.releases if text else {}
+        for model_name, release in stack.config.releases.items():
+            versions = state.models[model_name].versions
+            before = base_releases[model_name].traffic if model_name in base_releases else {}
+            for version, weight in release.traffic.items():
+                if versions[version].status == "deprecated" and weight > before.get(version, 0):
+                    errors.append(
+                        UserError(
+                            stack.file,
+                            f"deprecated version {version} of {model_name} gains traffic "
+                            f"({before.get(version, 0)}% on {base_rev}, {weight}% now)",
+                            "route the new traffic to an active version",
+                            key=f"config.modelctl:releases.{model_name}.traffic.{version}",
+                        )
+                    )
     return errors
 
 

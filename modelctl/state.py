@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from modelctl import yamlio
 from modelctl.errors import UserError, UserErrors, as_list, collect
-from modelctl.schema import ModelFile, StackConfig, duration_seconds
+from modelctl.schema import ModelFile, Release, StackConfig, duration_seconds
 
 STACK_PREFIX = "Pulumi."
 CONFIG_NAMESPACE = "modelctl"
@@ -265,7 +265,7 @@ def _check_stack(state: State, stack: Stack) -> list[UserError]:
     return errors
 
 
-def _check_release(stack: Stack, model: ModelFile, release: Any, key: str) -> list[UserError]:
+def _check_release(stack: Stack, model: ModelFile, release: Release, key: str) -> list[UserError]:
     errors = []
     for path, version in release.referenced():
         record = model.versions.get(version)
@@ -279,12 +279,14 @@ def _check_release(stack: Stack, model: ModelFile, release: Any, key: str) -> li
                     key=f"{key}.{path}",
                 )
             )
-        elif record.status != "active":
+        elif record.status == "revoked":
+            # Deprecated versions may keep what they serve (and stay rollback targets); only
+            # gaining traffic is refused, by the release commands and `check --base`.
             errors.append(
                 UserError(
                     stack.file,
-                    f"version {version} of {model.name} is {record.status}",
-                    "move its traffic to an active version",
+                    f"version {version} of {model.name} is revoked",
+                    f"move its traffic to an active version (modelctl rollback {model.name} --stack {stack.name} --to <version>)",
                     key=f"{key}.{path}",
                 )
             )

@@ -50,6 +50,23 @@ def test_status_change_is_allowed(repo: Path, capsys: pytest.CaptureFixture[str]
     assert check(repo, capsys) == (0, "")
 
 
+def test_deprecated_version_may_not_gain_traffic(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = yamlio.load(repo / "models/fraud-detection/model.yaml")
+    doc["versions"]["v1.1.0"]["status"] = "deprecated"
+    yamlio.dump_file(repo / "models/fraud-detection/model.yaml", doc)
+    run_git(repo, "commit", "-qam", "deprecate v1.1.0")
+    assert check(repo, capsys) == (0, "")
+    staging = yamlio.load(repo / "Pulumi.staging.yaml")
+    staging["config"]["modelctl:releases"]["fraud-detection"]["traffic"] = {"v1.0.0": 50, "v1.1.0": 50}
+    yamlio.dump_file(repo / "Pulumi.staging.yaml", staging)
+    code, err = check(repo, capsys)
+    assert code == 2
+    assert (
+        "Pulumi.staging.yaml: config.modelctl:releases.fraud-detection.traffic.v1.1.0: deprecated version "
+        "v1.1.0 of fraud-detection gains traffic (10% on main, 50% now); route the new traffic to an active version"
+    ) in err
+
+
 def test_revoked_is_final(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     doc = yamlio.load(repo / "models/fraud-detection/model.yaml")
     for stack in ("dev", "staging"):

@@ -66,24 +66,18 @@ def test_weights_must_sum_to_100(state: State) -> None:
     assert "weights summing to 110, not 100" in violation.message
 
 
-def test_routes_must_name_registered_active_versions(state: State) -> None:
+def test_routes_must_name_registered_unrevoked_versions(state: State) -> None:
     vs = first(state, "staging", "VirtualService")
     vs["spec"]["http"][-1]["route"][0]["destination"]["subset"] = "v9-9-9"
     assert "traffic-weights" in rules_broken(vs, state)
     model = state.models["fraud-detection"]
-    deprecated = model.model_copy(
-        update={
-            "versions": {
-                **model.versions,
-                "v1.1.0": model.versions["v1.1.0"].model_copy(update={"status": "deprecated"}),
-            }
-        }
-    )
-    with_deprecated = dataclasses.replace(state, models={**state.models, "fraud-detection": deprecated})
-    messages = [
-        v.message for v in check_objects([first(state, "staging", "VirtualService")], with_deprecated)
-    ]
-    assert any("v1.1.0, which is deprecated" in m for m in messages)
+    staging_vs = first(state, "staging", "VirtualService")
+    for status, refused in (("deprecated", False), ("revoked", True)):
+        record = model.versions["v1.1.0"].model_copy(update={"status": status})
+        changed = model.model_copy(update={"versions": {**model.versions, "v1.1.0": record}})
+        with_status = dataclasses.replace(state, models={**state.models, "fraud-detection": changed})
+        messages = [v.message for v in check_objects([staging_vs], with_status)]
+        assert any("v1.1.0, which is revoked" in m for m in messages) == refused, status
 
 
 def test_production_traffic_only_reaches_versions_passing_the_gates(state: State) -> None:

@@ -86,15 +86,23 @@ def test_unregistered_version_is_refused(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("status", ["deprecated", "revoked"])
-def test_only_active_versions_are_referenced(tmp_path: Path, status: str) -> None:
+def test_revoked_versions_are_not_referenced(tmp_path: Path) -> None:
     models, stacks = docs()
-    fraud(models)["versions"]["v1.1.0"]["status"] = status
+    fraud(models)["versions"]["v1.1.0"]["status"] = "revoked"
     lines = errors_for(tmp_path, models, stacks)
     assert any(
-        line.startswith("Pulumi.dev.yaml") and f"v1.1.0 of fraud-detection is {status}" in line
+        line.startswith("Pulumi.dev.yaml")
+        and "v1.1.0 of fraud-detection is revoked; move its traffic to an active version "
+        "(modelctl rollback fraud-detection --stack dev --to <version>)"
+        in line
         for line in lines
-    )
+    ), lines
+
+
+def test_deprecated_versions_may_keep_their_traffic(tmp_path: Path) -> None:
+    models, stacks = docs()
+    fraud(models)["versions"]["v1.1.0"]["status"] = "deprecated"
+    load_state(write_repo(tmp_path / "repo", models, stacks, git=False))
 
 
 def test_shadow_and_override_versions_must_exist(tmp_path: Path) -> None:
