@@ -32,6 +32,27 @@ SPEC_FLAGS = {
 }
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
+    return value
+
+
+def not_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"{text} is not a number of at least 0")
+    return value
+
+
+def above_zero(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number above 0")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     defaults = Settings()
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
@@ -40,21 +61,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for flag, variable in SPEC_FLAGS.items():
         parser.add_argument(f"--{flag.replace('_', '-')}", help=f"overrides {ENV_PREFIX}{variable}")
     parser.add_argument(
-        "--max-batch-rows", type=int, default=defaults.max_batch_rows, help="rows per model call"
+        "--max-batch-rows", type=positive, default=defaults.max_batch_rows, help="rows per model call"
     )
     parser.add_argument(
-        "--max-wait-ms", type=float, default=defaults.max_wait_ms,
+        "--max-wait-ms", type=not_negative, default=defaults.max_wait_ms,
         help="longest wait for a batch to fill (0: one event-loop turn)",
     )  # fmt: skip
-    parser.add_argument("--max-rows", type=int, default=defaults.max_rows, help="rows allowed in one request")
-    parser.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
-    parser.add_argument("--feedback-capacity", type=int, default=defaults.feedback_capacity)
-    parser.add_argument("--feedback-ttl-s", type=float, default=defaults.feedback_ttl_s)
-    parser.add_argument("--feedback-window", type=int, default=defaults.feedback_window)
-    parser.add_argument("--drift-window", type=int, default=defaults.drift_window)
-    parser.add_argument("--drift-interval-s", type=float, default=defaults.drift_interval_s)
     parser.add_argument(
-        "--grace-s", type=int, default=25, help="longest drain of in-flight requests on SIGTERM"
+        "--max-rows", type=positive, default=defaults.max_rows, help="rows allowed in one request"
+    )
+    parser.add_argument("--max-body-bytes", type=positive, default=defaults.max_body_bytes)
+    parser.add_argument("--feedback-capacity", type=positive, default=defaults.feedback_capacity)
+    parser.add_argument("--feedback-ttl-s", type=above_zero, default=defaults.feedback_ttl_s)
+    parser.add_argument("--feedback-window", type=positive, default=defaults.feedback_window)
+    parser.add_argument("--drift-window", type=positive, default=defaults.drift_window)
+    parser.add_argument("--drift-interval-s", type=above_zero, default=defaults.drift_interval_s)
+    parser.add_argument(
+        "--grace-s", type=positive, default=25, help="longest drain of in-flight requests on SIGTERM"
     )
     return parser.parse_args(argv)
 
