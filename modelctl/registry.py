@@ -283,7 +283,8 @@ def _other_active(model: ModelFile, version: str) -> str:
 
 
 def set_status(root: Path, model: str, version: str, status: Status, *, commit: bool = True) -> str | None:
-    """Deprecate or revoke a version no stack names any more; revoked is final."""
+    """Deprecate a version (it keeps what it serves, gains nothing more) or revoke one no stack
+    names any more; revoked is final."""
     state = load_state(root)
     current = state.model(model)
     record = _record(current, version)
@@ -294,16 +295,17 @@ def set_status(root: Path, model: str, version: str, status: Status, *, commit: 
         )
     if record.status == status:
         raise UserError(model_file(model), f"{version} is already {status}", "nothing to do", key=key)
-    collect(
-        [
-            UserError(
-                f"{state.stack(stack).file}",
-                f"{model} {version} is still referenced at {path}",
-                f"move its traffic first: modelctl rollback {model} --stack {stack} --to {_other_active(current, version)}",
-            )
-            for stack, path in _referencing(state, model, version)
-        ]
-    )
+    if status == "revoked":
+        collect(
+            [
+                UserError(
+                    f"{state.stack(stack).file}",
+                    f"{model} {version} is still referenced at {path}",
+                    f"move its traffic first: modelctl rollback {model} --stack {stack} --to {_other_active(current, version)}",
+                )
+                for stack, path in _referencing(state, model, version)
+            ]
+        )
     doc = yamlio.load(root / model_file(model), model_file(model))
     doc["versions"][version]["status"] = status
     verb = "deprecate" if status == "deprecated" else "revoke"

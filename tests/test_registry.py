@@ -126,12 +126,12 @@ def test_register_refuses_a_version_not_greater_than_the_latest(
     ]
 
 
-def test_deprecate_is_refused_while_a_stack_references_the_version(
+def test_revoke_is_refused_while_a_stack_references_the_version(
     root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = snapshot(root)
 
-    code, data, _ = run(root, capsys, "deprecate", MODEL, "v1.0.0")
+    code, data, _ = run(root, capsys, "revoke", MODEL, "v1.0.0")
 
     assert code == 2
     assert data["errors"] == [
@@ -161,6 +161,14 @@ def test_deprecate_then_revoke_is_final_and_shows_in_history(
         ("status deprecated -> revoked", f"revoke {MODEL} v1.0.0"),
     ]
     assert [c["change"] for c in history["v1.1.0"]] == ["registered"]
+
+
+def test_deprecate_keeps_a_serving_version_serving(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, data, _ = run(root, capsys, "deprecate", MODEL, "v1.0.0")
+
+    assert code == 0, data
+    assert pipeline_repo.record(root, "v1.0.0").status == "deprecated"
+    assert run(root, capsys, "check")[0] == 0
 
 
 def test_no_commit_edits_the_file_and_leaves_git_alone(
