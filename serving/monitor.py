@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import tempfile
 import zipfile
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -27,19 +29,31 @@ Publish = Callable[[dict[str, float]], None]
 def load_profile(spec: ServingSpec) -> Profile:
     """The reference profile, verified by sha256 like the artifact.
 
-    `Profile.load` reads a path, so the verified bytes go to a private copy first: what is
-    parsed is exactly what was hashed, even if the original file changes in between.
+    `Profile.load` reads a path, so it reads a private in-memory copy of the verified bytes:
+    what is parsed is exactly what was hashed, and nothing is written to a read-only root.
     """
     data = read_verified(spec.profile_path, spec.profile_sha256, "reference profile")
-    with tempfile.NamedTemporaryFile(suffix=".npz") as verified:
-        verified.write(data)
-        verified.flush()
+    with _in_memory_file(data) as path:
         try:
-            return Profile.load(verified.name)
+            return Profile.load(path)
         except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
             raise UserError(
                 spec.profile_path, f"the reference profile is unreadable ({exc})", FIX_RECORD
             ) from None
+
+
+@contextmanager
+def _in_memory_file(data: bytes) -> Iterator[str]:
+    if not hasattr(os, "memfd_create"):  # not Linux: a temporary file will do
+        with tempfile.NamedTemporaryFile() as file:
+            file.write(data)
+            file.flush()
+            yield file.name
+        return
+    with os.fdopen(os.memfd_create("verified"), "w+b") as file:
+        file.write(data)
+        file.flush()
+        yield f"/proc/self/fd/{file.fileno()}"
 
 
 class DriftMonitor:
