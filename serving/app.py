@@ -30,6 +30,7 @@ from serving.batcher import Batcher, Predictions
 from serving.feedback import LiveScores, PredictionMemory
 from serving.inputs import (
     INFER_OUTPUTS,
+    MAX_REQUEST_ID,
     ClientError,
     RowChecker,
     infer_request,
@@ -42,7 +43,6 @@ from serving.metrics import CONTENT_TYPE, ServerMetrics
 from serving.monitor import DriftMonitor
 
 log = logging.getLogger("serving")
-MAX_REQUEST_ID = 128
 
 
 @dataclass(frozen=True)
@@ -215,7 +215,7 @@ class ModelServer:
                 404,
                 "unknown_request",
                 f"request_id {request_id!r} is unknown, already labelled, or older than the feedback window "
-                f"({self.settings.feedback_ttl_s:g} s, {self.settings.feedback_capacity} predictions); send it sooner",
+                f"({self.settings.feedback_ttl_s:g} s, {self.settings.feedback_capacity} rows); send it sooner",
             )
         if len(labels) != len(predicted):
             self.memory.remember(request_id, predicted)

@@ -13,37 +13,49 @@ from dataclasses import dataclass
 
 
 class PredictionMemory:
-    """Predicted class indices by request id: at most `capacity` entries, none older than `ttl` s."""
+    """Predicted class indices by request id: at most `capacity` rows, none older than `ttl` s.
+
+    Rows, not requests, are counted, so a stream of large batches cannot grow it either.
+    """
 
     def __init__(self, capacity: int, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.capacity = capacity
         self.ttl = ttl
         self._clock = clock
         self._entries: OrderedDict[str, tuple[float, tuple[int, ...]]] = OrderedDict()
+        self._rows = 0
 
     def __len__(self) -> int:
-        return len(self._entries)
+        """The rows remembered."""
+        return self._rows
 
     def remember(self, request_id: str, predicted: Sequence[int]) -> None:
+        self._forget(request_id)
         self._entries[request_id] = (self._clock(), tuple(predicted))
-        self._entries.move_to_end(request_id)
-        if len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+        self._rows += len(predicted)
+        while self._rows > self.capacity:
+            self._drop_oldest()
         self._expire()
 
     def take(self, request_id: str) -> tuple[int, ...] | None:
         """The predictions of `request_id`, forgotten once taken so a label counts once."""
         self._expire()
+        return self._forget(request_id)
+
+    def _forget(self, request_id: str) -> tuple[int, ...] | None:
         entry = self._entries.pop(request_id, None)
-        return entry[1] if entry else None
+        if entry is None:
+            return None
+        self._rows -= len(entry[1])
+        return entry[1]
+
+    def _drop_oldest(self) -> None:
+        self._rows -= len(self._entries.popitem(last=False)[1][1])
 
     def _expire(self) -> None:
         oldest = self._clock() - self.ttl
-        while self._entries:
-            first = next(iter(self._entries.values()))
-            if first[0] >= oldest:
-                return
-            self._entries.popitem(last=False)
+        while self._entries and next(iter(self._entries.values()))[0] < oldest:
+            self._drop_oldest()
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ import orjson
 from modelctl.schema import Signature
 
 Row = list[Any]
+# Request ids are remembered for feedback, so their length is bounded.
+MAX_REQUEST_ID = 128
 # Without a signature bound, the largest finite float: comparisons also refuse NaN and Inf.
 _LARGEST = sys.float_info.max
 
@@ -159,8 +161,8 @@ def infer_request(body: Any, checker: RowChecker) -> InferRequest:
     if type(tensor) is not dict:
         raise invalid("inputs[0] must be a tensor object with name, shape, datatype and data")
     request_id = body.get("id")
-    if request_id is not None and type(request_id) is not str:
-        raise invalid("id must be a string")
+    if request_id is not None and (type(request_id) is not str or not 0 < len(request_id) <= MAX_REQUEST_ID):
+        raise invalid(f"id must be a string of 1 to {MAX_REQUEST_ID} characters")
     return InferRequest(_tensor_rows(tensor, checker), _requested_outputs(body.get("outputs")), request_id)
 
 

@@ -159,6 +159,7 @@ BAD_BODIES: list[tuple[str, str, bytes, dict[str, str], int, str]] = [
     ("tensor of text", f"/v2/models/{MODEL}/infer", orjson.dumps({"inputs": [{**TENSOR, "datatype": "BYTES"}]}), JSON, 422, "datatype"),
     ("tensor data short", f"/v2/models/{MODEL}/infer", orjson.dumps({"inputs": [{**TENSOR, "data": GOOD[:2]}]}), JSON, 422, "does not hold"),
     ("unknown output", f"/v2/models/{MODEL}/infer", orjson.dumps({"inputs": [TENSOR], "outputs": [{"name": "x"}]}), JSON, 422, "outputs"),
+    ("too long an id", f"/v2/models/{MODEL}/infer", orjson.dumps({"id": "x" * 129, "inputs": [TENSOR]}), JSON, 422, "1 to 128"),
 ]  # fmt: skip
 
 
@@ -327,3 +328,13 @@ def test_drift_is_published_per_feature_off_the_request_path(served: Version) ->
             time.sleep(0.05)
     assert drift["merchant_risk"] > 0.4
     assert max(drift["amount"], drift["hour"], drift["is_foreign"]) < 0.15
+
+
+def test_a_streamed_body_is_limited_too(client: TestClient) -> None:
+    # No Content-Length (chunked): the limit applies while reading.
+    chunks = iter([b'{"instances": [', b"[1.0, 3, 0.5, true]," * 2_000, b"[1.0, 3, 0.5, true]]}"])
+    response = client.post("/predict", content=chunks, headers=JSON)
+    assert response.status_code == 413
+    assert "over 20000 bytes" in response.json()["error"]
+    small = iter([b'{"features": ', orjson.dumps(GOOD), b"}"])
+    assert client.post("/predict", content=small, headers=JSON).status_code == 200

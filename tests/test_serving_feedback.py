@@ -25,6 +25,19 @@ def test_memory_forgets_the_oldest_beyond_its_capacity() -> None:
     assert memory.take("r4") == (0,)
 
 
+def test_memory_counts_rows_so_large_batches_stay_bounded() -> None:
+    memory = PredictionMemory(capacity=5, ttl=60, clock=Clock())
+    memory.remember("small", [1])
+    memory.remember("batch", [0, 1, 0, 1])
+    assert len(memory) == 5
+    memory.remember("another", [1, 1])
+    assert len(memory) == 2
+    assert memory.take("small") is None
+    assert memory.take("batch") is None
+    assert memory.take("another") == (1, 1)
+    assert len(memory) == 0
+
+
 def test_memory_forgets_predictions_older_than_its_ttl() -> None:
     clock = Clock()
     memory = PredictionMemory(capacity=100, ttl=10, clock=clock)
