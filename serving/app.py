@@ -360,7 +360,6 @@ class ServingApp:
     """
 
     def __init__(self, server: ModelServer) -> None:
-        self.server = server
         self.starlette = Starlette(
             routes=server.routes(), lifespan=server.lifespan, exception_handlers={HTTPException: _http_error}
         )
