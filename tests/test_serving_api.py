@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import warnings
@@ -21,7 +22,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-from serving.app import Settings, create_app
+from serving.app import ModelServer, Settings, create_app
 from serving.server import build
 from tests.test_serving_helpers import SIGNATURE, Version, as_json_row, labels_for, reference_rows, served
 
@@ -338,3 +339,21 @@ def test_a_streamed_body_is_limited_too(client: TestClient) -> None:
     assert "over 20000 bytes" in response.json()["error"]
     small = iter([b'{"features": ', orjson.dumps(GOOD), b"}"])
     assert client.post("/predict", content=small, headers=JSON).status_code == 200
+
+
+class BrokenEstimator:
+    def predict_proba(self, rows: Any) -> Any:
+        raise RuntimeError("the model is broken")
+
+
+def test_a_model_fault_is_a_counted_500(served: Version) -> None:
+    working = build(served.spec, Settings())
+    broken = dataclasses.replace(working.model, estimator=BrokenEstimator())
+    server = ModelServer(served.spec, broken, working.drift, Settings())
+    with TestClient(create_app(server), raise_server_exceptions=False) as test_client:
+        response = post(test_client, "/predict", {"features": GOOD})
+        assert response.status_code == 500
+        assert "logged and counted" in response.json()["error"]
+        samples = metric_samples(test_client)
+    assert sample(samples, "model_errors_total", type="internal") == 1
+    assert sample(samples, "model_requests_total", code="500") == 1
