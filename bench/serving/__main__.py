@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 import skops.io
+from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import make_classification
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.model_selection import train_test_split
@@ -47,6 +48,12 @@ BASELINE, OURS = "baseline", "serving"
 TARGETS = {8: (5.0, 5.0), 64: (10.0, 20.0)}
 CPU_TARGET_US = 150.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+GC_AND_BATCH = (
+    "model_batch_size_sum",
+    "model_batch_size_count",
+    "model_gc_pause_seconds_count",
+    "model_gc_pause_seconds_sum",
+)
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,10 @@ class Run:
     p99_ms: float
     errors: int
     cpu_us: float
+    # From our server's /metrics over the run (the baseline exports none).
+    batch_mean: float | None = None
+    gc_pauses: int | None = None
+    gc_ms: float | None = None
 
     @property
     def rate(self) -> float:
@@ -191,10 +202,24 @@ class Load:
     seconds: int
 
 
+def server_metrics(url: str) -> dict[str, float]:
+    """Batch and GC totals from /metrics, summed over label sets; empty without /metrics."""
+    response = httpx.get(url.replace("/predict", "/metrics"), timeout=5)
+    if response.status_code != 200:
+        return {}
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if sample.name in GC_AND_BATCH:
+                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
+
+
 def measure(server: str, pid: int, load: Load, concurrency: int) -> Run:
-    before = cpu_seconds(pid)
+    before, metrics_before = cpu_seconds(pid), server_metrics(load.url)
     summary = wrk(load.url, concurrency, load.seconds, load.bodies)
     cpu = cpu_seconds(pid) - before
+    grew = {name: value - metrics_before[name] for name, value in server_metrics(load.url).items()}
     requests = summary["requests"]
     errors = sum(summary[k] for k in ("connect", "read", "write", "status", "timeout"))
     return Run(
@@ -206,6 +231,9 @@ def measure(server: str, pid: int, load: Load, concurrency: int) -> Run:
         p99_ms=summary["p99_us"] / 1000,
         errors=errors,
         cpu_us=cpu / max(requests, 1) * 1e6,
+        batch_mean=grew["model_batch_size_sum"] / grew["model_batch_size_count"] if grew else None,
+        gc_pauses=int(grew["model_gc_pause_seconds_count"]) if grew else None,
+        gc_ms=grew["model_gc_pause_seconds_sum"] * 1000 if grew else None,
     )
 
 
@@ -230,11 +258,12 @@ def bench_server(
 
 def table(runs: list[Run]) -> str:
     lines = [
-        "| server | concurrency | req/s | p50 ms | p99 ms | errors | server CPU µs/req |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| server | concurrency | req/s | p50 ms | p99 ms | errors | server CPU µs/req | mean batch | GC pauses (total ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {r.server} | {r.concurrency} | {r.rate:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {r.cpu_us:,.0f} |"
+        f"| {r.server} | {r.concurrency} | {r.rate:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {r.cpu_us:,.0f} | "
+        + (f"{r.batch_mean:.1f} | {r.gc_pauses} ({r.gc_ms:.0f}) |" if r.batch_mean is not None else "– | – |")
         for r in runs
     ]
     return "\n".join(lines)
