@@ -41,7 +41,7 @@ def test_serves_predictions_and_metrics(running_server: ServerProcess) -> None:
 
 
 def test_sigterm_finishes_in_flight_requests_then_exits(running_server: ServerProcess) -> None:
-    # The server waits up to 1.5 s to fill a batch, so this request is still in flight at SIGTERM.
+    # The server waits up to 3 s to fill a batch: sent 1 s before SIGTERM, the request is still in flight.
     answers: list[httpx.Response] = []
     request = threading.Thread(
         target=lambda: answers.append(
@@ -49,7 +49,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits(running_server: ServerPr
         )
     )
     request.start()
-    time.sleep(0.5)
+    time.sleep(1)
     code, log = running_server.stop()
     request.join(timeout=30)
 
