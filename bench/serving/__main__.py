@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import shutil
 import socket
 import subprocess
@@ -76,6 +77,7 @@ class Run:
     p99_ms: float
     errors: int
     cpu_us: float
+    other_cores: float  # CPU used meanwhile by everything but this server and wrk, in cores
     # From our server's /metrics over the run (the baseline exports none).
     batch_mean: float | None = None
     gc_pauses: int | None = None
@@ -225,10 +227,23 @@ def server_metrics(url: str) -> dict[str, float]:
     return totals
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent on anything but idling and waiting for I/O, since boot."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLOCK_TICKS
+
+
+def wrk_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is the only child reaped meanwhile
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure(server: str, pid: int, load: Load, concurrency: int) -> Run:
     before, metrics_before = cpu_seconds(pid), server_metrics(load.url)
+    busy_before, wrk_before = machine_busy_seconds(), wrk_cpu_seconds()
     summary = wrk(load.url, concurrency, load.seconds, load.bodies)
     cpu = cpu_seconds(pid) - before
+    others = machine_busy_seconds() - busy_before - cpu - (wrk_cpu_seconds() - wrk_before)
     grew = {name: value - metrics_before[name] for name, value in server_metrics(load.url).items()}
     requests = summary["requests"]
     errors = sum(summary[k] for k in ("connect", "read", "write", "status", "timeout"))
@@ -241,6 +256,7 @@ def measure(server: str, pid: int, load: Load, concurrency: int) -> Run:
         p99_ms=summary["p99_us"] / 1000,
         errors=errors,
         cpu_us=cpu / max(requests, 1) * 1e6,
+        other_cores=max(others, 0.0) / (summary["duration_us"] / 1e6),
         batch_mean=grew["model_batch_size_sum"] / grew["model_batch_size_count"] if grew else None,
         gc_pauses=int(grew["model_gc_pause_seconds_count"]) if grew else None,
         gc_ms=grew["model_gc_pause_seconds_sum"] * 1000 if grew else None,
@@ -268,12 +284,13 @@ def bench_server(
 
 def table(runs: list[Run]) -> str:
     lines = [
-        "| server | concurrency | req/s | p50 ms | p99 ms | errors | server CPU µs/req | mean batch | GC pauses (total ms) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| server | concurrency | req/s | p50 ms | p99 ms | errors | server CPU µs/req | mean batch | GC pauses (total ms) | other load (cores) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
         f"| {r.server} | {r.concurrency} | {r.rate:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {r.cpu_us:,.0f} | "
         + (f"{r.batch_mean:.1f} | {r.gc_pauses} ({r.gc_ms:.0f}) |" if r.batch_mean is not None else "– | – |")
+        + f" {r.other_cores:.2f} |"
         for r in runs
     ]
     return "\n".join(lines)
@@ -312,7 +329,8 @@ the same cores. Model: HistGradientBoostingClassifier, 30 features, 150 trees of
 fraud-detection settings, seeded synthetic data); requests are
 one-row `/predict` bodies cycling through 1,024 held-out rows. {args.duration} s per run after a
 {args.warmup} s warm-up; OMP/OpenBLAS pinned to one thread for both servers. 1-minute load average
-before the run: {load_before:.2f}.
+before the run: {load_before:.2f}; "other load" is the CPU other processes on the machine used
+during each run (the 2 cores are shared with other work), in cores.
 
 - baseline: the seed's Flask app under gunicorn, 2 sync workers, `predict` + `predict_proba` per request.
 - serving: `python -m serving` (Starlette on uvicorn with uvloop/httptools, orjson, batching, metrics
