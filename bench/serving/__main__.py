@@ -20,7 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -133,17 +134,17 @@ def free_port() -> int:
         return port
 
 
-def commands(spec: ServingSpec, port: int) -> dict[str, tuple[list[str], dict[str, str]]]:
+def commands(spec: ServingSpec) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """Each server's command line (without its port) and environment."""
     env = {**os.environ, **THREAD_PINS, "PYTHONPATH": str(ROOT)}
-    bind = ["127.0.0.1", str(port)]
     return {
         BASELINE: (
-            [sys.executable, "-m", "gunicorn", "--workers", "2", "--worker-class", "sync", "--bind", ":".join(bind),
-             "bench.serving.baseline:app"],
+            [sys.executable, "-m", "gunicorn", "--workers", "2", "--worker-class", "sync", "bench.serving.baseline:app",
+             "--bind"],
             {**env, "BENCH_MODEL": spec.artifact_path, "BENCH_TRUSTED": json.dumps(list(spec.trusted_types))},
         ),
         OURS: (
-            [sys.executable, "-m", "serving", "--host", bind[0], "--port", bind[1], "--drift-interval-s", "10"],
+            [sys.executable, "-m", "serving", "--host", "127.0.0.1", "--drift-interval-s", "10", "--port"],
             {**env, **spec.to_env()},
         ),
     }  # fmt: skip
@@ -263,20 +264,31 @@ def measure(server: str, pid: int, load: Load, concurrency: int) -> Run:
     )
 
 
-def bench_server(
-    name: str, command: tuple[list[str], dict[str, str]], port: int, args: argparse.Namespace, folder: Path
-) -> list[Run]:
+@dataclass(frozen=True)
+class Server:
+    name: str
+    pid: int
+    load: Load
+
+
+@contextmanager
+def running(
+    name: str, command: tuple[list[str], dict[str, str]], args: argparse.Namespace, folder: Path
+) -> Iterator[Server]:
+    """A started, answering and warmed-up server; stopped on exit."""
+    port = free_port()
+    address = f"127.0.0.1:{port}" if name == BASELINE else str(port)
     load = Load(f"http://127.0.0.1:{port}/predict", folder / "bodies.jsonl", args.duration)
     with (folder / f"{name}.log").open("wb") as output:
         process = subprocess.Popen(
-            command[0], env=command[1], cwd=ROOT, stdout=output, stderr=subprocess.STDOUT
+            [*command[0], address], env=command[1], cwd=ROOT, stdout=output, stderr=subprocess.STDOUT
         )
         try:
             wait_ready(process, load.url, load.bodies.read_bytes().splitlines()[0])
             wrk(
                 load.url, max(args.concurrency), args.warmup, load.bodies
             )  # warm caches and allocators; discarded
-            return [measure(name, process.pid, load, c) for c in args.concurrency]
+            yield Server(name, process.pid, load)
         finally:
             process.terminate()
             process.wait(timeout=60)
@@ -328,7 +340,8 @@ def report(runs: list[Run], args: argparse.Namespace, load_before: float) -> str
 the same cores. Model: HistGradientBoostingClassifier, 30 features, 150 trees of 15 leaves (params.yaml's
 fraud-detection settings, seeded synthetic data); requests are
 one-row `/predict` bodies cycling through 1,024 held-out rows. {args.duration} s per run after a
-{args.warmup} s warm-up; OMP/OpenBLAS pinned to one thread for both servers. 1-minute load average
+{args.warmup} s warm-up; both servers stay up and their runs alternate (baseline, serving at each
+concurrency), so a change in the machine's other load falls on both alike; OMP/OpenBLAS pinned to one thread for both servers. 1-minute load average
 before the run: {load_before:.2f}; "other load" is the CPU other processes on the machine used
 during each run (the 2 cores are shared with other work), in cores.
 
@@ -364,11 +377,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         bodies.write_bytes(
             b"\n".join(orjson.dumps({"features": row.tolist()}) for row in rows[:1024]) + b"\n"
         )
-        runs: list[Run] = []
-        port = free_port()
-        for name, command in commands(spec, port).items():
-            print(f"benchmarking {name} ...", file=sys.stderr, flush=True)
-            runs += bench_server(name, command, port, args, folder)
+        with ExitStack() as stack:
+            servers = [stack.enter_context(running(n, c, args, folder)) for n, c in commands(spec).items()]
+            # Both run all along (an idle server costs nothing), and their runs alternate, so a
+            # change in the machine's other load falls on both alike.
+            runs = [measure(s.name, s.pid, s.load, c) for c in args.concurrency for s in servers]
+    runs.sort(key=lambda run: (run.server != BASELINE, run.concurrency))
     text = report(runs, args, load_before)
     print(text)
     args.output.write_text(text, encoding="utf-8")
