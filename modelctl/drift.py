@@ -6,12 +6,14 @@ with it, feature by feature, and corrects for testing many features at once.
 
 Per numeric feature:
 
-- the two-sample Kolmogorov–Smirnov statistic D and its asymptotic p-value (see `ks_pvalue`). The reference side is either exact (every
-  distinct value with its count: D equals scipy's to rounding) or a quantile sketch of
-  `sketch_points` order statistics with their exact counts. Between sketch points the
-  reference CDF is interpolated; it is known to lie within `ks_error_bound` < 1/(points - 1)
-  of the truth everywhere, so the sketch D is within that bound of the exact D. The p-value
-  of a sketch is computed from D - bound, so it is never smaller than the exact p-value.
+- the two-sample Kolmogorov–Smirnov statistic D and its asymptotic p-value (`ks_pvalue`).
+  The reference side is either exact (every distinct value with its count: D equals
+  `scipy.stats.ks_2samp`'s to rounding) or a sketch: the order statistics at `sketch_points`
+  evenly spaced ranks, with their exact counts. Between sketch points the reference CDF is
+  interpolated, and is known to lie within `Sketch.error_bound` < 1/(sketch_points - 1) of
+  the truth everywhere, so the sketch's D is within that bound of the exact D (reported per
+  feature as `ks_error_bound`). A sketch's p-value is computed from D - bound, so it is never
+  smaller than the exact p-value.
 - the Wasserstein-1 distance in reference standard deviations, the effect size: how far the
   distribution moved, in units a person can judge (0.1 = a tenth of a standard deviation).
 - the population stability index on 10 quantile bins, reported for familiarity. The bin edges
@@ -122,12 +124,13 @@ class Sketch:
         return self.counts(np.asarray(x, dtype=np.float64)) / max(self.n, 1)
 
     def counts(self, x: Floats) -> Floats:
-        """Reference count <= x: exact at sketch values, linear in between.
+        """Reference count <= x: exact at sketch values, a straight line in between.
 
-        Between consecutive sketch values u_j < u_k no reference value lies strictly inside the
-        rank gap's ends, so the count rises from le[j] just after u_j to lt[k] just before u_k.
-        `np.interp` on the doubled knots (u_j, lt_j), (u_j, le_j) draws exactly that, taking the
-        right-hand value at a knot.
+        Between consecutive sketch values u_j < u_k the count is only known to rise from le[j]
+        (just after u_j) to lt[k] (just before u_k); the line between them is off by at most
+        that rise, which is the error bound. `np.interp` on the doubled knots (u_j, lt[j]),
+        (u_j, le[j]) draws it, jumps included, taking the right-hand value at a knot (the tests
+        against scipy hold it to that).
         """
         knots, heights = self._knots()
         result: Floats = np.interp(x, knots, heights)
@@ -391,7 +394,7 @@ def _fit_column(column: Floats, kind: Kind, half: Bools, points: int, exact: boo
         minimum=float(ordered[0]) if ordered.size else math.nan,
         maximum=float(ordered[-1]) if ordered.size else math.nan,
         mean=mean,
-        std=float(ordered.std(ddof=1)) if ordered.size > 1 else 0.0,
+        std=_std(ordered, mean),
         sketch=sketch,
         psi_edges=edges,
         psi_reference=reference,
@@ -402,15 +405,28 @@ def _psi_bins(ordered: Floats, half: Bools) -> tuple[Floats, Ints]:
     """Decile edges from a random half of the reference, bin counts from the other half.
 
     The halves are drawn over the sorted values, which splits the rows at random just as well
-    (the split is independent of the values) and leaves both halves sorted.
+    (the split is independent of the values) and keeps both halves sorted; they are read off
+    one running count of the chosen half rather than copied out.
     """
-    chosen = half[: ordered.size]
-    fit, held_out = ordered[chosen], ordered[~chosen]
-    if fit.size < PSI_BINS or held_out.size < PSI_BINS:
+    chosen_before = np.cumsum(half[: ordered.size])  # chosen values among the first i + 1
+    fit_size = int(chosen_before[-1]) if ordered.size else 0
+    held_size = ordered.size - fit_size
+    if fit_size < PSI_BINS or held_size < PSI_BINS:
         return _no_psi_bins()
-    ranks = (np.arange(1, PSI_BINS) * fit.size) // PSI_BINS
-    edges = fit[ranks]
-    return edges, _bin_counts(held_out, edges)
+    ranks = (np.arange(1, PSI_BINS) * fit_size) // PSI_BINS  # 0-based ranks within the fit half
+    edges = ordered[np.searchsorted(chosen_before, ranks + 1)]
+    at_or_below = np.searchsorted(ordered, edges, side="right")
+    held_at_or_below = at_or_below - chosen_before[at_or_below - 1]
+    counts: Ints = np.diff(np.r_[0, held_at_or_below, held_size]).astype(np.int64)
+    return edges, counts
+
+
+def _std(values: Floats, mean: float) -> float:
+    """Sample standard deviation in two passes over the data (not numpy's four)."""
+    if values.size < 2:
+        return 0.0
+    deviations = values - mean
+    return math.sqrt(float(np.dot(deviations, deviations)) / (values.size - 1))
 
 
 def _no_psi_bins() -> tuple[Floats, Ints]:
@@ -689,7 +705,7 @@ def _positions(ordered: Floats, values: Floats) -> tuple[Ints, Ints]:
     return left, right
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=2)
 def _steps(m: int) -> Floats:
     """i / m for i = 0..m-1, shared by the columns of one window (read-only)."""
     steps = np.arange(m) / m

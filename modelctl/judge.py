@@ -33,6 +33,13 @@ needs evidence of non-inferiority on errors and latency, each at alpha (a decisi
 all of them holds its level without correction), and no evidence of harm. Before both arms
 have `min_requests` requests the judge holds, whatever the data say: never a rollback on too
 little data.
+
+Where the guarantee is approximate: the traffic split is the realized share of requests (it
+equals the routing weight up to noise, and stays right when routing departs from the weights);
+the latency threshold t is re-read from the pooled histogram at each look (label-free, so
+valid at any one look; it settles within a few thousand requests); the non-inferiority test
+for errors is asymptotic (normal, with estimated variance). bench/judge measures the result:
+1-4% false rollbacks and at most 1.5% false promotions at the margin, over 200 looks.
 """
 
 from __future__ import annotations
