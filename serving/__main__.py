@@ -65,7 +65,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--max-wait-ms", type=not_negative, default=defaults.max_wait_ms,
-        help="longest wait for a batch to fill (0: one event-loop turn)",
+        help="longest wait for a batch to reach the previous batch's size (0: one event-loop turn)",
     )  # fmt: skip
     parser.add_argument(
         "--max-rows", type=positive, default=defaults.max_rows, help="rows allowed in one request"

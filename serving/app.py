@@ -48,7 +48,7 @@ log = logging.getLogger("serving")
 @dataclass(frozen=True)
 class Settings:
     max_batch_rows: int = 64
-    max_wait_ms: float = 0.0
+    max_wait_ms: float = 0.5
     max_rows: int = 1000
     max_body_bytes: int = 1 << 20
     feedback_capacity: int = 100_000

@@ -1,14 +1,22 @@
 """Gather concurrent requests into one model call.
 
 One `predict_proba` on a batch of 64 rows costs about what one row costs alone, so the
-server waits at most `max_wait` (or one turn of the event loop) for company, then
-predicts everything pending at once. The prediction is the argmax of the probabilities,
-exactly what scikit-learn's own `predict` returns, so the model is never called twice.
+server predicts everything pending at once, at the next turn of the event loop, or when
+`max_rows` rows are pending. The prediction is the argmax of the probabilities, exactly
+what scikit-learn's own `predict` returns, so the model is never called twice.
+
+Clients answered together send their next requests together, but these arrive spread over
+a few hundred microseconds, so an eager flush splits each wave in two and pays for two
+model calls. So a batch waits, turning the event loop (which keeps reading requests),
+until it holds as many requests as the previous one, for at most `max_wait` seconds. When
+load drops, one batch waits the bound and the next expects the smaller size. (A timer
+cannot do this: uvloop's timers have millisecond resolution.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +48,8 @@ class Batcher:
         self._pending: list[tuple[list[Row], asyncio.Future[Predictions]]] = []
         self._pending_rows = 0
         self._flush_handle: asyncio.Handle | None = None
+        self._first_arrival = 0.0
+        self._last_batch = 0
 
     def submit(self, rows: list[Row]) -> asyncio.Future[Predictions]:
         """A future for these rows' predictions, made in the next batch."""
@@ -50,12 +60,19 @@ class Batcher:
         if self._pending_rows >= self.max_rows:
             self.flush()
         elif self._flush_handle is None:
-            self._flush_handle = (
-                loop.call_later(self.max_wait, self.flush)
-                if self.max_wait > 0
-                else loop.call_soon(self.flush)
-            )
+            self._first_arrival = time.perf_counter()
+            self._flush_handle = loop.call_soon(self._flush_when_caught_up)
         return future
+
+    def _flush_when_caught_up(self) -> None:
+        """Flush once as many requests wait as the previous batch held, or at the `max_wait` bound."""
+        if (
+            len(self._pending) < self._last_batch
+            and time.perf_counter() - self._first_arrival < self.max_wait
+        ):
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_when_caught_up)
+        else:
+            self.flush()
 
     def flush(self) -> None:
         if self._flush_handle is not None:
@@ -64,6 +81,7 @@ class Batcher:
         batch, self._pending, self._pending_rows = self._pending, [], 0
         if not batch:
             return
+        self._last_batch = len(batch)
         rows = np.array([row for rows, _ in batch for row in rows], dtype=np.float64)
         try:
             probabilities = self._predict_proba(rows)

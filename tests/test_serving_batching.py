@@ -59,6 +59,38 @@ def test_batches_are_bounded_in_rows(served: Version) -> None:
     )
 
 
+def test_a_batch_waits_for_as_many_requests_as_the_previous_one(served: Version) -> None:
+    rows = reference_rows(9, seed=6).tolist()
+    model = CountingModel(served)
+    batcher = Batcher(model.predict_proba, lambda x, p: None, max_rows=64, max_wait=60.0)
+
+    async def scenario() -> None:
+        await asyncio.gather(*(batcher.submit([row]) for row in rows[:4]))
+        # The next wave trickles in over several turns of the event loop.
+        futures = []
+        for row in rows[4:8]:
+            futures.append(batcher.submit([row]))
+            for _ in range(3):
+                await asyncio.sleep(0)
+        await asyncio.gather(*futures)
+
+    asyncio.run(scenario())
+    assert model.batch_sizes == [4, 4]
+
+
+def test_a_batch_that_cannot_catch_up_goes_at_the_bound(served: Version) -> None:
+    rows = reference_rows(5, seed=8).tolist()
+    model = CountingModel(served)
+    batcher = Batcher(model.predict_proba, lambda x, p: None, max_rows=64, max_wait=0.001)
+
+    async def scenario() -> Predictions:
+        await asyncio.gather(*(batcher.submit([row]) for row in rows[:4]))
+        return await batcher.submit([rows[4]])  # load dropped: no company is coming
+
+    assert asyncio.run(scenario()).probabilities.shape == (1, 2)
+    assert model.batch_sizes == [4, 1]
+
+
 def test_a_model_fault_fails_only_its_batch(served: Version) -> None:
     calls = 0
 

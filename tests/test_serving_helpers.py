@@ -138,7 +138,7 @@ def start_server(spec: ServingSpec, *flags: str) -> subprocess.Popen[str]:
 def running_server(served: Version) -> Iterator[ServerProcess]:
     """A real server process, ready, on a free port; stopped with SIGTERM afterwards."""
     port = free_port()
-    process = start_server(served.spec, "--port", str(port), "--max-wait-ms", "3000")
+    process = start_server(served.spec, "--port", str(port))
     url = f"http://127.0.0.1:{port}"
     wait_ready(process, url)
     server = ServerProcess(process, url)

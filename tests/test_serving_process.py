@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
+import orjson
 
 from tests.test_serving_helpers import (
     ROOT,
@@ -41,23 +41,34 @@ def test_serves_predictions_and_metrics(running_server: ServerProcess) -> None:
 
 
 def test_sigterm_finishes_in_flight_requests_then_exits(running_server: ServerProcess) -> None:
-    # The server waits up to 3 s to fill a batch: sent 1 s before SIGTERM, the request is still in flight.
-    answers: list[httpx.Response] = []
-    request = threading.Thread(
-        target=lambda: answers.append(
-            httpx.post(f"{running_server.url}/predict", json={"features": ROW}, timeout=30)
-        )
-    )
-    request.start()
-    time.sleep(1)
-    code, log = running_server.stop()
-    request.join(timeout=30)
+    body = orjson.dumps({"features": ROW})
+    head = (
+        "POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    port = int(running_server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(head + body[:10])
+        time.sleep(0.5)  # the server has read the head: the request is in flight
+        running_server.process.terminate()
+        wait_until_refused(port)  # it stopped accepting
+        connection.sendall(body[10:])
+        answer = connection.makefile("rb").readline()
+    _, log = running_server.process.communicate(timeout=30)
 
-    assert [a.status_code for a in answers] == [200]
-    assert code == 0, log
-    with pytest.raises(httpx.TransportError):
-        httpx.get(f"{running_server.url}/v2/health/live", timeout=2)
+    assert answer.startswith(b"HTTP/1.1 200"), log
+    assert running_server.process.returncode == 0, log
     assert "Traceback" not in log
+
+
+def wait_until_refused(port: int) -> None:
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except ConnectionRefusedError:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the server still accepts connections after SIGTERM")
 
 
 def run_to_exit(spec: Any) -> tuple[int, str]:
