@@ -336,14 +336,16 @@ def report(runs: list[Run], args: argparse.Namespace, load_before: float) -> str
     return f"""# Serving benchmark
 
 `python -m bench.serving` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {os.cpu_count()} cores
-({platform.processor() or platform.machine()}), Python {platform.python_version()}, wrk with one thread on
-the same cores. Model: HistGradientBoostingClassifier, 30 features, 150 trees of 15 leaves (params.yaml's
-fraud-detection settings, seeded synthetic data); requests are
-one-row `/predict` bodies cycling through 1,024 held-out rows. {args.duration} s per run after a
-{args.warmup} s warm-up; both servers stay up and their runs alternate (baseline, serving at each
-concurrency), so a change in the machine's other load falls on both alike; OMP/OpenBLAS pinned to one thread for both servers. 1-minute load average
-before the run: {load_before:.2f}; "other load" is the CPU other processes on the machine used
-during each run (the 2 cores are shared with other work), in cores.
+({platform.processor() or platform.machine()}), Python {platform.python_version()}, wrk with one
+thread on the same cores.
+
+Model: HistGradientBoostingClassifier, 30 features, 150 trees of 15 leaves (params.yaml's
+fraud-detection settings, seeded synthetic data). Requests: one-row `/predict` bodies cycling
+through 1,024 held-out rows. {args.duration} s per run after a {args.warmup} s warm-up. Both servers
+stay up and their runs alternate (baseline, serving at each concurrency), so a change in the
+machine's other load falls on both alike. OMP/OpenBLAS pinned to one thread for both servers.
+1-minute load average before the run: {load_before:.2f}. "Other load" is the CPU that other
+processes used during each run, in cores (the 2 cores are shared with other work).
 
 - baseline: the seed's Flask app under gunicorn, 2 sync workers, `predict` + `predict_proba` per request.
 - serving: `python -m serving` (Starlette on uvicorn with uvloop/httptools, orjson, batching, metrics
