@@ -222,7 +222,12 @@ BODIES = (
 )
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(body=BODIES, path=st.sampled_from(["/predict", f"/v2/models/{MODEL}/infer", "/feedback"]))
 def test_no_json_body_causes_a_5xx(client: TestClient, body: Any, path: str) -> None:
     # The standard library writes what orjson will not: huge integers, NaN and Infinity.
