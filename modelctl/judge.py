@@ -14,7 +14,8 @@ The metrics, canary against baseline:
   error comes from the canary with probability s when the error rates are equal and less when
   the canary is better; the likelihood ratio of "errors come from the canary more often", mixed
   over rate ratios 1.25..10, is the e-value (the sequential test on which arm each error came
-  from). Non-inferiority: canary rate < baseline rate + error_margin (absolute), a one-sided
+  from). Non-inferiority: canary rate < baseline rate + margin, the margin being the larger of
+  error_margin (absolute) and error_margin_relative x the baseline rate, a one-sided
   normal-mixture sequential test (mSPRT) on the difference, with the variance taken at the
   margin (score-test style), so that a canary with no errors yet is not promoted on
   zero variance.
@@ -135,6 +136,7 @@ class Settings(Strict):
 
     alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.05
     error_margin: Annotated[float, Field(ge=0)] = 0.005
+    error_margin_relative: Annotated[float, Field(ge=0)] = 0.2
     latency_margin: Annotated[float, Field(ge=0)] = 0.10
     min_requests: Annotated[StrictInt, Field(ge=1)] = 500
     score_shift: Literal["warn", "critical"] = "warn"
@@ -302,7 +304,7 @@ def _harm_reason(e: Evidence) -> str:
 def _promote_reason(e: Evidence, settings: Settings) -> str:
     if e.metric == "errors":
         return (
-            f"errors: canary error rate is within {_pct(settings.error_margin)} of the baseline's "
+            f"errors: canary error rate is within {_pct(e.estimate['margin'])} of the baseline's "
             f"({_pct(e.canary['rate'])} vs {_pct(e.baseline['rate'])}; p = {_p(e.p_noninferior)})"
         )
     return (
@@ -314,7 +316,7 @@ def _promote_reason(e: Evidence, settings: Settings) -> str:
 def _pending_reason(e: Evidence, settings: Settings) -> str:
     if e.outcome == "no data":
         return f"{e.metric}: no data yet"
-    margin = _pct(settings.error_margin) if e.metric == "errors" else f"{settings.latency_margin:.0%}"
+    margin = _pct(e.estimate["margin"]) if e.metric == "errors" else f"{settings.latency_margin:.0%}"
     return (
         f"{e.metric}: not yet shown within the {margin} margin "
         f"(non-inferiority p = {_p(e.p_noninferior)}, needs <= {settings.alpha:g})"
@@ -322,6 +324,12 @@ def _pending_reason(e: Evidence, settings: Settings) -> str:
 
 
 # ---------------------------------------------------------------- metrics
+
+
+def error_margin(settings: Settings, baseline_rate: float) -> float:
+    """The non-inferiority margin on the error rate: absolute, widened in proportion to a high
+    baseline rate (half a point is a tenth of a 5% rate: too little data would ever show it)."""
+    return max(settings.error_margin, settings.error_margin_relative * baseline_rate)
 
 
 def _errors(snap: Snapshot) -> Evidence:
@@ -332,16 +340,15 @@ def _errors(snap: Snapshot) -> Evidence:
         return _no_data("errors", "critical", samples)
     share = can.requests / (can.requests + base.requests)
     log_harm = origin_log_evalue(can.errors, base.errors, share, HARM_RATIOS, HARM_WEIGHTS)
-    z, log_ok = difference_noninferiority(
-        can.errors, can.requests, base.errors, base.requests, settings.error_margin
-    )
     rate_c, rate_b = can.errors / can.requests, base.errors / base.requests
+    margin = error_margin(settings, rate_b)
+    z, log_ok = difference_noninferiority(can.errors, can.requests, base.errors, base.requests, margin)
     low, high = difference_confidence(
         can.errors,
         can.requests,
         base.errors,
         base.requests,
-        margin=settings.error_margin,
+        margin=margin,
         alpha=settings.alpha,
     )
     p_ok = _p_from_log_e(log_ok)
@@ -352,7 +359,7 @@ def _errors(snap: Snapshot) -> Evidence:
         test="harm: mixture SPRT on which arm each error came from; non-inferiority: normal-mixture mSPRT",
         baseline={"rate": rate_b, "errors": base.errors},
         canary={"rate": rate_c, "errors": can.errors},
-        estimate={"difference": rate_c - rate_b, "canary_share": share},
+        estimate={"difference": rate_c - rate_b, "canary_share": share, "margin": margin},
         confidence={"lower": low, "upper": high, "level": 1 - settings.alpha},
         statistic=z,
         p_value=_p_from_log_e(log_harm),

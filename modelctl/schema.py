@@ -435,7 +435,9 @@ class Analysis(Strict):
     steps: list[Annotated[StrictInt, Field(ge=1, le=99)]] = [5, 10, 25, 50]
     interval: Duration = "5m"
     alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.05
+    # The canary's error rate may exceed the baseline's by the larger of these two.
     error_margin: Annotated[float, Field(ge=0)] = 0.005
+    error_margin_relative: Annotated[float, Field(ge=0)] = 0.2
     latency_margin: Annotated[float, Field(ge=0)] = 0.10
     min_requests: Annotated[StrictInt, Field(ge=1)] = 500
     score_shift: Literal["warn", "critical"] = "warn"

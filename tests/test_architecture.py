@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,21 @@ def test_serving_imports_only_serving_dependencies() -> None:
     build_only = {"dvc", "pulumi", "pulumi_kubernetes", "pulumi_policy", "ruamel", "sklearn_onnx"}
     for path in python_files("serving"):
         assert not imported_packages(path) & build_only, path
+
+
+def test_the_serving_image_cli_runs_without_the_other_shells() -> None:
+    """The init container runs `modelctl fetch` from the serving image, which has no infra,
+    policies or pipeline code: the CLI must start without them."""
+    script = (
+        "import sys\n"
+        "class Absent:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'infra', 'policies', 'pipeline', 'dvc', 'pulumi'}:\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, Absent())\n"
+        "from modelctl.cli import main\n"
+        "sys.exit(main(['fetch', '--help']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "--sha256" in proc.stdout

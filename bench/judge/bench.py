@@ -55,12 +55,13 @@ BOUNDS = [round(0.01 * 1.1**k, 6) for k in range(64)]
 SCORE_BOUNDS = [round(0.1 * k, 1) for k in range(1, 11)]
 ALPHA = 0.05
 ERROR_MARGIN = 0.005
-WIDE_MARGIN = 0.01
+ERROR_MARGIN_RELATIVE = 0.2
 LATENCY_MARGIN = 0.10
 MIN_REQUESTS = 500
 ANALYSIS = {
     "alpha": ALPHA,
     "error_margin": ERROR_MARGIN,
+    "error_margin_relative": ERROR_MARGIN_RELATIVE,
     "latency_margin": LATENCY_MARGIN,
     "min_requests": MIN_REQUESTS,
     "score_shift": "warn",
@@ -81,6 +82,10 @@ class Cell:
     base_error: float
     weight: int
     error_margin: float = ERROR_MARGIN
+    error_margin_relative: float = ERROR_MARGIN_RELATIVE
+
+    def margin(self, baseline_rate: float) -> float:
+        return max(self.error_margin, self.error_margin_relative * baseline_rate)
 
 
 @dataclass(frozen=True)
@@ -161,7 +166,11 @@ def snapshot(cell: Cell, traffic: Traffic, look: int) -> dict[str, Any]:
         "taken_at": "2026-11-24T12:00:00Z",
         "baseline": arm("v1.0.0", 100 - cell.weight, "baseline"),
         "canary": arm("v1.1.0", cell.weight, "canary"),
-        "analysis": {**ANALYSIS, "error_margin": cell.error_margin},
+        "analysis": {
+            **ANALYSIS,
+            "error_margin": cell.error_margin,
+            "error_margin_relative": cell.error_margin_relative,
+        },
     }
 
 
@@ -218,7 +227,7 @@ def run_naive(cell: Cell, traffic: Traffic) -> Outcome:
         harm = max(_z_harm(e_c, n_c, e_b, n_b), _z_harm(slow_c, lat_c[-1], slow_b, lat_b[-1]))
         if harm > z_crit:
             return Outcome("rollback", n_c)
-        errors_ok = _z_margin(e_c, n_c, e_b, n_b, cell.error_margin) > z_crit
+        errors_ok = _z_margin(e_c, n_c, e_b, n_b, cell.margin(e_b / n_b)) > z_crit
         latency_ok = _z_margin(lat_c[-1] - lat_c[relaxed], lat_c[-1], slow_b, lat_b[-1], 0.0) > z_crit
         if errors_ok and latency_ok:
             return Outcome("promote", n_c)
@@ -363,24 +372,25 @@ def jobs(runs: int) -> Iterator[tuple[Cell, int, int]]:
         for e, base_error in enumerate(BASE_ERRORS):
             for w, weight in enumerate(WEIGHTS):
                 yield Cell(scenario, base_error, weight), runs, 1000 * s + 100 * e + w
-    # What a wider error margin does where the 0.5-point margin is only 10% of the error rate.
+    # What the relative margin buys: the absolute 0.5 points alone, only 10% of a 5% error rate.
     for w, weight in enumerate(WEIGHTS):
-        yield Cell("identical", 0.05, weight, WIDE_MARGIN), runs, 9000 + w
+        yield Cell("identical", 0.05, weight, ERROR_MARGIN, 0.0), runs, 9000 + w
 
 
 def print_margin_table(rows: list[Row]) -> None:
     print(
-        f"\n## Identical versions at a 5% error rate: error_margin {ERROR_MARGIN:.1%} against {WIDE_MARGIN:.0%}\n"
+        f"\n## Identical versions at a 5% error rate: margin {ERROR_MARGIN:.1%} or {ERROR_MARGIN_RELATIVE:.0%} "
+        f"of the baseline rate (the default), against {ERROR_MARGIN:.1%} alone\n"
     )
     print(
-        "| weight | error_margin | method | promote <=20k | false rollback | median canary req. to decision |"
+        "| weight | error_margin_relative | method | promote <=20k | false rollback | median canary req. to decision |"
     )
     print("|---|---|---|---|---|---|")
     for row in rows:
         if row.cell.scenario == "identical" and row.cell.base_error == 0.05:
             median = "-" if math.isnan(row.median_requests) else f"{row.median_requests:,.0f}"
             print(
-                f"| {row.cell.weight}% | {row.cell.error_margin:.1%} | {row.method} | {row.promote:.1%} | "
+                f"| {row.cell.weight}% | {row.cell.error_margin_relative:.0%} | {row.method} | {row.promote:.1%} | "
                 f"{row.rollback:.1%} | {median} |"
             )
 
@@ -396,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         results = list(pool.map(run_cell, jobs(runs)))
     rows = [summarize(cell, m, outcomes[m]) for cell, outcomes in results for m in METHODS]
-    default = [r for r in rows if r.cell.error_margin == ERROR_MARGIN]
+    default = [r for r in rows if r.cell.error_margin_relative == ERROR_MARGIN_RELATIVE]
     print_tables(default, runs, time.perf_counter() - start)
     print_margin_table(rows)
     oracle = [summarize(cell, ORACLE, outcomes[ORACLE]) for cell, outcomes in results if ORACLE in outcomes]

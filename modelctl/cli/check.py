@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import argparse
 
-from infra.build import build_stack
 from modelctl.cli import Result, add_command, repo_root
 from modelctl.errors import UserError, collect
 from modelctl.immutability import changes_since
 from modelctl.state import State, load_state, stack_file
-from policies.rules import check_objects
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,6 +47,10 @@ def run(args: argparse.Namespace) -> Result:
 
 def check_policies(state: State, stack_name: str) -> int:
     """Run every policy on the stack's rendered objects; violations are one-line errors."""
+    # Imported here, not at the top: the serving image runs `modelctl fetch` without these shells.
+    from infra.build import build_stack
+    from policies.rules import check_objects
+
     objects = build_stack(state, stack_name)
     collect(
         [

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from infra.render import render_files
 from modelctl import gitutil
 from modelctl.cli import Result, add_command, repo_root
 from modelctl.cli.release import describe, unified_diff
@@ -100,6 +99,9 @@ def _is_state_file(path: str) -> bool:
 
 
 def plan_stack(before: State, after: State, name: str) -> StackPlan:
+    # Imported when used: the serving image runs `modelctl fetch` without the infra shell.
+    from infra.render import render_files
+
     old = render_files(before, name) if name in before.stacks else {}
     new = render_files(after, name) if name in after.stacks else {}
     diff = "".join(

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from infra.render import HEADER, render_files
 from modelctl import yamlio
 from modelctl.cli import Result, add_command, repo_root
 from modelctl.state import State, load_state
@@ -23,6 +22,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> Result:
+    # The shells are imported when used: the serving image runs `modelctl fetch` without them.
+    from infra.render import render_files
+
     root = repo_root(args)
     state = load_state(root)
     files = render_files(state, args.stack)
@@ -56,6 +58,8 @@ def write_tree(out: Path, files: dict[str, str]) -> list[str]:
 
 
 def _rendered_by_us(path: Path) -> bool:
+    from infra.render import HEADER
+
     with path.open(encoding="utf-8", errors="replace") as handle:
         return handle.readline() == HEADER
 
