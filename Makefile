@@ -70,5 +70,12 @@ demo: install
 	{ $(BIN)/modelctl -C "$$scratch/repo" plan --base HEAD~1 --stack $(DEMO_STACK); test $$? -eq 2; } && \
 	echo "demo: the scratch branch is discarded; your branch and working tree are untouched"
 
+# Every benchmark measures its baseline in the same run; each writes its table (about 15 min).
+bench: install tools
+	$(BIN)/python -m bench.render
+	$(BIN)/python -m bench.drift.bench
+	$(BIN)/python -m bench.judge.bench
+	$(BIN)/python -m bench.serving
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
