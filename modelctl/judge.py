@@ -55,11 +55,11 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import numpy.typing as npt
 import orjson
-from pydantic import Field, StrictInt, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from scipy import special
 
 from modelctl.errors import UserError, collect
-from modelctl.schema import ModelName, Strict, VersionName
+from modelctl.schema import Analysis, ModelName, Strict, VersionName
 from modelctl.state import pydantic_errors
 
 JUDGE_VERSION = 1
@@ -131,24 +131,13 @@ class Arm(Strict):
         return self
 
 
-class Settings(Strict):
-    """The stack's `analysis` settings the judge uses (same names and defaults as schema.Analysis)."""
-
-    alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.05
-    error_margin: Annotated[float, Field(ge=0)] = 0.005
-    error_margin_relative: Annotated[float, Field(ge=0)] = 0.2
-    latency_margin: Annotated[float, Field(ge=0)] = 0.10
-    min_requests: Annotated[StrictInt, Field(ge=1)] = 500
-    score_shift: Literal["warn", "critical"] = "warn"
-
-
 class Snapshot(Strict):
     model: ModelName
     stack: Annotated[str, Field(min_length=1)]
     taken_at: datetime
     baseline: Arm
     canary: Arm
-    analysis: Settings
+    analysis: Analysis
 
     @field_validator("taken_at")
     @classmethod
@@ -301,7 +290,7 @@ def _harm_reason(e: Evidence) -> str:
     )
 
 
-def _promote_reason(e: Evidence, settings: Settings) -> str:
+def _promote_reason(e: Evidence, settings: Analysis) -> str:
     if e.metric == "errors":
         return (
             f"errors: canary error rate is within {_pct(e.estimate['margin'])} of the baseline's "
@@ -313,7 +302,7 @@ def _promote_reason(e: Evidence, settings: Settings) -> str:
     )
 
 
-def _pending_reason(e: Evidence, settings: Settings) -> str:
+def _pending_reason(e: Evidence, settings: Analysis) -> str:
     if e.outcome == "no data":
         return f"{e.metric}: no data yet"
     margin = _pct(e.estimate["margin"]) if e.metric == "errors" else f"{settings.latency_margin:.0%}"
@@ -326,7 +315,7 @@ def _pending_reason(e: Evidence, settings: Settings) -> str:
 # ---------------------------------------------------------------- metrics
 
 
-def error_margin(settings: Settings, baseline_rate: float) -> float:
+def error_margin(settings: Analysis, baseline_rate: float) -> float:
     """The non-inferiority margin on the error rate: absolute, widened in proportion to a high
     baseline rate (half a point is a tenth of a 5% rate: too little data would ever show it)."""
     return max(settings.error_margin, settings.error_margin_relative * baseline_rate)

@@ -82,6 +82,12 @@ SecretKey = Annotated[
 Weight = Annotated[StrictInt, Field(ge=0, le=100)]
 
 
+def _refuse_repeats(names: list[str], what: str) -> None:
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{what} names repeat: {', '.join(repeated)}; give each a unique name")
+
+
 def duration_seconds(value: str) -> float:
     """Seconds in a Prometheus-style duration such as '1h30m'."""
     return sum(
@@ -157,10 +163,7 @@ class Signature(Strict):
     @field_validator("features")
     @classmethod
     def _unique(cls, features: list[Feature]) -> list[Feature]:
-        names = [f.name for f in features]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"feature names repeat: {', '.join(repeated)}; give each a unique name")
+        _refuse_repeats([f.name for f in features], "feature")
         return features
 
     @property
@@ -291,10 +294,7 @@ class ModelFile(Strict):
     @field_validator("alerts")
     @classmethod
     def _unique_alerts(cls, alerts: list[ThresholdAlert]) -> list[ThresholdAlert]:
-        names = [a.name for a in alerts]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"alert names repeat: {', '.join(repeated)}; give each a unique name")
+        _refuse_repeats([a.name for a in alerts], "alert")
         return alerts
 
     def ordered_versions(self) -> list[str]:
@@ -391,10 +391,7 @@ class Environment(Strict):
     @field_validator("receivers")
     @classmethod
     def _unique_receivers(cls, receivers: list[Receiver]) -> list[Receiver]:
-        names = [r.name for r in receivers]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"receiver names repeat: {', '.join(repeated)}; give each a unique name")
+        _refuse_repeats([r.name for r in receivers], "receiver")
         return receivers
 
 

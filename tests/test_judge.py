@@ -15,13 +15,11 @@ from modelctl.errors import UserError, UserErrors
 from modelctl.judge import (
     HARM_RATIOS,
     HARM_WEIGHTS,
-    Settings,
     difference_noninferiority,
     histogram_quantile,
     judge,
     origin_log_evalue,
 )
-from modelctl.schema import Analysis
 
 BOUNDS = [round(0.01 * 1.1**k, 6) for k in range(64)]
 SCORE_BOUNDS = [round(0.1 * k, 1) for k in range(1, 11)]
@@ -149,12 +147,6 @@ def test_decisions_are_recomputable_from_the_snapshot() -> None:
     changed = copy.deepcopy(snap)
     changed["canary"]["errors"] = 71
     assert judge(changed).snapshot_sha256 != first.snapshot_sha256
-
-
-def test_settings_mirror_the_stack_schema() -> None:
-    for name, field in Settings.model_fields.items():
-        assert field.default == Analysis.model_fields[name].default, name
-    assert set(Settings.model_fields) <= set(Analysis.model_fields)
 
 
 # ---------------------------------------------------------------- bad snapshots

@@ -235,3 +235,11 @@ def test_version_bump() -> None:
     assert Version("v1.2.3").bump("minor").name == "v1.3.0"
     assert Version("v1.2.3-rc.1").bump("patch").name == "v1.2.3"
     assert Version("v1.2.3").bump("major").name == "v2.0.0"
+
+
+def test_feature_names_are_unique(tmp_path: Path) -> None:
+    models, stacks = docs()
+    features = fraud(models)["signature"]["features"]
+    features.append(dict(features[0]))
+    [line] = errors_for(tmp_path, models, stacks)
+    assert "signature.features: feature names repeat: amount; give each a unique name" in line
