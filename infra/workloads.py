@@ -30,10 +30,14 @@ def namespace(name: str, stack_name: str) -> Obj:
 
 
 def service_account(target: ModelTarget) -> Obj:
+    # Annotations carry the cloud identity (e.g. an IAM role) the init container reads the
+    # DVC remote with, so no credentials live in the cluster or in git.
+    annotations = target.env.service_account_annotations
+    extra = {"annotations": dict(annotations)} if annotations else {}
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": metadata(target.name, target.namespace, target.labels()),
+        "metadata": metadata(target.name, target.namespace, target.labels(), **extra),
         "automountServiceAccountToken": False,
     }
 

@@ -30,7 +30,7 @@ from modelctl.state import State, load_model, load_state, model_file, model_name
 
 STAGES = ("prepare", "train", "evaluate", "profile")
 PIPELINE_FILES = ("dvc.yaml", "dvc.lock", "params.yaml", "pipeline")
-FORMATS = {".skops": "skops", ".onnx": "onnx"}
+FORMATS = {".skops": "skops"}
 Bump = Literal["major", "minor", "patch"]
 Say = Callable[[str], None]
 
@@ -165,7 +165,7 @@ def _trusted_types(path: Path, fmt: str) -> list[str]:
 def _artifact_format(path: str) -> str:
     suffix = Path(path).suffix
     if suffix not in FORMATS:
-        raise UserError(path, f"unknown artifact format {suffix!r}", "save the model as .skops or .onnx")
+        raise UserError(path, f"unknown artifact format {suffix!r}", "save the model with skops as .skops")
     return FORMATS[suffix]
 
 

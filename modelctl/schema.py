@@ -36,7 +36,7 @@ DOTTED_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 COOKIE_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 CONFIG_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
-SAFE_FORMATS = ("skops", "onnx")
+SAFE_FORMATS = ("skops",)
 UNSAFE_FORMATS = ("pickle", "pkl", "joblib", "dill", "cloudpickle")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 
@@ -213,7 +213,7 @@ class Artifact(Strict):
         if value.lower() in UNSAFE_FORMATS:
             raise ValueError(
                 f"format {value!r} is refused because loading it runs arbitrary code; "
-                "save the model with skops (trusted types listed) or ONNX"
+                "save the model with skops (its trusted types are listed in the record)"
             )
         if value not in SAFE_FORMATS:
             raise ValueError(f"format {value!r} is unknown; use one of {', '.join(SAFE_FORMATS)}")
@@ -378,6 +378,8 @@ class Environment(Strict):
     receivers: list[Receiver] = []
     monitoring: Monitoring = Monitoring()
     ingress: Ingress = Ingress()
+    # On each model's ServiceAccount, e.g. eks.amazonaws.com/role-arn for reading the remote.
+    service_account_annotations: dict[str, str] = {}
 
     @field_validator("image")
     @classmethod

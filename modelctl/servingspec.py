@@ -16,7 +16,7 @@ from modelctl.errors import UserError
 from modelctl.schema import ModelFile, Output, Signature
 
 ENV_PREFIX = "MODELCTL_"
-ARTIFACT_FILE = {"skops": "model.skops", "onnx": "model.onnx"}
+ARTIFACT_FILE = {"skops": "model.skops"}
 PROFILE_FILE = "profile.npz"
 
 

@@ -307,3 +307,17 @@ def test_any_valid_release_builds_routes_that_pass_the_policies(
     assert sum(d["weight"] for d in weighted["route"]) == 100
     assert all(d["weight"] > 0 for d in weighted["route"])
     assert ("mirror" in weighted) == ("shadow" in release)
+
+
+def test_service_accounts_carry_the_stacks_cloud_identity(tmp_path: Path) -> None:
+    models, stacks = default_docs()
+    role = "arn:aws:iam::123456789012:role/models-read-dvc"
+    stacks["prod"]["config"]["modelctl:environment"]["service_account_annotations"] = {
+        "eks.amazonaws.com/role-arn": role
+    }
+    state = load_state(write_repo(tmp_path / "repo", models, stacks, git=False))
+    prod_account = one(state, "prod", "ServiceAccount", "fraud-detection")
+    assert prod_account["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": role}
+    assert "annotations" not in one(state, "dev", "ServiceAccount", "fraud-detection")["metadata"]
+    deployment = objects_of(state, "prod", "Deployment", "fraud-detection")[0]
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "fraud-detection"
