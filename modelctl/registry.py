@@ -443,16 +443,15 @@ class Fetched:
 
 
 def fetch_version(
-    root: Path, model: str, version: str, *, out: Path, profile_out: Path | None, remote: str | None
+    root: Path, model: str, version: str, *, out: Path | None, profile_out: Path | None, remote: str | None
 ) -> list[Fetched]:
-    """Write a registered version's artifact (and profile) from the remote or the cache, verified."""
+    """Write a registered version's artifact and/or profile from the remote or the cache, verified."""
     record = _record(load_model(root, model), version)
     config = dvcstore.repo_config(root)
     urls = [remote] if remote else [url for url in (config.remote, str(config.cache)) if url]
     sources = [Location.of(url) for url in urls]
-    targets = [(stored_objects(record)[0], out)]
-    if profile_out is not None:
-        targets.append((stored_objects(record)[1], profile_out))
+    artifact, profile = stored_objects(record)
+    targets = [(obj, path) for obj, path in ((artifact, out), (profile, profile_out)) if path is not None]
     fetched = []
     for obj, path in targets:
         used = dvcstore.fetch(sources, obj.md5, obj.sha256, path, obj.size)

@@ -94,8 +94,8 @@ def test_drift_reads_npy(drift_repo: Path, capsys: pytest.CaptureFixture[str]) -
     ("version", "setup", "message"),
     [
         ("v9.9.9", None, "no version v9.9.9 of fraud-detection; use one of: v1.0.0, v1.1.0"),
-        ("v1.1.0", None, "sha256 differs"),
-        ("v1.0.0", "remove", "is not in the workspace; run 'dvc pull'"),
+        ("v1.1.0", None, "is in the workspace only as another profile (sha256 differs), and fetching"),
+        ("v1.0.0", "remove", "is not in the workspace, and fetching it by content address failed"),
         ("v1.0.0", "columns", "missing columns: distance_km"),
     ],
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from modelctl.cli import main
@@ -111,3 +112,23 @@ def test_fetch_names_the_stores_it_looked_in_when_the_object_is_missing(
         f"files/md5/11/{'1' * 30}: object not found in {empty}; "
         "push it with 'dvc push' or 'modelctl reproduce <model> <version>'"
     ]
+
+
+def test_drift_uses_the_registered_profile_when_the_workspace_holds_another(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After `dvc repro` on newer code the workspace profile is not the registered one; drift
+    against a version still compares with that version's own profile, fetched by md5."""
+    record = pipeline_repo.record(root, "v1.0.0")
+    workspace = root / record.profile.path
+    features = json.loads((root / "data" / MODEL / "features.json").read_text())["names"]
+    current = root / "current.npy"
+    np.save(current, np.load(root / "data" / MODEL / "X_test.npy"))
+    workspace.write_bytes(b"not this version's profile")
+
+    code = main(["-C", str(root), "drift", MODEL, "v1.0.0", "--current", str(current), "--json"])
+
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert [f["name"] for f in report["features"]] == features
+    assert workspace.read_bytes() == b"not this version's profile"

@@ -90,5 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    print(to_json(result.data) if getattr(args, "json", False) else result.text)
+    try:
+        print(to_json(result.data) if getattr(args, "json", False) else result.text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`modelctl ... | head`): not a failure of the command.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return result.exit_code

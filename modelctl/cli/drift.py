@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, get_args
@@ -16,6 +17,7 @@ from typing import Any, get_args
 import numpy as np
 import numpy.typing as npt
 
+from modelctl import registry
 from modelctl.cli import Result, add_command, repo_root
 from modelctl.drift import Correction, DriftReport, FeatureDrift, Profile, detect_drift
 from modelctl.errors import UserError
@@ -91,31 +93,38 @@ def run(args: argparse.Namespace) -> Result:
 
 
 def load_profile(root: Path, model: str, version: str) -> Profile:
-    """The version's reference profile from the workspace, checked against the registry's sha256."""
+    """The version's registered reference profile: the workspace copy when it is that one (same
+    sha256), otherwise fetched by content address from the DVC cache or remote, both hashes verified."""
     record = load_model(root, model).versions.get(version)
     if record is None:
         known = ", ".join(load_model(root, model).ordered_versions()) or "none"
         raise UserError(model_file(model), f"no version {version} of {model}", f"use one of: {known}")
-    path = root / record.profile.path
-    if not path.is_file():
-        raise UserError(
-            record.profile.path,
-            f"the reference profile of {model} {version} is not in the workspace",
-            "run 'dvc pull' (or 'dvc repro') to fetch it",
-        )
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != record.profile.sha256:
-        raise UserError(
-            record.profile.path,
-            f"this file is not the profile registered for {model} {version} (sha256 differs)",
-            "check out the commit that registered the version and run 'dvc pull'",
-        )
+    workspace = root / record.profile.path
+    if not workspace.is_file():
+        absent = "not in the workspace"
+    elif hashlib.sha256(workspace.read_bytes()).hexdigest() != record.profile.sha256:
+        absent = "in the workspace only as another profile (sha256 differs)"
+    else:
+        return _read_profile(workspace, record.profile.path)
+    with tempfile.TemporaryDirectory() as folder:
+        fetched = Path(folder) / "profile.npz"
+        try:
+            registry.fetch_version(root, model, version, out=None, profile_out=fetched, remote=None)
+        except UserError as exc:
+            raise UserError(
+                record.profile.path,
+                f"the profile registered for {model} {version} is {absent}, and fetching it "
+                f"by content address failed ({exc.problem})",
+                f"run 'dvc pull' or 'modelctl reproduce {model} {version}'",
+            ) from None
+        return _read_profile(fetched, record.profile.path)
+
+
+def _read_profile(path: Path, shown: str) -> Profile:
     try:
         return Profile.load(path)
     except (ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise UserError(
-            record.profile.path, f"unreadable reference profile ({exc})", "run 'dvc pull' again"
-        ) from None
+        raise UserError(shown, f"unreadable reference profile ({exc})", "run 'dvc pull' again") from None
 
 
 def read_current(path: Path, profile: Profile, score_column: str | None) -> tuple[Floats, Floats | None]:
