@@ -530,7 +530,6 @@ def reproduce(
     objects = stored_objects(record)
     missing = [o for o in objects if dvcstore.check_object(location, o.md5, o.sha256, o.size).state != "ok"]
     if not missing and not force:
-        say(f"{model} {version}: artifact and profile already in {location.url}, verified")
         return Reproduced(model, version, location.url, rebuilt=False, pushed=[])
     commit = gitutil.resolve(root, record.source_commit)
     cache = dvcstore.repo_config(root).cache
