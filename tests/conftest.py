@@ -1,11 +1,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from modelctl.cli import main
 from tests.factories import write_repo
+
+# Runs the CLI in-process on a repository: (exit code, stdout, stderr).
+Cli = Callable[..., tuple[int, str, str]]
 
 
 @pytest.fixture(autouse=True)
@@ -24,3 +29,13 @@ def _git_identity(monkeypatch: pytest.MonkeyPatch) -> None:
 def repo(tmp_path: Path) -> Path:
     """A committed repository holding a valid desired state (tests/factories.py defaults)."""
     return write_repo(tmp_path / "repo")
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
+    def run(root: Path, *args: str) -> tuple[int, str, str]:
+        code = main(["-C", str(root), *args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run

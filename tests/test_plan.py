@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from modelctl import yamlio
-from modelctl.cli import main
+from tests.conftest import Cli
 from tests.factories import run_git, stack_doc
 
 MODEL = "fraud-detection"
-Cli = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
-    def run(root: Path, *args: str) -> tuple[int, str, str]:
-        code = main(["-C", str(root), *args])
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return run
 
 
 def git_picture(root: Path) -> tuple[str, str, str]:

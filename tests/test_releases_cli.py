@@ -18,11 +18,11 @@ from infra.render import render_files
 from modelctl import yamlio
 from modelctl.cli import main
 from modelctl.state import load_state
+from tests.conftest import Cli
 from tests.factories import commit_at, fake_hex, model_doc, run_git, stack_doc, write_repo
 
 MODEL = "fraud-detection"
 VERSIONS = ("v1.0.0", "v1.1.0", "v1.2.0")
-Cli = Callable[..., tuple[int, str, str]]
 
 
 def prod_doc(traffic: dict[str, int], soak: bool = True) -> dict[str, Any]:
@@ -60,16 +60,6 @@ def build_repo(
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     return build_repo(tmp_path / "repo")
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
-    def run(root: Path, *args: str) -> tuple[int, str, str]:
-        code = main(["-C", str(root), *args])
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return run
 
 
 def traffic(root: Path, stack: str) -> dict[str, int]:
