@@ -95,8 +95,12 @@ def test_actions_are_pinned_and_checkouts_keep_no_credentials(path: Path) -> Non
 def test_permissions_are_granted_per_job_only(path: Path) -> None:
     workflow = load(path)
     assert workflow["permissions"] == {}
+    # Only the deploy job writes to the repository: the tag of what its stack now runs, through
+    # a token given to that one step (checkouts keep no credentials).
+    writers = {("deploy.yaml", "up")}
     for name, job in workflow["jobs"].items():
-        assert job["permissions"]["contents"] == "read", name
+        expected = "write" if (path.name, name) in writers else "read"
+        assert job["permissions"]["contents"] == expected, name
 
 
 def test_pull_requests_run_the_repository_commands() -> None:
@@ -126,5 +130,11 @@ def test_deploys_go_one_stack_at_a_time_with_production_behind_reviewers() -> No
     assert "'production'" in up["environment"]
     pulumi = next(s for s in up["steps"] if "pulumi/actions" in s.get("uses", ""))
     assert pulumi["with"]["command"] == "up"
+    # What each stack last deployed is a tag moved after its update, and the next run diffs
+    # against it, so a deploy that never ran is not lost.
+    assert up["steps"][-1]["name"] == "Mark this commit as deployed on the stack"
+    assert up["permissions"] == {"contents": "write"}
+    select = load(ROOT / ".github" / "workflows" / "deploy.yaml")["jobs"]["stacks"]["steps"][-1]
+    assert 'base="refs/tags/deployed/$stack"' in select["run"]
     assert pulumi["with"]["cloud-url"] == "${{ secrets.PULUMI_BACKEND_URL }}"
     assert pulumi["env"]["PULUMI_CONFIG_PASSPHRASE"] == "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"
