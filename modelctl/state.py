@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from modelctl import yamlio
 from modelctl.errors import UserError, UserErrors, as_list, collect
-from modelctl.schema import ModelFile, Release, StackConfig, duration_seconds
+from modelctl.schema import ModelFile, Release, StackConfig
 
 STACK_PREFIX = "Pulumi."
 CONFIG_NAMESPACE = "modelctl"
@@ -304,8 +304,3 @@ def _check_release(stack: Stack, model: ModelFile, release: Release, key: str) -
                     )
                 )
     return errors
-
-
-def soak_seconds(stack: Stack) -> float:
-    requires = stack.config.environment.requires
-    return duration_seconds(requires.soak) if requires else 0.0
