@@ -55,11 +55,12 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special, stats
 
+from modelctl.schema import Correction
+
 Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
 Bools = npt.NDArray[np.bool_]
 Kind = Literal["numeric", "categorical"]
-Correction = Literal["holm", "bh", "bonferroni", "none"]
 
 FORMAT = "modelctl.drift.profile/1"
 DEFAULT_SKETCH_POINTS = 4097

@@ -80,6 +80,8 @@ SecretKey = Annotated[
     ),
 ]
 Weight = Annotated[StrictInt, Field(ge=0, le=100)]
+# Multiple-testing corrections across drift tests (modelctl.drift.adjust_pvalues).
+Correction = Literal["holm", "bh", "bonferroni", "none"]
 
 
 def _refuse_repeats(names: list[str], what: str) -> None:

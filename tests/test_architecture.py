@@ -52,12 +52,13 @@ def test_serving_imports_only_serving_dependencies() -> None:
 
 def test_the_serving_image_cli_runs_without_the_other_shells() -> None:
     """The init container runs `modelctl fetch` from the serving image, which has no infra,
-    policies or pipeline code: the CLI must start without them."""
+    policies or pipeline code: the CLI must start without them (and without the statistics'
+    scipy, which only `drift` and `canary judge` load)."""
     script = (
         "import sys\n"
         "class Absent:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in {'infra', 'policies', 'pipeline', 'dvc', 'pulumi'}:\n"
+        "        if name.split('.')[0] in {'infra', 'policies', 'pipeline', 'dvc', 'pulumi', 'scipy'}:\n"
         "            raise ModuleNotFoundError(name)\n"
         "sys.meta_path.insert(0, Absent())\n"
         "from modelctl.cli import main\n"

@@ -12,16 +12,19 @@ import hashlib
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import numpy as np
 import numpy.typing as npt
 
 from modelctl import registry
 from modelctl.cli import Result, add_command, repo_root
-from modelctl.drift import Correction, DriftReport, FeatureDrift, Profile, detect_drift
 from modelctl.errors import UserError
+from modelctl.schema import Correction
 from modelctl.state import load_model, model_file
+
+if TYPE_CHECKING:
+    from modelctl.drift import DriftReport, FeatureDrift, Profile
 
 Floats = npt.NDArray[np.float64]
 FORMATS = (".csv", ".parquet", ".npy")
@@ -62,6 +65,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> Result:
+    # The statistics (scipy) load when this command runs, so every other command starts fast.
+    from modelctl.drift import detect_drift
+
     if not 0 < args.alpha < 1:
         raise UserError("--alpha", f"{args.alpha:g} is not between 0 and 1", "pass e.g. --alpha 0.05")
     root = repo_root(args)
@@ -121,6 +127,8 @@ def load_profile(root: Path, model: str, version: str) -> Profile:
 
 
 def _read_profile(path: Path, shown: str) -> Profile:
+    from modelctl.drift import Profile
+
     try:
         return Profile.load(path)
     except (ValueError, KeyError, zipfile.BadZipFile) as exc:

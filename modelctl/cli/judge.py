@@ -13,11 +13,13 @@ import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from modelctl.cli import Result, add_command
 from modelctl.errors import UserError
-from modelctl.judge import Decision, Evidence, judge
+
+if TYPE_CHECKING:
+    from modelctl.judge import Decision, Evidence
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 JUDGE_HELP = "decide promote, hold or rollback from a canary metrics snapshot"
@@ -68,6 +70,9 @@ class _CanaryDispatch(argparse.ArgumentParser):
 
 
 def run(args: argparse.Namespace) -> Result:
+    # Loaded when the command runs: scipy is not what every other command should wait for.
+    from modelctl.judge import judge
+
     path = Path(args.snapshot)
     decision = judge(read_snapshot(path), source=str(path))
     return Result(decision.to_dict(), format_decision(decision))
