@@ -1,5 +1,5 @@
 """Turn the validated desired state into Kubernetes objects.
 
-The builders here are pure functions of `modelctl.state.State`; `infra.program` (run by
+The builders here are pure functions of `modelctl.core.state.State`; `infra.program` (run by
 Pulumi through `__main__.py`) and `modelctl render` are the two shells that use them.
 """

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from infra.common import MANAGED_BY, STACK_LABEL, Obj, metadata, secret_placeholder
-from modelctl.schema import EmailReceiver, Receiver, SlackReceiver, WebhookReceiver
-from modelctl.state import Stack
+from modelctl.core.schema import EmailReceiver, Receiver, SlackReceiver, WebhookReceiver
+from modelctl.core.state import Stack
 
 SECRET_NAME = "modelctl-alerting"
 CONFIG_NAME = "modelctl-alerts"

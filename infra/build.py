@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from infra import alerting, dashboard, monitoring, routing, workloads
 from infra.common import ModelTarget, Obj
-from modelctl.state import State
+from modelctl.core.state import State
 
 
 def build_stack(state: State, stack_name: str) -> list[Obj]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from modelctl.errors import UserError
-from modelctl.schema import Environment, ModelFile, Release
-from modelctl.state import CONFIG_NAMESPACE, Stack
+from modelctl.core.errors import UserError
+from modelctl.core.schema import Environment, ModelFile, Release
+from modelctl.core.state import CONFIG_NAMESPACE, Stack
 
 Obj = dict[str, Any]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from infra.common import MANAGED_BY, STACK_LABEL, Obj, metadata
-from modelctl.state import Stack
+from modelctl.core.state import Stack
 
 NAME = "modelctl-dashboard"
 RATE = "[5m]"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from infra.common import MANAGED_BY, MONITORING_NAMESPACE, ModelTarget, Obj, metadata
-from modelctl.schema import ThresholdAlert
+from modelctl.core.schema import ThresholdAlert
 
 RUNBOOKS = "infra/runbooks.md"
 ERROR_RATIO = 0.05

@@ -20,9 +20,9 @@ import pulumi_kubernetes as k8s
 from infra.build import build_stack
 from infra.common import ModelTarget, Obj
 from infra.monitoring import KUBE_PROMETHEUS_STACK, kube_prometheus_stack_values
-from modelctl.errors import UserError, UserErrors, collect
-from modelctl.schema import StackConfig
-from modelctl.state import (
+from modelctl.core.errors import UserError, UserErrors, collect
+from modelctl.core.schema import StackConfig
+from modelctl.core.state import (
     CONFIG_NAMESPACE,
     STRUCTURED_KEYS,
     Stack,

@@ -9,7 +9,7 @@ import yaml
 from infra import alerting
 from infra.build import build_stack
 from infra.common import Obj, subset_name
-from modelctl.state import State
+from modelctl.core.state import State
 
 NATIVE_ALERTMANAGER = "alertmanager/alertmanager.yml"
 HEADER = "# Rendered by 'modelctl render' from the desired state; do not edit.\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from infra.common import SERVICE_PORT, VERSION_HEADER, ModelTarget, Obj, metadata, subset_name
-from modelctl.schema import Sticky, duration_seconds
+from modelctl.core.schema import Sticky, duration_seconds
 
 REQUEST_TIMEOUT = "10s"
 # Inference is idempotent, so retrying on a failed connection or an overloaded pod is safe.

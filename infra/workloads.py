@@ -13,8 +13,8 @@ from infra.common import (
     Obj,
     metadata,
 )
-from modelctl.schema import VersionRecord
-from modelctl.servingspec import ServingSpec
+from modelctl.core.schema import VersionRecord
+from modelctl.core.servingspec import ServingSpec
 
 RUN_AS = 10001
 GRACE_SECONDS = 30

@@ -6,7 +6,7 @@ not fit, scored the way live traffic will be.
 
 from __future__ import annotations
 
-from modelctl.drift import Profile, fit_profile
+from modelctl.core.drift.profile import Profile, fit_profile
 from pipeline.common import Paths, load_dataset, load_skops, model_from_argv
 
 

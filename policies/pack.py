@@ -17,7 +17,7 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
-from modelctl.state import State, find_root, load_state
+from modelctl.core.state import State, find_root, load_state
 from policies.rules import RULES, STACK_RULES, Obj, Rule, StackRule
 
 PACK_NAME = "modelctl"

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from modelctl.schema import ModelFile
-from modelctl.state import Stack, State
+from modelctl.core.schema import ModelFile
+from modelctl.core.state import Stack, State
 
 Obj = dict[str, Any]
 # Labels and headers as infra/common.py writes them.

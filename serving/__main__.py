@@ -1,7 +1,7 @@
 """`python -m serving`: the model server, configured by MODELCTL_* variables, flags overriding.
 
 The variables come from the registry record via the Pulumi program (see
-modelctl/servingspec.py); the flags are for running it by hand.
+modelctl/core/servingspec.py); the flags are for running it by hand.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import os  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
-from modelctl.errors import UserError  # noqa: E402
-from modelctl.servingspec import ENV_PREFIX, ServingSpec  # noqa: E402
+from modelctl.core.errors import UserError  # noqa: E402
+from modelctl.core.servingspec import ENV_PREFIX, ServingSpec  # noqa: E402
 from serving.app import Settings  # noqa: E402
 from serving.server import LOG_FORMAT, serve  # noqa: E402
 

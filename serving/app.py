@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from modelctl.servingspec import ServingSpec
+from modelctl.core.servingspec import ServingSpec
 from serving import BUILD
 from serving.batcher import Batcher, Predictions
 from serving.feedback import LiveScores, PredictionMemory

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from modelctl.schema import Signature
+from modelctl.core.schema import Signature
 
 Row = list[Any]
 # Request ids are remembered for feedback, so their length is bounded.

@@ -14,8 +14,8 @@ import numpy.typing as npt
 import skops.io
 from skops.io.exceptions import UntrustedTypesFoundException
 
-from modelctl.errors import UserError
-from modelctl.servingspec import ServingSpec
+from modelctl.core.errors import UserError
+from modelctl.core.servingspec import ServingSpec
 
 Matrix = npt.NDArray[np.float64]
 FIX_RECORD = "fetch it again with 'modelctl fetch' or check the registry record"

@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import tempfile
 import zipfile
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import numpy as np
 
-from modelctl.drift import DriftWindow, Profile
-from modelctl.errors import UserError
-from modelctl.servingspec import ServingSpec
+from modelctl.core.drift import DriftWindow, Profile
+from modelctl.core.errors import UserError
+from modelctl.core.servingspec import ServingSpec
 from serving.loader import FIX_RECORD, Matrix, read_verified
 
 log = logging.getLogger("serving.drift")
@@ -29,31 +26,15 @@ Publish = Callable[[dict[str, float]], None]
 def load_profile(spec: ServingSpec) -> Profile:
     """The reference profile, verified by sha256 like the artifact.
 
-    `Profile.load` reads a path, so it reads a private in-memory copy of the verified bytes:
-    what is parsed is exactly what was hashed, and nothing is written to a read-only root.
+    The verified bytes themselves are parsed: what is read is exactly what was hashed.
     """
     data = read_verified(spec.profile_path, spec.profile_sha256, "reference profile")
-    with _in_memory_file(data) as path:
-        try:
-            return Profile.load(path)
-        except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
-            raise UserError(
-                spec.profile_path, f"the reference profile is unreadable ({exc})", FIX_RECORD
-            ) from None
-
-
-@contextmanager
-def _in_memory_file(data: bytes) -> Iterator[str]:
-    if not hasattr(os, "memfd_create"):  # not Linux: a temporary file will do
-        with tempfile.NamedTemporaryFile() as file:
-            file.write(data)
-            file.flush()
-            yield file.name
-        return
-    with os.fdopen(os.memfd_create("verified"), "w+b") as file:
-        file.write(data)
-        file.flush()
-        yield f"/proc/self/fd/{file.fileno()}"
+    try:
+        return Profile.from_bytes(data, spec.profile_path)
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
+        raise UserError(
+            spec.profile_path, f"the reference profile is unreadable ({exc})", FIX_RECORD
+        ) from None
 
 
 class DriftMonitor:

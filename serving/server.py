@@ -10,8 +10,8 @@ from types import FrameType
 
 import uvicorn
 
-from modelctl.errors import UserError, UserErrors
-from modelctl.servingspec import ServingSpec
+from modelctl.core.errors import UserError, UserErrors
+from modelctl.core.servingspec import ServingSpec
 from serving.app import ModelServer, Settings, create_app
 from serving.loader import load_model
 from serving.monitor import DriftMonitor, load_profile

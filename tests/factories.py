@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from modelctl import yamlio
+from modelctl.core import yamlio
 
 FEATURES = ["amount", "hour", "merchant_risk", "distance_km"]
 

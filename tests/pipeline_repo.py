@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from modelctl import dvcstore, registry, yamlio
+from modelctl.core import yamlio
+from modelctl.repo import dvcstore, registry
 from tests.factories import run_git, stack_doc
 
 SOURCE = Path(__file__).resolve().parents[1]
@@ -130,7 +131,7 @@ def md5_of(path: Path) -> str:
 
 
 def record(root: Path, version: str) -> Any:
-    from modelctl.state import load_model
+    from modelctl.core.state import load_model
 
     return load_model(root, MODEL).versions[version]
 

@@ -15,7 +15,7 @@ import yaml
 from infra.alerting import native_config
 from infra.build import build_stack
 from infra.render import NATIVE_ALERTMANAGER, render_files
-from modelctl.state import State, load_state
+from modelctl.core.state import State, load_state
 from tests.factories import default_docs, full_docs, write_repo
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from modelctl.cli import main
-from modelctl.drift import fit_profile
+from modelctl.core.drift import fit_profile
 from tests.factories import FEATURES, model_doc, write_repo
 from tests.test_judge import arm, identical, snapshot
 

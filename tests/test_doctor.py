@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from modelctl import dvcstore, gitutil, yamlio
 from modelctl.cli import main
+from modelctl.core import yamlio
+from modelctl.repo import dvcstore, gitutil
 from tests import pipeline_repo
 from tests.pipeline_repo import MODEL
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from modelctl.drift import (
+from modelctl.core.drift import (
     DriftWindow,
     Profile,
     adjust_pvalues,

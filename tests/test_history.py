@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from modelctl import yamlio
-from modelctl.history import release_changes, snapshot_at, stack_history
+from modelctl.core import yamlio
+from modelctl.repo.history import release_changes, snapshot_at, stack_history
 from tests.factories import commit_at, run_git, stack_doc, write_repo
 
 MODEL = "fraud-detection"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from modelctl import yamlio
 from modelctl.cli import main
+from modelctl.core import yamlio
 from tests.factories import run_git
 
 

@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from infra.build import build_stack
-from modelctl.errors import UserError
-from modelctl.schema import ModelFile, StackConfig
-from modelctl.servingspec import ServingSpec
-from modelctl.state import Stack, State, load_state
+from modelctl.core.errors import UserError
+from modelctl.core.schema import ModelFile, StackConfig
+from modelctl.core.servingspec import ServingSpec
+from modelctl.core.state import Stack, State, load_state
 from policies.rules import check_objects
 from tests.factories import PROD_IMAGE, default_docs, full_docs, model_doc, stack_doc, write_repo
 

@@ -12,7 +12,7 @@ import yaml
 from infra.build import build_stack
 from infra.render import render_files
 from modelctl.cli import main
-from modelctl.state import load_state
+from modelctl.core.state import load_state
 from tests.factories import full_docs, write_repo
 
 

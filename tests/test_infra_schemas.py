@@ -18,7 +18,7 @@ from cloudcoil.models.prometheus_operator import v1alpha1 as prometheus_alpha
 from pydantic import BaseModel
 
 from infra.build import build_stack
-from modelctl.state import load_state
+from modelctl.core.state import load_state
 from tests.factories import default_docs, full_docs, write_repo
 
 KUBERNETES_VERSIONS = ["1.30", "1.31", "1.32", "1.33", "1.34"]

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from modelctl.errors import UserError, UserErrors
-from modelctl.judge import (
+from modelctl.core.errors import UserError, UserErrors
+from modelctl.core.judge import (
     HARM_RATIOS,
     HARM_WEIGHTS,
     difference_noninferiority,

@@ -12,8 +12,8 @@ import skops.io
 from ruamel.yaml import YAML
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from modelctl import dvcstore
-from modelctl.state import load_model
+from modelctl.core.state import load_model
+from modelctl.repo import dvcstore
 from pipeline.common import load_dataset, normalise_skops
 from pipeline.datasets import generate
 from tests import pipeline_repo

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from modelctl import yamlio
+from modelctl.core import yamlio
 from tests.conftest import Cli
 from tests.factories import run_git, stack_doc
 

@@ -17,7 +17,7 @@ from pulumi_policy.policy import _PolicyAnalyzerServicer
 from infra.build import build_stack
 from infra.common import subset_name
 from modelctl.cli import main
-from modelctl.state import State, load_state
+from modelctl.core.state import State, load_state
 from policies import pack
 from policies.rules import RULES, STACK_RULES, Violation, check_object, check_objects
 from tests.factories import full_docs, write_repo

@@ -19,7 +19,7 @@ from infra import alerting, program
 from infra.build import build_stack
 from infra.monitoring import KUBE_PROMETHEUS_STACK
 from infra.program import Registered, main
-from modelctl.state import Stack, load_state
+from modelctl.core.state import Stack, load_state
 from policies.pack import HELM_RELEASE, as_object
 from tests.factories import full_docs, write_repo
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from modelctl import releases, yamlio
-from modelctl.errors import UserError
-from modelctl.releases import Target
-from modelctl.schema import ModelFile, Release, Requires
+from modelctl.core import releases, yamlio
+from modelctl.core.errors import UserError
+from modelctl.core.releases import Target
+from modelctl.core.schema import ModelFile, Release, Requires
 from tests.factories import model_doc, stack_doc
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)

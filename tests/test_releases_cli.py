@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from infra.render import render_files
-from modelctl import yamlio
 from modelctl.cli import main
-from modelctl.state import load_state
+from modelctl.core import yamlio
+from modelctl.core.state import load_state
 from tests.conftest import Cli
 from tests.factories import commit_at, fake_hex, model_doc, run_git, stack_doc, write_repo
 

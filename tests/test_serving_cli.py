@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modelctl import dvcstore
 from modelctl.cli import main
+from modelctl.repo import dvcstore
 from tests.factories import model_doc, version_record, write_repo
 from tests.test_serving_helpers import (
     ROOT,

@@ -22,9 +22,9 @@ import pytest
 import skops.io
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from modelctl import drift
-from modelctl.schema import Output, Signature
-from modelctl.servingspec import ServingSpec
+from modelctl.core import drift
+from modelctl.core.schema import Output, Signature
+from modelctl.core.servingspec import ServingSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGNATURE = Signature.model_validate(

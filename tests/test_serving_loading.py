@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import skops.io
 
-from modelctl.errors import UserError
-from modelctl.schema import Output
+from modelctl.core.errors import UserError
+from modelctl.core.schema import Output
 from serving.loader import load_model
 from serving.monitor import load_profile
 from tests.test_serving_helpers import Version, copy_version, reference_rows, served

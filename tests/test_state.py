@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from modelctl.cli import main
-from modelctl.errors import UserError, UserErrors, as_list
-from modelctl.schema import Version
-from modelctl.state import load_state
+from modelctl.core.errors import UserError, UserErrors, as_list
+from modelctl.core.schema import Version
+from modelctl.core.state import load_state
 from tests.factories import default_docs, write_repo
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from modelctl import yamlio
+from modelctl.core import yamlio
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yaml"))

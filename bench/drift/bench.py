@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import stats
 
-from modelctl.drift import Profile, detect_drift, fit_profile
+from modelctl.core.drift import Profile, detect_drift, fit_profile
 
 Floats = npt.NDArray[np.float64]
 _T = TypeVar("_T")

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import stats
 
-from modelctl.judge import (
+from modelctl.core.judge import (
     Snapshot,
     histogram_quantile,
     judge,

@@ -21,7 +21,7 @@ import yaml
 from infra.build import build_stack
 from infra.program import main as run_program
 from infra.render import render_files
-from modelctl.state import load_state
+from modelctl.core.state import load_state
 from policies.rules import check_objects
 from tests.factories import model_doc, stack_doc, write_repo
 

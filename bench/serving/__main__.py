@@ -36,9 +36,9 @@ from sklearn.datasets import make_classification
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.model_selection import train_test_split
 
-from modelctl.drift import fit_profile
-from modelctl.schema import Feature, Output, Signature
-from modelctl.servingspec import ServingSpec
+from modelctl.core.drift import fit_profile
+from modelctl.core.schema import Feature, Output, Signature
+from modelctl.core.servingspec import ServingSpec
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

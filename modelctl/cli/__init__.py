@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
-from modelctl.errors import UserError, UserErrors, as_list
-from modelctl.state import find_root
+from modelctl.core.errors import UserError, UserErrors, as_list
+from modelctl.core.state import find_root
 
 COMMAND_MODULES = [
     "modelctl.cli.check",

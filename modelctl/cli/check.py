@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 
 from modelctl.cli import Result, add_command, repo_root
-from modelctl.errors import UserError, collect
-from modelctl.immutability import changes_since
-from modelctl.state import State, load_state, stack_file
+from modelctl.core.errors import UserError, collect
+from modelctl.core.state import State, load_state, stack_file
+from modelctl.repo.immutability import changes_since
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any, get_args
 import numpy as np
 import numpy.typing as npt
 
-from modelctl import registry
 from modelctl.cli import Result, add_command, repo_root
-from modelctl.errors import UserError
-from modelctl.schema import Correction
-from modelctl.state import load_model, model_file
+from modelctl.core.errors import UserError
+from modelctl.core.schema import Correction
+from modelctl.core.state import load_model, model_file
+from modelctl.repo import registry
 
 if TYPE_CHECKING:
-    from modelctl.drift import DriftReport, FeatureDrift, Profile
+    from modelctl.core.drift import DriftReport, FeatureDrift, Profile
 
 Floats = npt.NDArray[np.float64]
 FORMATS = (".csv", ".parquet", ".npy")
@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> Result:
     # The statistics (scipy) load when this command runs, so every other command starts fast.
-    from modelctl.drift import detect_drift
+    from modelctl.core.drift import detect_drift
 
     if not 0 < args.alpha < 1:
         raise UserError("--alpha", f"{args.alpha:g} is not between 0 and 1", "pass e.g. --alpha 0.05")
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> Result:
         effect_floor=args.effect_floor,
     )
     if args.report:
-        from modelctl.drift_report import render_html
+        from modelctl.core.drift.html import render_html
 
         page = render_html(
             report,
@@ -127,7 +127,7 @@ def load_profile(root: Path, model: str, version: str) -> Profile:
 
 
 def _read_profile(path: Path, shown: str) -> Profile:
-    from modelctl.drift import Profile
+    from modelctl.core.drift import Profile
 
     try:
         return Profile.load(path)

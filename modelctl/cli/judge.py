@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from modelctl.cli import Result, add_command
-from modelctl.errors import UserError
+from modelctl.core.errors import UserError
 
 if TYPE_CHECKING:
-    from modelctl.judge import Decision, Evidence
+    from modelctl.core.judge import Decision, Evidence
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 JUDGE_HELP = "decide promote, hold or rollback from a canary metrics snapshot"
@@ -71,7 +71,7 @@ class _CanaryDispatch(argparse.ArgumentParser):
 
 def run(args: argparse.Namespace) -> Result:
     # Loaded when the command runs: scipy is not what every other command should wait for.
-    from modelctl.judge import judge
+    from modelctl.core.judge import judge
 
     path = Path(args.snapshot)
     decision = judge(read_snapshot(path), source=str(path))

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from modelctl import gitutil
 from modelctl.cli import Result, add_command, repo_root
 from modelctl.cli.release import describe, unified_diff
-from modelctl.state import STACK_PREFIX, State, load_state, model_file, stack_file
+from modelctl.core.state import STACK_PREFIX, State, load_state, model_file, stack_file
+from modelctl.repo import gitutil
 
 DEFAULT_BASE = "origin/main"
 CHANGED = 2

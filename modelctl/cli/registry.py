@@ -7,11 +7,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from modelctl import dvcstore, registry
 from modelctl.cli import Result, add_command, progress, repo_root
-from modelctl.errors import UserError
-from modelctl.schema import ModelFile
-from modelctl.state import State, load_model, load_state
+from modelctl.core.errors import UserError
+from modelctl.core.schema import ModelFile
+from modelctl.core.state import State, load_model, load_state
+from modelctl.repo import dvcstore, registry
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 KEY_METRICS = ("accuracy", "precision", "recall", "f1", "auc_roc")

@@ -15,11 +15,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from modelctl import gitutil, releases, yamlio
 from modelctl.cli import Result, add_command, repo_root
 from modelctl.cli.check import check_policies
-from modelctl.errors import UserError, collect
-from modelctl.history import (
+from modelctl.core import releases, yamlio
+from modelctl.core.errors import UserError, collect
+from modelctl.core.releases import Proposal, Target
+from modelctl.core.schema import Release
+from modelctl.core.state import State, cross_check, load_state, model_file, parse_stack, stack_file
+from modelctl.repo import gitutil
+from modelctl.repo.history import (
     Snapshot,
     release_changes,
     releases_by_commit,
@@ -27,9 +31,6 @@ from modelctl.history import (
     snapshot_at,
     stack_history,
 )
-from modelctl.releases import Proposal, Target
-from modelctl.schema import Release
-from modelctl.state import State, cross_check, load_state, model_file, parse_stack, stack_file
 
 Build = Callable[[Target, Release, Path], Proposal]
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"

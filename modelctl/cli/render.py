@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from modelctl import yamlio
 from modelctl.cli import Result, add_command, repo_root
-from modelctl.state import State, load_state
+from modelctl.core import yamlio
+from modelctl.core.state import State, load_state
 
 DEFAULT_OUT = "rendered"
 

@@ -6,11 +6,11 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from modelctl import registry
 from modelctl.cli import Result, add_command, progress, repo_root
-from modelctl.errors import UserError
-from modelctl.servingspec import ARTIFACT_FILE, PROFILE_FILE, ServingSpec
-from modelctl.state import load_model
+from modelctl.core.errors import UserError
+from modelctl.core.servingspec import ARTIFACT_FILE, PROFILE_FILE, ServingSpec
+from modelctl.core.state import load_model
+from modelctl.repo import registry
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

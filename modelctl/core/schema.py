@@ -1,7 +1,7 @@
 """The shape of the desired state: model registry files and stack configuration.
 
 Each class validates one file's content on its own; rules that span files (a stack naming
-a version of a model) live in `modelctl.state`.
+a version of a model) live in `modelctl.core.state`.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ SecretKey = Annotated[
     ),
 ]
 Weight = Annotated[StrictInt, Field(ge=0, le=100)]
-# Multiple-testing corrections across drift tests (modelctl.drift.adjust_pvalues).
+# Multiple-testing corrections across drift tests (modelctl.core.drift.adjust_pvalues).
 Correction = Literal["holm", "bh", "bonferroni", "none"]
 
 

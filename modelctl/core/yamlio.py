@@ -12,7 +12,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
-from modelctl.errors import UserError
+from modelctl.core.errors import UserError
 
 
 def _yaml() -> YAML:

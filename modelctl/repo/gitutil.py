@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from modelctl.errors import UserError
+from modelctl.core.errors import UserError
 
 
 def git(root: Path, *args: str, check: bool = True) -> str:

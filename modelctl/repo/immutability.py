@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modelctl import gitutil
-from modelctl.errors import UserError
-from modelctl.state import State, model_file, parse_model, parse_stack
+from modelctl.core.errors import UserError
+from modelctl.core.state import State, model_file, parse_model, parse_stack
+from modelctl.repo import gitutil
 
 
 def changes_since(state: State, base_rev: str) -> list[UserError]:

@@ -22,11 +22,12 @@ from typing import Any, Literal
 
 from ruamel.yaml.comments import CommentedMap
 
-from modelctl import dvcstore, gitutil, yamlio
-from modelctl.dvcstore import Location, LockedStage
-from modelctl.errors import UserError, collect
-from modelctl.schema import ModelFile, Status, Version, VersionRecord
-from modelctl.state import State, load_model, load_state, model_file, model_names, parse_model
+from modelctl.core import yamlio
+from modelctl.core.errors import UserError, collect
+from modelctl.core.schema import ModelFile, Status, Version, VersionRecord
+from modelctl.core.state import State, load_model, load_state, model_file, model_names, parse_model
+from modelctl.repo import dvcstore, gitutil
+from modelctl.repo.dvcstore import Location, LockedStage
 
 STAGES = ("prepare", "train", "evaluate", "profile")
 PIPELINE_FILES = ("dvc.yaml", "dvc.lock", "params.yaml", "pipeline")

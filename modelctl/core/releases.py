@@ -1,7 +1,7 @@
 """Release transitions as pure functions: the current release of a model on a stack and a
 command (canary, promote, A/B, shadow, blue-green, rollback) give the next release.
 
-Nothing here reads git or the disk; `modelctl.history` supplies past states and the CLI
+Nothing here reads git or the disk; `modelctl.repo.history` supplies past states and the CLI
 writes the result. Each transition refuses, with a UserError, what the command must not do.
 """
 
@@ -15,10 +15,10 @@ from typing import Any
 from pydantic import BaseModel
 from ruamel.yaml.comments import CommentedMap
 
-from modelctl import yamlio
-from modelctl.errors import UserError
-from modelctl.schema import ModelFile, Release, Requires, Shadow, Sticky, Version, duration_seconds
-from modelctl.state import CONFIG_NAMESPACE, stack_file
+from modelctl.core import yamlio
+from modelctl.core.errors import UserError
+from modelctl.core.schema import ModelFile, Release, Requires, Shadow, Sticky, Version, duration_seconds
+from modelctl.core.state import CONFIG_NAMESPACE, stack_file
 
 # The release fields a release command may change; replicas, resources, overrides and
 # analysis settings are edited by hand and survive every command, rollback included.

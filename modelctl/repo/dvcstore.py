@@ -22,8 +22,8 @@ from typing import Any, BinaryIO, Literal
 
 from fsspec.core import url_to_fs
 
-from modelctl import yamlio
-from modelctl.errors import UserError
+from modelctl.core import yamlio
+from modelctl.core.errors import UserError
 
 LOCK_FILE = "dvc.lock"
 CHUNK = 1 << 20

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from modelctl.errors import UserError
-from modelctl.schema import ModelFile, Output, Signature
+from modelctl.core.errors import UserError
+from modelctl.core.schema import ModelFile, Output, Signature
 
 ENV_PREFIX = "MODELCTL_"
 ARTIFACT_FILE = {"skops": "model.skops"}

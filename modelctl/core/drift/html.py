@@ -1,6 +1,6 @@
 """The HTML drift report: the table, and a plot per drifted column (reference against current).
 
-Only the CLI imports this module: plotting stays out of `modelctl.drift` and its imports. The
+Only the CLI imports this module: plotting stays out of `modelctl.core.drift` and its imports. The
 plots are inline SVG written here, so the report is one self-contained file and needs no
 plotting library.
 """
@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from modelctl.drift import SCORE_NAME, DriftReport, FeatureDrift, Profile
+from modelctl.core.drift.detect import DriftReport, FeatureDrift
+from modelctl.core.drift.profile import SCORE_NAME, Profile
 
 Floats = npt.NDArray[np.float64]
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from modelctl import gitutil
-from modelctl.errors import UserError, UserErrors
-from modelctl.schema import Release
-from modelctl.state import Stack, parse_stack, stack_file
+from modelctl.core.errors import UserError, UserErrors
+from modelctl.core.schema import Release
+from modelctl.core.state import Stack, parse_stack, stack_file
+from modelctl.repo import gitutil
 
 _FIELD, _RECORD = "\x1f", "\x1e"
 

@@ -12,9 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from modelctl import yamlio
-from modelctl.errors import UserError, UserErrors, as_list, collect
-from modelctl.schema import ModelFile, Release, StackConfig
+from modelctl.core import yamlio
+from modelctl.core.errors import UserError, UserErrors, as_list, collect
+from modelctl.core.schema import ModelFile, Release, StackConfig
 
 STACK_PREFIX = "Pulumi."
 CONFIG_NAMESPACE = "modelctl"

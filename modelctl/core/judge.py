@@ -58,9 +58,10 @@ import orjson
 from pydantic import Field, ValidationError, field_validator, model_validator
 from scipy import special
 
-from modelctl.errors import UserError, collect
-from modelctl.schema import Analysis, ModelName, Strict, VersionName
-from modelctl.state import pydantic_errors
+from modelctl.core.drift.statistics import adjust_pvalues
+from modelctl.core.errors import UserError, collect
+from modelctl.core.schema import Analysis, ModelName, Strict, VersionName
+from modelctl.core.state import pydantic_errors
 
 JUDGE_VERSION = 1
 Action = Literal["promote", "hold", "rollback"]
@@ -243,9 +244,9 @@ def judge(snapshot: dict[str, Any] | Snapshot, source: str = "snapshot") -> Deci
 def _correct(evidence: list[Evidence], alpha: float) -> list[Evidence]:
     """Holm across the critical harm tests: rollback when any adjusted p-value is <= alpha."""
     family = [i for i, e in enumerate(evidence) if e.severity == "critical" and e.p_value is not None]
-    adjusted = _holm([evidence[i].p_value or 0.0 for i in family])
+    adjusted = adjust_pvalues([evidence[i].p_value or 0.0 for i in family], "holm")
     corrected = list(evidence)
-    for i, p_adj in zip(family, adjusted, strict=True):
+    for i, p_adj in zip(family, map(float, adjusted), strict=True):
         outcome = evidence[i].outcome
         if p_adj <= alpha:
             outcome = "changed" if evidence[i].metric == "score" else "harm"
@@ -555,17 +556,6 @@ def histogram_quantile(bounds: Floats, cumulative: Floats, quantile: float) -> f
     if inside <= 0:
         return float(bounds[k])
     return float(lower + (bounds[k] - lower) * (rank - below) / inside)
-
-
-def _holm(p_values: list[float]) -> list[float]:
-    k = len(p_values)
-    order = sorted(range(k), key=lambda i: p_values[i])
-    adjusted = [0.0] * k
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, p_values[i] * (k - rank)))
-        adjusted[i] = running
-    return adjusted
 
 
 def _p_from_log_e(log_e: float) -> float:
