@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from infra import alerting, dashboard, monitoring, routing, workloads
+from infra import alert_rules, alertmanager, dashboard, monitoring, routing, workloads
 from infra.common import ModelTarget, Obj
 from modelctl.core.state import State
 
 
 def build_stack(state: State, stack_name: str) -> list[Obj]:
-    """The objects Pulumi applies and render writes: the namespace, each model, then alerting."""
+    """The objects Pulumi applies and render writes: the namespace, each model, then alertmanager."""
     stack = state.stack(stack_name)
     objects = [workloads.namespace(stack.config.environment.namespace, stack.name)]
     for model_name, release in sorted(stack.config.releases.items()):
         objects += build_model(ModelTarget(stack, state.model(model_name), release))
     objects.append(dashboard.dashboard_config_map(stack))
-    objects += [obj for obj in (alerting.secret(stack), alerting.alertmanager_config(stack)) if obj]
+    objects += [obj for obj in (alertmanager.secret(stack), alertmanager.alertmanager_config(stack)) if obj]
     return objects
 
 
@@ -30,5 +30,5 @@ def build_model(target: ModelTarget) -> list[Obj]:
         routing.destination_rule(target),
         routing.virtual_service(target),
         monitoring.service_monitor(target),
-        monitoring.prometheus_rule(target),
+        alert_rules.prometheus_rule(target),
     ]

@@ -6,7 +6,7 @@ from typing import Any
 
 import yaml
 
-from infra import alerting
+from infra import alertmanager
 from infra.build import build_stack
 from infra.common import Obj, subset_name
 from modelctl.core.state import State
@@ -57,5 +57,5 @@ def render_files(state: State, stack_name: str) -> dict[str, str]:
         files[name] = HEADER + to_yaml(obj)
     stack = state.stack(stack_name)
     if stack.config.environment.receivers:
-        files[NATIVE_ALERTMANAGER] = HEADER + to_yaml(alerting.native_config(stack))
+        files[NATIVE_ALERTMANAGER] = HEADER + to_yaml(alertmanager.native_config(stack))
     return dict(sorted(files.items()))

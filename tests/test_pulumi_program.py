@@ -15,7 +15,7 @@ import pytest
 import yaml
 from pulumi.runtime import rpc
 
-from infra import alerting, program
+from infra import alertmanager, program
 from infra.build import build_stack
 from infra.monitoring import KUBE_PROMETHEUS_STACK
 from infra.program import Registered, main
@@ -211,7 +211,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_entry_point(root: Path, stack: Stack, monkeypatch: pytest.MonkeyPatch) -> set[str]:
     """Run `infra/__main__.py` as Pulumi starts it (`main: infra/`); the kinds it registers."""
-    secrets = {key: f"https://hooks.example.com/{key}" for key in alerting.secret_keys(stack)}
+    secrets = {key: f"https://hooks.example.com/{key}" for key in alertmanager.secret_keys(stack)}
     config = load_yaml_config(root, stack.name) | {f"modelctl:{k}": v for k, v in secrets.items()}
     recorder = Recorder()
     monkeypatch.setattr(program, "find_root", lambda start: root)

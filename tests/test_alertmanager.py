@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.alerting import native_config
+from infra.alertmanager import native_config
 from infra.build import build_stack
 from infra.render import NATIVE_ALERTMANAGER, render_files
 from modelctl.core.state import State, load_state

@@ -1,0 +1,210 @@
+"""Alert rules: the PrometheusRule of each model (built-in alerts, canary comparison, owner alerts).
+
+A new alert goes here; where alerts are delivered (Alertmanager routing) is `infra/alertmanager.py`."""
+
+from __future__ import annotations
+
+from infra.common import ModelTarget, Obj, metadata
+from modelctl.core.schema import ThresholdAlert
+
+RUNBOOKS = "infra/runbooks.md"
+ERROR_RATIO = 0.05
+P99_SECONDS = 0.5
+DRIFT_STATISTIC = 0.2
+OOD_RATIO = 0.05
+WINDOW = "5m"
+CANARY_WINDOW = "10m"
+SERVER_ERROR = '~"5.."'
+LIVE_GAUGES = ("accuracy", "precision", "recall")
+# Owner alerts compare one value per version; several pods of a version report their own gauge.
+AGGREGATION = "avg"
+
+
+def prometheus_rule(target: ModelTarget) -> Obj:
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": metadata(target.name, target.namespace, target.labels()),
+        "spec": {"groups": [{"name": f"modelctl.{target.name}", "rules": alert_rules(target)}]},
+    }
+
+
+def alert_rules(target: ModelTarget) -> list[Obj]:
+    rules = [
+        _error_rate(target),
+        _p99_latency(target),
+        _drift(target),
+        _out_of_distribution(target),
+        _no_traffic(target),
+        *_live_quality(target),
+        *(_canary_worse(target, canary) for canary in target.canaries()),
+    ]
+    return rules + [_owner_alert(target, alert) for alert in target.model.alerts]
+
+
+def _alert(
+    target: ModelTarget,
+    name: str,
+    expr: str,
+    *,
+    for_: str,
+    severity: str,
+    summary: str,
+    description: str,
+    runbook: str = "",
+    **labels: str,
+) -> Obj:
+    # The namespace label is what an AlertmanagerConfig in this namespace routes on.
+    return {
+        "alert": name,
+        "expr": expr,
+        "for": for_,
+        "labels": {"severity": severity, "namespace": target.namespace, **labels},
+        "annotations": {
+            "summary": summary,
+            "description": description,
+            "runbook_url": f"{RUNBOOKS}#{runbook or name.lower()}",
+        },
+    }
+
+
+def _selector(target: ModelTarget, **extra: str) -> str:
+    matchers = {"namespace": f'"{target.namespace}"', "model": f'"{target.name}"', **extra}
+    return "{" + ",".join(f"{key}={value}" for key, value in matchers.items()) + "}"
+
+
+def _error_ratio(target: ModelTarget, by: str, window: str, **extra: str) -> str:
+    """5xx share of requests; 0 rather than no data when there were requests but no 5xx at all."""
+    server_errors = _selector(target, **extra, code=SERVER_ERROR)
+    requests = f"sum by ({by}) (rate(model_requests_total{_selector(target, **extra)}[{window}]))"
+    errors = f"sum by ({by}) (rate(model_requests_total{server_errors}[{window}]))"
+    return f"(({errors}) or (0 * {requests}))\n  / {requests}"
+
+
+def _p99(target: ModelTarget, by: str, window: str, **extra: str) -> str:
+    buckets = f"model_prediction_duration_seconds_bucket{_selector(target, **extra)}"
+    return f"histogram_quantile(0.99, sum by ({by}, le) (rate({buckets}[{window}])))"
+
+
+def _error_rate(target: ModelTarget) -> Obj:
+    return _alert(
+        target,
+        "ModelHighErrorRate",
+        f"{_error_ratio(target, 'model, version', WINDOW)}\n> {ERROR_RATIO:g}",
+        for_="5m",
+        severity="critical",
+        summary="{{ $labels.model }} {{ $labels.version }} fails {{ $value | humanizePercentage }} of requests",
+        description=f"More than {ERROR_RATIO:.0%} of requests answered 5xx over {WINDOW}.",
+    )
+
+
+def _p99_latency(target: ModelTarget) -> Obj:
+    return _alert(
+        target,
+        "ModelHighLatencyP99",
+        f"{_p99(target, 'model, version', WINDOW)}\n> {P99_SECONDS:g}",
+        for_="10m",
+        severity="warning",
+        summary="{{ $labels.model }} {{ $labels.version }} p99 latency is {{ $value | humanizeDuration }}",
+        description=f"The 99th percentile of prediction time is above {P99_SECONDS:g}s.",
+    )
+
+
+def _drift(target: ModelTarget) -> Obj:
+    return _alert(
+        target,
+        "ModelFeatureDrift",
+        f"max by (model, version, feature) (model_feature_drift{_selector(target)})\n> {DRIFT_STATISTIC:g}",
+        for_="15m",
+        severity="warning",
+        summary="{{ $labels.model }} {{ $labels.version }} input feature {{ $labels.feature }} drifted",
+        description=f"The KS statistic against the reference profile is {{{{ $value }}}} (above {DRIFT_STATISTIC:g}).",
+    )
+
+
+def _out_of_distribution(target: ModelTarget) -> Obj:
+    ood = f"sum by (model, version) (rate(model_out_of_distribution_total{_selector(target)}[{WINDOW}]))"
+    predictions = f"sum by (model, version) (rate(model_predictions_total{_selector(target)}[{WINDOW}]))"
+    return _alert(
+        target,
+        "ModelOutOfDistribution",
+        f"{ood}\n  / {predictions}\n> {OOD_RATIO:g}",
+        for_="10m",
+        severity="warning",
+        summary="{{ $labels.model }} {{ $labels.version }} sees {{ $value | humanizePercentage }} out-of-range inputs",
+        description=f"More than {OOD_RATIO:.0%} of predictions had inputs outside the signature's ranges.",
+    )
+
+
+def _no_traffic(target: ModelTarget) -> Obj:
+    requests = f"model_requests_total{_selector(target)}"
+    return _alert(
+        target,
+        "ModelNoTraffic",
+        f"sum by (model) (rate({requests}[10m])) == 0\nor absent({requests})",
+        for_="15m",
+        severity="warning",
+        summary=f"{target.name} receives no requests",
+        description="No request reached any version for 25 minutes; check the routes and the clients.",
+    )
+
+
+def _live_quality(target: ModelTarget) -> list[Obj]:
+    """Live quality (from ground-truth feedback) below the promotion gate the version passed."""
+    return [
+        _alert(
+            target,
+            f"ModelLive{metric.capitalize()}BelowGate",
+            f"min by (model, version) (model_{metric}{_selector(target)})\n< {target.model.gates[metric]:g}",
+            for_="15m",
+            severity="critical",
+            summary=f"{{{{ $labels.model }}}} {{{{ $labels.version }}}} live {metric} is {{{{ $value }}}}",
+            description=f"Live {metric} from feedback is below the promotion gate {target.model.gates[metric]:g}.",
+        )
+        for metric in LIVE_GAUGES
+        if metric in target.model.gates
+    ]
+
+
+def _canary_worse(target: ModelTarget, canary: str) -> Obj:
+    stable = target.stable()
+    analysis = target.release.analysis
+    canary_version = {"version": f'"{canary}"'}
+    stable_version = {"version": f'"{stable}"'}
+    errors = (
+        f"({_error_ratio(target, 'model', CANARY_WINDOW, **canary_version)})\n"
+        f"- on (model)\n({_error_ratio(target, 'model', CANARY_WINDOW, **stable_version)})\n"
+        f"> {analysis.error_margin:g}"
+    )
+    latency = (
+        f"{_p99(target, 'model', CANARY_WINDOW, **canary_version)}\n"
+        f"/ on (model)\n{_p99(target, 'model', CANARY_WINDOW, **stable_version)}\n"
+        f"> {1 + analysis.latency_margin:g}"
+    )
+    return _alert(
+        target,
+        "ModelCanaryWorseThanStable",
+        f"(\n{errors}\n)\nor\n(\n{latency}\n)",
+        for_=CANARY_WINDOW,
+        severity="warning",
+        summary=f"{target.name} canary {canary} is worse than stable {stable}",
+        description=f"Its error ratio exceeds the stable one by more than {analysis.error_margin:g}, or its p99 "
+        f"latency by more than {analysis.latency_margin:.0%}; consider 'modelctl rollback'.",
+        version=canary,
+    )
+
+
+def _owner_alert(target: ModelTarget, alert: ThresholdAlert) -> Obj:
+    value = f"{AGGREGATION} by (model, version) ({alert.metric}{_selector(target)})"
+    condition = f"{alert.metric} {alert.operator} {alert.threshold:g}"
+    return _alert(
+        target,
+        alert.name,
+        f"{value}\n{alert.operator} {alert.threshold:g}",
+        for_=alert.for_,
+        severity=alert.severity,
+        summary=f"{{{{ $labels.model }}}} {{{{ $labels.version }}}}: {condition}",
+        description=alert.description
+        or f"{condition} for {alert.for_} (alert set by the model owner in model.yaml).",
+        runbook="owner-alerts",
+    )
