@@ -5,6 +5,7 @@ A new alert goes here; where alerts are delivered (Alertmanager routing) is `inf
 from __future__ import annotations
 
 from infra.common import ModelTarget, Obj, metadata
+from modelctl.core.contract import LIVE_QUALITY, query
 from modelctl.core.schema import ThresholdAlert
 
 RUNBOOKS = "infra/runbooks.md"
@@ -14,8 +15,6 @@ DRIFT_STATISTIC = 0.2
 OOD_RATIO = 0.05
 WINDOW = "5m"
 CANARY_WINDOW = "10m"
-SERVER_ERROR = '~"5.."'
-LIVE_GAUGES = ("accuracy", "precision", "recall")
 # Owner alerts compare one value per version; several pods of a version report their own gauge.
 AGGREGATION = "avg"
 
@@ -68,22 +67,19 @@ def _alert(
     }
 
 
-def _selector(target: ModelTarget, **extra: str) -> str:
-    matchers = {"namespace": f'"{target.namespace}"', "model": f'"{target.name}"', **extra}
-    return "{" + ",".join(f"{key}={value}" for key, value in matchers.items()) + "}"
+def _matchers(target: ModelTarget, **extra: str) -> dict[str, str]:
+    return {"namespace": target.namespace, "model": target.name, **extra}
 
 
 def _error_ratio(target: ModelTarget, by: str, window: str, **extra: str) -> str:
     """5xx share of requests; 0 rather than no data when there were requests but no 5xx at all."""
-    server_errors = _selector(target, **extra, code=SERVER_ERROR)
-    requests = f"sum by ({by}) (rate(model_requests_total{_selector(target, **extra)}[{window}]))"
-    errors = f"sum by ({by}) (rate(model_requests_total{server_errors}[{window}]))"
+    requests = query("request_rate", _matchers(target, **extra), by, window)
+    errors = query("server_error_rate", _matchers(target, **extra), by, window)
     return f"(({errors}) or (0 * {requests}))\n  / {requests}"
 
 
 def _p99(target: ModelTarget, by: str, window: str, **extra: str) -> str:
-    buckets = f"model_prediction_duration_seconds_bucket{_selector(target, **extra)}"
-    return f"histogram_quantile(0.99, sum by ({by}, le) (rate({buckets}[{window}])))"
+    return f"histogram_quantile(0.99, {query('latency_buckets', _matchers(target, **extra), by, window)})"
 
 
 def _error_rate(target: ModelTarget) -> Obj:
@@ -114,7 +110,7 @@ def _drift(target: ModelTarget) -> Obj:
     return _alert(
         target,
         "ModelFeatureDrift",
-        f"max by (model, version, feature) (model_feature_drift{_selector(target)})\n> {DRIFT_STATISTIC:g}",
+        f"{query('feature_drift', _matchers(target), 'model, version, feature')}\n> {DRIFT_STATISTIC:g}",
         for_="15m",
         severity="warning",
         summary="{{ $labels.model }} {{ $labels.version }} input feature {{ $labels.feature }} drifted",
@@ -123,8 +119,8 @@ def _drift(target: ModelTarget) -> Obj:
 
 
 def _out_of_distribution(target: ModelTarget) -> Obj:
-    ood = f"sum by (model, version) (rate(model_out_of_distribution_total{_selector(target)}[{WINDOW}]))"
-    predictions = f"sum by (model, version) (rate(model_predictions_total{_selector(target)}[{WINDOW}]))"
+    ood = query("out_of_distribution_rate", _matchers(target), "model, version", WINDOW)
+    predictions = query("prediction_rate", _matchers(target), "model, version", WINDOW)
     return _alert(
         target,
         "ModelOutOfDistribution",
@@ -137,7 +133,7 @@ def _out_of_distribution(target: ModelTarget) -> Obj:
 
 
 def _no_traffic(target: ModelTarget) -> Obj:
-    requests = f"model_requests_total{_selector(target)}"
+    requests = query("requests", _matchers(target))
     return _alert(
         target,
         "ModelNoTraffic",
@@ -155,13 +151,13 @@ def _live_quality(target: ModelTarget) -> list[Obj]:
         _alert(
             target,
             f"ModelLive{metric.capitalize()}BelowGate",
-            f"min by (model, version) (model_{metric}{_selector(target)})\n< {target.model.gates[metric]:g}",
+            f"{_gauge(target, 'min', gauge.name)}\n< {target.model.gates[metric]:g}",
             for_="15m",
             severity="critical",
             summary=f"{{{{ $labels.model }}}} {{{{ $labels.version }}}} live {metric} is {{{{ $value }}}}",
             description=f"Live {metric} from feedback is below the promotion gate {target.model.gates[metric]:g}.",
         )
-        for metric in LIVE_GAUGES
+        for metric, gauge in LIVE_QUALITY.items()
         if metric in target.model.gates
     ]
 
@@ -169,8 +165,8 @@ def _live_quality(target: ModelTarget) -> list[Obj]:
 def _canary_worse(target: ModelTarget, canary: str) -> Obj:
     stable = target.stable()
     analysis = target.release.analysis
-    canary_version = {"version": f'"{canary}"'}
-    stable_version = {"version": f'"{stable}"'}
+    canary_version = {"version": canary}
+    stable_version = {"version": stable}
     errors = (
         f"({_error_ratio(target, 'model', CANARY_WINDOW, **canary_version)})\n"
         f"- on (model)\n({_error_ratio(target, 'model', CANARY_WINDOW, **stable_version)})\n"
@@ -195,7 +191,7 @@ def _canary_worse(target: ModelTarget, canary: str) -> Obj:
 
 
 def _owner_alert(target: ModelTarget, alert: ThresholdAlert) -> Obj:
-    value = f"{AGGREGATION} by (model, version) ({alert.metric}{_selector(target)})"
+    value = _gauge(target, AGGREGATION, alert.metric)
     condition = f"{alert.metric} {alert.operator} {alert.threshold:g}"
     return _alert(
         target,
@@ -208,3 +204,7 @@ def _owner_alert(target: ModelTarget, alert: ThresholdAlert) -> Obj:
         or f"{condition} for {alert.for_} (alert set by the model owner in model.yaml).",
         runbook="owner-alerts",
     )
+
+
+def _gauge(target: ModelTarget, aggregation: str, metric: str) -> str:
+    return query("gauge", _matchers(target), "model, version", aggregation=aggregation, metric=metric)

@@ -5,29 +5,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from modelctl.core.contract import (
+    APP_LABEL,
+    HTTP_PORT,
+    MANAGED_BY,
+    STACK_LABEL,
+    VERSION_HEADER,
+    VERSION_LABEL,
+    subset_name,
+)
 from modelctl.core.errors import UserError
 from modelctl.core.schema import Environment, ModelFile, Release
 from modelctl.core.state import CONFIG_NAMESPACE, Stack
 
 Obj = dict[str, Any]
+# Re-exported for the builders: the names are the contract's.
+__all__ = ["HTTP_PORT", "MANAGED_BY", "STACK_LABEL", "VERSION_HEADER", "subset_name"]
 
-HTTP_PORT = 8080
 SERVICE_PORT = 80
 MODEL_DIR = "/models"
 MONITORING_NAMESPACE = "monitoring"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "modelctl"}
-STACK_LABEL = "modelctl.io/stack"
-VERSION_HEADER = "x-model-version"
 
 
 def secret_placeholder(key: str) -> str:
     """What render writes where a secret value goes; the Pulumi program swaps in the secret."""
     return f"<secret:{CONFIG_NAMESPACE}:{key}>"
-
-
-def subset_name(version: str) -> str:
-    """A DNS label for a version (Istio subsets and object names cannot hold dots)."""
-    return version.replace(".", "-").lower()
 
 
 def metadata(name: str, namespace: str | None, labels: dict[str, str], **extra: Any) -> Obj:
@@ -78,13 +80,13 @@ class ModelTarget:
         return f"{self.name}.{ingress.domain}"
 
     def labels(self, version: str | None = None) -> dict[str, str]:
-        labels = {"app": self.name, **MANAGED_BY, STACK_LABEL: self.stack.name}
+        labels = {APP_LABEL: self.name, **MANAGED_BY, STACK_LABEL: self.stack.name}
         if version is not None:
-            labels["version"] = version
+            labels[VERSION_LABEL] = version
         return labels
 
     def selector(self, version: str | None = None) -> dict[str, str]:
-        return {"app": self.name, **({"version": version} if version else {})}
+        return {APP_LABEL: self.name, **({VERSION_LABEL: version} if version else {})}
 
     def versioned_name(self, version: str) -> str:
         return f"{self.name}-{subset_name(version)}"

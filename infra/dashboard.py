@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
-from infra.common import MANAGED_BY, STACK_LABEL, Obj, metadata
+from infra.common import Obj, metadata
+from modelctl.core.contract import LIVE_QUALITY, MANAGED_BY, STACK_LABEL, query
 from modelctl.core.state import Stack
 
 NAME = "modelctl-dashboard"
-RATE = "[5m]"
+RATE = "5m"
 
 
 def dashboard_config_map(stack: Stack) -> Obj:
@@ -24,12 +25,12 @@ def dashboard_config_map(stack: Stack) -> Obj:
 
 def dashboard(stack: Stack) -> Obj:
     namespace = stack.config.environment.namespace
-    sel = f'namespace="{namespace}",model="$model"'
-    requests = f"sum by (version) (rate(model_requests_total{{{sel}}}{RATE}))"
-    errors = f'sum by (version) (rate(model_requests_total{{{sel},code=~"5.."}}{RATE}))'
-    buckets = f"sum by (version, le) (rate(model_prediction_duration_seconds_bucket{{{sel}}}{RATE}))"
-    ood = f"sum by (version) (rate(model_out_of_distribution_total{{{sel}}}{RATE}))"
-    predictions = f"sum by (version) (rate(model_predictions_total{{{sel}}}{RATE}))"
+    sel = {"namespace": namespace, "model": "$model"}
+    requests = query("request_rate", sel, "version", RATE)
+    errors = query("server_error_rate", sel, "version", RATE)
+    buckets = query("latency_buckets", sel, "version", RATE)
+    ood = query("out_of_distribution_rate", sel, "version", RATE)
+    predictions = query("prediction_rate", sel, "version", RATE)
     panels = [
         _panel(
             "Traffic split by version",
@@ -48,15 +49,18 @@ def dashboard(stack: Stack) -> Obj:
         _panel(
             "Feature drift (KS statistic)",
             "none",
-            [(f"max by (version, feature) (model_feature_drift{{{sel}}})", "{{version}} {{feature}}")],
+            [(query("feature_drift", sel, "version, feature"), "{{version}} {{feature}}")],
         ),
         _panel("Out-of-distribution rate", "percentunit", [(f"{ood} / {predictions}", "{{version}}")]),
         _panel(
             "Live accuracy, precision, recall",
             "percentunit",
             [
-                (f"avg by (version) (model_{metric}{{{sel}}})", f"{metric} {{{{version}}}}")
-                for metric in ("accuracy", "precision", "recall")
+                (
+                    query("gauge", sel, "version", aggregation="avg", metric=gauge.name),
+                    f"{metric} {{{{version}}}}",
+                )
+                for metric, gauge in LIVE_QUALITY.items()
             ],
         ),
     ]
@@ -75,7 +79,7 @@ def dashboard(stack: Stack) -> Obj:
                     "name": "model",
                     "type": "query",
                     "datasource": {"type": "prometheus", "uid": "${datasource}"},
-                    "query": f'label_values(model_requests_total{{namespace="{namespace}"}}, model)',
+                    "query": query("model_names", {"namespace": namespace}),
                     "refresh": 2,
                 },
                 {"name": "datasource", "type": "datasource", "query": "prometheus"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from infra.common import MANAGED_BY, MONITORING_NAMESPACE, ModelTarget, Obj, metadata
+from modelctl.core.contract import METRICS_PATH
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,6 @@ def service_monitor(target: ModelTarget) -> Obj:
         "spec": {
             "selector": {"matchLabels": target.selector()},
             "namespaceSelector": {"matchNames": [target.namespace]},
-            "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}],
+            "endpoints": [{"port": "http", "path": METRICS_PATH, "interval": "15s", "scrapeTimeout": "10s"}],
         },
     }

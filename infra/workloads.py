@@ -13,6 +13,7 @@ from infra.common import (
     Obj,
     metadata,
 )
+from modelctl.core.contract import LIVE_PATH, READY_PATH
 from modelctl.core.schema import VersionRecord
 from modelctl.core.servingspec import ServingSpec
 
@@ -155,9 +156,9 @@ def _server_container(target: ModelTarget, spec: ServingSpec) -> Obj:
             "requests": {"cpu": resources.cpu, "memory": resources.memory},
             "limits": {"cpu": resources.cpu_limit, "memory": resources.memory_limit},
         },
-        "startupProbe": _probe("/v2/health/live", period=2, failures=60),
-        "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
-        "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
+        "startupProbe": _probe(LIVE_PATH, period=2, failures=60),
+        "readinessProbe": _probe(READY_PATH, period=5, failures=3),
+        "livenessProbe": _probe(LIVE_PATH, period=10, failures=3),
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
         "securityContext": _container_security(),
         "volumeMounts": [

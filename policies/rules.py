@@ -11,13 +11,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from modelctl.core.contract import APP_LABEL, STACK_LABEL, VERSION_HEADER, subset_name
 from modelctl.core.schema import ModelFile
 from modelctl.core.state import Stack, State
 
 Obj = dict[str, Any]
-# Labels and headers as infra/common.py writes them.
-STACK_LABEL = "modelctl.io/stack"
-VERSION_HEADER = "x-model-version"
 POD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "Pod"})
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 SECRET_NAME = re.compile(r"pass(word|wd)?|secret|token|api[_-]?key|credential|private[_-]?key", re.IGNORECASE)
@@ -67,13 +65,12 @@ def _stack_of(obj: Obj, state: State) -> Stack | None:
 
 
 def _model_of(obj: Obj, state: State) -> ModelFile | None:
-    app = ((obj.get("metadata") or {}).get("labels") or {}).get("app")
+    app = ((obj.get("metadata") or {}).get("labels") or {}).get(APP_LABEL)
     return state.models.get(app) if app else None
 
 
 def _subset_versions(model: ModelFile) -> dict[str, str]:
-    # The subset naming of infra.common.subset_name (policies depend on the core only).
-    return {version.replace(".", "-").lower(): version for version in model.versions}
+    return {subset_name(version): version for version in model.versions}
 
 
 # ---------------------------------------------------------------- routing
@@ -247,7 +244,7 @@ def monitored_models(objects: list[Obj], state: State) -> list[str]:
     served = {
         (o["metadata"].get("namespace"), label)
         for o in objects
-        if o.get("kind") in POD_KINDS and (label := (o["metadata"].get("labels") or {}).get("app"))
+        if o.get("kind") in POD_KINDS and (label := (o["metadata"].get("labels") or {}).get(APP_LABEL))
     }
     problems = []
     for namespace, model in sorted(served, key=lambda item: (item[0] or "", item[1])):
@@ -256,12 +253,13 @@ def monitored_models(objects: list[Obj], state: State) -> list[str]:
             o
             for o in in_namespace
             if o.get("kind") == "ServiceMonitor"
-            and ((o.get("spec") or {}).get("selector") or {}).get("matchLabels", {}).get("app") == model
+            and ((o.get("spec") or {}).get("selector") or {}).get("matchLabels", {}).get(APP_LABEL) == model
         ]
         rules = [
             o
             for o in in_namespace
-            if o.get("kind") == "PrometheusRule" and (o["metadata"].get("labels") or {}).get("app") == model
+            if o.get("kind") == "PrometheusRule"
+            and (o["metadata"].get("labels") or {}).get(APP_LABEL) == model
         ]
         if not monitors:
             problems.append(f"model {model} in {namespace} has no ServiceMonitor")

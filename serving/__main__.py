@@ -16,6 +16,7 @@ import os  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
+from modelctl.core.contract import HTTP_PORT  # noqa: E402
 from modelctl.core.errors import UserError  # noqa: E402
 from modelctl.core.servingspec import ENV_PREFIX, ServingSpec  # noqa: E402
 from serving.app import Settings  # noqa: E402
@@ -57,7 +58,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     defaults = Settings()
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")
-    parser.add_argument("--port", type=int, default=8080, help="port for the API, health and metrics")
+    parser.add_argument("--port", type=int, default=HTTP_PORT, help="port for the API, health and metrics")
     for flag, variable in SPEC_FLAGS.items():
         parser.add_argument(f"--{flag.replace('_', '-')}", help=f"overrides {ENV_PREFIX}{variable}")
     parser.add_argument(

@@ -24,6 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from modelctl.core.contract import LIVE_PATH, METRICS_PATH, READY_PATH
 from modelctl.core.servingspec import ServingSpec
 from serving import BUILD
 from serving.batcher import Batcher, Predictions
@@ -314,10 +315,10 @@ class ModelServer:
             api(f"{versioned}/infer", self.infer, "POST", prediction=True),
             api("/feedback", self.feedback, "POST"),
             api("/version", self.version),
-            api("/metrics", self.metrics_text),
+            api(METRICS_PATH, self.metrics_text),
             api("/v2", self.server_metadata),
-            api("/v2/health/live", self.live),
-            api("/v2/health/ready", self.ready),
+            api(LIVE_PATH, self.live),
+            api(READY_PATH, self.ready),
             api(model, self.model_metadata),
             api(versioned, self.model_metadata),
             api(f"{model}/ready", self.model_ready),

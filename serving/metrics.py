@@ -2,7 +2,8 @@
 
 The label sets are fixed by the signature and a few constants, so cardinality stays
 bounded. Label children are bound once here: a lookup per request would cost more than
-the counting. Alert rules and dashboards use exactly these names (see serving/README.md).
+the counting. The names, help texts and labels are the contract's (`modelctl.core.contract`), which the
+alert rules and the dashboard build their queries from.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
+from modelctl.core import contract
 from serving.loader import Matrix
 
 LATENCY_BUCKETS = (
@@ -29,93 +31,38 @@ class ServerMetrics:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         self._labels = {"model": model, "version": version}
-        names = ("model", "version")
-        self._requests = Counter(
-            "model_requests_total",
-            "Prediction requests by HTTP status code.",
-            [*names, "code"],
-            registry=self.registry,
-        )
-        self._errors = Counter(
-            "model_errors_total",
-            "Refused or failed requests by error type.",
-            [*names, "type"],
-            registry=self.registry,
-        )
+        self._requests = self._metric(contract.REQUESTS)
+        self._errors = self._metric(contract.ERRORS)
         self._requests_by_code: dict[int, Any] = {}
         self._errors_by_type: dict[str, Any] = {}
-        self._predictions = self._bound(
-            Counter("model_predictions_total", "Rows predicted.", names, registry=self.registry)
-        )
-        self._duration = self._bound(
-            Histogram(
-                "model_prediction_duration_seconds",
-                "Time from request received to response ready, for /predict and /v2 infer.",
-                names,
-                buckets=LATENCY_BUCKETS,
-                registry=self.registry,
-            )
-        )
-        self._score = self._bound(
-            Histogram(
-                "model_prediction_score",
-                "Predicted probability of the positive class.",
-                names,
-                buckets=SCORE_BUCKETS,
-                registry=self.registry,
-            )
-        )
-        self._batch_size = self._bound(
-            Histogram(
-                "model_batch_size",
-                "Rows per model call.",
-                names,
-                buckets=BATCH_BUCKETS,
-                registry=self.registry,
-            )
-        )
-        self._out_of_distribution = self._bound(
-            Counter(
-                "model_out_of_distribution_total",
-                "Rows with a feature outside the reference profile's range.",
-                names,
-                registry=self.registry,
-            )
-        )
-        self._feedback = self._bound(
-            Counter("model_feedback_total", "Ground-truth labels received.", names, registry=self.registry)
-        )
+        self._predictions = self._bound(self._metric(contract.PREDICTIONS))
+        self._duration = self._bound(self._metric(contract.DURATION, LATENCY_BUCKETS))
+        self._score = self._bound(self._metric(contract.SCORE, SCORE_BUCKETS))
+        self._batch_size = self._bound(self._metric(contract.BATCH_SIZE, BATCH_BUCKETS))
+        self._out_of_distribution = self._bound(self._metric(contract.OUT_OF_DISTRIBUTION))
+        self._feedback = self._bound(self._metric(contract.FEEDBACK))
         self._accuracy, self._precision, self._recall = (
-            self._bound(Gauge(name, help, names, registry=self.registry))
-            for name, help in (
-                ("model_accuracy", "Live accuracy over the recent feedback window."),
-                ("model_precision", "Live precision of the positive class over the recent feedback window."),
-                ("model_recall", "Live recall of the positive class over the recent feedback window."),
-            )
+            self._bound(self._metric(contract.LIVE_QUALITY[name]))
+            for name in ("accuracy", "precision", "recall")
         )
         for gauge in (self._accuracy, self._precision, self._recall):
             gauge.set(float("nan"))  # no feedback yet is unknown, not zero
-        drift = Gauge(
-            "model_feature_drift",
-            "Drift statistic of each feature over the sliding window against the reference profile.",
-            [*names, "feature"],
-            registry=self.registry,
-        )
+        drift = self._metric(contract.FEATURE_DRIFT)
         self._drift = {name: drift.labels(model, version, name) for name in features}
         for child in self._drift.values():
             child.set(float("nan"))
-        Gauge("model_info", "The served version.", [*names, "sha256"], registry=self.registry).labels(
-            model, version, sha256
-        ).set(1)
-        pauses = Histogram(
-            "model_gc_pause_seconds",
-            "Garbage-collector pauses by generation.",
-            [*names, "generation"],
-            buckets=GC_BUCKETS,
-            registry=self.registry,
-        )
+        self._metric(contract.INFO).labels(model, version, sha256).set(1)
+        pauses = self._metric(contract.GC_PAUSES, GC_BUCKETS)
         self._gc_pauses = [pauses.labels(model, version, str(generation)) for generation in range(3)]
         self._gc_started = 0.0
+
+    def _metric(self, metric: contract.Metric, buckets: tuple[float, ...] = ()) -> Any:
+        """Register one of the contract's metrics, with its name, help and labels."""
+        names = metric.label_names
+        if metric.kind == "histogram":
+            return Histogram(metric.name, metric.help, names, buckets=buckets, registry=self.registry)
+        kind = Counter if metric.kind == "counter" else Gauge
+        return kind(metric.name, metric.help, names, registry=self.registry)
 
     def _bound(self, metric: Any) -> Any:
         return metric.labels(**self._labels)

@@ -1,0 +1,150 @@
+"""Every name two shells must agree on, defined once: the server, the cluster objects, the alert
+rules, the dashboard and the policies import them from here, so renaming one is one edit and an
+import error, never a silently empty alert.
+
+- Kubernetes labels and the label selecting a stack's objects (infra writes, policies read).
+- The request header that pins a version (infra routes on it, policies check the routes).
+- Istio subset naming of a version (infra names subsets, policies map them back).
+- The server's probe and metrics paths (serving answers, infra probes and scrapes).
+- The metrics the server exports, with their label sets (serving registers them), and the
+  PromQL built from them as one named table of queries (alert rules, dashboard, canary analysis),
+  in the manner of Flagger's per-mesh query table (`pkg/metrics/observers/istio.go`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+# ---------------------------------------------------------------- Kubernetes and Istio
+
+APP_LABEL = "app"
+VERSION_LABEL = "version"
+STACK_LABEL = "modelctl.io/stack"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "modelctl"}
+VERSION_HEADER = "x-model-version"
+
+# The port the server listens on in its container (the Service maps port 80 to it).
+HTTP_PORT = 8080
+LIVE_PATH = "/v2/health/live"
+READY_PATH = "/v2/health/ready"
+METRICS_PATH = "/metrics"
+
+
+def subset_name(version: str) -> str:
+    """A DNS label for a version (Istio subsets and object names cannot hold dots)."""
+    return version.replace(".", "-").lower()
+
+
+# ---------------------------------------------------------------- metrics
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric the server exports: its name, type, help text and labels.
+
+    Every series carries `SERVED_BY` (model, version) first, then `labels`.
+    """
+
+    name: str
+    kind: Literal["counter", "gauge", "histogram"]
+    help: str
+    labels: tuple[str, ...] = ()
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return (*SERVED_BY, *self.labels)
+
+
+SERVED_BY = ("model", "version")
+
+REQUESTS = Metric("model_requests_total", "counter", "Prediction requests by HTTP status code.", ("code",))
+ERRORS = Metric("model_errors_total", "counter", "Refused or failed requests by error type.", ("type",))
+PREDICTIONS = Metric("model_predictions_total", "counter", "Rows predicted.")
+DURATION = Metric(
+    "model_prediction_duration_seconds",
+    "histogram",
+    "Time from request received to response ready, for /predict and /v2 infer.",
+)
+SCORE = Metric("model_prediction_score", "histogram", "Predicted probability of the positive class.")
+BATCH_SIZE = Metric("model_batch_size", "histogram", "Rows per model call.")
+OUT_OF_DISTRIBUTION = Metric(
+    "model_out_of_distribution_total",
+    "counter",
+    "Rows with a feature outside the reference profile's range.",
+)
+FEEDBACK = Metric("model_feedback_total", "counter", "Ground-truth labels received.")
+ACCURACY = Metric("model_accuracy", "gauge", "Live accuracy over the recent feedback window.")
+PRECISION = Metric(
+    "model_precision", "gauge", "Live precision of the positive class over the recent feedback window."
+)
+RECALL = Metric("model_recall", "gauge", "Live recall of the positive class over the recent feedback window.")
+FEATURE_DRIFT = Metric(
+    "model_feature_drift",
+    "gauge",
+    "Drift statistic of each feature over the sliding window against the reference profile.",
+    ("feature",),
+)
+INFO = Metric("model_info", "gauge", "The served version.", ("sha256",))
+GC_PAUSES = Metric(
+    "model_gc_pause_seconds", "histogram", "Garbage-collector pauses by generation.", ("generation",)
+)
+# Live quality from feedback, by the name of the promotion gate it is compared with.
+LIVE_QUALITY = {"accuracy": ACCURACY, "precision": PRECISION, "recall": RECALL}
+
+# ---------------------------------------------------------------- PromQL
+
+# The `code` matcher of server errors (5xx answers).
+SERVER_ERRORS = 'code=~"5.."'
+
+# Templates, filled by `query`: {selector} (the matchers given), {server_errors} (the same with
+# SERVER_ERRORS), {by} (grouping labels), {window} (a range such as 5m), {aggregation}, {metric}.
+QUERIES: dict[str, str] = {
+    "request_rate": f"sum by ({{by}}) (rate({REQUESTS.name}{{selector}}[{{window}}]))",
+    "server_error_rate": f"sum by ({{by}}) (rate({REQUESTS.name}{{server_errors}}[{{window}}]))",
+    "prediction_rate": f"sum by ({{by}}) (rate({PREDICTIONS.name}{{selector}}[{{window}}]))",
+    "out_of_distribution_rate": f"sum by ({{by}}) (rate({OUT_OF_DISTRIBUTION.name}{{selector}}[{{window}}]))",
+    "latency_buckets": f"sum by ({{by}}, le) (rate({DURATION.name}_bucket{{selector}}[{{window}}]))",
+    "feature_drift": f"max by ({{by}}) ({FEATURE_DRIFT.name}{{selector}})",
+    "requests": f"{REQUESTS.name}{{selector}}",
+    "model_names": f"label_values({REQUESTS.name}{{selector}}, model)",
+    # A gauge (live quality, or a metric named by a model owner) aggregated per group.
+    "gauge": "{aggregation} by ({by}) ({metric}{selector})",
+}
+
+
+def selector(matchers: Mapping[str, str], *raw: str) -> str:
+    """A PromQL label selector: `{key="value",...}` for `matchers`, then `raw` matchers as written."""
+    parts = [f'{key}="{value}"' for key, value in matchers.items()] + list(raw)
+    return "{" + ",".join(parts) + "}"
+
+
+def query(name: str, matchers: Mapping[str, str], by: str = "", window: str = "", **fields: str) -> str:
+    """The PromQL of the named query in `QUERIES` over the series matching `matchers`.
+
+    Parameters
+    ----------
+    name
+        A key of `QUERIES`.
+    matchers
+        Label name -> exact value, in the order they are written.
+    by
+        The labels to group by, comma separated (`"model, version"`).
+    window
+        The range of `rate`, a Prometheus duration (`"5m"`).
+    fields
+        The template's other fields (`aggregation`, `metric`).
+
+    Raises
+    ------
+    KeyError
+        `name` is not in `QUERIES`, or the template needs a field not given.
+    """
+    return QUERIES[name].format(
+        selector=selector(matchers),
+        server_errors=selector(matchers, SERVER_ERRORS),
+        by=by,
+        window=window,
+        **fields,
+    )

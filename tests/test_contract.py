@@ -1,0 +1,90 @@
+"""The names shells must agree on are typed once, in modelctl/core/contract.py, and mean the same
+to the server that exports them and to the queries that read them."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from modelctl.core import contract
+from serving.metrics import ServerMetrics
+
+ROOT = Path(__file__).resolve().parents[1]
+CODE = ("modelctl", "pipeline", "infra", "serving", "policies")
+METRICS = [value for value in vars(contract).values() if isinstance(value, contract.Metric)]
+SHARED_NAMES = [
+    *(metric.name for metric in METRICS),
+    contract.VERSION_HEADER,
+    contract.STACK_LABEL,
+    contract.LIVE_PATH,
+    contract.READY_PATH,
+]
+
+
+def string_literals(path: Path) -> list[str]:
+    """Every string constant of a module's code (f-string parts included), docstrings left out."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {
+        id(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+    }
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+    ]
+
+
+def retyped_names(path: Path) -> list[str]:
+    literals = string_literals(path)
+    return [name for name in SHARED_NAMES if any(re.search(rf"{re.escape(name)}\b", s) for s in literals)]
+
+
+def code_files() -> list[Path]:
+    contract_file = ROOT / "modelctl/core/contract.py"
+    return [p for folder in CODE for p in sorted((ROOT / folder).rglob("*.py")) if p != contract_file]
+
+
+@pytest.mark.parametrize("path", code_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_shared_name_is_typed_outside_the_contract(path: Path) -> None:
+    assert retyped_names(path) == []
+
+
+def test_the_check_finds_a_retyped_metric_name(tmp_path: Path) -> None:
+    planted = tmp_path / "dashboard.py"
+    planted.write_text(
+        '"""Mentions model_requests_total in prose, which is fine."""\n'
+        'QUERY = f"sum(rate(model_requests_total{{ns}}[5m]))"\n'
+        'HEADER = "x-model-version"\n'
+    )
+    assert retyped_names(planted) == ["model_requests_total", "x-model-version"]
+
+
+def test_the_server_exports_exactly_the_contracts_metrics() -> None:
+    metrics = ServerMetrics("fraud-detection", "v1.0.0", "0" * 64, ["amount"])
+    exported = {
+        family.name: {label for sample in family.samples for label in sample.labels if label != "le"}
+        for family in text_string_to_metric_families(metrics.render().decode())
+        if family.name.startswith("model_") and not family.name.endswith("_created")
+    }
+    # The text parser names a counter's family without its _total suffix.
+    expected = {m.name.removesuffix("_total"): set(m.label_names) for m in METRICS}
+    seen = {name: labels for name, labels in exported.items() if labels}
+    assert set(exported) == set(expected)
+    for name, labels in seen.items():
+        assert labels == expected[name], name
+
+
+def test_every_query_reads_only_exported_metrics() -> None:
+    names = {m.name for m in METRICS}
+    matchers = {"namespace": "prod", "model": "fraud-detection"}
+    for name, template in contract.QUERIES.items():
+        text = contract.query(name, matchers, "version", "5m", aggregation="avg", metric="model_accuracy")
+        used = set(re.findall(r"\bmodel_[a-z_]+", text)) - {"model_names"}
+        assert used, (name, template)
+        assert {u.removesuffix("_bucket") for u in used} <= names, text
