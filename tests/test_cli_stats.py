@@ -93,7 +93,11 @@ def test_drift_reads_npy(drift_repo: Path, capsys: pytest.CaptureFixture[str]) -
 @pytest.mark.parametrize(
     ("version", "setup", "message"),
     [
-        ("v9.9.9", None, "no version v9.9.9 of fraud-detection; use one of: v1.0.0, v1.1.0"),
+        (
+            "v9.9.9",
+            None,
+            "version v9.9.9 of fraud-detection is not registered; register it first or use one of: v1.0.0, v1.1.0",
+        ),
         ("v1.1.0", None, "is in the workspace only as another profile (sha256 differs), and fetching"),
         ("v1.0.0", "remove", "is not in the workspace, and fetching it by content address failed"),
         ("v1.0.0", "columns", "missing columns: distance_km"),

@@ -152,7 +152,7 @@ def test_deprecate_then_revoke_is_final_and_shows_in_history(
     code, data, _ = run(root, capsys, "deprecate", MODEL, "v1.0.0")
 
     assert code == 2
-    assert "v1.0.0 is revoked, which is final" in data["errors"][0]
+    assert "v1.0.0 of fraud-detection is revoked; revoked is final" in data["errors"][0]
     assert pipeline_repo.record(root, "v1.0.0").status == "revoked"
     assert "# The registry entry of one model" in (root / "models" / MODEL / "model.yaml").read_text()
     _, history, _ = run(root, capsys, "models", "history", MODEL)

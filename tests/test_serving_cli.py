@@ -101,8 +101,12 @@ def test_serve_fetches_verifies_and_serves_a_registered_version(served: Version,
 
 
 REFUSALS = [
-    ("v9.0.0", "active", "no version v9.0.0; use one of: v1.2.0"),
-    ("v1.2.0", "revoked", "v1.2.0 is revoked"),
+    (
+        "v9.0.0",
+        "active",
+        "version v9.0.0 of fraud-detection is not registered; register it first or use one of: v1.2.0",
+    ),
+    ("v1.2.0", "revoked", "version v1.2.0 of fraud-detection is revoked; serve another"),
 ]
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from modelctl.cli import Result, add_command, repo_root
-from modelctl.core.errors import UserError
+from modelctl.core.errors import UserError, unknown_version
 from modelctl.core.schema import Correction
 from modelctl.core.state import load_model, model_file
 from modelctl.repo import registry
@@ -101,10 +101,10 @@ def run(args: argparse.Namespace) -> Result:
 def load_profile(root: Path, model: str, version: str) -> Profile:
     """The version's registered reference profile: the workspace copy when it is that one (same
     sha256), otherwise fetched by content address from the DVC cache or remote, both hashes verified."""
-    record = load_model(root, model).versions.get(version)
+    registered = load_model(root, model)
+    record = registered.versions.get(version)
     if record is None:
-        known = ", ".join(load_model(root, model).ordered_versions()) or "none"
-        raise UserError(model_file(model), f"no version {version} of {model}", f"use one of: {known}")
+        raise unknown_version(model_file(model), model, version, registered.ordered_versions())
     workspace = root / record.profile.path
     if not workspace.is_file():
         absent = "not in the workspace"

@@ -7,9 +7,9 @@ import tempfile
 from pathlib import Path
 
 from modelctl.cli import Result, add_command, progress, repo_root
-from modelctl.core.errors import UserError
+from modelctl.core.errors import revoked_version, unknown_version
 from modelctl.core.servingspec import ARTIFACT_FILE, PROFILE_FILE, ServingSpec
-from modelctl.core.state import load_model
+from modelctl.core.state import load_model, model_file
 from modelctl.repo import registry
 
 
@@ -37,14 +37,9 @@ def run_serve(args: argparse.Namespace) -> Result:
     model = load_model(root, args.model)
     record = model.versions.get(args.version)
     if record is None:
-        known = ", ".join(model.ordered_versions()) or "none"
-        raise UserError(
-            f"models/{args.model}/model.yaml", f"no version {args.version}", f"use one of: {known}"
-        )
+        raise unknown_version(model_file(args.model), args.model, args.version, model.ordered_versions())
     if record.status == "revoked":
-        raise UserError(
-            f"models/{args.model}/model.yaml", f"version {args.version} is revoked", "serve another"
-        )
+        raise revoked_version(model_file(args.model), args.model, args.version, "serve another")
     with tempfile.TemporaryDirectory(prefix="modelctl-serve-") as folder:
         registry.fetch_version(
             root,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class UserError(Exception):
     """A problem the user can fix. The CLI prints it as one line and exits with code 2."""
@@ -36,3 +38,43 @@ def collect(errors: list[UserError]) -> None:
         raise errors[0]
     if errors:
         raise UserErrors(errors)
+
+
+# ---------------------------------------------------------------- errors that recur
+
+
+def one_of(names: Iterable[str]) -> str:
+    """The choices offered in a fix: "a, b, c", or "none"."""
+    return ", ".join(names) or "none"
+
+
+def unknown_version(where: str, model: str, version: str, known: Iterable[str], key: str = "") -> UserError:
+    """A version the registry (models/<model>/model.yaml) does not hold.
+
+    Parameters
+    ----------
+    where
+        The file the version was named in (a stack file, or the model file).
+    model, version
+        What was asked for.
+    known
+        The registered versions, in the order to offer them.
+    key
+        The YAML key naming the version, if any.
+    """
+    return UserError(
+        where,
+        f"version {version} of {model} is not registered",
+        f"register it first or use one of: {one_of(known)}",
+        key=key,
+    )
+
+
+def revoked_version(where: str, model: str, version: str, fix: str, key: str = "") -> UserError:
+    """A revoked version asked to serve, or to change status: `fix` says what to do instead."""
+    return UserError(where, f"version {version} of {model} is revoked", fix, key=key)
+
+
+def unknown_name(where: str, kind: str, name: str, known: Iterable[str], key: str = "") -> UserError:
+    """A model or stack (`kind`) that does not exist: "no model named 'x'; use one of: a, b"."""
+    return UserError(where, f"no {kind} named {name!r}", f"use one of: {one_of(known)}", key=key)

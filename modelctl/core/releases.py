@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from ruamel.yaml.comments import CommentedMap
 
 from modelctl.core import yamlio
-from modelctl.core.errors import UserError
+from modelctl.core.errors import UserError, revoked_version, unknown_version
 from modelctl.core.schema import ModelFile, Release, Requires, Shadow, Sticky, Version, duration_seconds
 from modelctl.core.state import CONFIG_NAMESPACE, stack_file
 
@@ -90,15 +90,12 @@ def require_registered(target: Target, version: str) -> None:
     """Refuse a version the registry does not know or has revoked."""
     record = target.model.versions.get(version)
     if record is None:
-        known = ", ".join(target.model.ordered_versions()) or "none"
-        raise target.refuse(
-            f"version {version} of {target.model.name} is not registered",
-            f"register it first or use one of: {known}",
+        raise unknown_version(
+            target.file, target.model.name, version, target.model.ordered_versions(), target.key
         )
     if record.status == "revoked":
-        raise target.refuse(
-            f"version {version} of {target.model.name} is revoked",
-            "release an active version instead",
+        raise revoked_version(
+            target.file, target.model.name, version, "release an active version instead", target.key
         )
 
 

@@ -13,7 +13,15 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from modelctl.core import yamlio
-from modelctl.core.errors import UserError, UserErrors, as_list, collect
+from modelctl.core.errors import (
+    UserError,
+    UserErrors,
+    as_list,
+    collect,
+    revoked_version,
+    unknown_name,
+    unknown_version,
+)
 from modelctl.core.schema import ModelFile, Release, StackConfig
 
 STACK_PREFIX = "Pulumi."
@@ -88,14 +96,12 @@ class State:
 
     def model(self, name: str) -> ModelFile:
         if name not in self.models:
-            known = ", ".join(sorted(self.models)) or "none"
-            raise UserError(f"models/{name}/model.yaml", f"no model named {name!r}", f"use one of: {known}")
+            raise unknown_name(model_file(name), "model", name, sorted(self.models))
         return self.models[name]
 
     def stack(self, name: str) -> Stack:
         if name not in self.stacks:
-            known = ", ".join(sorted(self.stacks)) or "none"
-            raise UserError(stack_file(name), f"no stack named {name!r}", f"use one of: {known}")
+            raise unknown_name(stack_file(name), "stack", name, sorted(self.stacks))
         return self.stacks[name]
 
 
@@ -270,26 +276,14 @@ def _check_release(stack: Stack, model: ModelFile, release: Release, key: str) -
     for path, version in release.referenced():
         record = model.versions.get(version)
         if record is None:
-            known = ", ".join(model.ordered_versions()) or "none"
             errors.append(
-                UserError(
-                    stack.file,
-                    f"version {version} of {model.name} is not registered",
-                    f"register it first or use one of: {known}",
-                    key=f"{key}.{path}",
-                )
+                unknown_version(stack.file, model.name, version, model.ordered_versions(), f"{key}.{path}")
             )
         elif record.status == "revoked":
             # Deprecated versions may keep what they serve (and stay rollback targets); only
             # gaining traffic is refused, by the release commands and `check --base`.
-            errors.append(
-                UserError(
-                    stack.file,
-                    f"version {version} of {model.name} is revoked",
-                    f"move its traffic to an active version (modelctl rollback {model.name} --stack {stack.name} --to <version>)",
-                    key=f"{key}.{path}",
-                )
-            )
+            fix = f"move its traffic to an active version (modelctl rollback {model.name} --stack {stack.name} --to <version>)"
+            errors.append(revoked_version(stack.file, model.name, version, fix, f"{key}.{path}"))
     if stack.config.environment.production:
         for version in release.serving():
             record = model.versions.get(version)

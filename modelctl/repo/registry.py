@@ -23,7 +23,7 @@ from typing import Any, Literal
 from ruamel.yaml.comments import CommentedMap
 
 from modelctl.core import yamlio
-from modelctl.core.errors import UserError, collect
+from modelctl.core.errors import UserError, collect, revoked_version, unknown_version
 from modelctl.core.schema import ModelFile, Status, Version, VersionRecord
 from modelctl.core.state import State, load_model, load_state, model_file, model_names, parse_model
 from modelctl.repo import dvcstore, gitutil
@@ -291,8 +291,8 @@ def set_status(root: Path, model: str, version: str, status: Status, *, commit: 
     record = _record(current, version)
     key = f"versions.{version}.status"
     if record.status == "revoked":
-        raise UserError(
-            model_file(model), f"{version} is revoked, which is final", "register a new version", key=key
+        raise revoked_version(
+            model_file(model), model, version, "revoked is final: register a new version", key
         )
     if record.status == status:
         raise UserError(model_file(model), f"{version} is already {status}", "nothing to do", key=key)
@@ -315,9 +315,8 @@ def set_status(root: Path, model: str, version: str, status: Status, *, commit: 
 
 def _record(model: ModelFile, version: str) -> VersionRecord:
     if version not in model.versions:
-        known = ", ".join(model.ordered_versions()) or "none"
-        raise UserError(
-            model_file(model.name), f"no version {version}", f"use one of: {known}", key="versions"
+        raise unknown_version(
+            model_file(model.name), model.name, version, model.ordered_versions(), "versions"
         )
     return model.versions[version]
 
