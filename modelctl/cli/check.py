@@ -7,8 +7,9 @@ import argparse
 
 from modelctl.cli import Result, add_command, repo_root
 from modelctl.core.errors import UserError, collect
-from modelctl.core.state import State, load_state, stack_file
+from modelctl.core.state import State, stack_file
 from modelctl.repo.immutability import changes_since
+from modelctl.repo.state import read_state
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,7 +24,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> Result:
-    state = load_state(repo_root(args))
+    state = read_state(repo_root(args))
     if args.base:
         collect(changes_since(state, args.base))
     stacks = [state.stack(args.stack).name] if args.stack else sorted(state.stacks)

@@ -8,15 +8,15 @@ nothing changes, 2 that something does, so CI can act on it.
 from __future__ import annotations
 
 import argparse
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
 from modelctl.cli import Result, add_command, repo_root
 from modelctl.cli.release import describe, unified_diff
-from modelctl.core.state import STACK_PREFIX, State, load_state, model_file, stack_file
+from modelctl.core.state import State, stack_file
 from modelctl.repo import gitutil
+from modelctl.repo.state import read_state
 
 DEFAULT_BASE = "origin/main"
 CHANGED = 2
@@ -54,10 +54,9 @@ def run(args: argparse.Namespace) -> Result:
     root = repo_root(args)
     base = args.base or default_base(root)
     commit = gitutil.resolve(root, base)
-    head = load_state(root)
-    with tempfile.TemporaryDirectory(prefix="modelctl-plan-") as folder:
-        before = load_state(checkout_state(root, commit, Path(folder)))
-        plans = [plan_stack(before, head, name) for name in stack_names(before, head, args.stack)]
+    head = read_state(root)
+    before = read_state(root, commit)
+    plans = [plan_stack(before, head, name) for name in stack_names(before, head, args.stack)]
     changed = any(p.changes for p in plans)
     data: dict[str, Any] = {
         "base": base,
@@ -77,25 +76,6 @@ def stack_names(before: State, after: State, only: str | None) -> list[str]:
 def default_base(root: Path) -> str:
     has_remote = gitutil.git(root, "rev-parse", "--verify", "--quiet", DEFAULT_BASE, check=False).strip()
     return DEFAULT_BASE if has_remote else "HEAD"
-
-
-def checkout_state(root: Path, commit: str, folder: Path) -> Path:
-    """Write the desired-state files of `commit` into `folder`; git itself is only read."""
-    top = gitutil.git(root, "ls-tree", "--name-only", commit)
-    models = gitutil.git(root, "ls-tree", "-r", "--name-only", commit, "--", "models")
-    for path in (top + models).splitlines():
-        if _is_state_file(path):
-            text = gitutil.show(root, commit, path)
-            if text is not None:
-                (folder / path).parent.mkdir(parents=True, exist_ok=True)
-                (folder / path).write_text(text, encoding="utf-8")
-    return folder
-
-
-def _is_state_file(path: str) -> bool:
-    top_stack = "/" not in path and path.startswith(STACK_PREFIX) and path.endswith(".yaml")
-    parts = path.split("/")
-    return top_stack or (len(parts) == 3 and path == model_file(parts[1]))
 
 
 def plan_stack(before: State, after: State, name: str) -> StackPlan:

@@ -10,8 +10,9 @@ from typing import Any, TypeAlias
 from modelctl.cli import Result, add_command, progress, repo_root
 from modelctl.core.errors import UserError
 from modelctl.core.schema import ModelFile
-from modelctl.core.state import State, load_model, load_state
+from modelctl.core.state import State, load_model
 from modelctl.repo import dvcstore, registry
+from modelctl.repo.state import read_state
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 KEY_METRICS = ("accuracy", "precision", "recall", "f1", "auc_roc")
@@ -105,7 +106,7 @@ def run_set_status(args: argparse.Namespace) -> Result:
 
 
 def run_list(args: argparse.Namespace) -> Result:
-    state = load_state(repo_root(args))
+    state = read_state(repo_root(args))
     rows: list[dict[str, Any]] = []
     for name, model in sorted(state.models.items()):
         active = [v for v in model.ordered_versions() if model.versions[v].status == "active"]
@@ -157,7 +158,7 @@ def _served_text(served: list[dict[str, Any]]) -> str:
 
 
 def run_show(args: argparse.Namespace) -> Result:
-    state = load_state(repo_root(args))
+    state = read_state(repo_root(args))
     model = state.model(args.model)
     rows = _version_rows(state, model)
     data = {

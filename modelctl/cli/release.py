@@ -21,7 +21,7 @@ from modelctl.core import releases, yamlio
 from modelctl.core.errors import UserError, collect
 from modelctl.core.releases import Proposal, Target
 from modelctl.core.schema import Release
-from modelctl.core.state import State, cross_check, load_state, model_file, parse_stack, stack_file
+from modelctl.core.state import State, cross_check, model_file, parse_stack, stack_file
 from modelctl.repo import gitutil
 from modelctl.repo.history import (
     Snapshot,
@@ -31,6 +31,7 @@ from modelctl.repo.history import (
     snapshot_at,
     stack_history,
 )
+from modelctl.repo.state import read_state
 
 Build = Callable[[Target, Release, Path], Proposal]
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -152,7 +153,7 @@ def apply(args: argparse.Namespace, build: Build) -> Result:
     root = repo_root(args)
     path = stack_file(args.stack)
     require_git_ready(root, [path, model_file(args.model)])
-    state = load_state(root)
+    state = read_state(root)
     target = Target(state.model(args.model), state.stack(args.stack).name)
     before = current_release(state, target)
     proposal = build(target, before, root)
@@ -282,7 +283,7 @@ def describe(release: Release | None) -> str:
 
 
 def run_status(args: argparse.Namespace) -> Result:
-    state = load_state(repo_root(args))
+    state = read_state(repo_root(args))
     stacks = [state.stack(args.stack)] if args.stack else [state.stacks[n] for n in sorted(state.stacks)]
     data = {s.name: {m: release_data(r) for m, r in s.config.releases.items()} for s in stacks}
     lines = [

@@ -8,7 +8,8 @@ from typing import Any
 
 from modelctl.cli import Result, add_command, repo_root
 from modelctl.core import yamlio
-from modelctl.core.state import State, load_state
+from modelctl.core.state import State
+from modelctl.repo.state import read_state
 
 DEFAULT_OUT = "rendered"
 
@@ -26,7 +27,7 @@ def run(args: argparse.Namespace) -> Result:
     from infra.render import render_files
 
     root = repo_root(args)
-    state = load_state(root)
+    state = read_state(root)
     files = render_files(state, args.stack)
     out = Path(args.out) if args.out else root / DEFAULT_OUT / args.stack
     removed = write_tree(out, files)

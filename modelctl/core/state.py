@@ -1,14 +1,17 @@
-"""Load and validate the whole desired state: every model file and every stack file.
+"""The whole desired state, every model file and every stack file, parsed and cross-checked.
 
-Everything that reads the repository goes through here, so an invalid state is refused
-the same way by the CLI, the Pulumi program, the policy pack and the tests.
+Everything that reads the state goes through `load_state`, so an invalid state is refused the
+same way by the CLI, the Pulumi program, the policy pack and the tests. It reads through a
+`Source`: a folder (`Folder`, the working tree; the only file access in the core, read-only, so
+the Pulumi program and the policy pack, which may not import `modelctl.repo`, read the state
+the same way) or a git revision (`modelctl.repo.state.Revision`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
@@ -113,6 +116,55 @@ def stack_file(name: str) -> str:
     return f"{STACK_PREFIX}{name}.yaml"
 
 
+class Source(Protocol):
+    """Where the desired-state files are read from: a folder, or a git revision."""
+
+    @property
+    def root(self) -> Path:
+        """The repository the files belong to."""
+        ...
+
+    def read(self, path: str) -> str | None:
+        """The text of a repository-relative file, or None where it does not exist."""
+        ...
+
+    def model_names(self) -> list[str]:
+        """The models with a models/<name>/model.yaml, sorted."""
+        ...
+
+    def stack_names(self) -> list[str]:
+        """The stacks with a Pulumi.<name>.yaml, sorted."""
+        ...
+
+
+@dataclass(frozen=True)
+class Folder:
+    """The desired-state files of a folder (the working tree)."""
+
+    root: Path
+
+    def read(self, path: str) -> str | None:
+        file = self.root / path
+        return file.read_text(encoding="utf-8") if file.is_file() else None
+
+    def model_names(self) -> list[str]:
+        return sorted(p.parent.name for p in (self.root / "models").glob("*/model.yaml"))
+
+    def stack_names(self) -> list[str]:
+        return sorted(name for p in self.root.glob(f"{STACK_PREFIX}*.yaml") if (name := stack_name(p.name)))
+
+
+def stack_name(filename: str) -> str | None:
+    """The stack a top-level file name holds (Pulumi.<stack>.yaml), or None for any other file."""
+    if filename.startswith(STACK_PREFIX) and filename.endswith(".yaml") and filename.count(".") == 2:
+        return filename[len(STACK_PREFIX) : -len(".yaml")]
+    return None
+
+
+def _source(where: Path | Source) -> Source:
+    return Folder(where) if isinstance(where, Path) else where
+
+
 def find_root(start: Path) -> Path:
     """The repository root: the nearest folder at or above `start` holding Pulumi.yaml."""
     for folder in [start.resolve(), *start.resolve().parents]:
@@ -139,14 +191,15 @@ def parse_model(text: str, display: str) -> ModelFile:
     return result
 
 
-def load_model(root: Path, name: str) -> ModelFile:
+def load_model(where: Path | Source, name: str) -> ModelFile:
+    """One model file, parsed; `where` is a folder or a `Source`."""
     display = model_file(name)
-    path = root / display
-    if not path.is_file():
+    text = _source(where).read(display)
+    if text is None:
         raise UserError(
             display, f"no model named {name!r}", "check the name or create models/<name>/model.yaml"
         )
-    return parse_model(path.read_text(encoding="utf-8"), display)
+    return parse_model(text, display)
 
 
 def parse_stack(text: str, name: str) -> Stack:
@@ -170,43 +223,49 @@ def parse_stack(text: str, name: str) -> Stack:
     )
 
 
-def load_stack(root: Path, name: str) -> Stack:
-    path = root / stack_file(name)
-    if not path.is_file():
+def load_stack(where: Path | Source, name: str) -> Stack:
+    """One stack file, parsed; `where` is a folder or a `Source`."""
+    text = _source(where).read(stack_file(name))
+    if text is None:
         raise UserError(
             stack_file(name), f"no stack named {name!r}", "check the name or create the stack file"
         )
-    return parse_stack(path.read_text(encoding="utf-8"), name)
-
-
-def stack_names(root: Path) -> list[str]:
-    return sorted(
-        p.name[len(STACK_PREFIX) : -len(".yaml")]
-        for p in root.glob(f"{STACK_PREFIX}*.yaml")
-        if p.name.count(".") == 2
-    )
+    return parse_stack(text, name)
 
 
 def model_names(root: Path) -> list[str]:
-    return sorted(p.parent.name for p in (root / "models").glob("*/model.yaml"))
+    return Folder(root).model_names()
 
 
-def load_state(root: Path) -> State:
-    """Read and validate everything; every problem found is reported, one per line."""
+def load_state(where: Path | Source) -> State:
+    """Read and validate everything, from a folder or a `Source`.
+
+    Returns
+    -------
+    State
+        Every model and stack, with `root` the repository's folder.
+
+    Raises
+    ------
+    UserError, UserErrors
+        Every problem found, one per line: schema errors per file, then (when the files are
+        valid) the rules that span files (`cross_check`).
+    """
+    source = _source(where)
     errors: list[UserError] = []
     models: dict[str, ModelFile] = {}
     stacks: dict[str, Stack] = {}
-    for name in model_names(root):
+    for name in source.model_names():
         try:
-            models[name] = load_model(root, name)
+            models[name] = load_model(source, name)
         except (UserError, UserErrors) as exc:
             errors += as_list(exc)
-    for name in stack_names(root):
+    for name in source.stack_names():
         try:
-            stacks[name] = load_stack(root, name)
+            stacks[name] = load_stack(source, name)
         except (UserError, UserErrors) as exc:
             errors += as_list(exc)
-    state = State(root=root, models=models, stacks=stacks)
+    state = State(root=source.root, models=models, stacks=stacks)
     if not errors:
         errors += cross_check(state)
     collect(errors)

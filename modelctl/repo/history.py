@@ -16,6 +16,7 @@ from modelctl.core.errors import UserError, UserErrors
 from modelctl.core.schema import Release
 from modelctl.core.state import Stack, parse_stack, stack_file
 from modelctl.repo import gitutil
+from modelctl.repo.state import Revision
 
 _FIELD, _RECORD = "\x1f", "\x1e"
 
@@ -59,7 +60,7 @@ def stack_history(root: Path, stack: str, rev: str = "HEAD") -> list[Snapshot]:
 
 
 def _stack_at(root: Path, commit: str, stack: str) -> Stack | None:
-    text = gitutil.show(root, commit, stack_file(stack))
+    text = Revision(root, commit).read(stack_file(stack))
     if text is None:
         return None
     try:

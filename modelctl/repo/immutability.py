@@ -7,14 +7,16 @@ from pathlib import Path
 from modelctl.core.errors import UserError
 from modelctl.core.state import State, model_file, parse_model, parse_stack
 from modelctl.repo import gitutil
+from modelctl.repo.state import Revision
 
 
 def changes_since(state: State, base_rev: str) -> list[UserError]:
     """Every edit of a version record that exists at `base_rev`, other than a status change."""
     commit = gitutil.resolve(state.root, base_rev)
+    base_files = Revision(state.root, commit)
     errors: list[UserError] = []
     for name, head in state.models.items():
-        text = gitutil.show(state.root, commit, model_file(name))
+        text = base_files.read(model_file(name))
         if text is None:
             continue
         base = parse_model(text, model_file(name))
@@ -28,7 +30,7 @@ def _deprecated_gaining_traffic(state: State, commit: str, base_rev: str) -> lis
     """A deprecated version may keep the traffic it had at the base, never gain more."""
     errors = []
     for stack in state.stacks.values():
-        text = gitutil.show(state.root, commit, stack.file)
+        text = Revision(state.root, commit).read(stack.file)
         base_releases = parse_stack(text, stack.name).config.releases if text else {}
         for model_name, release in stack.config.releases.items():
             versions = state.models[model_name].versions
@@ -85,10 +87,7 @@ def _record_changes(base: dict, head: dict, display: str, base_rev: str) -> list
 
 
 def _removed_models(root: Path, commit: str, present: set[str], base_rev: str) -> list[UserError]:
-    listed = gitutil.git(root, "ls-tree", "-r", "--name-only", commit, "--", "models")
-    base_models = {
-        p.split("/")[1] for p in listed.splitlines() if p.endswith("/model.yaml") and p.count("/") == 2
-    }
+    base_models = set(Revision(root, commit).model_names())
     return [
         UserError(
             model_file(name),

@@ -25,9 +25,10 @@ from ruamel.yaml.comments import CommentedMap
 from modelctl.core import yamlio
 from modelctl.core.errors import UserError, collect, revoked_version, unknown_version
 from modelctl.core.schema import ModelFile, Status, Version, VersionRecord
-from modelctl.core.state import State, load_model, load_state, model_file, model_names, parse_model
+from modelctl.core.state import State, load_model, model_file, model_names, parse_model
 from modelctl.repo import dvcstore, gitutil
 from modelctl.repo.dvcstore import Location, LockedStage
+from modelctl.repo.state import Revision, read_state
 
 STAGES = ("prepare", "train", "evaluate", "profile")
 PIPELINE_FILES = ("dvc.yaml", "dvc.lock", "params.yaml", "pipeline")
@@ -286,7 +287,7 @@ def _other_active(model: ModelFile, version: str) -> str:
 def set_status(root: Path, model: str, version: str, status: Status, *, commit: bool = True) -> str | None:
     """Deprecate a version (it keeps what it serves, gains nothing more) or revoke one no stack
     names any more; revoked is final."""
-    state = load_state(root)
+    state = read_state(root)
     current = state.model(model)
     record = _record(current, version)
     key = f"versions.{version}.status"
@@ -381,7 +382,7 @@ def history(root: Path, model: str) -> dict[str, list[Change]]:
 
 
 def _versions_at(root: Path, commit: str, display: str) -> dict[str, Any]:
-    text = gitutil.show(root, commit, display)
+    text = Revision(root, commit).read(display)
     try:
         doc = yamlio.loads(text, display) if text else None
     except UserError:
@@ -489,7 +490,7 @@ def served_versions(state: State) -> dict[tuple[str, str], list[str]]:
 
 def doctor(root: Path, remote: str | None = None, say: Say = _quiet) -> tuple[str, list[Finding]]:
     """Check every served version's artifact and profile in the remote: present, same size and hashes."""
-    state = load_state(root)
+    state = read_state(root)
     location = remote_location(root, remote)
     findings = []
     for (model, version), stacks in served_versions(state).items():

@@ -1,0 +1,56 @@
+"""The desired state in the working tree or at any git revision, read one way.
+
+`read_state(root)` reads the working tree, `read_state(root, rev)` the files committed at `rev` (git is only
+read: no checkout, no temporary folder); both parse and cross-check through
+`modelctl.core.state.load_state`. `Revision` is the source behind it, for a single file at a
+revision (history, immutability checks, the registry's history).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelctl.core.state import Folder, State, load_state, model_file, stack_name
+from modelctl.repo import gitutil
+
+
+@dataclass(frozen=True)
+class Revision:
+    """The desired-state files as committed at `commit` (a full hash, see `gitutil.resolve`)."""
+
+    root: Path
+    commit: str
+
+    def read(self, path: str) -> str | None:
+        return gitutil.show(self.root, self.commit, path)
+
+    def model_names(self) -> list[str]:
+        listed = gitutil.git(self.root, "ls-tree", "-r", "--name-only", self.commit, "--", "models")
+        return sorted(name for path in listed.splitlines() if path == model_file(name := path.split("/")[1]))
+
+    def stack_names(self) -> list[str]:
+        listed = gitutil.git(self.root, "ls-tree", "--name-only", self.commit)
+        return sorted(name for path in listed.splitlines() if (name := stack_name(path)))
+
+
+def read_state(root: Path, rev: str | None = None) -> State:
+    """The desired state of the working tree (`rev` None) or as committed at `rev`.
+
+    Parameters
+    ----------
+    root
+        The repository root.
+    rev
+        A branch, tag or commit; None for the working tree.
+
+    Raises
+    ------
+    UserError
+        `rev` is not a commit of the repository.
+    UserError, UserErrors
+        The state is invalid (see `modelctl.core.state.load_state`).
+    """
+    if rev is None:
+        return load_state(Folder(root))
+    return load_state(Revision(root, gitutil.resolve(root, rev)))
