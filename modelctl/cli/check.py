@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+from modelctl.api import check_policies
 from modelctl.cli import Result, add_command, repo_root
-from modelctl.core.errors import UserError, collect
-from modelctl.core.state import State, stack_file
+from modelctl.core.errors import collect
 from modelctl.repo.immutability import changes_since
 from modelctl.repo.state import read_state
 
@@ -44,19 +44,3 @@ def run(args: argparse.Namespace) -> Result:
     if args.base:
         text += f"; no registered version changed since {args.base}"
     return Result(data, text)
-
-
-def check_policies(state: State, stack_name: str) -> int:
-    """Run every policy on the stack's rendered objects; violations are one-line errors."""
-    # Imported here, not at the top: the serving image runs `modelctl fetch` without these shells.
-    from infra.build import build_stack
-    from policies.rules import check_objects
-
-    objects = build_stack(state, stack_name)
-    collect(
-        [
-            UserError(stack_file(stack_name), f"policy {violation}", violation.fix)
-            for violation in check_objects(objects, state)
-        ]
-    )
-    return len(objects)

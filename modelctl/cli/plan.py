@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from modelctl.cli import Result, add_command, repo_root
-from modelctl.cli.release import describe, unified_diff
+from modelctl.cli.release import describe
 from modelctl.core.state import State, stack_file
 from modelctl.repo import gitutil
 from modelctl.repo.state import read_state
+from modelctl.repo.transaction import unified_diff
 
 DEFAULT_BASE = "origin/main"
 CHANGED = 2

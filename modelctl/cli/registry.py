@@ -7,6 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeAlias
 
+from modelctl import api
 from modelctl.cli import Result, add_command, progress, repo_root
 from modelctl.core.errors import UserError
 from modelctl.core.schema import ModelFile
@@ -76,7 +77,7 @@ def register(sub: SubParsers) -> None:
 
 
 def run_register(args: argparse.Namespace) -> Result:
-    done = registry.register(
+    done = api.register(
         repo_root(args),
         args.model,
         version=args.version,
@@ -97,12 +98,17 @@ def run_register(args: argparse.Namespace) -> Result:
 
 
 def run_set_status(args: argparse.Namespace) -> Result:
-    made = registry.set_status(
-        repo_root(args), args.model, args.version, args.status, commit=not args.no_commit
+    change = (api.deprecate if args.status == "deprecated" else api.revoke)(
+        repo_root(args), args.model, args.version, commit=not args.no_commit
     )
-    data = {"model": args.model, "version": args.version, "status": args.status, "commit": made}
-    where = f"committed {made[:12]}" if made else "not committed (--no-commit)"
-    return Result(data, f"{args.model} {args.version} is now {args.status}; {where}")
+    data = {
+        "model": change.model,
+        "version": change.version,
+        "status": change.status,
+        "commit": change.commit,
+    }
+    where = f"committed {change.commit[:12]}" if change.commit else "not committed (--no-commit)"
+    return Result(data, f"{change.model} {change.version} is now {change.status}; {where}")
 
 
 def run_list(args: argparse.Namespace) -> Result:

@@ -1,43 +1,33 @@
-"""Release commands: each edits one stack file, validates the whole state, and commits that file.
+"""Release commands: argument parsing and printing over `modelctl.api`.
 
-`canary`, `promote`, `ab`, `shadow`, `bluegreen` and `rollback` change traffic; `status` and
-`history` only read. A refused or failed command leaves HEAD, the index and the working tree
-as they were.
+`canary`, `promote`, `ab`, `shadow`, `bluegreen` and `rollback` change traffic through the
+transaction (`modelctl.repo.transaction`): each edits one stack file, validates the whole state,
+and commits that file, or changes nothing. `status` and `history` only read.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import difflib
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TypeAlias
 
+from modelctl import api
 from modelctl.cli import Result, add_command, repo_root
-from modelctl.cli.check import check_policies
-from modelctl.core import releases, yamlio
-from modelctl.core.errors import UserError, collect
-from modelctl.core.releases import Proposal, Target
+from modelctl.core import releases
+from modelctl.core.errors import UserError
 from modelctl.core.schema import Release
-from modelctl.core.state import State, cross_check, model_file, parse_stack, stack_file
-from modelctl.repo import gitutil
+from modelctl.core.state import stack_file
 from modelctl.repo.history import (
     Snapshot,
     release_changes,
-    releases_by_commit,
-    releases_by_date,
     snapshot_at,
     stack_history,
 )
 from modelctl.repo.state import read_state
+from modelctl.repo.transaction import ReleaseChange
 
-Build = Callable[[Target, Release, Path], Proposal]
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-
-# Files git leaves while a merge, rebase, cherry-pick or revert waits for the user.
-_IN_PROGRESS = ("MERGE_HEAD", "CHERRY_PICK_HEAD", "REVERT_HEAD", "rebase-merge", "rebase-apply")
 
 
 def register(sub: SubParsers) -> None:
@@ -106,158 +96,68 @@ def _release_command(
 # ---------------------------------------------------------------- handlers
 
 
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"stack": args.stack, "dry_run": args.dry_run, "commit": not args.no_commit}
+
+
 def run_canary(args: argparse.Namespace) -> Result:
-    return apply(args, lambda t, r, _: releases.canary(t, r, args.version, args.weight))
+    return _applied(
+        api.canary(repo_root(args), args.model, args.version, weight=args.weight, **_options(args))
+    )
 
 
 def run_promote(args: argparse.Namespace) -> Result:
-    return apply(args, lambda t, r, _: releases.promote(t, r))
+    return _applied(api.promote(repo_root(args), args.model, **_options(args)))
 
 
 def run_ab(args: argparse.Namespace) -> Result:
     split = releases.parse_split(args.split)
-    return apply(args, lambda t, r, _: releases.ab(t, r, split, args.sticky))
+    return _applied(api.ab(repo_root(args), args.model, split=split, sticky=args.sticky, **_options(args)))
 
 
 def run_shadow(args: argparse.Namespace) -> Result:
     if args.off:
-        return apply(args, lambda t, r, _: releases.shadow_off(t, r))
+        return _applied(api.shadow_off(repo_root(args), args.model, **_options(args)))
     if not args.version:
         raise UserError("shadow", "no version given", "name the version to mirror, or pass --off")
-    return apply(args, lambda t, r, _: releases.shadow(t, r, args.version, args.percent))
+    return _applied(
+        api.shadow(repo_root(args), args.model, args.version, percent=args.percent, **_options(args))
+    )
 
 
 def run_bluegreen(args: argparse.Namespace) -> Result:
+    root = repo_root(args)
     if args.switch:
         if args.mirror is not None:
             raise UserError("bluegreen", "--mirror does not go with --switch", "mirror when deploying")
-        return apply(args, lambda t, r, _: releases.bluegreen_switch(t, r, args.version))
+        return _applied(api.bluegreen_switch(root, args.model, version=args.version, **_options(args)))
     if not args.version:
         raise UserError("bluegreen", "no version given", "name the green version to deploy, or pass --switch")
-    return apply(args, lambda t, r, _: releases.bluegreen(t, r, args.version, args.mirror))
+    return _applied(api.bluegreen(root, args.model, args.version, mirror=args.mirror, **_options(args)))
 
 
 def run_rollback(args: argparse.Namespace) -> Result:
-    def build(target: Target, release: Release, root: Path) -> Proposal:
-        past = releases_by_commit(stack_history(root, target.stack), target.model.name)
-        return releases.rollback(target, release, past, args.to)
-
-    return apply(args, build)
+    return _applied(api.rollback(repo_root(args), args.model, to=args.to, **_options(args)))
 
 
-# ---------------------------------------------------------------- applying a change
-
-
-def apply(args: argparse.Namespace, build: Build) -> Result:
-    """Validate, edit, check and commit one stack file, or change nothing at all."""
-    root = repo_root(args)
-    path = stack_file(args.stack)
-    require_git_ready(root, [path, model_file(args.model)])
-    state = read_state(root)
-    target = Target(state.model(args.model), state.stack(args.stack).name)
-    before = current_release(state, target)
-    proposal = build(target, before, root)
-    if proposal.release == before:
-        raise target.refuse("the release would not change", "nothing to commit")
-    releases.require_may_gain(target, before, proposal.release)
-    old_text = (root / path).read_text(encoding="utf-8")
-    new_text = releases.edit_stack_text(old_text, args.stack, args.model, before, proposal.release)
-    validate_with(state, args.stack, new_text)
-    if proposal.soak_applies:
-        require_soak(root, state, target, before, proposal)
-    diff = unified_diff(path, old_text, new_text)
-    commit = None
-    if args.no_commit and not args.dry_run:
-        yamlio.write_atomic(root / path, new_text)
-    elif not args.dry_run:
-        commit = write_and_commit(root, path, old_text, new_text, proposal.message)
-    return _applied(args, proposal, diff, commit)
-
-
-def require_git_ready(root: Path, paths: list[str]) -> None:
-    """Refuse a detached HEAD, an unfinished merge or rebase, conflicts, or dirty `paths`."""
-    if not gitutil.git(root, "symbolic-ref", "-q", "HEAD", check=False).strip():
-        raise UserError(str(root), "HEAD is detached", "check out a branch first")
-    for marker in _IN_PROGRESS:
-        if (root / gitutil.git(root, "rev-parse", "--git-path", marker).strip()).exists():
-            raise UserError(
-                str(root), f"a git operation is in progress ({marker})", "finish or abort it first"
-            )
-    if gitutil.git(root, "diff", "--name-only", "--diff-filter=U").strip():
-        raise UserError(str(root), "there are unresolved conflicts", "resolve them and commit first")
-    dirty = gitutil.dirty_paths(root, *paths)
-    if dirty:
-        raise UserError(
-            dirty[0],
-            "has uncommitted changes",
-            "commit or discard them first, so the release commit holds only itself",
-        )
-
-
-def current_release(state: State, target: Target) -> Release:
-    release = state.stack(target.stack).config.releases.get(target.model.name)
-    if release is None:
-        raise target.refuse(
-            f"{target.model.name} has no release on {target.stack}",
-            "add one to the stack file by hand with traffic {VERSION: 100} and commit it",
-        )
-    return release
-
-
-def validate_with(state: State, stack: str, text: str) -> None:
-    """`modelctl check --stack` on the state with this stack file's new text: schema, cross-file
-    rules and the policies on the objects it renders."""
-    changed = dataclasses.replace(state, stacks={**state.stacks, stack: parse_stack(text, stack)})
-    collect(cross_check(changed))
-    check_policies(changed, stack)
-
-
-def require_soak(root: Path, state: State, target: Target, before: Release, proposal: Proposal) -> None:
-    requires = state.stack(target.stack).config.environment.requires
-    gaining = releases.gaining_traffic(before, proposal.release)
-    if requires is None or not gaining:
-        return
-    past = releases_by_date(stack_history(root, requires.stack), target.model.name)
-    releases.require_soaked(target, gaining, requires, past, datetime.now(UTC))
-
-
-def unified_diff(path: str, old: str, new: str) -> str:
-    lines = difflib.unified_diff(
-        old.splitlines(keepends=True), new.splitlines(keepends=True), f"a/{path}", f"b/{path}"
-    )
-    return "".join(lines)
-
-
-def write_and_commit(root: Path, path: str, old_text: str, new_text: str, message: str) -> str:
-    """Write the file and commit only it; on any failure put the file and the index back."""
-    yamlio.write_atomic(root / path, new_text)
-    try:
-        return gitutil.commit_only(root, [path], message)
-    except BaseException:
-        yamlio.write_atomic(root / path, old_text)
-        gitutil.git(root, "reset", "-q", "--", path, check=False)
-        raise
-
-
-def _applied(args: argparse.Namespace, proposal: Proposal, diff: str, commit: str | None) -> Result:
-    release = proposal.release
+def _applied(change: ReleaseChange) -> Result:
     data = {
-        "action": proposal.action,
-        "model": args.model,
-        "stack": args.stack,
-        "message": proposal.message,
-        **release_data(release),
-        "diff": diff,
-        "commit": commit,
-        "dry_run": args.dry_run,
+        "action": change.action,
+        "model": change.model,
+        "stack": change.stack,
+        "message": change.message,
+        **release_data(change.release),
+        "diff": change.diff,
+        "commit": change.commit,
+        "dry_run": change.dry_run,
     }
-    if args.dry_run:
+    if change.dry_run:
         outcome = "dry run: nothing written"
-    elif commit is None:
-        outcome = f"written {stack_file(args.stack)}, not committed"
+    elif change.commit is None:
+        outcome = f"written {stack_file(change.stack)}, not committed"
     else:
-        outcome = f"committed {commit[:12]}"
-    return Result(data, f"{diff}{outcome}: {proposal.message}")
+        outcome = f"committed {change.commit[:12]}"
+    return Result(data, f"{change.diff}{outcome}: {change.message}")
 
 
 def release_data(release: Release) -> dict[str, Any]:

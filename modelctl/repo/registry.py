@@ -29,6 +29,7 @@ from modelctl.core.state import State, load_model, model_file, model_names, pars
 from modelctl.repo import dvcstore, gitutil
 from modelctl.repo.dvcstore import Location, LockedStage
 from modelctl.repo.state import Revision, read_state
+from modelctl.repo.transaction import commit_file
 
 STAGES = ("prepare", "train", "evaluate", "profile")
 PIPELINE_FILES = ("dvc.yaml", "dvc.lock", "params.yaml", "pipeline")
@@ -37,7 +38,7 @@ Bump = Literal["major", "minor", "patch"]
 Say = Callable[[str], None]
 
 
-def _quiet(_: str) -> None:
+def quiet(_: str) -> None:
     """The default progress callback: say nothing."""
 
 
@@ -219,7 +220,7 @@ def register(
     version: str | None = None,
     bump: Bump | None = None,
     commit: bool = True,
-    say: Say = _quiet,
+    say: Say = quiet,
 ) -> Registered:
     """Record the committed, up-to-date pipeline run of `model` as a new version."""
     current = load_model(root, model)
@@ -247,21 +248,11 @@ def _save(root: Path, model: str, text: str, message: str, commit: bool) -> str 
     """Write the validated model file and commit it alone; on failure, leave everything as it was."""
     display = model_file(model)
     parse_model(text, display)
-    path = root / display
     if commit and gitutil.dirty_paths(root, display):
         raise UserError(
             display, "has uncommitted changes", "commit or discard them first, or pass --no-commit"
         )
-    before = path.read_text(encoding="utf-8")
-    yamlio.write_atomic(path, text)
-    if not commit:
-        return None
-    try:
-        return gitutil.commit_only(root, [display], message)
-    except BaseException:
-        yamlio.write_atomic(path, before)
-        gitutil.git(root, "reset", "--quiet", "--", display, check=False)
-        raise
+    return commit_file(root, display, text, message, commit=commit)
 
 
 # ---------------------------------------------------------------- status
@@ -488,7 +479,7 @@ def served_versions(state: State) -> dict[tuple[str, str], list[str]]:
     return dict(sorted(found.items(), key=lambda item: (item[0][0], Version(item[0][1]))))
 
 
-def doctor(root: Path, remote: str | None = None, say: Say = _quiet) -> tuple[str, list[Finding]]:
+def doctor(root: Path, remote: str | None = None, say: Say = quiet) -> tuple[str, list[Finding]]:
     """Check every served version's artifact and profile in the remote: present, same size and hashes."""
     state = read_state(root)
     location = remote_location(root, remote)
@@ -523,7 +514,7 @@ class Reproduced:
 
 
 def reproduce(
-    root: Path, model: str, version: str, *, remote: str | None = None, force: bool = False, say: Say = _quiet
+    root: Path, model: str, version: str, *, remote: str | None = None, force: bool = False, say: Say = quiet
 ) -> Reproduced:
     """Rebuild a version from its source commit, check it matches the record, push it to the remote."""
     record = _record(load_model(root, model), version)

@@ -1,0 +1,180 @@
+"""The release transaction: validate → edit → policies → one commit, or nothing changes.
+
+Every change modelctl commits goes through `commit_file`: the release commands (one stack
+file, through `apply_release`) and the registry (one model file). A refused or failed change
+leaves HEAD, the index and the working tree as they were.
+
+The policy check is a parameter (`PolicyCheck`), so this layer never imports the `infra` and
+`policies` shells; `modelctl.api` passes the real one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from modelctl.core import releases, yamlio
+from modelctl.core.errors import UserError, collect
+from modelctl.core.releases import Proposal, Target
+from modelctl.core.schema import Release
+from modelctl.core.state import State, cross_check, model_file, parse_stack, stack_file
+from modelctl.repo import gitutil
+from modelctl.repo.history import releases_by_date, stack_history
+from modelctl.repo.state import read_state
+
+# (state with the proposed stack file, stack name) -> raises UserError(s) on a violation.
+PolicyCheck = Callable[[State, str], object]
+# (where, its current release, the repository root) -> the next release.
+Build = Callable[[Target, Release, Path], Proposal]
+
+# Files git leaves while a merge, rebase, cherry-pick or revert waits for the user.
+_IN_PROGRESS = ("MERGE_HEAD", "CHERRY_PICK_HEAD", "REVERT_HEAD", "rebase-merge", "rebase-apply")
+
+
+@dataclass(frozen=True)
+class ReleaseChange:
+    """What a release operation did (or, on a dry run, would do).
+
+    `diff` is the unified diff of the stack file; `commit` the new commit's hash, None on a dry
+    run or when the file was written without committing.
+    """
+
+    action: str
+    model: str
+    stack: str
+    message: str
+    release: Release
+    diff: str
+    commit: str | None
+    dry_run: bool
+
+
+def apply_release(
+    root: Path,
+    model: str,
+    stack: str,
+    build: Build,
+    *,
+    policies: PolicyCheck,
+    dry_run: bool = False,
+    commit: bool = True,
+) -> ReleaseChange:
+    """Validate, edit, check and commit one stack file, or change nothing at all.
+
+    Parameters
+    ----------
+    root
+        The repository root.
+    model, stack
+        The model whose release changes, on this stack.
+    build
+        The transition (`modelctl.core.releases`) from the current release to the next.
+    policies
+        Runs the policies on the stack as it would be; raises on a violation.
+    dry_run
+        Only compute the change and its diff.
+    commit
+        Commit the stack file (False: write it and leave it uncommitted).
+
+    Raises
+    ------
+    UserError, UserErrors
+        The git state is not ready, the transition is refused, the new state is invalid, a
+        policy fails, or the soak time of the required stack has not passed.
+    """
+    path = stack_file(stack)
+    require_git_ready(root, [path, model_file(model)])
+    state = read_state(root)
+    target = Target(state.model(model), state.stack(stack).name)
+    before = current_release(state, target)
+    proposal = build(target, before, root)
+    if proposal.release == before:
+        raise target.refuse("the release would not change", "nothing to commit")
+    releases.require_may_gain(target, before, proposal.release)
+    old_text = (root / path).read_text(encoding="utf-8")
+    new_text = releases.edit_stack_text(old_text, stack, model, before, proposal.release)
+    changed = dataclasses.replace(state, stacks={**state.stacks, stack: parse_stack(new_text, stack)})
+    collect(cross_check(changed))
+    policies(changed, stack)
+    if proposal.soak_applies:
+        _require_soak(root, state, target, before, proposal)
+    made = None if dry_run else commit_file(root, path, new_text, proposal.message, commit=commit)
+    return ReleaseChange(
+        action=proposal.action,
+        model=model,
+        stack=stack,
+        message=proposal.message,
+        release=proposal.release,
+        diff=unified_diff(path, old_text, new_text),
+        commit=made,
+        dry_run=dry_run,
+    )
+
+
+def commit_file(root: Path, path: str, text: str, message: str, *, commit: bool = True) -> str | None:
+    """Write `text` to `path` (atomically) and commit only that file.
+
+    On any failure, the file and the index are put back as they were. Returns the new commit's
+    hash, or None when `commit` is False (the file is then only written).
+    """
+    file = root / path
+    before = file.read_text(encoding="utf-8")
+    yamlio.write_atomic(file, text)
+    if not commit:
+        return None
+    try:
+        return gitutil.commit_only(root, [path], message)
+    except BaseException:
+        yamlio.write_atomic(file, before)
+        gitutil.git(root, "reset", "-q", "--", path, check=False)
+        raise
+
+
+def require_git_ready(root: Path, paths: list[str]) -> None:
+    """Refuse a detached HEAD, an unfinished merge or rebase, conflicts, or dirty `paths`."""
+    if not gitutil.git(root, "symbolic-ref", "-q", "HEAD", check=False).strip():
+        raise UserError(str(root), "HEAD is detached", "check out a branch first")
+    for marker in _IN_PROGRESS:
+        if (root / gitutil.git(root, "rev-parse", "--git-path", marker).strip()).exists():
+            raise UserError(
+                str(root), f"a git operation is in progress ({marker})", "finish or abort it first"
+            )
+    if gitutil.git(root, "diff", "--name-only", "--diff-filter=U").strip():
+        raise UserError(str(root), "there are unresolved conflicts", "resolve them and commit first")
+    dirty = gitutil.dirty_paths(root, *paths)
+    if dirty:
+        raise UserError(
+            dirty[0],
+            "has uncommitted changes",
+            "commit or discard them first, so the release commit holds only itself",
+        )
+
+
+def current_release(state: State, target: Target) -> Release:
+    release = state.stack(target.stack).config.releases.get(target.model.name)
+    if release is None:
+        raise target.refuse(
+            f"{target.model.name} has no release on {target.stack}",
+            "add one to the stack file by hand with traffic {VERSION: 100} and commit it",
+        )
+    return release
+
+
+def _require_soak(root: Path, state: State, target: Target, before: Release, proposal: Proposal) -> None:
+    requires = state.stack(target.stack).config.environment.requires
+    gaining = releases.gaining_traffic(before, proposal.release)
+    if requires is None or not gaining:
+        return
+    past = releases_by_date(stack_history(root, requires.stack), target.model.name)
+    releases.require_soaked(target, gaining, requires, past, datetime.now(UTC))
+
+
+def unified_diff(path: str, old: str, new: str) -> str:
+    lines = difflib.unified_diff(
+        old.splitlines(keepends=True), new.splitlines(keepends=True), f"a/{path}", f"b/{path}"
+    )
+    return "".join(lines)
