@@ -1,4 +1,6 @@
-"""Dependencies point one way: the core imports no shell; the shells never import each other."""
+"""Dependencies point one way: modelctl.core imports nothing else here; modelctl.repo only the core;
+the shells (pipeline, infra, serving, policies) only the core, never each other; the CLI and the
+API are the outer layer."""
 
 from __future__ import annotations
 
@@ -8,40 +10,121 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHELLS = ("pipeline", "infra", "serving", "policies")
-# The CLI is the outermost shell: it renders (infra) and checks (policies).
-CORE_EXEMPT = ("modelctl/cli/",)
+# The outer layer: the CLI and the API under it may load the shells (lazily: see the last test).
+OUTER = ("modelctl.cli", "modelctl.api")
+# Folder (or file) -> the modules it must not import.
+RULES: dict[str, tuple[str, ...]] = {
+    "modelctl/core/": ("modelctl.repo", *OUTER, *SHELLS),
+    "modelctl/repo/": (*OUTER, *SHELLS),
+    **{f"{shell}/": ("modelctl.repo", *OUTER, *(s for s in SHELLS if s != shell)) for shell in SHELLS},
+}
 
 
-def imported_packages(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+def imported_modules(source: str) -> set[str]:
+    """Every absolute module a source imports, `from a import b` counted as both a and a.b."""
     names: set[str] = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            names |= {alias.name.split(".")[0] for alias in node.names}
+            names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
+            names |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
     return names
 
 
-def python_files(folder: str) -> list[Path]:
-    return sorted((ROOT / folder).rglob("*.py"))
+def violations(path: str, source: str) -> list[str]:
+    """The imports of the file at `path` (relative to the root) that break a layering rule."""
+    forbidden = next((rule for folder, rule in RULES.items() if path.startswith(folder)), ())
+    return sorted(
+        name
+        for name in imported_modules(source)
+        if any(name == f or name.startswith(f"{f}.") for f in forbidden)
+    )
 
 
-@pytest.mark.parametrize("path", python_files("modelctl"), ids=lambda p: str(p.relative_to(ROOT)))
-def test_core_imports_no_shell(path: Path) -> None:
-    if str(path.relative_to(ROOT)).startswith(CORE_EXEMPT):
-        return
-    assert not imported_packages(path) & set(SHELLS)
+def imported_packages(path: Path) -> set[str]:
+    return {name.split(".")[0] for name in imported_modules(path.read_text(encoding="utf-8"))}
 
 
-@pytest.mark.parametrize("shell", SHELLS)
-def test_shells_do_not_import_each_other(shell: str) -> None:
-    others = set(SHELLS) - {shell}
-    for path in python_files(shell):
-        assert not imported_packages(path) & others, path
+def python_files(*folders: str) -> list[Path]:
+    return sorted(p for folder in folders for p in (ROOT / folder).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", python_files("modelctl", *SHELLS), ids=lambda p: str(p.relative_to(ROOT)))
+def test_imports_point_one_way(path: Path) -> None:
+    """core imports nothing else here; repo only the core; the shells only the core, never each other."""
+    relative = str(path.relative_to(ROOT))
+    assert violations(relative, path.read_text(encoding="utf-8")) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "source", "broken"),
+    [
+        (
+            "modelctl/core/releases.py",
+            "from modelctl.repo import gitutil\n",
+            ["modelctl.repo", "modelctl.repo.gitutil"],
+        ),
+        ("modelctl/core/judge.py", "import infra.build\n", ["infra.build"]),
+        ("modelctl/core/state.py", "from modelctl import cli\n", ["modelctl.cli"]),
+        (
+            "modelctl/repo/registry.py",
+            "def f():\n    from policies.rules import RULES\n",
+            ["policies.rules", "policies.rules.RULES"],
+        ),
+        (
+            "modelctl/repo/history.py",
+            "from modelctl.api import canary\n",
+            ["modelctl.api", "modelctl.api.canary"],
+        ),
+        (
+            "serving/app.py",
+            "from infra.common import HTTP_PORT\n",
+            ["infra.common", "infra.common.HTTP_PORT"],
+        ),
+        (
+            "policies/rules.py",
+            "from modelctl.repo.state import read_state\n",
+            ["modelctl.repo.state", "modelctl.repo.state.read_state"],
+        ),
+    ],
+)
+def test_a_planted_import_breaks_the_rules(path: str, source: str, broken: list[str]) -> None:
+    real = (ROOT / path).read_text(encoding="utf-8")
+    assert violations(path, real) == []
+    assert violations(path, real + source) == broken
+
+
+def test_the_cli_may_load_the_shells() -> None:
+    assert violations("modelctl/cli/check.py", "from infra.build import build_stack\n") == []
+
+
+def test_the_profile_stage_depends_on_exactly_the_code_it_runs() -> None:
+    """dvc.yaml's profile stage lists the Python files `python -m pipeline.profile` loads, and no
+    other: editing detection, the window or the statistics leaves every profile up to date."""
+    script = (
+        "import sys, pathlib\n"
+        "import pipeline.profile\n"
+        f"root = pathlib.Path({str(ROOT)!r})\n"
+        "for m in list(sys.modules.values()):\n"
+        "    f = getattr(m, '__file__', None)\n"
+        "    if f and any(pathlib.Path(f).is_relative_to(root / p) for p in ('modelctl', 'pipeline')):\n"
+        "        print(pathlib.Path(f).relative_to(root))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    loaded = {
+        line
+        for line in proc.stdout.splitlines()
+        if not line.endswith(("modelctl/__init__.py", "pipeline/__init__.py", "modelctl/core/__init__.py"))
+    }
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]["profile"]["do"]
+    listed = {dep for dep in stage["deps"] if dep.endswith(".py")}
+    assert loaded == listed
+    assert "modelctl/core/drift/detect.py" not in listed
 
 
 def test_serving_imports_only_serving_dependencies() -> None:
