@@ -160,7 +160,13 @@ class Snapshot(Strict):
 
 
 def parse_snapshot(data: Any, source: str = "snapshot") -> Snapshot:
-    """Validate a snapshot; every problem becomes a one-line UserError naming `source`."""
+    """Validate a snapshot; every problem becomes a one-line UserError naming `source`.
+
+    Raises
+    ------
+    UserError, UserErrors
+        One line per problem, naming the key.
+    """
     if not isinstance(data, dict):
         raise UserError(source, "the snapshot is not a JSON object", "write the collector's snapshot object")
     try:
@@ -215,7 +221,27 @@ class Decision:
 
 
 def judge(snapshot: dict[str, Any] | Snapshot, source: str = "snapshot") -> Decision:
-    """Decide promote, hold or rollback from one snapshot (see the module docstring)."""
+    """Decide promote, hold or rollback from one snapshot (see the module docstring).
+
+    Parameters
+    ----------
+    snapshot : dict or Snapshot
+        The metrics of the baseline and canary arms, their analysis settings and the time taken
+        (the JSON form `modelctl canary judge` reads).
+    source : str
+        What to name in errors (a file path).
+
+    Returns
+    -------
+    Decision
+        The action ("promote", "hold" or "rollback"), its reasons, warnings, and the evidence per
+        metric with raw and Holm-adjusted always-valid p-values.
+
+    Raises
+    ------
+    UserError, UserErrors
+        The snapshot is invalid, one line per problem.
+    """
     snap = snapshot if isinstance(snapshot, Snapshot) else parse_snapshot(snapshot, source)
     settings = snap.analysis
     evidence = _correct([_errors(snap), _latency(snap), _scores(snap)], settings.alpha)

@@ -115,7 +115,30 @@ def require_may_gain(target: Target, before: Release, after: Release) -> None:
 
 
 def canary(target: Target, release: Release, version: str, weight: int | None = None) -> Proposal:
-    """Start a canary at the first analysis step, or move it to the next step (or to `weight`)."""
+    """Start a canary at the first analysis step, or move it to the next step (or to `weight`).
+
+    Parameters
+    ----------
+    target : Target
+        The model and the stack.
+    release : Release
+        The current release.
+    version : str
+        The canary version; must be registered and not revoked.
+    weight : int, optional
+        The canary's percent of traffic, 1-99.
+
+    Returns
+    -------
+    Proposal
+        The next release and its commit message.
+
+    Raises
+    ------
+    UserError
+        The version is unknown or revoked, the weight is out of range, or the release has no
+        single stable version for the canary (or the canary already leads it).
+    """
     require_registered(target, version)
     if weight is not None and not 1 <= weight <= 99:
         raise target.refuse(
@@ -317,6 +340,16 @@ def rollback(
 
     Without `to`, that is the last such state that differs from now, on another version when
     the model is already fully on one. Only a revoked version stops a rollback.
+
+    Returns
+    -------
+    Proposal
+        The release of the last past state fully on one stable version.
+
+    Raises
+    ------
+    UserError
+        No such state in the history, or its version is revoked.
     """
     now_on = fully_on(release)
     for commit, candidate in past:
@@ -422,7 +455,14 @@ def format_duration(seconds: float) -> str:
 
 
 def edit_stack_text(text: str, stack: str, model: str, before: Release, after: Release) -> str:
-    """The stack file with only `modelctl:releases.<model>` changed, comments and order kept."""
+    """The stack file with only `modelctl:releases.<model>` changed, comments and order kept.
+
+    Returns
+    -------
+    str
+        The stack file's new text: only the release's traffic fields changed, comments and
+        ordering of everything else kept (ruamel round trip).
+    """
     doc = yamlio.loads(text, stack_file(stack))
     node = doc["config"][f"{CONFIG_NAMESPACE}:releases"][model]
     dumped = after.model_dump(by_alias=True, include=set(TRAFFIC_FIELDS))

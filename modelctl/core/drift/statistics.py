@@ -27,6 +27,22 @@ def ks_statistic(sketch: Sketch, ordered: Floats) -> float:
     The supremum of |F_ref - F_cur| is attained at a jump of either function, approached from
     the right or the left; every such point is evaluated. With an exact sketch this is the same
     set of differences `scipy.stats.ks_2samp` takes the maximum of.
+
+    Parameters
+    ----------
+    sketch : Sketch
+        The reference distribution (exact or sketched).
+    ordered : ndarray of shape (m,)
+        The current sample, finite values sorted ascending, m >= 1.
+
+    Returns
+    -------
+    float
+        D in [0, 1].
+
+    References
+    ----------
+    Kolmogorov–Smirnov two-sample statistic; scipy.stats.ks_2samp for the exact case.
     """
     m, n = ordered.size, sketch.n
     left, right = _positions(ordered, sketch.values)
@@ -93,6 +109,23 @@ def ks_pvalue(statistic: float, n_reference: int, n_current: int) -> float:
     effective size); above it Smirnov's limit `kolmogorov(sqrt(n) D)`, because kstwo's cost grows
     with n (0.2 s per call at 1M x 1M rows). The limit is never smaller than kstwo's value and
     is within 0.7% of it (absolute) from that size on: the p-value only errs on the safe side.
+
+    Parameters
+    ----------
+    statistic : float
+        D in [0, 1] (for a sketch, D minus its error bound).
+    n_reference, n_current : int
+        The two sample sizes.
+
+    Returns
+    -------
+    float
+        The p-value in [0, 1].
+
+    References
+    ----------
+    Smirnov (1948), Table for estimating the goodness of fit of empirical distributions; scipy's
+    `kstwo` (Simard & L'Ecuyer 2011) and `kolmogorov`.
     """
     big, small = sorted([float(n_reference), float(n_current)], reverse=True)
     effective = big * small / (big + small)
@@ -109,6 +142,28 @@ def adjust_pvalues(p_values: npt.ArrayLike, method: Correction = "holm") -> Floa
     "holm": Holm's step-down (family-wise error rate, any dependence); "bh": Benjamini–Hochberg
     step-up (false discovery rate, independent or positively dependent tests); "bonferroni";
     "none".
+
+    Parameters
+    ----------
+    p_values : array_like of shape (k,)
+        Raw p-values in [0, 1].
+    method : {"holm", "bh", "bonferroni", "none"}
+        The correction.
+
+    Returns
+    -------
+    ndarray of shape (k,)
+        Adjusted p-values in [0, 1], in the input order.
+
+    Raises
+    ------
+    ValueError
+        An unknown method.
+
+    References
+    ----------
+    Holm (1979), A simple sequentially rejective multiple test procedure; Benjamini & Hochberg
+    (1995), Controlling the false discovery rate.
     """
     p = np.asarray(p_values, dtype=np.float64)
     k = p.size
@@ -130,14 +185,44 @@ def adjust_pvalues(p_values: npt.ArrayLike, method: Correction = "holm") -> Floa
 
 
 def wasserstein(sketch: Sketch, ordered: Floats, grid: int = 2048) -> float:
-    """W1 = integral over p of |Q_ref(p) - Q_cur(p)|, by the midpoint rule on `grid` quantiles."""
+    """W1 = integral over p of |Q_ref(p) - Q_cur(p)|, by the midpoint rule on `grid` quantiles.
+
+    Parameters
+    ----------
+    sketch : Sketch
+        The reference distribution.
+    ordered : ndarray of shape (m,)
+        The current sample, sorted, m >= 1.
+    grid : int
+        Quantile levels used by the midpoint rule.
+
+    Returns
+    -------
+    float
+        The distance, in the unit of the feature.
+    """
     p = (np.arange(grid) + 0.5) / grid
     current = ordered[np.minimum((p * ordered.size).astype(np.int64), ordered.size - 1)]
     return float(np.mean(np.abs(sketch.quantile(p) - current)))
 
 
 def psi_from_counts(reference: Floats, current: Floats) -> float:
-    """PSI with half-a-count smoothing, so that an empty bin does not give infinity."""
+    """PSI with half-a-count smoothing, so that an empty bin does not give infinity.
+
+    Parameters
+    ----------
+    reference, current : ndarray of shape (B,)
+        Counts per bin.
+
+    Returns
+    -------
+    float
+        sum over bins of (c - r) ln(c / r), r and c the smoothed proportions; >= 0.
+
+    References
+    ----------
+    Yurdakul (2018), Statistical properties of population stability index.
+    """
     keep = (reference + current) > 0
     r = (reference[keep] + 0.5) / (reference.sum() + 0.5 * keep.sum())
     c = (current[keep] + 0.5) / (current.sum() + 0.5 * keep.sum())
@@ -154,7 +239,19 @@ def category_counts(categories: Floats, ordered: Floats) -> Floats:
 
 
 def chi_squared(reference: Floats, current: Floats) -> tuple[float, float]:
-    """Pearson's chi-squared test of homogeneity on the 2 x K table of counts."""
+    """Pearson's chi-squared test of homogeneity on the 2 x K table of counts.
+
+    Parameters
+    ----------
+    reference, current : ndarray of shape (K,)
+        Counts per category (the same categories, in the same order).
+
+    Returns
+    -------
+    tuple of float
+        The statistic and its p-value (chi-squared with K' - 1 degrees of freedom, K' the
+        categories seen on either side); (0, 1) when there is nothing to compare.
+    """
     keep = (reference + current) > 0
     table = np.vstack([reference[keep], current[keep]])
     totals = table.sum(axis=1, keepdims=True)
