@@ -136,7 +136,7 @@ def test_serving_imports_only_serving_dependencies() -> None:
 def test_the_serving_image_cli_runs_without_the_other_shells() -> None:
     """The init container runs `modelctl fetch` from the serving image, which has no infra,
     policies or pipeline code: the CLI must start without them (and without the statistics'
-    scipy, which only `drift` and `canary judge` load)."""
+    scipy, which only `drift` and `judge` load)."""
     script = (
         "import sys\n"
         "class Absent:\n"

@@ -43,9 +43,10 @@ def test_every_command_prints_json_on_request(command: tuple[str, ...]) -> None:
     assert "--json" in parser.format_help()
 
 
-def test_the_canary_judge_is_reachable_beside_the_canary_release() -> None:
+@pytest.mark.parametrize("spelling", [["judge"], ["canary", "judge"]], ids=" ".join)
+def test_the_judge_is_reachable_under_both_spellings(spelling: list[str]) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "modelctl", "canary", "judge", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "modelctl", *spelling, "--help"], capture_output=True, text=True
     )
     assert proc.returncode == 0
     assert "--snapshot" in proc.stdout

@@ -1,4 +1,4 @@
-"""`modelctl drift` and `modelctl canary judge` as a user runs them."""
+"""`modelctl drift` and `modelctl judge` as a user runs them."""
 
 from __future__ import annotations
 
@@ -118,16 +118,16 @@ def test_drift_problems_are_one_line_errors(
     assert message in err
 
 
-# ---------------------------------------------------------------- canary judge
+# ---------------------------------------------------------------- judge
 
 
 def test_canary_judge_prints_the_decision(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "snapshot.json"
     path.write_text(json.dumps(identical(15_000)))
-    code, out, _ = run(tmp_path, capsys, "canary", "judge", "--snapshot", str(path))
+    code, out, _ = run(tmp_path, capsys, "judge", "--snapshot", str(path))
     assert code == 0
     assert out.startswith("fraud-detection on prod: PROMOTE canary v1.1.0 against v1.0.0")
-    code, out, _ = run(tmp_path, capsys, "canary", "judge", "--snapshot", str(path), "--json")
+    code, out, _ = run(tmp_path, capsys, "judge", "--snapshot", str(path), "--json")
     decision = json.loads(out)
     assert decision["action"] == "promote"
     assert [e["metric"] for e in decision["evidence"]] == ["errors", "latency", "score"]
@@ -136,7 +136,7 @@ def test_canary_judge_prints_the_decision(tmp_path: Path, capsys: pytest.Capture
 def test_canary_judge_rolls_back_a_failing_canary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "snapshot.json"
     path.write_text(json.dumps(snapshot(arm("v1.1.0", 10, 5000, 100), arm("v1.0.0", 90, 45_000, 450))))
-    code, out, _ = run(tmp_path, capsys, "canary", "judge", "--snapshot", str(path), "--json")
+    code, out, _ = run(tmp_path, capsys, "judge", "--snapshot", str(path), "--json")
     assert code == 0
     assert json.loads(out)["action"] == "rollback"
 
@@ -146,11 +146,11 @@ def test_canary_judge_bad_snapshot_is_one_line(tmp_path: Path, capsys: pytest.Ca
     snap = identical(1000)
     snap["canary"]["errors"] = 5000
     path.write_text(json.dumps(snap))
-    code, _out, err = run(tmp_path, capsys, "canary", "judge", "--snapshot", str(path))
+    code, _out, err = run(tmp_path, capsys, "judge", "--snapshot", str(path))
     assert code == 2
     assert err.strip() == f"error: {path}: canary: errors (5000) exceed requests (1000); check the counters"
     path.write_text("{not json")
-    code, _, err = run(tmp_path, capsys, "canary", "judge", "--snapshot", str(path))
+    code, _, err = run(tmp_path, capsys, "judge", "--snapshot", str(path))
     assert code == 2
     assert "not valid JSON" in err
 
@@ -162,3 +162,16 @@ def test_canary_release_command_still_parses() -> None:
     assert (args.model, args.version, args.stack) == (MODEL, "v1.1.0", "staging")
     args = build_parser().parse_args(["canary", "judge", "--snapshot", "s.json"])
     assert args.snapshot == "s.json"
+
+
+def test_the_old_spelling_canary_judge_still_works_with_a_deprecation_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "snapshot.json"
+    path.write_text(json.dumps(identical(15_000)))
+    code, out, err = run(tmp_path, capsys, "canary", "judge", "--snapshot", str(path), "--json")
+    assert code == 0
+    assert json.loads(out)["action"] == "promote"
+    assert err.strip() == (
+        "warning: 'modelctl canary judge' is deprecated and goes in the next release; use 'modelctl judge'"
+    )

@@ -1,10 +1,10 @@
-"""`modelctl canary judge --snapshot FILE`: promote, hold or rollback, from one metrics snapshot.
+"""`modelctl judge --snapshot FILE`: promote, hold or rollback, from one metrics snapshot.
 
-`canary` is also the release command `modelctl canary <model> <version>` (modelctl.cli.release).
-argparse cannot give one parser both a positional and a subcommand, so when `canary` already
-exists its parser is wrapped: arguments starting with `judge` go to the judge's parser, all
-others to the release parser, unchanged. Registered first, this module makes `canary` a
-group holding `judge`.
+The old spelling `modelctl canary judge` works for one more release, with a deprecation line on
+stderr. `canary` is also the release command `modelctl canary <model> <version>`
+(modelctl.cli.release), and argparse cannot give one parser both a positional and a subcommand,
+so the release parser is wrapped: arguments starting with `judge` go to the judge's parser, all
+others to the release parser, unchanged. When the old spelling goes, `_CanaryDispatch` goes too.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from modelctl.cli import Result, add_command
+from modelctl.cli import Handler, Result, add_command, progress
 from modelctl.core.errors import UserError
 
 if TYPE_CHECKING:
@@ -23,20 +23,21 @@ if TYPE_CHECKING:
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 JUDGE_HELP = "decide promote, hold or rollback from a canary metrics snapshot"
+DEPRECATED = (
+    "warning: 'modelctl canary judge' is deprecated and goes in the next release; use 'modelctl judge'"
+)
 
 
 def register(sub: SubParsers) -> None:
-    existing = sub.choices.get("canary")
-    if existing is None:
-        canary = sub.add_parser("canary", help="canary analysis", description="canary analysis")
-        _add_judge(canary.add_subparsers(dest="canary_command", required=True, metavar="ACTION"))
-        return
-    holder = argparse.ArgumentParser(prog=existing.prog).add_subparsers()
-    sub.choices["canary"] = _CanaryDispatch(existing, _add_judge(holder))
+    _add_judge(sub, run)
+    release = sub.choices.get("canary")
+    if release is not None:
+        holder = argparse.ArgumentParser(prog=release.prog).add_subparsers()
+        sub.choices["canary"] = _CanaryDispatch(release, _add_judge(holder, run_deprecated))
 
 
-def _add_judge(sub: SubParsers) -> argparse.ArgumentParser:
-    parser = add_command(sub, "judge", run, JUDGE_HELP)
+def _add_judge(sub: SubParsers, handler: Handler) -> argparse.ArgumentParser:
+    parser = add_command(sub, "judge", handler, JUDGE_HELP)
     parser.add_argument(
         "--snapshot", required=True, metavar="FILE", help="the snapshot JSON the collector wrote"
     )
@@ -67,6 +68,11 @@ class _CanaryDispatch(argparse.ArgumentParser):
             self.release.format_help()
             + f"\nalso: {self.judge_parser.format_usage().strip()}\n  {JUDGE_HELP}\n"
         )
+
+
+def run_deprecated(args: argparse.Namespace) -> Result:
+    progress(DEPRECATED)
+    return run(args)
 
 
 def run(args: argparse.Namespace) -> Result:
