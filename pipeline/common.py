@@ -1,13 +1,15 @@
 """What every stage shares: its model's parameters, where its files live, and how they are saved.
 
-Stages run from the repository root (`python -m pipeline.<stage> <model>`), as dvc.yaml does.
-Every file written here is byte-reproducible: the same inputs give the same md5.
+Stages run from the repository root as `python -m pipeline <stage> <model>` (dvc.yaml), which
+pins the numeric kernels first. Every file written here is byte-reproducible: the same inputs
+give the same md5.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import sys
 import zipfile
@@ -18,6 +20,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from ruamel.yaml import YAML
+
+from modelctl import buildenv
 
 PARAMS_FILE = Path("params.yaml")
 ARRAYS = ("X_train", "y_train", "X_test", "y_test")
@@ -61,8 +65,15 @@ def model_params(model: str, params_file: Path = PARAMS_FILE) -> dict[str, Any]:
 
 
 def model_from_argv() -> str:
+    """The model a stage runs for; refuses a stage started without the pinned kernels."""
+    stage = Path(sys.argv[0]).stem
     if len(sys.argv) != 2:
-        raise SystemExit(f"usage: python -m {sys.argv[0]} <model>")
+        raise SystemExit(f"usage: python -m pipeline {stage} <model>")
+    if not buildenv.applied(os.environ, buildenv.pins()):
+        raise SystemExit(
+            f"run the stage as `python -m pipeline {stage} {sys.argv[1]}` (dvc repro does): "
+            "it pins the numeric kernels before numpy loads, so the bytes do not depend on the CPU"
+        )
     return sys.argv[1]
 
 
