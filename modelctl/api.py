@@ -31,7 +31,7 @@ from modelctl.core.errors import UserError, collect
 from modelctl.core.releases import Proposal, Target
 from modelctl.core.schema import Release, Status
 from modelctl.core.state import State, stack_file
-from modelctl.repo import registry
+from modelctl.repo import dvcstore, gitutil, registry
 from modelctl.repo.history import releases_by_commit, stack_history
 from modelctl.repo.registry import Bump, Registered, Say
 from modelctl.repo.transaction import PolicyCheck, ReleaseChange, apply_release
@@ -52,6 +52,30 @@ __all__ = [
     "shadow",
     "shadow_off",
 ]
+
+
+def check_lock(root: Path) -> None:
+    """Refuse a dvc.lock that records other code or params than the working tree holds.
+
+    Otherwise `register` refuses and outputs pulled from the remote belong to other code.
+
+    Raises
+    ------
+    UserError, UserErrors
+        One line per stale file, naming the stages that recorded it.
+    """
+    stale = dvcstore.stale_lock_deps(root, gitutil.tracked_files(root))
+    collect(
+        [
+            UserError(
+                dvcstore.LOCK_FILE,
+                f"{'stages' if len(stages) > 1 else 'stage'} {', '.join(stages)} recorded another {path} "
+                "than the working tree holds",
+                "run `dvc repro` and commit dvc.lock",
+            )
+            for path, stages in sorted(stale.items())
+        ]
+    )
 
 
 def check_policies(state: State, stack: str) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from modelctl.api import check_policies
+from modelctl.api import check_lock, check_policies
 from modelctl.cli import Result, add_command, repo_root
 from modelctl.core.errors import collect
 from modelctl.repo.immutability import changes_since
@@ -17,14 +17,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         sub,
         "check",
         run,
-        "validate models and stacks, run the policies and (with --base) record immutability",
+        "validate models, stacks and dvc.lock, run the policies and (with --base) record immutability",
     )
     parser.add_argument("--base", metavar="REV", help="also refuse edits to version records merged at REV")
     parser.add_argument("--stack", help="run the policies on this stack only (default: every stack)")
 
 
 def run(args: argparse.Namespace) -> Result:
-    state = read_state(repo_root(args))
+    root = repo_root(args)
+    state = read_state(root)
+    check_lock(root)
     if args.base:
         collect(changes_since(state, args.base))
     stacks = [state.stack(args.stack).name] if args.stack else sorted(state.stacks)

@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,12 +65,63 @@ def locked_stage(root: Path, name: str) -> LockedStage:
     )
 
 
+def stale_lock_deps(root: Path, tracked: set[str]) -> dict[str, list[str]]:
+    """Git-tracked dependencies whose dvc.lock entry no longer matches the working tree.
+
+    Returns {file: [stages]} for code files whose md5 (DVC 3 hashes a file's bytes as they are)
+    and params files whose recorded values differ from the working tree; `tracked` holds the
+    repository-relative paths git tracks. Directories are left to `dvc status`. Reads files
+    only, so it is fast enough for every `modelctl check`.
+    """
+    path = root / LOCK_FILE
+    if not path.is_file():
+        return {}
+    stale: dict[str, list[str]] = {}
+    for name, entry in ((yamlio.load(path, LOCK_FILE) or {}).get("stages") or {}).items():
+        changed = [
+            dep["path"]
+            for dep in entry.get("deps") or []
+            if dep["path"] in tracked and dep.get("md5") != _file_md5(root / dep["path"])
+        ]
+        changed += [
+            params_file
+            for params_file, values in (entry.get("params") or {}).items()
+            if params_file in tracked and _json(values) != _params_now(root / params_file, values)
+        ]
+        for dep in changed:
+            stale.setdefault(dep, []).append(name)
+    return stale
+
+
+def _file_md5(path: Path) -> str | None:
+    return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest() if path.is_file() else None
+
+
+def _json(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _params_now(path: Path, recorded: dict[str, Any]) -> Any:
+    """The current values of the dotted keys (`models.churn.data`) a stage recorded."""
+    if not path.is_file():
+        return None
+    doc = _json(yamlio.load(path, path.name))
+    values: dict[str, Any] = {}
+    for key in recorded:
+        node = doc
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        values[key] = node
+    return values
+
+
 # ---------------------------------------------------------------- the dvc command
 
 
-def run_dvc(root: Path, *args: str) -> str:
-    """Run dvc in `root` with this interpreter's environment; stage commands find its `python`."""
-    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+def run_dvc(root: Path, *args: str, env: Mapping[str, str] | None = None) -> str:
+    """Run dvc in `root` with `env` (default: this process's environment); stage commands find
+    this interpreter's `python`."""
+    env = dict(os.environ if env is None else env, DVC_NO_ANALYTICS="1")
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     proc = subprocess.run(
         [sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True, text=True

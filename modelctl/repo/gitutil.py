@@ -46,6 +46,11 @@ def head(root: Path) -> str:
     return git(root, "rev-parse", "HEAD").strip()
 
 
+def tracked_files(root: Path) -> set[str]:
+    """Every path git tracks in the working tree, relative to `root`."""
+    return set(git(root, "ls-files", "-z").split("\0")) - {""}
+
+
 def dirty_paths(root: Path, *paths: str) -> list[str]:
     """Paths (of those given, or all) with uncommitted changes, staged or not."""
     out = git(root, "status", "--porcelain", "--untracked-files=all", "--", *paths)
