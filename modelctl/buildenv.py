@@ -113,7 +113,7 @@ def differences(recorded: Mapping[str, Any], here: Mapping[str, Any]) -> list[st
     found = [
         f"{key} {recorded[key]} recorded, {here.get(key)} here"
         for key in ("machine", "python")
-        if recorded.get(key) != here.get(key)
+        if key in recorded and recorded[key] != here.get(key)
     ]
     packages = here.get("packages", {})
     found += [

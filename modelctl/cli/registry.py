@@ -68,7 +68,11 @@ def register(sub: SubParsers) -> None:
     )
     parser.add_argument("model", nargs="?")
     parser.add_argument("version", nargs="?")
-    parser.add_argument("--all", action="store_true", help="every active version of every model (make demo)")
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="every active version of every model (make demo); goes on after a failure, exits 1 if any failed",
+    )
     parser.add_argument("--remote", help="push here instead of the repository's default DVC remote")
     parser.add_argument("--force", action="store_true", help="rebuild even when the remote already holds it")
 
@@ -149,6 +153,7 @@ def _version_rows(state: State, model: ModelFile) -> list[dict[str, Any]]:
                 "served_by": [asdict(s) for s in served.get(version, [])],
                 "artifact_md5": record.artifact.md5,
                 "source_commit": record.source_commit,
+                "build": record.build.model_dump() if record.build else None,
             }
         )
     return rows
@@ -195,7 +200,18 @@ def run_show(args: argparse.Namespace) -> Result:
         f"gates (production): {gates}",
         "",
     ]
-    return Result(data, "\n".join(header) + _table(table))
+    builds = ["", "built with:", *(f"  {row['version']}  {_build_text(row['build'])}" for row in rows)]
+    return Result(data, "\n".join(header) + _table(table) + ("\n".join(builds) if rows else ""))
+
+
+def _build_text(build: dict[str, Any] | None) -> str:
+    if build is None:
+        return "not recorded (registered before build environments were); reproduce assumes " + " ".join(
+            f"{k}={v}" for k, v in registry.LEGACY_BUILD["kernels"].items()
+        )
+    packages = ", ".join(f"{name} {version}" for name, version in build["packages"].items())
+    kernels = " ".join(f"{k}={v}" for k, v in build["kernels"].items())
+    return f"Python {build['python']} on {build['machine']}; {packages}; {kernels}"
 
 
 def run_history(args: argparse.Namespace) -> Result:
@@ -255,19 +271,36 @@ def run_reproduce(args: argparse.Namespace) -> Result:
         raise UserError(
             "reproduce", "give either <model> <version> or --all", "e.g. modelctl reproduce --all"
         )
-    targets = registry.active_versions(root) if args.all else [(args.model, args.version)]
-    done = [
-        registry.reproduce(root, model, version, remote=args.remote, force=args.force, say=progress)
-        for model, version in targets
-    ]
-    lines = [
-        f"{d.model} {d.version}: rebuilt, md5 matches the record; pushed {', '.join(d.pushed)} to {d.remote}"
-        if d.rebuilt
-        else f"{d.model} {d.version}: already in {d.remote} with matching hashes; nothing to do"
-        for d in done
-    ]
-    data = [asdict(d) for d in done]
-    return Result(data if args.all else data[0], "\n".join(lines))
+    if not args.all:
+        done = registry.reproduce(
+            root, args.model, args.version, remote=args.remote, force=args.force, say=progress
+        )
+        return Result(asdict(done), _reproduced_text(done))
+    rows, lines = [], []
+    for model, version in registry.active_versions(root):
+        # One version that does not rebuild must not keep the others from the remote.
+        try:
+            done = registry.reproduce(
+                root, model, version, remote=args.remote, force=args.force, say=progress
+            )
+        except UserError as error:
+            rows.append(
+                {"model": model, "version": version, "rebuilt": False, "pushed": [], "error": str(error)}
+            )
+            lines.append(f"{model} {version}: failed: {error}")
+            continue
+        rows.append({**asdict(done), "error": None})
+        lines.append(_reproduced_text(done))
+    failed = sum(1 for row in rows if row["error"])
+    if failed:
+        lines.append(f"{failed} of {len(rows)} versions failed to reproduce")
+    return Result(rows, "\n".join(lines), exit_code=1 if failed else 0)
+
+
+def _reproduced_text(done: registry.Reproduced) -> str:
+    if done.rebuilt:
+        return f"{done.model} {done.version}: rebuilt and pushed ({', '.join(done.pushed)} to {done.remote}); md5 matches the record"
+    return f"{done.model} {done.version}: already in {done.remote} with matching hashes"
 
 
 def run_doctor(args: argparse.Namespace) -> Result:

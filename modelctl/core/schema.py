@@ -247,6 +247,16 @@ def _repo_relative(value: str) -> str:
 Status = Literal["active", "deprecated", "revoked"]
 
 
+class BuildEnvironment(Strict):
+    """What a version's bytes depend on besides code, params and data (`modelctl.buildenv`)."""
+
+    python: str
+    machine: str
+    packages: dict[str, str]
+    # Environment variables the stages ran under: kernel choices and thread counts.
+    kernels: dict[str, str]
+
+
 class VersionRecord(Strict):
     """An immutable record of one trained version; only `status` may change after merge."""
 
@@ -256,6 +266,8 @@ class VersionRecord(Strict):
     params: dict[str, Any] = {}
     source_commit: CommitSha
     data_md5: DvcMd5
+    # Absent from records registered before the build environment was recorded.
+    build: BuildEnvironment | None = None
     created_at: datetime
     status: Status = "active"
 

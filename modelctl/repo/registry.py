@@ -11,6 +11,7 @@ The pipeline's conventions this relies on (dvc.yaml): stages `<stage>@<model>`, 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from typing import Any, Literal
 
 from ruamel.yaml.comments import CommentedMap
 
+from modelctl import buildenv
 from modelctl.core import yamlio
 from modelctl.core.errors import UserError, collect, revoked_version, unknown_version
 from modelctl.core.schema import ModelFile, Status, Version, VersionRecord
@@ -200,6 +202,8 @@ def build_record(root: Path, model: str, run: PipelineRun, cache: Path, commit: 
         "params": run.params,
         "source_commit": commit,
         "data_md5": run.data_md5,
+        # The stages ran under this interpreter's packages and the pins of the committed code.
+        "build": buildenv.current(),
         "created_at": datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
         "status": "active",
     }
@@ -513,39 +517,91 @@ class Reproduced:
     pushed: list[str]
 
 
+# Records registered before the build environment was recorded were built on x86-64 with
+# today's pins (churn v1.0.0 with OpenBLAS's Haswell core).
+LEGACY_BUILD: dict[str, Any] = {"machine": buildenv.X86_64, "kernels": buildenv.pins(buildenv.X86_64)}
+
+
+def recorded_build(record: VersionRecord) -> dict[str, Any]:
+    """The record's build environment, or what records made before it was recorded assume."""
+    return record.build.model_dump() if record.build else LEGACY_BUILD
+
+
 def reproduce(
     root: Path, model: str, version: str, *, remote: str | None = None, force: bool = False, say: Say = quiet
 ) -> Reproduced:
-    """Rebuild a version from its source commit, check it matches the record, push it to the remote."""
+    """Rebuild a version from its source commit under its recorded kernel settings, check it
+    matches the record, push it to the remote.
+
+    Raises UserError when this CPU cannot run the recorded kernels, when dvc repro fails, or
+    when the rebuilt md5 differs from the record (naming the recorded settings that differ here).
+    """
     record = _record(load_model(root, model), version)
     location = remote_location(root, remote)
     objects = stored_objects(record)
     missing = [o for o in objects if dvcstore.check_object(location, o.md5, o.sha256, o.size).state != "ok"]
     if not missing and not force:
         return Reproduced(model, version, location.url, rebuilt=False, pushed=[])
+    build = recorded_build(record)
+    settings = build["kernels"]
+    lacking = buildenv.missing_cpu_features(settings)
+    if lacking:
+        raise UserError(
+            model_file(model),
+            f"this CPU lacks {', '.join(lacking)}, which the recorded kernels of {version} "
+            f"({_settings_text(settings)}) execute",
+            "reproduce it on an x86-64-v3 CPU (Intel Haswell or AMD Zen and later)",
+            key=f"versions.{version}.build",
+        )
+    unmatched = buildenv.differences(build, buildenv.current(settings))
+    if unmatched:
+        say(
+            f"{model} {version}: this machine cannot match the recorded build ({'; '.join(unmatched)}); "
+            "the rebuilt bytes may differ"
+        )
     commit = gitutil.resolve(root, record.source_commit)
     cache = dvcstore.repo_config(root).cache
     with _worktree(root, commit, say) as tree:
         dvcstore.run_dvc(tree, "cache", "dir", "--local", str(cache))
-        say(f"{model} {version}: dvc repro {' '.join(stage_names(model))} at {commit[:12]}")
-        dvcstore.run_dvc(tree, "repro", "--force", *stage_names(model))
+        say(
+            f"{model} {version}: dvc repro {' '.join(stage_names(model))} at {commit[:12]} "
+            f"with {_settings_text(settings)}"
+        )
+        env = buildenv.pinned_environ(os.environ, settings)
+        dvcstore.run_dvc(tree, "repro", "--force", *stage_names(model), env=env)
         for obj in objects:
-            _require_reproduced(tree, model, version, obj)
+            _require_reproduced(tree, model, version, obj, record, unmatched=unmatched)
         for obj in missing or objects:
             say(f"{model} {version}: pushing the {obj.kind} to {location.url}")
             dvcstore.push(tree / obj.path, location, obj.md5, obj.sha256)
     return Reproduced(model, version, location.url, rebuilt=True, pushed=[o.kind for o in missing or objects])
 
 
-def _require_reproduced(tree: Path, model: str, version: str, obj: StoredObject) -> None:
+def _settings_text(settings: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in settings.items())
+
+
+def _require_reproduced(
+    tree: Path, model: str, version: str, obj: StoredObject, record: VersionRecord, *, unmatched: list[str]
+) -> None:
     built = dvcstore.digest_file(tree / obj.path)
-    if built.md5 != obj.md5 or built.sha256 != obj.sha256:
-        raise UserError(
-            model_file(model),
-            f"rebuilt {obj.kind} of {version} has md5 {built.md5}, the record says {obj.md5}",
-            "the build is not reproducible at its source commit; check pinned versions (constraints.txt)",
-            key=f"versions.{version}.{obj.kind}.md5",
-        )
+    if built.md5 == obj.md5 and built.sha256 == obj.sha256:
+        return
+    if unmatched:
+        why = f"the build here differs from the recorded one: {'; '.join(unmatched)}"
+        fix = "rebuild where those match (the record's build), or register a new version from this machine"
+    elif record.build is None:
+        why = "the record predates recorded build environments, so only its kernels could be matched"
+        fix = "rebuild on the machine and packages it was registered with"
+    else:
+        why = "python, packages, machine and kernel settings all match the record"
+        fix = "the stage code at the source commit is not deterministic; fix it and register a new version"
+    raise UserError(
+        model_file(model),
+        f"rebuilt {obj.kind} of {version} has md5 {built.md5}, the record says {obj.md5}; {why}",
+        fix,
+        key=f"versions.{version}.{obj.kind}.md5",
+    )
 
 
 @contextmanager
