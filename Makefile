@@ -14,10 +14,24 @@ NODE_TOOLS := tools/node_modules/.package-lock.json
 
 .PHONY: install tools system-tools test lint typecheck unit demo bench clean
 
+# The first install downloads ~150 pinned packages: it says what it is doing at least every 20 s,
+# keeps pip's full output in $(VENV)/install.log, and on failure says what to do.
 $(STAMP): pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
-	touch $(STAMP)
+	@echo "install: creating the virtualenv $(VENV) with $(PYTHON)"
+	@$(PYTHON) -m venv $(VENV) || { echo "install: '$(PYTHON) -m venv' failed; install Python 3.11+ with venv (Debian: apt-get install python3-venv) and run 'make install' again" >&2; exit 1; }
+	@echo "install: resolving and downloading the pinned packages (constraints.txt; a few minutes the first time)"
+	@( i=0; while sleep 20; do i=$$((i + 20)); echo "install: still working ($$i s)"; done ) & ticker=$$!; \
+	{ $(BIN)/pip install --disable-pip-version-check --progress-bar off -c constraints.txt -e '.[dev]' 2>&1; \
+	  echo "pip exit $$?"; } | tee $(VENV)/install.log | awk ' \
+	  /^Collecting/ { if (++n % 25 == 0) { printf "install: %d packages resolved\n", n; fflush() } } \
+	  /^Installing collected/ { printf "install: %d packages downloaded; installing them\n", n; fflush() } \
+	  /^Successfully installed/ { print "install: installed"; fflush() }'; \
+	kill $$ticker; \
+	tail -n 1 $(VENV)/install.log | grep -qx 'pip exit 0' || { \
+	  grep -iE '^error' $(VENV)/install.log | tail -n 3 >&2; \
+	  echo "install: pip failed (full log: $(VENV)/install.log); check access to PyPI (behind a proxy set PIP_INDEX_URL or HTTPS_PROXY) and run 'make install' again" >&2; \
+	  exit 1; }
+	@touch $(STAMP)
 
 install: $(STAMP)
 
@@ -32,8 +46,9 @@ system-tools:
 	  command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  echo "tools: installing Debian packages:$$missing (apt-get, a minute or two)"; \
+	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; } || \
+	  { echo "tools: apt-get failed; install$$missing yourself (or fix apt's sources) and run 'make tools' again" >&2; exit 1; }; \
 	fi
 
 lint: install
