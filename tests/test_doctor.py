@@ -104,8 +104,8 @@ def test_reproduce_refuses_a_record_its_source_commit_does_not_rebuild(
     assert code == 2
     assert report["errors"] == [
         f"models/{MODEL}/model.yaml: versions.v1.0.0.artifact.md5: rebuilt artifact of v1.0.0 has md5 {real}, "
-        f"the record says {'0' * 32}; the build is not reproducible at its source commit; "
-        "check pinned versions (constraints.txt)"
+        f"the record says {'0' * 32}; python, packages, machine and kernel settings all match the record; "
+        "so the stage code at that commit or the record itself is at fault; register a new version"
     ]
     assert not pipeline_repo.remote(root).exists() or not any(pipeline_repo.remote(root).rglob("*.part"))
     assert not (pipeline_repo.remote(root) / dvcstore.object_path(real)).exists()

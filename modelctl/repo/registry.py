@@ -48,6 +48,12 @@ def stage_names(model: str) -> list[str]:
     return [f"{stage}@{model}" for stage in STAGES]
 
 
+def recorded_stages(model: str) -> list[str]:
+    """The stages that write the objects a record names (the artifact and the profile); dvc
+    repro runs what they depend on too, but not `evaluate`."""
+    return [f"train@{model}", f"profile@{model}"]
+
+
 def metrics_path(model: str) -> str:
     return f"metrics/{model}.json"
 
@@ -559,22 +565,34 @@ def reproduce(
             f"{model} {version}: this machine cannot match the recorded build ({'; '.join(unmatched)}); "
             "the rebuilt bytes may differ"
         )
-    commit = gitutil.resolve(root, record.source_commit)
+    commit = _source_commit(root, model, version, record)
     cache = dvcstore.repo_config(root).cache
     with _worktree(root, commit, say) as tree:
         dvcstore.run_dvc(tree, "cache", "dir", "--local", str(cache))
         say(
-            f"{model} {version}: dvc repro {' '.join(stage_names(model))} at {commit[:12]} "
+            f"{model} {version}: dvc repro {' '.join(recorded_stages(model))} at {commit[:12]} "
             f"with {_settings_text(settings)}"
         )
         env = buildenv.pinned_environ(os.environ, settings)
-        dvcstore.run_dvc(tree, "repro", "--force", *stage_names(model), env=env)
+        dvcstore.run_dvc(tree, "repro", "--force", *recorded_stages(model), env=env)
         for obj in objects:
             _require_reproduced(tree, model, version, obj, record, unmatched=unmatched)
         for obj in missing or objects:
             say(f"{model} {version}: pushing the {obj.kind} to {location.url}")
             dvcstore.push(tree / obj.path, location, obj.md5, obj.sha256)
     return Reproduced(model, version, location.url, rebuilt=True, pushed=[o.kind for o in missing or objects])
+
+
+def _source_commit(root: Path, model: str, version: str, record: VersionRecord) -> str:
+    try:
+        return gitutil.resolve(root, record.source_commit)
+    except UserError:
+        raise UserError(
+            model_file(model),
+            f"source commit {record.source_commit[:12]} of {version} is not in this repository",
+            "fetch the whole history (git fetch --unshallow, or fetch-depth: 0 in CI) and retry",
+            key=f"versions.{version}.source_commit",
+        ) from None
 
 
 def _settings_text(settings: dict[str, str]) -> str:
@@ -595,7 +613,7 @@ def _require_reproduced(
         fix = "rebuild on the machine and packages it was registered with"
     else:
         why = "python, packages, machine and kernel settings all match the record"
-        fix = "the stage code at the source commit is not deterministic; fix it and register a new version"
+        fix = "so the stage code at that commit or the record itself is at fault; register a new version"
     raise UserError(
         model_file(model),
         f"rebuilt {obj.kind} of {version} has md5 {built.md5}, the record says {obj.md5}; {why}",
