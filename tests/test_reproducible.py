@@ -87,7 +87,7 @@ def test_a_stage_loads_the_pinned_kernels_whatever_the_caller_sets(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
     root = pipeline_repo.copy(pipeline_repo.template(tmp_path_factory), tmp_path / "repo")
-    built = {}
+    built: dict[str, str] = {}
     for name, settings in {"default": {}, **CALLER_KERNELS}.items():
         env = {k: v for k, v in os.environ.items() if k not in KERNEL_VARIABLES}
         # OpenBLAS names the core it loads ("Core: Haswell") when verbose.
