@@ -22,10 +22,11 @@ $(STAMP): pyproject.toml constraints.txt
 	@echo "install: resolving and downloading the pinned packages (constraints.txt; a few minutes the first time)"
 	@( i=0; while sleep 20; do i=$$((i + 20)); echo "install: still working ($$i s)"; done ) & ticker=$$!; \
 	{ $(BIN)/pip install --disable-pip-version-check --progress-bar off -c constraints.txt -e '.[dev]' 2>&1; \
-	  echo "pip exit $$?"; } | tee $(VENV)/install.log | awk ' \
-	  /^Collecting/ { if (++n % 25 == 0) { printf "install: %d packages resolved\n", n; fflush() } } \
-	  /^Installing collected/ { printf "install: %d packages downloaded; installing them\n", n; fflush() } \
-	  /^Successfully installed/ { print "install: installed"; fflush() }'; \
+	  echo "pip exit $$?"; } | tee $(VENV)/install.log | { n=0; while IFS= read -r line; do case "$$line" in \
+	    Collecting*) n=$$((n + 1)); [ $$((n % 25)) -ne 0 ] || echo "install: $$n packages resolved";; \
+	    "Installing collected"*) echo "install: $$n packages downloaded; installing them";; \
+	    "Successfully installed"*) echo "install: installed";; \
+	  esac; done; }; \
 	kill $$ticker; \
 	tail -n 1 $(VENV)/install.log | grep -qx 'pip exit 0' || { \
 	  grep -iE '^error' $(VENV)/install.log | tail -n 3 >&2; \
