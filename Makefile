@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 	{ $(BIN)/pip install --disable-pip-version-check --progress-bar off -c constraints.txt -e '.[dev]' 2>&1; \
 	  echo "pip exit $$?"; } | tee $(VENV)/install.log | { n=0; while IFS= read -r line; do case "$$line" in \
 	    Collecting*) n=$$((n + 1)); [ $$((n % 25)) -ne 0 ] || echo "install: $$n packages resolved";; \
-	    "Installing collected"*) echo "install: $$n packages downloaded; installing them";; \
+	    "Installing collected"*) echo "install: every package downloaded; installing them (about a minute)";; \
 	    "Successfully installed"*) echo "install: installed";; \
 	  esac; done; }; \
 	kill $$ticker; \
