@@ -1,7 +1,7 @@
 """Run one stage with its numeric kernels pinned: `python -m pipeline <stage> <model>` (dvc.yaml).
 
 OpenBLAS and numpy read their kernel choices from the environment once, when they load, so
-this sets them (`modelctl.buildenv.pins`) before anything imports numpy, whatever the caller's
+this sets them (`modelctl.core.buildenv.pins`) before anything imports numpy, whatever the caller's
 environment holds, and then runs `pipeline.<stage>` as `python -m pipeline.<stage>` would.
 """
 
@@ -12,7 +12,7 @@ import runpy
 import sys
 from importlib.util import find_spec
 
-from modelctl import buildenv
+from modelctl.core import buildenv
 
 
 def main(argv: list[str]) -> None:

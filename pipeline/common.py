@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 from ruamel.yaml import YAML
 
-from modelctl import buildenv
+from modelctl.core import buildenv
 
 PARAMS_FILE = Path("params.yaml")
 ARRAYS = ("X_train", "y_train", "X_test", "y_test")

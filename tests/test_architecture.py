@@ -103,11 +103,12 @@ def test_the_cli_may_load_the_shells() -> None:
 
 
 def test_the_profile_stage_depends_on_exactly_the_code_it_runs() -> None:
-    """dvc.yaml's profile stage lists the Python files `python -m pipeline.profile` loads, and no
-    other: editing detection, the window or the statistics leaves every profile up to date."""
+    """dvc.yaml's profile stage lists the Python files `python -m pipeline profile` loads (the
+    launcher that pins the kernels, then the stage), and no other: editing detection, the window
+    or the statistics leaves every profile up to date."""
     script = (
         "import sys, pathlib\n"
-        "import pipeline.profile\n"
+        "import pipeline.__main__, pipeline.profile\n"
         f"root = pathlib.Path({str(ROOT)!r})\n"
         "for m in list(sys.modules.values()):\n"
         "    f = getattr(m, '__file__', None)\n"

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from modelctl import buildenv, dvcstore, gitutil, yamlio
-from modelctl.state import load_model, model_names
+from modelctl.core import buildenv, yamlio
+from modelctl.core.state import load_model, model_names
+from modelctl.repo import dvcstore, gitutil
 from tests import pipeline_repo
 from tests.conftest import Cli
 from tests.pipeline_repo import MODEL

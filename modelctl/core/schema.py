@@ -248,7 +248,7 @@ Status = Literal["active", "deprecated", "revoked"]
 
 
 class BuildEnvironment(Strict):
-    """What a version's bytes depend on besides code, params and data (`modelctl.buildenv`)."""
+    """What a version's bytes depend on besides code, params and data (`modelctl.core.buildenv`)."""
 
     python: str
     machine: str

@@ -23,8 +23,7 @@ from typing import Any, Literal
 
 from ruamel.yaml.comments import CommentedMap
 
-from modelctl import buildenv
-from modelctl.core import yamlio
+from modelctl.core import buildenv, yamlio
 from modelctl.core.errors import UserError, collect, revoked_version, unknown_version
 from modelctl.core.schema import ModelFile, Status, Version, VersionRecord
 from modelctl.core.state import State, load_model, model_file, model_names, parse_model
