@@ -47,8 +47,8 @@ def head(root: Path) -> str:
 
 
 def tracked_files(root: Path) -> set[str]:
-    """Every path git tracks in the working tree, relative to `root`."""
-    return set(git(root, "ls-files", "-z").split("\0")) - {""}
+    """Every path git tracks in the working tree, relative to `root` (none outside a repository)."""
+    return set(git(root, "ls-files", "-z", check=False).split("\0")) - {""}
 
 
 def dirty_paths(root: Path, *paths: str) -> list[str]:
