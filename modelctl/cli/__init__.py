@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "modelctl.cli.serve",
     "modelctl.cli.drift",
     "modelctl.cli.judge",
+    "modelctl.cli.local",
 ]
 
 

@@ -388,6 +388,8 @@ class Environment(Strict):
     image: str
     dvc_remote: str
     production: StrictBool = False
+    # The stack `modelctl up` runs on a workstation when no --stack is given.
+    local: StrictBool = False
     requires: Requires | None = None
     receivers: list[Receiver] = []
     monitoring: Monitoring = Monitoring()
