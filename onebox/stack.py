@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -102,6 +103,14 @@ def _locked(root: Path, stack: str) -> FileLock:
 
 def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _tool(name: str, package: str) -> str:
+    """The path of a Debian tool (nginx lives in /usr/sbin, outside a user's PATH)."""
+    found = shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
+    if not found:
+        raise UserError(name, "is not installed", f"run 'make tools' (or apt-get install {package})")
+    return found
 
 
 def _url(port: int) -> str:
@@ -333,7 +342,7 @@ class _Reconcile:
         )
         conf, candidate = prefix / "nginx.conf", prefix / "nginx.conf.new"
         _write(candidate, text)
-        base = ["nginx", "-p", str(prefix), "-e", str(prefix / "error.log")]
+        base = [_tool("nginx", "nginx-light"), "-p", str(prefix), "-e", str(prefix / "error.log")]
         check = subprocess.run([*base, "-t", "-q", "-c", str(candidate)], capture_output=True, text=True)
         if check.returncode != 0:
             raise UserError(
@@ -382,7 +391,7 @@ class _Reconcile:
             name="prometheus",
             kind="prometheus",
             argv=[
-                "prometheus",
+                _tool("prometheus", "prometheus"),
                 f"--config.file={folder / 'prometheus.yml'}",
                 f"--storage.tsdb.path={folder / 'data'}",
                 f"--web.listen-address=127.0.0.1:{port}",
@@ -408,7 +417,7 @@ class _Reconcile:
             name="alertmanager",
             kind="alertmanager",
             argv=[
-                "prometheus-alertmanager",
+                _tool("prometheus-alertmanager", "prometheus-alertmanager"),
                 f"--config.file={folder / 'alertmanager.yml'}",
                 f"--storage.path={folder / 'data'}",
                 f"--web.listen-address=127.0.0.1:{port}",
@@ -501,13 +510,14 @@ def status(root: Path, stack: str) -> Obj:
 
 
 def down(root: Path, stack: str) -> list[Obj]:
-    """Stop every process of the stack by pid (servers first, the gateway last); what was stopped."""
+    """Stop every process of the stack by pid; what was stopped. The gateway goes first, so servers
+    drain no idle proxy connections and no request arrives at a stopping server."""
     run = run_dir(root, stack)
     if not (run / "state.json").exists():
         return []
     with _locked(root, stack):
         state = State.load(run, stack)
-        order = {"server": 0, "prometheus": 1, "alertmanager": 2, "sinks": 3, "gateway": 4}
+        order = {"gateway": 0, "server": 1, "prometheus": 2, "alertmanager": 3, "sinks": 4}
         stopped = []
         for proc in sorted(state.procs.values(), key=lambda p: order.get(p.kind, 0)):
             was_running = processes.running(proc)

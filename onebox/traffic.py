@@ -13,6 +13,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from http.cookies import SimpleCookie
 from typing import Any
 
@@ -78,6 +79,11 @@ def shifted(
     return out
 
 
+def no_cookie_jar() -> CookieJar:
+    """A jar that keeps nothing: each simulated user carries its own cookies, not the client's."""
+    return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+
+
 def json_rows(rows: npt.NDArray[np.float64], types: list[str]) -> list[list[float | int | bool]]:
     """Rows as the signature's JSON types: the server refuses 1.0 for a bool (type: bool, int, float)."""
     cast: dict[str, Callable[[float], float | int | bool]] = {"bool": bool, "int": int, "float": float}
@@ -104,7 +110,7 @@ async def _send(work: Workload, advance: Callable[[int], None]) -> dict[str, Any
         queue.put_nowait(index)
     started = time.monotonic()
     limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
-    async with httpx.AsyncClient(timeout=30.0, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=30.0, limits=limits, cookies=no_cookie_jar()) as client:
 
         async def worker() -> None:
             while not queue.empty():
