@@ -69,21 +69,20 @@ DEMO_MODEL   ?= fraud-detection
 DEMO_VERSION ?= v1.1.0
 DEMO_STACK   ?= staging
 
-demo: install
+demo: install system-tools
 	$(BIN)/modelctl check
 	$(BIN)/modelctl reproduce --all
 	$(BIN)/modelctl models show $(DEMO_MODEL)
 	$(BIN)/modelctl doctor
 	$(BIN)/modelctl render --stack prod
-	@# A canary commit and its plan, made in a throwaway clone: your branch and tree stay as they are.
+	@# The local stack and a canary commit, in a throwaway clone: your branch and tree stay as they are.
 	@scratch=$$(mktemp -d) && trap 'rm -rf "$$scratch"' EXIT && \
 	git clone -q . "$$scratch/repo" && \
 	git -C "$$scratch/repo" checkout -q -b demo/canary && \
 	export GIT_AUTHOR_NAME="modelctl demo" GIT_AUTHOR_EMAIL=demo@example.invalid \
 	       GIT_COMMITTER_NAME="modelctl demo" GIT_COMMITTER_EMAIL=demo@example.invalid && \
-	$(BIN)/modelctl -C "$$scratch/repo" canary $(DEMO_MODEL) $(DEMO_VERSION) --stack $(DEMO_STACK) && \
-	git -C "$$scratch/repo" log -1 --stat --format='%h %s' && \
-	{ $(BIN)/modelctl -C "$$scratch/repo" plan --base HEAD~1 --stack $(DEMO_STACK); test $$? -eq 2; } && \
+	remote=$$($(BIN)/dvc remote list | awk '/\(default\)/ {print $$2}') && \
+	tools/demo-local-stack.sh $(BIN) "$$scratch/repo" "$$remote" $(DEMO_MODEL) $(DEMO_VERSION) $(DEMO_STACK) && \
 	echo "demo: the scratch branch is discarded; your branch and working tree are untouched"
 
 # Every benchmark measures its baseline in the same run; each writes its table (about 15 min).

@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         sub, "up", run_up, "run a stack on this machine (servers, gateway, Prometheus, Alertmanager)"
     )
     _stack_flag(parser)
+    parser.add_argument(
+        "--remote", help="the DVC remote to fetch artifacts from (default: the repository's, not the stack's)"
+    )
     parser.add_argument("--scrape-interval", metavar="DURATION", help="instead of the ServiceMonitor's")
     parser.add_argument("--evaluation-interval", metavar="DURATION", default="15s", help="rule evaluation")
     parser.add_argument("--alert-for", metavar="DURATION", help="shorten every rule's `for` to at most this")
@@ -78,7 +81,7 @@ def run_up(args: argparse.Namespace) -> Result:
     stack = state.stack(name)
     rendered_alertmanager = native_config(stack) if stack.config.environment.receivers else None
     options = Options(
-        remote=registry.remote_location(root, None).url,
+        remote=registry.remote_location(root, args.remote).url,
         timing=Timing(
             scrape_interval=args.scrape_interval,
             evaluation_interval=args.evaluation_interval,
