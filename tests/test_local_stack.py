@@ -113,12 +113,17 @@ def write_stack(root: Path, name: str, release: dict[str, Any]) -> None:
     yamlio.dump_file(root / f"Pulumi.{name}.yaml", doc)
 
 
-STAGING = {
-    "traffic": {"v1.0.0": 70, "v1.1.0": 30},
+WEIGHTS = {"v1.0.0": 70, "v1.1.0": 30}
+OVERRIDES = {"canary": "v1.1.0", "stable": "v1.0.0"}
+STAGING: dict[str, Any] = {
+    "traffic": WEIGHTS,
     "sticky": {"cookie": "model-version"},
-    "overrides": {"canary": "v1.1.0", "stable": "v1.0.0"},
+    "overrides": OVERRIDES,
 }
-DEV = {"traffic": {"v1.0.0": 50, BROKEN: 50}, "shadow": {"version": "v1.1.0", "percent": SHADOW_PERCENT}}
+DEV: dict[str, Any] = {
+    "traffic": {"v1.0.0": 50, BROKEN: 50},
+    "shadow": {"version": "v1.1.0", "percent": SHADOW_PERCENT},
+}
 
 
 @pytest.fixture(scope="module")
@@ -233,13 +238,13 @@ def test_weighted_split_matches_the_weights(staging: dict[str, Any]) -> None:
             assert response.json()["version"] == version
             assert f"model-version={version};" in response.headers["set-cookie"]
             seen[version] += 1
-    for version, weight in STAGING["traffic"].items():
-        assert within(seen[version], total, weight), (seen, STAGING["traffic"])
+    for version, weight in WEIGHTS.items():
+        assert within(seen[version], total, weight), (seen, WEIGHTS)
 
 
 def test_header_override_always_reaches_its_version(staging: dict[str, Any]) -> None:
     with httpx.Client(timeout=10, cookies=no_cookie_jar()) as client:
-        for value, version in STAGING["overrides"].items():
+        for value, version in OVERRIDES.items():
             other = "v1.0.0" if version == "v1.1.0" else "v1.1.0"
             for _ in range(50):
                 # The override comes before the sticky routes: a cookie for the other version loses.
@@ -264,8 +269,8 @@ def test_sticky_users_keep_their_version_and_spread_by_weight(staging: dict[str,
                     for _ in range(100)
                 }
                 assert answers == {version}
-    for version, weight in STAGING["traffic"].items():
-        assert within(first[version], users, weight), (first, STAGING["traffic"])
+    for version, weight in WEIGHTS.items():
+        assert within(first[version], users, weight), (first, WEIGHTS)
 
 
 def test_mirror_copies_its_share_and_clients_see_only_primaries(dev: dict[str, Any]) -> None:
