@@ -386,25 +386,17 @@ class _Reconcile:
         alertmanager = f"127.0.0.1:{self.state.port('alertmanager')}"
         config = monitoring.prometheus_config(jobs, rules, alertmanager, timing)
         changed |= _write(folder / "prometheus.yml", yaml.safe_dump(config, sort_keys=False))
-        port = self.state.port("prometheus")
-        proc = Proc(
-            name="prometheus",
-            kind="prometheus",
-            argv=[
+        self.serve(
+            "prometheus",
+            "Prometheus",
+            changed,
+            [
                 _tool("prometheus", "prometheus"),
                 f"--config.file={folder / 'prometheus.yml'}",
                 f"--storage.tsdb.path={folder / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
                 "--web.enable-lifecycle",
             ],
-            port=port,
-            health=f"{_url(port)}/-/ready",
-            log=self.log("prometheus"),
-            fingerprint="prometheus",
         )
-        if not self.ensure(proc) and changed:
-            self.say("reloading Prometheus")
-            _reload(self.state.procs["prometheus"], "Prometheus")
 
     def alertmanager(self, rendered: Obj | None) -> None:
         folder = self.run / "alertmanager"
@@ -412,25 +404,34 @@ class _Reconcile:
         smtp, webhook = f"127.0.0.1:{self.state.port('smtp')}", _url(self.state.port("webhook"))
         config = monitoring.alertmanager_config(base, smtp, webhook, folder / "secrets", self.options.timing)
         changed = _write(folder / "alertmanager.yml", yaml.safe_dump(config, sort_keys=False))
-        port = self.state.port("alertmanager")
-        proc = Proc(
-            name="alertmanager",
-            kind="alertmanager",
-            argv=[
+        self.serve(
+            "alertmanager",
+            "Alertmanager",
+            changed,
+            [
                 _tool("prometheus-alertmanager", "prometheus-alertmanager"),
                 f"--config.file={folder / 'alertmanager.yml'}",
                 f"--storage.path={folder / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
                 "--cluster.listen-address=",
             ],
+        )
+
+    def serve(self, name: str, title: str, changed: bool, argv: list[str]) -> None:
+        """Start a Prometheus-style service (health at /-/ready) on its port, or reload it if its
+        configuration `changed`."""
+        port = self.state.port(name)
+        proc = Proc(
+            name=name,
+            kind=name,
+            argv=[*argv, f"--web.listen-address=127.0.0.1:{port}"],
             port=port,
             health=f"{_url(port)}/-/ready",
-            log=self.log("alertmanager"),
-            fingerprint="alertmanager",
+            log=self.log(name),
+            fingerprint=name,
         )
         if not self.ensure(proc) and changed:
-            self.say("reloading Alertmanager")
-            _reload(self.state.procs["alertmanager"], "Alertmanager")
+            self.say(f"reloading {title}")
+            _reload(self.state.procs[name], title)
 
 
 def _reload(proc: Proc, what: str) -> None:

@@ -34,7 +34,7 @@ from sklearn.preprocessing import OneHotEncoder
 from modelctl import dvcstore, yamlio
 from onebox.traffic import json_rows, no_cookie_jar
 from tests import pipeline_repo
-from tests.factories import run_git, stack_doc
+from tests.factories import full_docs, run_git, stack_doc
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("local-stack")]
 
@@ -48,22 +48,11 @@ TEST_TIMING = [
     "--group-wait=1s",
     "--group-interval=2s",
     "--server-arg=--drift-interval-s=1",
-    "--server-arg=--drift-window=300",
+    "--server-arg=--drift-window=200",
 ]
 CONFIDENCE = 0.999
-RECEIVERS = [
-    {
-        "name": "oncall",
-        "email": {
-            "to": "oncall@example.com",
-            "from": "alerts@example.com",
-            "smarthost": "smtp.example.com:587",
-            "auth_username": "alerts",
-            "auth_password_secret": "smtpPassword",
-        },
-    },
-    {"name": "hooks", "webhook": {"url_secret": "hookUrl"}},
-]
+# Email (critical alerts), Slack and a webhook, as in the factories' production stack.
+RECEIVERS = full_docs()[1]["prod"]["config"]["modelctl:environment"]["receivers"]
 
 
 def modelctl(root: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -276,7 +265,7 @@ def test_sticky_users_keep_their_version_and_spread_by_weight(staging: dict[str,
 def test_mirror_copies_its_share_and_clients_see_only_primaries(dev: dict[str, Any]) -> None:
     shadow_url = dev["models"][MODEL]["versions"]["v1.1.0"]
     before = requests_counted(shadow_url)
-    total = 2000
+    total = 1000
     answered: Counter[str] = Counter()
     with httpx.Client(timeout=10, cookies=no_cookie_jar()) as client:
         for _ in range(total):
@@ -330,10 +319,10 @@ def test_a_failing_version_fires_the_error_rate_alert_and_an_email_arrives(
 def test_shifted_feature_raises_its_drift_alert_and_unshifted_traffic_none(
     repo: Path, dev: dict[str, Any], staging: dict[str, Any]
 ) -> None:
-    shifted = modelctl(repo, "traffic", "--stack", "dev", "--requests", "900", "--shift", "pca_1=3")
+    shifted = modelctl(repo, "traffic", "--stack", "dev", "--requests", "600", "--shift", "pca_1=3")
     assert shifted.returncode == 0, shifted.stderr
-    # Enough that each staging version's drift window (300 rows) holds only this traffic.
-    plain = modelctl(repo, "traffic", "--stack", "staging", "--requests", "1500")
+    # Enough that each staging version's drift window (200 rows) holds only this traffic.
+    plain = modelctl(repo, "traffic", "--stack", "staging", "--requests", "1000")
     assert plain.returncode == 0, plain.stderr
 
     def drifted() -> list[dict[str, str]]:
