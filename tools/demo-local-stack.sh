@@ -10,10 +10,10 @@ timing=(--scrape-interval=2s --evaluation-interval=2s --alert-for=6s --group-wai
         --server-arg=--drift-interval-s=2 --server-arg=--drift-window=500)
 modelctl() { "$bin/modelctl" -C "$repo" "$@"; }
 step() { printf '\n== %s\n' "$*"; }
-trap 'modelctl down --stack "$stack" >/dev/null 2>&1 || true' EXIT
+addresses=$(mktemp)
+trap 'modelctl down --stack "$stack" >/dev/null 2>&1 || true; rm -f "$addresses"' EXIT
 
 step "modelctl up --stack $stack: servers, nginx gateway, Prometheus, Alertmanager, from the rendered objects"
-addresses=$repo/.modelctl/up.json
 modelctl up --stack "$stack" --remote "$remote" "${timing[@]}" --json | tee "$addresses"
 field() { "$bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$addresses" "$1"; }
 step "modelctl traffic: held-out rows through the gateway"
@@ -22,40 +22,49 @@ modelctl traffic --stack "$stack" --model "$model" --requests 600 --users 60
 step "a canary commit: modelctl canary $model $version --stack $stack"
 modelctl canary "$model" "$version" --stack "$stack"
 git -C "$repo" log -1 --stat --format='%h %s'
-{ modelctl plan --base HEAD~1 --stack "$stack" | head -20; test "${PIPESTATUS[0]}" -eq 2; }
+modelctl plan --base HEAD~1 --stack "$stack" || [ $? -eq 2 ]  # 2: the plan has changes
 step "modelctl up again: only the routes change"
 modelctl up --stack "$stack" --remote "$remote" "${timing[@]}"
+sleep 3  # one scrape before the new traffic
+before=$(date +%s)
 modelctl traffic --stack "$stack" --model "$model" --requests 1000 --users 200
-step "the split per version, as Prometheus scraped it from the servers"
-sleep 3  # one scrape after the last request
-curl -s "$(field prometheus)/api/v1/query" \
-  --data-urlencode "query=sum by (version) (model_requests_total{model=\"$model\",code=\"200\"})" |
-  "$bin/python" -c '
-import json, sys
-rows = json.load(sys.stdin)["data"]["result"]
-total = sum(float(r["value"][1]) for r in rows)
-for r in sorted(rows, key=lambda r: r["metric"]["version"]):
-    print(f"  {r[\"metric\"][\"version\"]:<10} {float(r[\"value\"][1]):>6.0f} requests  {float(r[\"value\"][1]) / total:6.1%}")'
+sleep 3  # one scrape after it
+step "the split since the canary commit, as Prometheus scraped it from the servers"
+"$bin/python" - "$(field prometheus)" "$model" "$before" "$(date +%s)" <<'PY'
+import sys
+import httpx
+
+prometheus, model, start, end = sys.argv[1:]
+query = f'sum by (version) (model_requests_total{{model="{model}",code="200"}})'
+
+def counts(at: str) -> dict[str, float]:
+    answer = httpx.get(f"{prometheus}/api/v1/query", params={"query": query, "time": at}).json()
+    return {r["metric"]["version"]: float(r["value"][1]) for r in answer["data"]["result"]}
+
+first, last = counts(start), counts(end)
+grown = {version: last[version] - first.get(version, 0.0) for version in sorted(last)}
+total = sum(grown.values())
+for version, count in grown.items():
+    print(f"  {version:<10}{count:>6.0f} requests  {count / total:6.1%}")
+PY
 
 step "a fault: the amount feature drifts (+300 EUR on every request)"
 mailbox=$(field mailbox)
 modelctl traffic --stack "$stack" --model "$model" --requests 900 --users 200 --shift amount=300
-printf 'waiting for the drift alert to reach the mailbox'
+printf 'waiting for the drift alert on amount to reach the mailbox'
 for _ in $(seq 60); do
-  found=$(grep -l ModelFeatureDrift "$mailbox"/* 2>/dev/null | head -1 || true)
+  found=$(grep -l 'ModelFeatureDrift[^"]*(amount ' "$mailbox"/* 2>/dev/null | head -1 || true)
   [ -n "$found" ] && break
   printf '.'; sleep 1
 done
 echo
-[ -n "$found" ] || { echo "no drift alert arrived within 60 s" >&2; exit 1; }
+[ -n "$found" ] || { echo "no drift alert on amount arrived within 60 s" >&2; exit 1; }
+ls "$mailbox"
 echo "delivered: $found"
 "$bin/python" -c '
 import json, sys
 message = json.load(open(sys.argv[1]))
-for item in message.get("attachments", [message]):
-    print(item.get("title", ""))
-    print(item.get("text", json.dumps(item)[:600]))' "$found"
+print(json.dumps(message, indent=2)[:1500])' "$found"
 
 step "modelctl down: everything stops"
 modelctl down --stack "$stack"
-trap - EXIT
