@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelctl.schema import duration_seconds
+from modelctl.core.schema import duration_seconds
 from onebox.proxy import Unsupported
 
 Obj = dict[str, Any]

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from modelctl.errors import UserError
+from modelctl.core.errors import UserError
 
 STOP_SECONDS = 30.0
 

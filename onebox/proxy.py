@@ -26,9 +26,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-Obj = dict[str, Any]
+from modelctl.core.contract import VERSION_HEADER
 
-VERSION_HEADER = "x-model-version"
+Obj = dict[str, Any]
 # Fields with no effect when every subset has exactly one local endpoint (no pool to eject from,
 # no connection limits worth enforcing on one machine): accepted and left out.
 ONE_ENDPOINT_POLICY = {"outlierDetection", "connectionPool"}

@@ -25,7 +25,7 @@ import httpx
 import yaml
 from filelock import FileLock, Timeout
 
-from modelctl.errors import UserError
+from modelctl.core.errors import UserError
 from onebox import monitoring, processes
 from onebox.monitoring import Target, Timing
 from onebox.processes import Proc

@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from onebox.proxy import VERSION_HEADER
+from modelctl.core.contract import VERSION_HEADER
 
 USER_COOKIE = "user"
 CONCURRENCY = 16

@@ -14,7 +14,7 @@ from modelctl.core import contract
 from serving.metrics import ServerMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE = ("modelctl", "pipeline", "infra", "serving", "policies")
+CODE = ("modelctl", "pipeline", "infra", "serving", "policies", "onebox")
 METRICS = [value for value in vars(contract).values() if isinstance(value, contract.Metric)]
 SHARED_NAMES = [
     *(metric.name for metric in METRICS),

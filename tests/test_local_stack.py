@@ -31,7 +31,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder
 
-from modelctl import dvcstore, yamlio
+from infra.alert_rules import DRIFT_STATISTIC
+from modelctl.core import contract, yamlio
+from modelctl.core.state import load_model
+from modelctl.repo import dvcstore
 from onebox.traffic import json_rows, no_cookie_jar
 from tests import pipeline_repo
 from tests.factories import full_docs, run_git, stack_doc
@@ -144,8 +147,6 @@ def dev(repo: Path) -> dict[str, Any]:
 def held_out_rows(root: Path) -> Iterator[list[float | int | bool]]:
     """The held-out rows in turn, endlessly, as the signature's JSON types: the servers' drift
     windows see the data's distribution, not one row repeated."""
-    from modelctl.state import load_model
-
     features = load_model(root, MODEL).signature.features
     rows = json_rows(np.load(root / "data" / MODEL / "X_test.npy"), [f.type for f in features])
     return itertools.cycle(rows)
@@ -195,7 +196,7 @@ def requests_counted(url: str) -> float:
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
-        if line.startswith("model_requests_total{")
+        if line.startswith(contract.REQUESTS.name + "{")
     )
 
 
@@ -223,7 +224,7 @@ def test_weighted_split_matches_the_weights(staging: dict[str, Any]) -> None:
         for _ in range(total):
             response = predict(client, staging)
             assert response.status_code == 200
-            version = response.headers["x-model-version"]
+            version = response.headers[contract.VERSION_HEADER]
             assert response.json()["version"] == version
             assert f"model-version={version};" in response.headers["set-cookie"]
             seen[version] += 1
@@ -237,9 +238,9 @@ def test_header_override_always_reaches_its_version(staging: dict[str, Any]) -> 
             other = "v1.0.0" if version == "v1.1.0" else "v1.1.0"
             for _ in range(50):
                 # The override comes before the sticky routes: a cookie for the other version loses.
-                headers = {"x-model-version": value, "cookie": f"model-version={other}"}
+                headers = {contract.VERSION_HEADER: value, "cookie": f"model-version={other}"}
                 response = predict(client, staging, headers)
-                assert response.headers["x-model-version"] == version
+                assert response.headers[contract.VERSION_HEADER] == version
                 assert response.json()["version"] == version
 
 
@@ -249,12 +250,14 @@ def test_sticky_users_keep_their_version_and_spread_by_weight(staging: dict[str,
     with httpx.Client(timeout=10, cookies=no_cookie_jar()) as client:
         for user in range(users):
             response = predict(client, staging, {"cookie": f"user=u{user}"})
-            version = response.headers["x-model-version"]
+            version = response.headers[contract.VERSION_HEADER]
             first[version] += 1
             if user < 5:
                 cookie = response.headers["set-cookie"].split(";")[0]
                 answers = {
-                    predict(client, staging, {"cookie": f"user=u{user}; {cookie}"}).headers["x-model-version"]
+                    predict(client, staging, {"cookie": f"user=u{user}; {cookie}"}).headers[
+                        contract.VERSION_HEADER
+                    ]
                     for _ in range(100)
                 }
                 assert answers == {version}
@@ -270,9 +273,9 @@ def test_mirror_copies_its_share_and_clients_see_only_primaries(dev: dict[str, A
     with httpx.Client(timeout=10, cookies=no_cookie_jar()) as client:
         for _ in range(total):
             response = predict(client, dev)
-            answered[response.headers["x-model-version"]] += 1
+            answered[response.headers[contract.VERSION_HEADER]] += 1
             body = response.json()
-            assert body.get("version", response.headers["x-model-version"]) != "v1.1.0"
+            assert body.get("version", response.headers[contract.VERSION_HEADER]) != "v1.1.0"
     assert set(answered) == {"v1.0.0", BROKEN}
 
     def settled() -> float | None:
@@ -330,11 +333,12 @@ def test_shifted_feature_raises_its_drift_alert_and_unshifted_traffic_none(
 
     alerts = wait_for("ModelFeatureDrift fires for pca_1", drifted, 60)
     assert {a["version"] for a in alerts} >= {"v1.0.0"}
-    assert float(query(dev, 'model_feature_drift{feature="pca_1",version="v1.0.0"}')[0]["value"][1]) > 0.2
+    series = contract.FEATURE_DRIFT.name + contract.selector({"feature": "pca_1", "version": "v1.0.0"})
+    assert float(query(dev, series)[0]["value"][1]) > DRIFT_STATISTIC
     # Staging saw as many unshifted rows, and its rules ran as often: no drift.
-    values = query(staging, "model_feature_drift")
+    values = query(staging, contract.FEATURE_DRIFT.name)
     assert values, "staging's servers report drift statistics"
-    assert max(float(v["value"][1]) for v in values) < 0.2
+    assert max(float(v["value"][1]) for v in values) < DRIFT_STATISTIC
     assert firing(staging, "ModelFeatureDrift") == []
 
 
@@ -356,7 +360,7 @@ def test_up_again_changes_nothing_and_a_release_commit_reconciles(
     assert set(after["models"][MODEL]["versions"]) == {"v1.1.0"}
     assert after["models"][MODEL]["versions"]["v1.1.0"] == staging["models"][MODEL]["versions"]["v1.1.0"]
     with httpx.Client(timeout=10, cookies=no_cookie_jar()) as client:
-        assert {predict(client, after).headers["x-model-version"] for _ in range(50)} == {"v1.1.0"}
+        assert {predict(client, after).headers[contract.VERSION_HEADER] for _ in range(50)} == {"v1.1.0"}
     pids = {p["name"]: p["pid"] for p in before}
     rows = json.loads(modelctl(repo, "ps", "--stack", "staging", "--json").stdout)["processes"]
     now = {p["name"]: p["pid"] for p in rows}

@@ -17,7 +17,7 @@ import pytest
 from scipy.stats import binom
 
 from infra.build import build_stack
-from modelctl.state import load_state
+from modelctl.core.state import load_state
 from onebox.processes import free_port
 from onebox.proxy import Routed, Unsupported, nginx_config
 from tests.factories import full_docs, write_repo

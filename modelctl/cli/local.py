@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from modelctl import dvcstore, registry
 from modelctl.cli import Result, add_command, progress, repo_root
-from modelctl.errors import UserError
-from modelctl.state import State, load_state
+from modelctl.core.errors import UserError
+from modelctl.core.state import State
+from modelctl.repo import dvcstore, registry
+from modelctl.repo.state import read_state
 
 DEFAULT_LOCAL_STACK = "dev"
 
@@ -70,13 +71,13 @@ def local_stack(state: State, name: str | None) -> str:
 
 def run_up(args: argparse.Namespace) -> Result:
     # Imported when used: the serving image has neither shell.
-    from infra.alerting import native_config
+    from infra.alertmanager import native_config
     from infra.build import build_stack
     from onebox.monitoring import Timing
     from onebox.stack import Options, up
 
     root = repo_root(args)
-    state = load_state(root)
+    state = read_state(root)
     name = local_stack(state, args.stack)
     stack = state.stack(name)
     rendered_alertmanager = native_config(stack) if stack.config.environment.receivers else None
@@ -112,7 +113,7 @@ def run_down(args: argparse.Namespace) -> Result:
     from onebox.stack import down
 
     root = repo_root(args)
-    name = local_stack(load_state(root), args.stack)
+    name = local_stack(read_state(root), args.stack)
     stopped = down(root, name)
     text = "\n".join(f"stopped {s['name']} (pid {s['pid']})" for s in stopped if s["was_running"])
     return Result({"stack": name, "stopped": stopped}, text or f"nothing of stack {name} was running")
@@ -122,7 +123,7 @@ def run_ps(args: argparse.Namespace) -> Result:
     from onebox.stack import ps
 
     root = repo_root(args)
-    name = local_stack(load_state(root), args.stack)
+    name = local_stack(read_state(root), args.stack)
     rows = ps(root, name)
     lines = [f"{'NAME':<28}{'PID':>8}  {'PORT':>6}  STATE"]
     for row in rows:
@@ -136,7 +137,7 @@ def run_traffic(args: argparse.Namespace) -> Result:
     from onebox.traffic import Workload, json_rows, send, shifted
 
     root = repo_root(args)
-    state = load_state(root)
+    state = read_state(root)
     name = local_stack(state, args.stack)
     running = status(root, name)
     model: str = args.model or next(iter(running["models"]), "")
