@@ -228,6 +228,7 @@ def test_weighted_split_matches_the_weights(staging: dict[str, Any]) -> None:
             assert response.json()["version"] == version
             assert f"model-version={version};" in response.headers["set-cookie"]
             seen[version] += 1
+    print(f"weighted split over {total} requests: {dict(seen)} for weights {WEIGHTS}")
     for version, weight in WEIGHTS.items():
         assert within(seen[version], total, weight), (seen, WEIGHTS)
 
@@ -261,6 +262,7 @@ def test_sticky_users_keep_their_version_and_spread_by_weight(staging: dict[str,
                     for _ in range(100)
                 }
                 assert answers == {version}
+    print(f"first versions of {users} users: {dict(first)} for weights {WEIGHTS}")
     for version, weight in WEIGHTS.items():
         assert within(first[version], users, weight), (first, WEIGHTS)
 
@@ -285,6 +287,7 @@ def test_mirror_copies_its_share_and_clients_see_only_primaries(dev: dict[str, A
         return first if requests_counted(shadow_url) == first else None
 
     mirrored = wait_for("the shadow's counter settles", settled, 20) - before
+    print(f"mirrored {mirrored:g} of {total} requests at {SHADOW_PERCENT}%")
     assert within(int(mirrored), total, SHADOW_PERCENT), mirrored
 
 
