@@ -50,14 +50,16 @@ class Options:
 
 
 @dataclass
-class State:
+class RunState:
+    """What runs for one stack (`state.json`): the fixed ports by role, the processes, the models' addresses."""
+
     stack: str
     ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, Proc] = field(default_factory=dict)
     models: dict[str, Obj] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, run: Path, stack: str) -> State:
+    def load(cls, run: Path, stack: str) -> RunState:
         path = run / "state.json"
         if not path.exists():
             return cls(stack)
@@ -81,6 +83,7 @@ class State:
 
 
 def run_dir(root: Path, stack: str) -> Path:
+    """Where a stack's state, logs, configurations and mailbox live (ignored by git)."""
     return root / RUN_DIR / stack
 
 
@@ -145,6 +148,7 @@ class ServerPlan:
 
 
 def server_plans(objects: list[Obj], pods: Path, options: Options) -> list[ServerPlan]:
+    """Every rendered Deployment as local commands, its volumes as folders under `pods`/<name>/."""
     return [_server_plan(d, pods / d["metadata"]["name"], options) for d in _of_kind(objects, "Deployment")]
 
 
@@ -205,7 +209,7 @@ def up(
     run = run_dir(root, stack)
     try:
         with _locked(root, stack):
-            state = State.load(run, stack)
+            state = RunState.load(run, stack)
             _Reconcile(root, run, state, options, say).apply(objects, alertmanager)
             return addresses(run, state)
     except Timeout:
@@ -219,7 +223,7 @@ def up(
 class _Reconcile:
     """One `up`: start what is missing or changed, reload configurations, stop what is gone."""
 
-    def __init__(self, root: Path, run: Path, state: State, options: Options, say: Say) -> None:
+    def __init__(self, root: Path, run: Path, state: RunState, options: Options, say: Say) -> None:
         self.root = root
         self.run = run
         self.state = state
@@ -444,7 +448,7 @@ def _reload(proc: Proc, what: str) -> None:
         )
 
 
-def _routed(objects: list[Obj], plans: list[ServerPlan], state: State) -> list[Routed]:
+def _routed(objects: list[Obj], plans: list[ServerPlan], state: RunState) -> list[Routed]:
     rules = {(r["metadata"]["namespace"], r["spec"]["host"]): r for r in _of_kind(objects, "DestinationRule")}
     services = {(s["metadata"]["namespace"], s["metadata"]["name"]): s for s in _of_kind(objects, "Service")}
     routed = []
@@ -469,7 +473,7 @@ def _routed(objects: list[Obj], plans: list[ServerPlan], state: State) -> list[R
     return routed
 
 
-def _models(objects: list[Obj], plans: list[ServerPlan], state: State) -> dict[str, Obj]:
+def _models(objects: list[Obj], plans: list[ServerPlan], state: RunState) -> dict[str, Obj]:
     models = {}
     for vs in _of_kind(objects, "VirtualService"):
         name = vs["metadata"]["name"]
@@ -482,7 +486,7 @@ def _models(objects: list[Obj], plans: list[ServerPlan], state: State) -> dict[s
     return models
 
 
-def addresses(run: Path, state: State) -> Obj:
+def addresses(run: Path, state: RunState) -> Obj:
     """`{"stack", "gateway", "models": {model: {"host", "versions": {version: url}}}, "prometheus",
     "alertmanager", "mailbox"}`."""
     return {
@@ -501,7 +505,7 @@ def addresses(run: Path, state: State) -> Obj:
 def status(root: Path, stack: str) -> Obj:
     """The addresses of a running stack (as `up` returns them); UserError when it is not up."""
     run = run_dir(root, stack)
-    state = State.load(run, stack)
+    state = RunState.load(run, stack)
     gateway = state.procs.get("gateway")
     if gateway is None or not processes.running(gateway):
         raise UserError(
@@ -517,7 +521,7 @@ def down(root: Path, stack: str) -> list[Obj]:
     if not (run / "state.json").exists():
         return []
     with _locked(root, stack):
-        state = State.load(run, stack)
+        state = RunState.load(run, stack)
         order = {"gateway": 0, "server": 1, "prometheus": 2, "alertmanager": 3, "sinks": 4}
         stopped = []
         for proc in sorted(state.procs.values(), key=lambda p: order.get(p.kind, 0)):
@@ -531,7 +535,7 @@ def down(root: Path, stack: str) -> list[Obj]:
 def ps(root: Path, stack: str) -> list[Obj]:
     """Every process of the stack: name, kind, pid, port, running, healthy."""
     run = run_dir(root, stack)
-    state = State.load(run, stack)
+    state = RunState.load(run, stack)
     rows = []
     for proc in state.procs.values():
         alive = processes.running(proc)
