@@ -24,15 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from modelctl.core import releases
 from modelctl.core.errors import UserError, collect
-from modelctl.core.releases import Proposal, Target
-from modelctl.core.schema import Release, Status
+from modelctl.core.schema import Status
 from modelctl.core.state import State, stack_file
 from modelctl.repo import dvcstore, gitutil, registry
-from modelctl.repo.history import releases_by_commit, stack_history
 from modelctl.repo.registry import Bump, Registered, Say
 from modelctl.repo.transaction import PolicyCheck, ReleaseChange, apply_release
 
@@ -44,6 +43,7 @@ __all__ = [
     "bluegreen_switch",
     "canary",
     "check_policies",
+    "clear_hold",
     "deprecate",
     "promote",
     "register",
@@ -107,8 +107,9 @@ def check_policies(state: State, stack: str) -> int:
 
 # ---------------------------------------------------------------- release operations
 # Every one takes: root (the repository), stack (the stack file to change), dry_run (compute
-# the change and its diff only), commit (False: write the stack file, do not commit) and
-# policies (the check run on the new state); each returns a ReleaseChange.
+# the change and its diff only), commit (False: write the stack file, do not commit),
+# policies (the check run on the new state) and lock_timeout (seconds to wait for another
+# writer, see modelctl.repo.transaction.repository_lock); each returns a ReleaseChange.
 
 
 def canary(
@@ -121,6 +122,7 @@ def canary(
     dry_run: bool = False,
     commit: bool = True,
     policies: PolicyCheck = check_policies,
+    lock_timeout: float | None = None,
 ) -> ReleaseChange:
     """Start a canary of `version`, or move it to the next analysis step.
 
@@ -138,6 +140,7 @@ def canary(
         policies=policies,
         dry_run=dry_run,
         commit=commit,
+        lock_timeout=lock_timeout,
     )
 
 
@@ -149,6 +152,7 @@ def promote(
     dry_run: bool = False,
     commit: bool = True,
     policies: PolicyCheck = check_policies,
+    lock_timeout: float | None = None,
 ) -> ReleaseChange:
     """The canary takes 100% of traffic; the old stable version stays deployed at 0%."""
     return apply_release(
@@ -159,6 +163,7 @@ def promote(
         policies=policies,
         dry_run=dry_run,
         commit=commit,
+        lock_timeout=lock_timeout,
     )
 
 
@@ -172,6 +177,7 @@ def ab(
     dry_run: bool = False,
     commit: bool = True,
     policies: PolicyCheck = check_policies,
+    lock_timeout: float | None = None,
 ) -> ReleaseChange:
     """Split traffic between versions for an A/B experiment.
 
@@ -190,6 +196,7 @@ def ab(
         policies=policies,
         dry_run=dry_run,
         commit=commit,
+        lock_timeout=lock_timeout,
     )
 
 
@@ -203,6 +210,7 @@ def shadow(
     dry_run: bool = False,
     commit: bool = True,
     policies: PolicyCheck = check_policies,
+    lock_timeout: float | None = None,
 ) -> ReleaseChange:
     """Mirror `percent` (above 0, at most 100) of requests to `version`, discarding its responses."""
     return apply_release(
@@ -213,6 +221,7 @@ def shadow(
         policies=policies,
         dry_run=dry_run,
         commit=commit,
+        lock_timeout=lock_timeout,
     )
 
 
@@ -224,6 +233,7 @@ def shadow_off(
     dry_run: bool = False,
     commit: bool = True,
     policies: PolicyCheck = check_policies,
+    lock_timeout: float | None = None,
 ) -> ReleaseChange:
     """Stop mirroring."""
     return apply_release(
@@ -234,6 +244,7 @@ def shadow_off(
         policies=policies,
         dry_run=dry_run,
         commit=commit,
+        lock_timeout=lock_timeout,
     )
 
 
@@ -247,6 +258,7 @@ def bluegreen(
     dry_run: bool = False,
     commit: bool = True,
     policies: PolicyCheck = check_policies,
+    lock_timeout: float | None = None,
 ) -> ReleaseChange:
     """Deploy the green `version` at 0% next to the stable one, optionally mirroring `mirror` percent to it."""
     return apply_release(
@@ -257,6 +269,7 @@ def bluegreen(
         policies=policies,
         dry_run=dry_run,
         commit=commit,
+        lock_timeout=lock_timeout,
     )
 
 
@@ -269,6 +282,7 @@ def bluegreen_switch(
     dry_run: bool = False,
     commit: bool = True,
     policies: PolicyCheck = check_policies,
+    lock_timeout: float | None = None,
 ) -> ReleaseChange:
     """Move all traffic to the green version (default: the newest deployed at 0%)."""
     return apply_release(
@@ -279,6 +293,7 @@ def bluegreen_switch(
         policies=policies,
         dry_run=dry_run,
         commit=commit,
+        lock_timeout=lock_timeout,
     )
 
 
@@ -288,23 +303,61 @@ def rollback(
     *,
     stack: str,
     to: str | None = None,
+    reason: str | None = None,
     dry_run: bool = False,
     commit: bool = True,
     policies: PolicyCheck = check_policies,
+    lock_timeout: float | None = None,
 ) -> ReleaseChange:
-    """Go back to the last state in the stack's git history fully on one stable version.
+    """All traffic back to the stable version the release started from; the versions it leaves
+    are held on the stack. Already there: nothing changes (`changed` False), not an error.
 
     Parameters
     ----------
     to
-        The last state fully on this version (default: on any version other than the canary's).
+        Roll back to this version instead (registered, not revoked, not held here).
+    reason
+        Recorded with each hold (default: "rolled back to <version>").
     """
+    now = datetime.now(UTC).replace(microsecond=0)
+    return apply_release(
+        root,
+        model,
+        stack,
+        lambda t, r, _: releases.rollback(t, r, now, to, reason),
+        policies=policies,
+        dry_run=dry_run,
+        commit=commit,
+        lock_timeout=lock_timeout,
+    )
 
-    def build(target: Target, release: Release, repo: Path) -> Proposal:
-        past = releases_by_commit(stack_history(repo, target.stack), target.model.name)
-        return releases.rollback(target, release, past, to)
 
-    return apply_release(root, model, stack, build, policies=policies, dry_run=dry_run, commit=commit)
+def clear_hold(
+    root: Path,
+    model: str,
+    version: str,
+    *,
+    stack: str,
+    reason: str,
+    dry_run: bool = False,
+    commit: bool = True,
+    policies: PolicyCheck = check_policies,
+    lock_timeout: float | None = None,
+) -> ReleaseChange:
+    """Lift the hold a rollback put on `version` on `stack`, saying why (`reason`, required).
+
+    Commit it through review: automation (the canary analysis) never calls this.
+    """
+    return apply_release(
+        root,
+        model,
+        stack,
+        lambda t, r, _: releases.clear_hold(t, r, version, reason),
+        policies=policies,
+        dry_run=dry_run,
+        commit=commit,
+        lock_timeout=lock_timeout,
+    )
 
 
 # ---------------------------------------------------------------- registry operations
@@ -328,6 +381,7 @@ def register(
     bump: Bump | None = None,
     commit: bool = True,
     say: Say = registry.quiet,
+    lock_timeout: float | None = None,
 ) -> Registered:
     """Record the committed, up-to-date pipeline run of `model` as a new version.
 
@@ -348,17 +402,22 @@ def register(
         The pipeline run is not committed, not up to date with dvc.lock, or its artifact is
         already registered; or the version name is taken.
     """
-    return registry.register(root, model, version=version, bump=bump, commit=commit, say=say)
-
-
-def deprecate(root: Path, model: str, version: str, *, commit: bool = True) -> StatusChange:
-    """Deprecate a version: it keeps the traffic it has, and gains none."""
-    return StatusChange(
-        model, version, "deprecated", registry.set_status(root, model, version, "deprecated", commit=commit)
+    return registry.register(
+        root, model, version=version, bump=bump, commit=commit, say=say, lock_timeout=lock_timeout
     )
 
 
-def revoke(root: Path, model: str, version: str, *, commit: bool = True) -> StatusChange:
+def deprecate(
+    root: Path, model: str, version: str, *, commit: bool = True, lock_timeout: float | None = None
+) -> StatusChange:
+    """Deprecate a version: it keeps the traffic it has, and gains none."""
+    made = registry.set_status(root, model, version, "deprecated", commit=commit, lock_timeout=lock_timeout)
+    return StatusChange(model, version, "deprecated", made)
+
+
+def revoke(
+    root: Path, model: str, version: str, *, commit: bool = True, lock_timeout: float | None = None
+) -> StatusChange:
     """Revoke a version no stack names any more; revoked is final.
 
     Raises
@@ -366,6 +425,5 @@ def revoke(root: Path, model: str, version: str, *, commit: bool = True) -> Stat
     UserErrors
         One line per stack still naming the version, with the rollback that frees it.
     """
-    return StatusChange(
-        model, version, "revoked", registry.set_status(root, model, version, "revoked", commit=commit)
-    )
+    made = registry.set_status(root, model, version, "revoked", commit=commit, lock_timeout=lock_timeout)
+    return StatusChange(model, version, "revoked", made)

@@ -56,7 +56,7 @@ def test_a_user_error_is_one_line_without_traceback(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "modelctl", "-C", str(tmp_path), "check"], capture_output=True, text=True
     )
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert proc.stdout == ""
     assert proc.stderr.strip().count("\n") == 0
     assert (

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, get_args
 import numpy as np
 import numpy.typing as npt
 
-from modelctl.cli import Result, add_command, repo_root
+from modelctl.cli import EXIT_FINDING, EXIT_OK, Result, add_command, repo_root
 from modelctl.core.errors import UserError, unknown_version
 from modelctl.core.schema import Correction
 from modelctl.core.state import load_model, model_file
@@ -95,7 +95,9 @@ def run(args: argparse.Namespace) -> Result:
     data = {"model": args.model, "version": args.version, "current": args.current, **report.to_dict()}
     if args.report:
         data["report"] = args.report
-    return Result(data, format_table(report, args), exit_code=1 if report.drift_detected else 0)
+    return Result(
+        data, format_table(report, args), exit_code=EXIT_FINDING if report.drift_detected else EXIT_OK
+    )
 
 
 def load_profile(root: Path, model: str, version: str) -> Profile:

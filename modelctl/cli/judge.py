@@ -15,14 +15,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from modelctl.cli import Handler, Result, add_command, progress
+from modelctl.cli import EXIT_FINDING, EXIT_HOLD, EXIT_OK, Handler, Result, add_command, progress
 from modelctl.core.errors import UserError
 
 if TYPE_CHECKING:
     from modelctl.core.judge import Decision, Evidence
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-JUDGE_HELP = "decide promote, hold or rollback from a canary metrics snapshot"
+JUDGE_HELP = (
+    "decide promote, hold or rollback from a canary metrics snapshot; "
+    f"exit {EXIT_OK} promote, {EXIT_FINDING} rollback, {EXIT_HOLD} hold"
+)
+# The decision is the exit code, so a pipeline step can branch on it without parsing output.
+EXIT_CODE = {"promote": EXIT_OK, "rollback": EXIT_FINDING, "hold": EXIT_HOLD}
 DEPRECATED = (
     "warning: 'modelctl canary judge' is deprecated and goes in the next release; use 'modelctl judge'"
 )
@@ -81,7 +86,7 @@ def run(args: argparse.Namespace) -> Result:
 
     path = Path(args.snapshot)
     decision = judge(read_snapshot(path), source=str(path))
-    return Result(decision.to_dict(), format_decision(decision))
+    return Result(decision.to_dict(), format_decision(decision), EXIT_CODE[decision.action])
 
 
 def read_snapshot(path: Path) -> Any:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from modelctl import api
-from modelctl.cli import Result, add_command, progress, repo_root
+from modelctl.cli import EXIT_FINDING, EXIT_OK, Result, add_command, progress, repo_root
 from modelctl.core.errors import UserError
 from modelctl.core.schema import ModelFile
 from modelctl.core.state import State, load_model
@@ -323,7 +323,7 @@ def run_doctor(args: argparse.Namespace) -> Result:
         if bad
         else f"all {len(findings)} objects of served versions are in {remote} with matching hashes"
     )
-    return Result(data, _table(table) + "\n" + summary, exit_code=1 if bad else 0)
+    return Result(data, _table(table) + "\n" + summary, exit_code=EXIT_FINDING if bad else EXIT_OK)
 
 
 def _table(rows: list[list[str]]) -> str:

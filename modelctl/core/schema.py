@@ -465,11 +465,36 @@ class Analysis(Strict):
         return steps
 
 
+class Hold(Strict):
+    """A version rolled back from on a stack: no command gives it traffic there until the hold
+    is cleared (`modelctl release-hold clear`, a reviewed commit)."""
+
+    reason: Annotated[str, Field(min_length=1)]
+    since: datetime
+
+    @field_validator("since")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("since has no time zone; write it in UTC like 2026-01-31T12:00:00Z")
+        return value
+
+
 class Release(Strict):
+    """One model's release on a stack.
+
+    `rollback_to` is the stable version the current release started from (written by canary,
+    A/B, shadow and blue-green, and kept by promote and the blue-green switch with the version
+    at weight 0): `modelctl rollback` returns all traffic to it, whatever git's history holds.
+    `held` lists the versions rolled back from, which may take no traffic here until cleared.
+    """
+
     traffic: dict[VersionName, Weight] = Field(min_length=1)
     shadow: Shadow | None = None
     sticky: Sticky | None = None
     overrides: dict[Annotated[str, Field(min_length=1)], VersionName] = {}
+    rollback_to: VersionName | None = None
+    held: dict[VersionName, Hold] = {}
     replicas: Replicas = Replicas()
     resources: Resources = Resources()
     analysis: Analysis = Analysis()
@@ -481,6 +506,23 @@ class Release(Strict):
         if total != 100:
             raise ValueError(f"weights sum to {total}, not 100; adjust them so they add up to 100")
         return traffic
+
+    @model_validator(mode="after")
+    def _rollback_target_and_holds(self) -> Release:
+        if self.rollback_to is not None and self.rollback_to not in self.traffic:
+            raise ValueError(
+                f"rollback_to {self.rollback_to} is not deployed (not in traffic); "
+                f"keep it in traffic (weight 0 at least) or remove rollback_to"
+            )
+        for path, version in self.referenced():
+            if version in self.held and (not path.startswith("traffic.") or self.traffic[version] > 0):
+                raise ValueError(
+                    f"{version} is held ({self.held[version].reason}) and may not take traffic at {path}; "
+                    "clear the hold first with 'modelctl release-hold clear'"
+                )
+        if self.rollback_to in self.held:
+            raise ValueError(f"rollback_to {self.rollback_to} is held; roll back to a version that is not")
+        return self
 
     def serving(self) -> list[str]:
         """Versions that take live traffic, in version order."""

@@ -68,6 +68,17 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def remove_key(mapping: CommentedMap, key: str) -> None:
+    """Delete `key` from a round-trip mapping."""
+    mapping.pop(key, None)
+
+
+def insert_key(mapping: CommentedMap, after: str | None, key: str, value: Any) -> None:
+    """Add `key` right after the key `after` (None: first)."""
+    position = list(mapping).index(after) + 1 if after is not None else 0
+    mapping.insert(position, key, value)
+
+
 def dump_file(path: Path, data: Any) -> None:
     write_atomic(path, dumps(data))
 
