@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from modelctl import api
-from modelctl.cli import EXIT_FINDING, EXIT_OK, Result, add_command, progress, repo_root
+from modelctl.cli import EXIT_FINDING, EXIT_OK, Result, add_command, add_lock_timeout, progress, repo_root
 from modelctl.core.errors import UserError
 from modelctl.core.schema import ModelFile
 from modelctl.core.state import State, load_model
@@ -17,13 +17,14 @@ from modelctl.repo.state import read_state
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 KEY_METRICS = ("accuracy", "precision", "recall", "f1", "auc_roc")
+MODEL_HELP = "the model's name (models/<model>/model.yaml)"
 
 
 def register(sub: SubParsers) -> None:
     parser = add_command(
         sub, "register", run_register, "record the committed pipeline run of a model as a new version"
     )
-    parser.add_argument("model")
+    parser.add_argument("model", help=MODEL_HELP)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--version", help="the new version's name, greater than the latest")
     which.add_argument(
@@ -32,6 +33,7 @@ def register(sub: SubParsers) -> None:
     parser.add_argument(
         "--no-commit", action="store_true", help="write models/<model>/model.yaml without committing"
     )
+    add_lock_timeout(parser)
 
     models = sub.add_parser("models", help="list registered models, show one, or its history")
     actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -43,13 +45,15 @@ def register(sub: SubParsers) -> None:
         actions, "history", run_history, "the commits that added or changed each version"
     ).add_argument("model")
 
-    for status, verb in (("deprecated", "deprecate"), ("revoked", "revoke")):
-        parser = add_command(
-            sub, verb, run_set_status, f"mark a version {status} (no stack may reference it)"
-        )
-        parser.add_argument("model")
-        parser.add_argument("version")
+    for verb, status, what in (
+        ("deprecate", "deprecated", "it keeps the traffic it has on every stack but gains none"),
+        ("revoke", "revoked", "final; refused while any stack still names the version"),
+    ):
+        parser = add_command(sub, verb, run_set_status, f"mark a version {status}: {what}")
+        parser.add_argument("model", help=MODEL_HELP)
+        parser.add_argument("version", help="the registered version")
         parser.add_argument("--no-commit", action="store_true", help="edit the model file without committing")
+        add_lock_timeout(parser)
         parser.set_defaults(status=status)
 
     parser = add_command(sub, "fetch", run_fetch, "write an artifact from the DVC remote or cache, verified")
@@ -88,6 +92,7 @@ def run_register(args: argparse.Namespace) -> Result:
         bump=args.bump,
         commit=not args.no_commit,
         say=progress,
+        lock_timeout=args.lock_timeout,
     )
     data = {
         "model": done.model,
@@ -103,7 +108,7 @@ def run_register(args: argparse.Namespace) -> Result:
 
 def run_set_status(args: argparse.Namespace) -> Result:
     change = (api.deprecate if args.status == "deprecated" else api.revoke)(
-        repo_root(args), args.model, args.version, commit=not args.no_commit
+        repo_root(args), args.model, args.version, commit=not args.no_commit, lock_timeout=args.lock_timeout
     )
     data = {
         "model": change.model,

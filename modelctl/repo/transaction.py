@@ -224,9 +224,10 @@ def commit_file(root: Path, path: str, text: str, message: str, *, commit: bool 
         try:
             return gitutil.commit_only(root, [path], message)
         except BaseException:
+            # The index entry is this command's; the file only while it still holds our text.
+            gitutil.git(root, "reset", "-q", "--", path, check=False)
             if file.read_text(encoding="utf-8") == text:
                 yamlio.write_atomic(file, before)
-                gitutil.git(root, "reset", "-q", "--", path, check=False)
             raise
 
 
