@@ -130,6 +130,10 @@ def predict_rows(body: Any, checker: RowChecker) -> tuple[list[Row], bool]:
     """The rows of a /predict body and whether it was the one-row form `{"features": [...]}`."""
     if type(body) is not dict or ("features" in body) == ("instances" in body):
         raise invalid('send a JSON object with either "features" (one row) or "instances" (a list of rows)')
+    unknown = sorted(set(body) - {"features", "instances"})
+    if unknown:
+        # A misspelt or extra field must not be ignored silently (the request would mean something else).
+        raise invalid(f"unknown key(s) {', '.join(map(repr, unknown))}; send only \"features\" or \"instances\"")
     if "features" in body:
         features = body["features"]
         checker.check(features, "features")

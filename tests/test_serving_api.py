@@ -141,6 +141,7 @@ BAD_BODIES: list[tuple[str, str, bytes, dict[str, str], int, str]] = [
     ("empty body", "/predict", b"", JSON, 400, "not valid JSON"),
     ("a list, not an object", "/predict", b"[1, 2]", JSON, 422, '"features"'),
     ("neither key", "/predict", b'{"rows": []}', JSON, 422, '"instances"'),
+    ("an extra key", "/predict", orjson.dumps({"features": GOOD, "id": 7}), JSON, 422, "unknown key(s) 'id'"),
     ("wrong feature count", "/predict", orjson.dumps({"features": GOOD[:3]}), JSON, 422, "send a list of 4 values"),
     ("a string value", "/predict", orjson.dumps({"features": ["12", *GOOD[1:]]}), JSON, 422, "send a number"),
     ("a null value", "/predict", orjson.dumps({"features": [None, *GOOD[1:]]}), JSON, 422, "send a number"),
