@@ -28,6 +28,10 @@ import orjson
 from modelctl.core.errors import UserError, UserErrors, as_list
 from modelctl.core.state import find_root
 
+# Positional arguments most commands share.
+MODEL_HELP = "the model's name (models/<model>/model.yaml)"
+VERSION_HELP = "a registered version of the model, like v1.2.0"
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_FINDING = 2

@@ -8,7 +8,17 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from modelctl import api
-from modelctl.cli import EXIT_FINDING, EXIT_OK, Result, add_command, add_lock_timeout, progress, repo_root
+from modelctl.cli import (
+    EXIT_FINDING,
+    EXIT_OK,
+    MODEL_HELP,
+    VERSION_HELP,
+    Result,
+    add_command,
+    add_lock_timeout,
+    progress,
+    repo_root,
+)
 from modelctl.core.errors import UserError
 from modelctl.core.schema import ModelFile
 from modelctl.core.state import State, load_model
@@ -17,7 +27,6 @@ from modelctl.repo.state import read_state
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 KEY_METRICS = ("accuracy", "precision", "recall", "f1", "auc_roc")
-MODEL_HELP = "the model's name (models/<model>/model.yaml)"
 
 
 def register(sub: SubParsers) -> None:
@@ -40,10 +49,10 @@ def register(sub: SubParsers) -> None:
     add_command(actions, "list", run_list, "every model with its latest version")
     add_command(
         actions, "show", run_show, "a model's gates and versions, and where each serves"
-    ).add_argument("model")
+    ).add_argument("model", help=MODEL_HELP)
     add_command(
         actions, "history", run_history, "the commits that added or changed each version"
-    ).add_argument("model")
+    ).add_argument("model", help=MODEL_HELP)
 
     for verb, status, what in (
         ("deprecate", "deprecated", "it keeps the traffic it has on every stack but gains none"),
@@ -51,14 +60,14 @@ def register(sub: SubParsers) -> None:
     ):
         parser = add_command(sub, verb, run_set_status, f"mark a version {status}: {what}")
         parser.add_argument("model", help=MODEL_HELP)
-        parser.add_argument("version", help="the registered version")
+        parser.add_argument("version", help=VERSION_HELP)
         parser.add_argument("--no-commit", action="store_true", help="edit the model file without committing")
         add_lock_timeout(parser)
         parser.set_defaults(status=status)
 
     parser = add_command(sub, "fetch", run_fetch, "write an artifact from the DVC remote or cache, verified")
     parser.add_argument("model", nargs="?", help="with VERSION: read the hashes from the registry")
-    parser.add_argument("version", nargs="?")
+    parser.add_argument("version", nargs="?", help=f"with MODEL: {VERSION_HELP}")
     parser.add_argument("-o", "--out", required=True, type=Path, help="where to write the artifact")
     parser.add_argument("--profile-out", type=Path, help="also write the version's reference profile here")
     parser.add_argument(
@@ -70,8 +79,8 @@ def register(sub: SubParsers) -> None:
     parser = add_command(
         sub, "reproduce", run_reproduce, "rebuild a version at its source commit, verify and push it"
     )
-    parser.add_argument("model", nargs="?")
-    parser.add_argument("version", nargs="?")
+    parser.add_argument("model", nargs="?", help=f"{MODEL_HELP} (or --all)")
+    parser.add_argument("version", nargs="?", help=VERSION_HELP)
     parser.add_argument(
         "--all",
         action="store_true",

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 from modelctl import api
-from modelctl.cli import Result, add_command, add_lock_timeout, repo_root
+from modelctl.cli import MODEL_HELP, Result, add_command, add_lock_timeout, repo_root
 from modelctl.core import releases
 from modelctl.core.errors import UserError
 from modelctl.core.schema import Release, Version
@@ -84,9 +84,6 @@ def register(sub: SubParsers) -> None:
     history.add_argument(
         "--at", metavar="TIMESTAMP", help="what served at this time (ISO 8601, UTC if no zone)"
     )
-
-
-MODEL_HELP = "the model's name (models/<model>/model.yaml)"
 
 
 def _register_canary(sub: SubParsers) -> None:

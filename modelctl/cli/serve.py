@@ -6,7 +6,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from modelctl.cli import Result, add_command, progress, repo_root
+from modelctl.cli import MODEL_HELP, VERSION_HELP, Result, add_command, progress, repo_root
 from modelctl.core.errors import revoked_version, unknown_version
 from modelctl.core.servingspec import ARTIFACT_FILE, PROFILE_FILE, ServingSpec
 from modelctl.core.state import load_model, model_file
@@ -17,8 +17,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = add_command(
         sub, "serve", run_serve, "fetch a registered version, verify it and run the model server locally"
     )
-    parser.add_argument("model")
-    parser.add_argument("version")
+    parser.add_argument("model", help=MODEL_HELP)
+    parser.add_argument("version", help=VERSION_HELP)
     parser.add_argument("--port", type=int, default=8080, help="port for the API, health and metrics")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument(
