@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from modelctl.cli import build_parser, main
+from modelctl.core.state import load_state
 from tests.conftest import Cli
 
 
@@ -175,3 +176,17 @@ def test_unknown_model_and_stack_names_are_refused_everywhere(
     assert (code, out) == (1, "")
     assert err.count("\n") == 1
     assert expected in err
+
+
+def test_the_readme_walks_the_canary_steps_staging_has() -> None:
+    root = Path(__file__).resolve().parents[1]
+    steps = load_state(root).stack("staging").config.releases["fraud-detection"].analysis.steps
+    readme = (root / "README.md").read_text()
+    assert "staging " + " → ".join(f"{s}%" for s in steps) in readme
+
+
+def test_the_dvc_config_names_the_extra_the_readme_installs() -> None:
+    root = Path(__file__).resolve().parents[1]
+    extra = re.search(r"needs modelctl\[([\w-]+)\]", (root / ".dvc" / "config").read_text())
+    assert extra
+    assert f"pip install -c constraints.txt -e '.[{extra[1]}]'" in (root / "README.md").read_text()

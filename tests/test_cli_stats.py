@@ -141,6 +141,14 @@ def test_canary_judge_rolls_back_a_failing_canary(tmp_path: Path, capsys: pytest
     assert json.loads(out)["action"] == "rollback"
 
 
+def test_the_judge_says_hold_with_exit_code_three(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "snapshot.json"
+    path.write_text(json.dumps(identical(50)))
+    code, out, _ = run(tmp_path, capsys, "judge", "--snapshot", str(path), "--json")
+    assert json.loads(out)["action"] == "hold"
+    assert code == 3
+
+
 def test_canary_judge_bad_snapshot_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "snapshot.json"
     snap = identical(1000)
