@@ -133,7 +133,7 @@ def predict_rows(body: Any, checker: RowChecker) -> tuple[list[Row], bool]:
     unknown = sorted(set(body) - {"features", "instances"})
     if unknown:
         # A misspelt or extra field must not be ignored silently (the request would mean something else).
-        raise invalid(f"unknown key(s) {', '.join(map(repr, unknown))}; send only \"features\" or \"instances\"")
+        raise invalid(f'unknown key(s) {", ".join(map(repr, unknown))}; send only "features" or "instances"')
     if "features" in body:
         features = body["features"]
         checker.check(features, "features")

@@ -63,9 +63,9 @@ def test_concurrent_release_commands_commit_exactly_what_they_say(tmp_path: Path
         results = [finish(p) for p in processes]
         for code, out, err in results:
             assert code == 0, (attempt, err)
-            commit = re.search(r"committed ([0-9a-f]{12}): canary: .* at (\d+)% on staging", out)
-            assert commit, out
-            assert canary_weight(root, commit[1]) == int(commit[2])
+            said = re.search(r"committed ([0-9a-f]{12}): canary: .* at (\d+)% on staging", out)
+            assert said, out
+            assert canary_weight(root, said[1]) == int(said[2])
         made = run_git(root, "rev-list", f"{base}..HEAD").split()
         assert len(made) == len(WEIGHTS)
         for commit in made:

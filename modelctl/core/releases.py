@@ -616,9 +616,12 @@ def _merge(existing: Any, wanted: Any) -> Any:
     if not (isinstance(existing, CommentedMap) and isinstance(wanted, dict)):
         return wanted
     for key in [k for k in existing if k not in wanted]:
-        del existing[key]
+        yamlio.remove_key(existing, key)
     for key, value in wanted.items():
-        existing[key] = _merge(existing.get(key), value)
+        if key in existing:
+            existing[key] = _merge(existing[key], value)
+        else:
+            yamlio.insert_key(existing, list(existing)[-1] if existing else None, key, value)
     if list(existing) != list(wanted):
         for key in wanted:
             existing.move_to_end(key)
