@@ -9,6 +9,7 @@ from typing import Any, TypeAlias
 
 from modelctl import api
 from modelctl.cli import (
+    EXIT_ERROR,
     EXIT_FINDING,
     EXIT_OK,
     MODEL_HELP,
@@ -308,7 +309,7 @@ def run_reproduce(args: argparse.Namespace) -> Result:
     failed = sum(1 for row in rows if row["error"])
     if failed:
         lines.append(f"{failed} of {len(rows)} versions failed to reproduce")
-    return Result(rows, "\n".join(lines), exit_code=1 if failed else 0)
+    return Result(rows, "\n".join(lines), exit_code=EXIT_ERROR if failed else EXIT_OK)
 
 
 def _reproduced_text(done: registry.Reproduced) -> str:
