@@ -117,5 +117,5 @@ def test_serve_refuses_unknown_and_revoked_versions(
     version, status, message = case
     root = tmp_path / "repo"
     registered(root, served, status)
-    assert main(["-C", str(root), "serve", MODEL, version]) == 2
+    assert main(["-C", str(root), "serve", MODEL, version]) == 1
     assert message in capsys.readouterr().err
