@@ -21,7 +21,7 @@ def test_the_local_stack_is_the_one_marked_local_else_dev(tmp_path: Path) -> Non
 
 def test_commands_on_a_stack_that_is_not_up_say_so_in_one_line(repo: Path, cli: Cli) -> None:
     code, out, err = cli(repo, "traffic", "--stack", "staging", "--requests", "10")
-    assert code == 2
+    assert code == 1
     assert err.strip().splitlines() == [
         "error: stack staging: is not running on this machine; run 'modelctl up --stack staging' first"
     ]

@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = add_command(sub, "traffic", run_traffic, "send held-out rows through the local stack's gateway")
     _stack_flag(parser)
     parser.add_argument("--model", help="the model to call (default: the stack's only or first model)")
-    parser.add_argument("--requests", type=int, required=True, metavar="N")
+    parser.add_argument("--requests", type=int, required=True, metavar="N", help="how many requests to send")
     parser.add_argument(
         "--rate", type=float, metavar="R", help="requests per second (default: as fast as possible)"
     )
@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--shift", action="append", default=[], metavar="FEATURE=DELTA", help="add DELTA to a feature (drift)"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed for the rows and users (default 0)")
 
 
 def _stack_flag(parser: argparse.ArgumentParser) -> None:
