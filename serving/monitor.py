@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from modelctl.core.drift import DriftWindow, Profile, outside_reference
+from modelctl.core.drift import DriftWindow, Profile
+from modelctl.core.drift.window import outside_reference
 from modelctl.core.errors import UserError
 from modelctl.core.schema import Signature
 from modelctl.core.servingspec import ServingSpec

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from modelctl.core.drift.detect import DriftReport, FeatureDrift, detect_drift
     from modelctl.core.drift.profile import SCORE_NAME, ColumnProfile, Profile, Sketch, fit_profile
     from modelctl.core.drift.statistics import adjust_pvalues, ks_pvalue, ks_statistic
-    from modelctl.core.drift.window import DriftWindow, outside_reference
+    from modelctl.core.drift.window import DriftWindow
 
 _HOME = {
     "SCORE_NAME": "profile",
@@ -73,7 +73,6 @@ _HOME = {
     "FeatureDrift": "detect",
     "detect_drift": "detect",
     "DriftWindow": "window",
-    "outside_reference": "window",
 }
 __all__ = [
     "SCORE_NAME",
@@ -88,7 +87,6 @@ __all__ = [
     "fit_profile",
     "ks_pvalue",
     "ks_statistic",
-    "outside_reference",
 ]
 
 
