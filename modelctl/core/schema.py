@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from modelctl.core.formats import FORMATS
+
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 VERSION = re.compile(r"^v(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$")
 MD5 = re.compile(r"^[0-9a-f]{32}$")
@@ -36,7 +38,7 @@ DOTTED_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 COOKIE_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 CONFIG_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
-SAFE_FORMATS = ("skops",)
+SAFE_FORMATS = tuple(FORMATS)
 UNSAFE_FORMATS = ("pickle", "pkl", "joblib", "dill", "cloudpickle")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 
@@ -160,7 +162,12 @@ class Feature(Strict):
 
 
 class Signature(Strict):
+    """The model's input. A value outside a feature's [min, max] is predicted and flagged in the
+    answer and in model_out_of_distribution_total (`on_out_of_range: flag`, the default), or
+    refused with a 422 (`refuse`, for models whose answers outside the range are meaningless)."""
+
     features: list[Feature] = Field(min_length=1)
+    on_out_of_range: Literal["flag", "refuse"] = "flag"
 
     @field_validator("features")
     @classmethod

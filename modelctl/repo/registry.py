@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from ruamel.yaml.comments import CommentedMap
 
-from modelctl.core import buildenv, releases, yamlio
+from modelctl.core import buildenv, formats, releases, yamlio
 from modelctl.core.errors import UserError, collect, revoked_version, unknown_version
 from modelctl.core.schema import ModelFile, Status, Version, VersionRecord
 from modelctl.core.state import State, load_model, model_file, model_names, parse_model
@@ -34,7 +34,6 @@ from modelctl.repo.transaction import commit_file, repository_lock
 
 STAGES = ("prepare", "train", "evaluate", "profile")
 PIPELINE_FILES = ("dvc.yaml", "dvc.lock", "params.yaml", "pipeline")
-FORMATS = {".skops": "skops"}
 Bump = Literal["major", "minor", "patch"]
 Say = Callable[[str], None]
 
@@ -161,24 +160,6 @@ def _cached_digest(cache: Path, md5: str, path: str) -> dvcstore.Digest:
     return digest
 
 
-def _trusted_types(path: Path, fmt: str) -> list[str]:
-    """The non-default types a skops artifact holds; reviewers approve them in the PR."""
-    if fmt != "skops":
-        return []
-    try:
-        import skops.io
-    except ImportError:
-        raise UserError(str(path), "skops is not installed", "install modelctl[pipeline]") from None
-    return sorted(skops.io.get_untrusted_types(file=path))
-
-
-def _artifact_format(path: str) -> str:
-    suffix = Path(path).suffix
-    if suffix not in FORMATS:
-        raise UserError(path, f"unknown artifact format {suffix!r}", "save the model with skops as .skops")
-    return FORMATS[suffix]
-
-
 def _metrics(root: Path, model: str) -> dict[str, float]:
     path = root / metrics_path(model)
     if not path.is_file():
@@ -192,15 +173,15 @@ def build_record(root: Path, model: str, run: PipelineRun, cache: Path, commit: 
     profile_path, profile_md5, _ = run.profile
     artifact = _cached_digest(cache, artifact_md5, artifact_path)
     profile = _cached_digest(cache, profile_md5, profile_path)
-    fmt = _artifact_format(artifact_path)
+    fmt = formats.by_suffix(artifact_path)
     return {
         "artifact": {
             "path": artifact_path,
             "md5": artifact_md5,
             "sha256": artifact.sha256,
             "size": size,
-            "format": fmt,
-            "trusted_types": _trusted_types(cache / dvcstore.object_path(artifact_md5), fmt),
+            "format": fmt.name,
+            "trusted_types": fmt.stored_types(cache / dvcstore.object_path(artifact_md5)),
         },
         "profile": {"path": profile_path, "md5": profile_md5, "sha256": profile.sha256},
         "metrics": _metrics(root, model),
