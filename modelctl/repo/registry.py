@@ -26,7 +26,8 @@ from ruamel.yaml.comments import CommentedMap
 from modelctl.core import buildenv, releases, yamlio
 from modelctl.core.errors import UserError, collect, revoked_version, unknown_version
 from modelctl.core.schema import ModelFile, Status, Version, VersionRecord
-from modelctl.core.state import State, load_model, model_file, model_names, parse_model
+from modelctl.core.state import State, load_allow_list, load_model, model_file, model_names, parse_model
+from modelctl.core.trusted import reviewed
 from modelctl.repo import dvcstore, gitutil
 from modelctl.repo.dvcstore import Location, LockedStage
 from modelctl.repo.state import Revision, read_state
@@ -161,15 +162,21 @@ def _cached_digest(cache: Path, md5: str, path: str) -> dvcstore.Digest:
     return digest
 
 
-def _trusted_types(path: Path, fmt: str) -> list[str]:
-    """The non-default types a skops artifact holds; reviewers approve them in the PR."""
+def _trusted_types(root: Path, path: Path, shown: str, fmt: str) -> list[str]:
+    """The non-default types a skops artifact holds, each allowed by the reviewed allow-list.
+
+    Raises
+    ------
+    UserError, UserErrors
+        One line per type the allow-list refuses, naming it.
+    """
     if fmt != "skops":
         return []
     try:
         import skops.io
     except ImportError:
         raise UserError(str(path), "skops is not installed", "install modelctl[pipeline]") from None
-    return sorted(skops.io.get_untrusted_types(file=path))
+    return reviewed(sorted(skops.io.get_untrusted_types(file=path)), load_allow_list(root), shown)
 
 
 def _artifact_format(path: str) -> str:
@@ -200,7 +207,9 @@ def build_record(root: Path, model: str, run: PipelineRun, cache: Path, commit: 
             "sha256": artifact.sha256,
             "size": size,
             "format": fmt,
-            "trusted_types": _trusted_types(cache / dvcstore.object_path(artifact_md5), fmt),
+            "trusted_types": _trusted_types(
+                root, cache / dvcstore.object_path(artifact_md5), artifact_path, fmt
+            ),
         },
         "profile": {"path": profile_path, "md5": profile_md5, "sha256": profile.sha256},
         "metrics": _metrics(root, model),
