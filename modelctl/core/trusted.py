@@ -10,9 +10,10 @@ artifact. `DENIED` is refused even where that file covers it: modules and functi
 code, start processes, reach files, the network or the interpreter (skops' security notes;
 CVE-2024-37065; CVE-2025-54412 for `operator`).
 
-Everything that records or loads trusted types goes through `refusals`: `register` (what it records),
-the state checks (what a record may list), the pipeline's stages and the model server (what they
-load with).
+Everything that records or loads trusted types goes through here: `register` (what it records),
+the state checks (what a record may list), the pipeline's stages (what they load with) and the
+model server (`DENIED` again on the record's list it is started with). `modelctl drift` loads no
+artifact, only the profile, an .npz read without pickle.
 """
 
 from __future__ import annotations
