@@ -282,7 +282,7 @@ def test_dvc_repro_stops_at_evaluate_when_train_saves_code(template: Path, tmp_p
     before = metrics.read_text()
 
     evaluate = subprocess.run(
-        [sys.executable, "-m", "pipeline.evaluate", MODEL], cwd=root, capture_output=True, text=True
+        [sys.executable, "-m", "pipeline", "evaluate", MODEL], cwd=root, capture_output=True, text=True
     )
 
     assert evaluate.returncode == 1
