@@ -11,7 +11,9 @@ from modelctl.core.schema import ThresholdAlert
 RUNBOOKS = "infra/runbooks.md"
 ERROR_RATIO = 0.05
 P99_SECONDS = 0.5
-DRIFT_STATISTIC = 0.2
+# The family-wise (Holm) p-value below which a feature's drift alerts: a window of undrifted
+# traffic crosses it with probability at most 0.1%, whatever its size.
+DRIFT_P_VALUE = 0.001
 OOD_RATIO = 0.05
 WINDOW = "5m"
 CANARY_WINDOW = "10m"
@@ -144,11 +146,12 @@ def _drift(target: ModelTarget) -> Obj:
     return _alert(
         target,
         "ModelFeatureDrift",
-        f"{query('feature_drift', _matchers(target), 'model, version, feature')}\n> {DRIFT_STATISTIC:g}",
+        f"{query('feature_drift', _matchers(target), 'model, version, feature')}\n< {DRIFT_P_VALUE:g}",
         for_="15m",
         severity="warning",
         summary="{{ $labels.model }} {{ $labels.version }} input feature {{ $labels.feature }} drifted",
-        description=f"The KS statistic against the reference profile is {{{{ $value }}}} (above {DRIFT_STATISTIC:g}).",
+        description="The drift test of the feature against the reference profile has a Holm-adjusted "
+        f"p-value of {{{{ $value }}}} over the server's window (below {DRIFT_P_VALUE:g}).",
     )
 
 

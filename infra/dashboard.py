@@ -47,7 +47,7 @@ def dashboard(stack: Stack) -> Obj:
             ],
         ),
         _panel(
-            "Feature drift (KS statistic)",
+            "Feature drift (Holm-adjusted p-value; low = drifted)",
             "none",
             [(query("feature_drift", sel, "version, feature"), "{{version}} {{feature}}")],
         ),

@@ -115,10 +115,19 @@ def save_skops(model: Any, path: Path) -> None:
 
 
 def load_skops(path: Path) -> Any:
-    """Load an artifact this pipeline just wrote, trusting exactly the types it contains."""
+    """Load an artifact this pipeline just wrote, trusting its types only where the repository's
+    reviewed allow-list allows each one (a stage exits naming those it refuses)."""
     import skops.io
 
-    return skops.io.load(path, trusted=skops.io.get_untrusted_types(file=path))
+    from modelctl.core.errors import UserError, UserErrors, as_list
+    from modelctl.core.state import load_allow_list
+    from modelctl.core.trusted import reviewed
+
+    try:
+        trusted = reviewed(skops.io.get_untrusted_types(file=path), load_allow_list(Path.cwd()), str(path))
+    except (UserError, UserErrors) as exc:
+        raise SystemExit("\n".join(f"error: {error}" for error in as_list(exc))) from None
+    return skops.io.load(path, trusted=trusted)
 
 
 def normalise_skops(raw: bytes) -> bytes:

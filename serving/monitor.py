@@ -1,7 +1,7 @@
 """Online drift against the version's reference profile, kept off the request path.
 
 Each batch only flags out-of-distribution rows (one vectorized comparison) and parks its
-rows; a timer moves them into the drift window and recomputes the statistics in a thread.
+rows; a timer moves them into the drift window and recomputes its p-values in a thread.
 """
 
 from __future__ import annotations
@@ -75,10 +75,10 @@ class DriftMonitor:
     def update(self, rows: Matrix | None) -> dict[str, float]:
         if rows is not None:
             self.window.add(rows)
-        return self.window.statistics()
+        return self.window.p_values()
 
     async def run(self, interval: float, publish: Publish) -> None:
-        """Every `interval` seconds, fold the parked rows into the window and publish the statistics."""
+        """Every `interval` seconds, fold the parked rows into the window and publish its p-values."""
         while True:
             await asyncio.sleep(interval)
             rows = self._take()

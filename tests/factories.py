@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from modelctl.core import yamlio
+from modelctl.core.trusted import ALLOW_LIST_FILE
 
 FEATURES = ["amount", "hour", "merchant_risk", "distance_km"]
+# The repository's own reviewed allow-list of trusted types, which test repositories hold too.
+ALLOW_LIST = Path(__file__).resolve().parents[1] / ALLOW_LIST_FILE
 
 
 def fake_hex(seed: str, length: int) -> str:
@@ -115,6 +118,8 @@ def write_repo(
     stacks = copy.deepcopy(default_stacks if stacks is None else stacks)
     root.mkdir(parents=True, exist_ok=True)
     (root / "Pulumi.yaml").write_text("name: modelctl\nmain: infra/\nruntime: python\n")
+    (root / "models").mkdir(exist_ok=True)
+    (root / ALLOW_LIST_FILE).write_text(ALLOW_LIST.read_text(encoding="utf-8"), encoding="utf-8")
     for name, doc in models.items():
         yamlio.dump_file(root / "models" / name / "model.yaml", doc)
     for name, doc in stacks.items():

@@ -19,7 +19,15 @@ from modelctl.repo import dvcstore, registry
 from tests.factories import run_git, stack_doc
 
 SOURCE = Path(__file__).resolve().parents[1]
-COPIED = [".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore", "dvc.yaml", "Pulumi.yaml"]
+COPIED = [
+    ".gitignore",
+    ".dvcignore",
+    ".dvc/config",
+    ".dvc/.gitignore",
+    "dvc.yaml",
+    "Pulumi.yaml",
+    "models/trusted-types.yaml",
+]
 MODEL = "fraud-detection"
 # Tiny, but still imbalanced and learnable; two train settings give two different artifacts.
 PARAMS: dict[str, Any] = {

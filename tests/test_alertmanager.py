@@ -159,14 +159,14 @@ SCENARIOS = [
     Scenario(
         "drifted feature",
         [
-            gauge("model_feature_drift", STABLE, 0.5, feature="amount"),
-            gauge("model_feature_drift", STABLE, 0.05, feature="hour"),
+            gauge("model_feature_drift_p_value", STABLE, 1e-6, feature="amount"),
+            gauge("model_feature_drift_p_value", STABLE, 0.04, feature="hour"),
         ],
         fires={"ModelFeatureDrift": [labels("warning", feature="amount")]},
     ),
     Scenario(
         "stable features",
-        [gauge("model_feature_drift", STABLE, 0.05, feature="amount")],
+        [gauge("model_feature_drift_p_value", STABLE, 0.01, feature="amount")],
         quiet=["ModelFeatureDrift"],
     ),
     Scenario(

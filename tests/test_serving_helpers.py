@@ -25,6 +25,8 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from modelctl.core import drift
 from modelctl.core.schema import Output, Signature
 from modelctl.core.servingspec import ServingSpec
+from modelctl.core.state import load_allow_list
+from modelctl.core.trusted import reviewed
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGNATURE = Signature.model_validate(
@@ -85,7 +87,14 @@ def write_version(folder: Path) -> Version:
         artifact_path=str(folder / "model.skops"),
         sha256=hashlib.sha256(artifact).hexdigest(),
         format="skops",
-        trusted_types=tuple(skops.io.get_untrusted_types(data=artifact)),
+        # What `modelctl register` records: the artifact's types, each allowed by the reviewed list.
+        trusted_types=tuple(
+            reviewed(
+                skops.io.get_untrusted_types(data=artifact),
+                load_allow_list(Path(__file__).resolve().parents[1]),
+                "model.skops",
+            )
+        ),
         signature=SIGNATURE,
         output=OUTPUT,
         profile_path=str(profile_path),

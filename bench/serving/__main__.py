@@ -41,6 +41,8 @@ from sklearn.model_selection import train_test_split
 from modelctl.core.drift import fit_profile
 from modelctl.core.schema import Feature, Output, Signature
 from modelctl.core.servingspec import ServingSpec
+from modelctl.core.state import load_allow_list
+from modelctl.core.trusted import reviewed
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -121,7 +123,14 @@ def train(folder: Path) -> tuple[ServingSpec, npt.NDArray[np.float64]]:
         artifact_path=str(folder / "model.skops"),
         sha256=hashlib.sha256(artifact).hexdigest(),
         format="skops",
-        trusted_types=tuple(skops.io.get_untrusted_types(data=artifact)),
+        # What `modelctl register` records: the artifact's types, each allowed by the reviewed list.
+        trusted_types=tuple(
+            reviewed(
+                skops.io.get_untrusted_types(data=artifact),
+                load_allow_list(Path(__file__).resolve().parents[2]),
+                "model.skops",
+            )
+        ),
         signature=signature,
         output=Output(classes=["negative", "positive"], positive_class="positive"),
         profile_path=str(folder / "profile.npz"),

@@ -76,8 +76,12 @@ def run(args: argparse.Namespace) -> Result:
     if not 0 < args.alpha < 1:
         raise UserError("--alpha", f"{args.alpha:g} is not between 0 and 1", "pass e.g. --alpha 0.05")
     root = repo_root(args)
+    if args.report:
+        _require_folder(Path(args.report))
     profile = load_profile(root, args.model, args.version)
     current, scores = read_current(Path(args.current), profile, args.score_column)
+    if current.shape[0] == 0:
+        raise UserError(args.current, "holds no rows", "pass a file with at least one row of data")
     report = detect_drift(
         profile,
         current,
@@ -96,13 +100,32 @@ def run(args: argparse.Namespace) -> Result:
             scores=scores,
             title=f"Drift: {args.model} {args.version} vs {args.current}",
         )
-        Path(args.report).write_text(page, encoding="utf-8")
+        _write_atomically(Path(args.report), page)
     data = {"model": args.model, "version": args.version, "current": args.current, **report.to_dict()}
     if args.report:
         data["report"] = args.report
     return Result(
         data, format_table(report, args), exit_code=EXIT_FINDING if report.drift_detected else EXIT_OK
     )
+
+
+def _require_folder(report: Path) -> None:
+    """Refuse a report path whose folder is missing before any work is done."""
+    folder = report.parent
+    if not folder.is_dir():
+        raise UserError(
+            str(report),
+            f"folder {str(folder)!r} does not exist",
+            "create it first or pass another --report path",
+        )
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    with tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=path.parent, delete=False, suffix=".tmp"
+    ) as tmp:
+        tmp.write(text)
+    Path(tmp.name).replace(path)
 
 
 def load_profile(root: Path, model: str, version: str) -> Profile:
@@ -152,6 +175,7 @@ def read_current(path: Path, profile: Profile, score_column: str | None) -> tupl
     if suffix not in FORMATS:
         raise UserError(str(path), f"unknown file type {suffix!r}", f"use one of: {', '.join(FORMATS)}")
     columns = _read_parquet(path) if suffix == ".parquet" else _read_csv(path)
+    _require_header(path, columns)
     wanted = [*profile.feature_names, *([score_column] if score_column else [])]
     missing = [name for name in wanted if name not in columns]
     if missing:
@@ -162,6 +186,25 @@ def read_current(path: Path, profile: Profile, score_column: str | None) -> tupl
         )
     matrix = np.column_stack([_numeric(path, name, columns[name]) for name in profile.feature_names])
     return matrix, (_numeric(path, score_column, columns[score_column]) if score_column else None)
+
+
+def _require_header(path: Path, columns: dict[str, Any]) -> None:
+    """A first line of numbers is data, not column names: the file has no header row."""
+    numbers = [name for name in columns if _is_number(name)]
+    if numbers:
+        raise UserError(
+            str(path),
+            f"the first line holds values ({', '.join(numbers[:3])}, ...), not column names: there is no header row",
+            "write the feature names as the first line",
+        )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _read_npy(path: Path, profile: Profile, score_column: str | None) -> Floats:
@@ -195,7 +238,7 @@ def _read_csv(path: Path) -> dict[str, Any]:
         raise UserError(
             str(path), f"unreadable CSV ({str(exc).splitlines()[0]})", "write a header row and numbers"
         ) from None
-    return {name: table.column(name).to_numpy() for name in table.column_names}
+    return {name: table.column(i).to_numpy() for i, name in enumerate(table.column_names)}
 
 
 def _read_csv_stdlib(path: Path) -> dict[str, Any]:
@@ -220,7 +263,7 @@ def _read_parquet(path: Path) -> dict[str, Any]:
         table = pq.read_table(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for bad files
         raise UserError(str(path), f"unreadable parquet ({exc})", "write it with pyarrow or pandas") from None
-    return {name: table.column(name).to_numpy() for name in table.column_names}
+    return {name: table.column(i).to_numpy() for i, name in enumerate(table.column_names)}
 
 
 def _numeric(path: Path, name: str, values: Any) -> Floats:

@@ -89,9 +89,10 @@ FEEDBACK_VALUE = Metric(
     "Business value sent with feedback (revenue, cost), summed per version.",
 )
 FEATURE_DRIFT = Metric(
-    "model_feature_drift",
+    "model_feature_drift_p_value",
     "gauge",
-    "Drift statistic of each feature over the sliding window against the reference profile.",
+    "P-value of each feature's drift test over the sliding window against the reference profile, "
+    "Holm-adjusted across the features (low means drifted; it accounts for the window's size).",
     ("feature",),
 )
 INFO = Metric("model_info", "gauge", "The served version.", ("sha256",))
@@ -135,7 +136,8 @@ QUERIES: dict[str, str] = {
     # One cell of the feedback confusion matrix (the selector names actual and/or predicted).
     "feedback_rate": f"rate({FEEDBACK.name}{{selector}}[{{window}}])",
     "latency_buckets": f"sum by ({{by}}, le) (rate({DURATION.name}_bucket{{selector}}[{{window}}]))",
-    "feature_drift": f"max by ({{by}}) ({FEATURE_DRIFT.name}{{selector}})",
+    # The strongest evidence of drift among a version's pods: the smallest p-value.
+    "feature_drift": f"min by ({{by}}) ({FEATURE_DRIFT.name}{{selector}})",
     "requests": f"{REQUESTS.name}{{selector}}",
     "model_names": f"label_values({REQUESTS.name}{{selector}}, model)",
     # A gauge (live quality, or a metric named by a model owner) aggregated per group.

@@ -35,6 +35,7 @@ DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DOTTED_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 COOKIE_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 CONFIG_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
@@ -232,6 +233,18 @@ class Artifact(Strict):
     @classmethod
     def _relative(cls, value: str) -> str:
         return _repo_relative(value)
+
+
+class TrustedTypesFile(Strict):
+    """`models/trusted-types.yaml`: the names a version record's artifact.trusted_types may list
+    (see `modelctl.core.trusted`)."""
+
+    namespaces: list[
+        Annotated[str, _matches(MODULE_NAME, "a module name", "e.g. sklearn or scipy.sparse")]
+    ] = []
+    types: list[
+        Annotated[str, _matches(DOTTED_NAME, "a dotted type name", "e.g. sklearn.tree._tree.Tree")]
+    ] = []
 
 
 class ProfileRef(Strict):

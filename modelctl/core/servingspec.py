@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from modelctl.core.errors import UserError
+from modelctl.core.errors import UserError, collect
 from modelctl.core.formats import FORMATS
 from modelctl.core.schema import ModelFile, Output, Signature
+from modelctl.core.trusted import denied
 
 ENV_PREFIX = "MODELCTL_"
 PROFILE_FILE = "profile.npz"
@@ -32,6 +33,21 @@ class ServingSpec:
     output: Output
     profile_path: str
     profile_sha256: str
+
+    def __post_init__(self) -> None:
+        # The record's list passed the allow-list where the state was loaded; a server started
+        # from edited variables still never trusts what runs code (modelctl.core.trusted).
+        collect(
+            [
+                UserError(
+                    f"{self.model} {self.version}",
+                    f"trusted type {name} {reason}",
+                    "render it again with modelctl render",
+                )
+                for name in self.trusted_types
+                if (reason := denied(name))
+            ]
+        )
 
     @classmethod
     def from_record(cls, model: ModelFile, version: str, artifact_dir: str) -> ServingSpec:

@@ -25,7 +25,8 @@ from modelctl.core.errors import (
     unknown_name,
     unknown_version,
 )
-from modelctl.core.schema import ModelFile, Release, StackConfig
+from modelctl.core.schema import ModelFile, Release, StackConfig, TrustedTypesFile
+from modelctl.core.trusted import ALLOW_LIST_FILE, AllowList, refusals
 
 STACK_PREFIX = "Pulumi."
 CONFIG_NAMESPACE = "modelctl"
@@ -96,6 +97,8 @@ class State:
     root: Path
     models: dict[str, ModelFile]
     stacks: dict[str, Stack]
+    # What version records may list as trusted types (models/trusted-types.yaml).
+    trusted: AllowList = field(default_factory=AllowList)
 
     def model(self, name: str) -> ModelFile:
         if name not in self.models:
@@ -233,6 +236,16 @@ def load_stack(where: Path | Source, name: str) -> Stack:
     return parse_stack(text, name)
 
 
+def load_allow_list(where: Path | Source) -> AllowList:
+    """The reviewed allow-list of trusted types; without the file, nothing beyond skops' defaults."""
+    text = _source(where).read(ALLOW_LIST_FILE)
+    if text is None:
+        return AllowList()
+    doc = yamlio.loads(text, ALLOW_LIST_FILE)
+    parsed: TrustedTypesFile = parse(TrustedTypesFile, doc or {}, ALLOW_LIST_FILE, doc)
+    return AllowList(tuple(parsed.namespaces), tuple(parsed.types))
+
+
 def model_names(root: Path) -> list[str]:
     return Folder(root).model_names()
 
@@ -265,7 +278,12 @@ def load_state(where: Path | Source) -> State:
             stacks[name] = load_stack(source, name)
         except (UserError, UserErrors) as exc:
             errors += as_list(exc)
-    state = State(root=source.root, models=models, stacks=stacks)
+    trusted = AllowList()
+    try:
+        trusted = load_allow_list(source)
+    except (UserError, UserErrors) as exc:
+        errors += as_list(exc)
+    state = State(root=source.root, models=models, stacks=stacks, trusted=trusted)
     if not errors:
         errors += cross_check(state)
     collect(errors)
@@ -273,11 +291,30 @@ def load_state(where: Path | Source) -> State:
 
 
 def cross_check(state: State) -> list[UserError]:
-    """Rules that span files: stacks name existing, active versions; production passes gates."""
+    """Rules that span files: stacks name existing, active versions; production passes gates;
+    records trust only what the allow-list allows."""
     errors: list[UserError] = []
+    for model in state.models.values():
+        errors += _check_trusted(model, state.trusted)
     for stack in state.stacks.values():
         errors += _check_stack(state, stack)
     return errors
+
+
+def _check_trusted(model: ModelFile, trusted: AllowList) -> list[UserError]:
+    """Every record that can still serve trusts only allowed types (revoked records never load)."""
+    return [
+        error
+        for version, record in model.versions.items()
+        if record.status != "revoked"
+        for error in refusals(
+            record.artifact.trusted_types,
+            trusted,
+            model_file(model.name),
+            f"versions.{version}.artifact.trusted_types",
+            f"revoke it (modelctl revoke {model.name} {version}) and register a model without it",
+        )
+    ]
 
 
 def _check_stack(state: State, stack: Stack) -> list[UserError]:

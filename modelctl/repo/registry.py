@@ -26,7 +26,8 @@ from ruamel.yaml.comments import CommentedMap
 from modelctl.core import buildenv, formats, releases, yamlio
 from modelctl.core.errors import UserError, collect, revoked_version, unknown_version
 from modelctl.core.schema import ModelFile, Status, Version, VersionRecord
-from modelctl.core.state import State, load_model, model_file, model_names, parse_model
+from modelctl.core.state import State, load_allow_list, load_model, model_file, model_names, parse_model
+from modelctl.core.trusted import reviewed
 from modelctl.repo import dvcstore, gitutil
 from modelctl.repo.dvcstore import Location, LockedStage
 from modelctl.repo.state import Revision, read_state
@@ -160,6 +161,18 @@ def _cached_digest(cache: Path, md5: str, path: str) -> dvcstore.Digest:
     return digest
 
 
+def _trusted_types(root: Path, path: Path, shown: str) -> list[str]:
+    """The non-default types the artifact at `path` (named `shown`) holds, each allowed by the
+    repository's reviewed allow-list.
+
+    Raises
+    ------
+    UserError, UserErrors
+        One line per type the allow-list refuses, naming it.
+    """
+    return reviewed(formats.by_suffix(shown).stored_types(path), load_allow_list(root), shown)
+
+
 def _metrics(root: Path, model: str) -> dict[str, float]:
     path = root / metrics_path(model)
     if not path.is_file():
@@ -181,7 +194,7 @@ def build_record(root: Path, model: str, run: PipelineRun, cache: Path, commit: 
             "sha256": artifact.sha256,
             "size": size,
             "format": fmt.name,
-            "trusted_types": fmt.stored_types(cache / dvcstore.object_path(artifact_md5)),
+            "trusted_types": _trusted_types(root, cache / dvcstore.object_path(artifact_md5), artifact_path),
         },
         "profile": {"path": profile_path, "md5": profile_md5, "sha256": profile.sha256},
         "metrics": _metrics(root, model),

@@ -6,7 +6,8 @@ with it, feature by feature, and corrects for testing many features at once.
 
 Per numeric feature:
 
-- the two-sample Kolmogorov–Smirnov statistic D and its asymptotic p-value (`ks_pvalue`).
+- the two-sample Kolmogorov–Smirnov statistic D and its p-value (`ks_pvalue`: the exact
+  small-sample distribution up to an effective size of 2000, Smirnov's limit above).
   The reference side is either exact (every distinct value with its count: D equals
   `scipy.stats.ks_2samp`'s to rounding) or a sketch: the order statistics at `sketch_points`
   evenly spaced ranks, with their exact counts. Between sketch points the reference CDF is
@@ -21,13 +22,20 @@ Per numeric feature:
   half of the reference, with the reference proportions counted on the other half (counting on
   the same half would make every reference proportion exactly 1/10 and understate PSI's noise).
 
+A numeric feature whose reference has no spread (its values agree up to round-off, a millionth of
+their magnitude) is tested on the share of current values away from that value (Fisher's exact
+test, test "range"), so round-off never reads as a huge effect.
+
 Per categorical feature (codes stored as numbers): the chi-squared test on the 2 x K table of
-category counts (unseen categories pooled into one column), with Cohen's w as the effect size.
+category counts (unseen categories pooled into one column) where every category expects at least
+5 current rows (Cochran's rule), Fisher's exact test per category (Bonferroni-combined) below that,
+so one row or a handful is never "drift" by an approximation; Cohen's w as the effect size.
 
 A feature's missing values (NaN, +-inf) are left out of the distribution tests; when either
-side has some, a two-proportion test on the missing rate joins the feature's test (the smaller
+side has some, Fisher's exact test on the missing rate joins the feature's test (the smaller
 p-value, Bonferroni-doubled; the effect size is then the larger of the two, the missing rate's
-as Cohen's h). The p-values of all features, and of the prediction score when
+as Cohen's h); when the missing rate is the stronger evidence the feature's test reads "missing"
+and its statistic is the change in the missing rate. The p-values of all features, and of the prediction score when
 given, are corrected together (Holm by default, Benjamini–Hochberg as an option); a feature
 drifts when its corrected p-value is at most alpha and its effect size reaches the optional
 practical floor, so that very large windows do not flag trivial shifts.

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from scipy import stats
 
 from modelctl.core.drift.profile import (
     SCORE_NAME,
@@ -22,7 +23,7 @@ from modelctl.core.drift.profile import (
 from modelctl.core.drift.statistics import (
     adjust_pvalues,
     category_counts,
-    chi_squared,
+    category_test,
     cohens_h,
     cohens_w,
     ks_pvalue,
@@ -32,6 +33,10 @@ from modelctl.core.drift.statistics import (
     wasserstein,
 )
 from modelctl.core.schema import Correction
+
+# Relative size of round-off: float32 carries about 7 significant digits, so values that agree
+# to 6 next to the reference's magnitude are the same value stored twice.
+ROUND_OFF = 1e-6
 
 # ---------------------------------------------------------------- the comparison
 
@@ -183,37 +188,36 @@ def _compare(reference: ColumnProfile, column: Floats) -> _Comparison:
     else:
         result = _compare_numeric(reference, ordered)
     p_missing = missing_rate_p(reference.missing, reference.count, missing, ordered.size)
-    p_value, effect = result.p_value, result.effect_size
-    if p_missing is not None:
-        p_value = min(1.0, 2 * min(p_value, p_missing))
-        rates = (
-            _fraction(reference.missing, reference.missing + reference.count),
-            _fraction(missing, column.size),
-        )
-        effect = float(np.nanmax([effect, cohens_h(*rates)]))
-    return _Comparison(
-        statistic=result.statistic,
-        p_value=p_value,
-        effect_size=effect,
-        psi=result.psi,
-        count=int(ordered.size),
-        missing=_fraction(missing, missing + ordered.size),
-        error_bound=result.error_bound,
-        test=result.test,
+    if p_missing is None:
+        return result
+    rates = (
+        _fraction(reference.missing, reference.missing + reference.count),
+        _fraction(missing, column.size),
     )
+    # Both tests join the family as one p-value (Bonferroni over the two); the one with the
+    # stronger evidence names the feature's test, so a column that only went missing reads as a
+    # missing-rate change, never as a distribution test on the values left.
+    p_value = min(1.0, 2 * min(result.p_value, p_missing))
+    effect = float(np.nanmax([result.effect_size, cohens_h(*rates)]))
+    if p_missing < result.p_value or ordered.size == 0:
+        result = replace(result, test="missing", statistic=rates[1] - rates[0])
+    return replace(result, p_value=p_value, effect_size=effect, missing=rates[1])
 
 
 def _compare_numeric(reference: ColumnProfile, ordered: Floats) -> _Comparison:
     sketch = reference.sketch
     if ordered.size == 0 or sketch.n == 0:
-        return _Comparison(math.nan, 1.0, math.nan, math.nan, 0, 0.0, 0.0, "ks")
+        return _Comparison(math.nan, 1.0, math.nan, math.nan, int(ordered.size), 0.0, 0.0, "ks")
+    tolerance = _round_off(reference)
+    if reference.maximum - reference.minimum <= tolerance:
+        return _compare_constant(reference, ordered, tolerance)
     statistic = ks_statistic(sketch, ordered)
     bound = sketch.error_bound
     p_value = ks_pvalue(max(statistic - bound, 0.0), sketch.n, ordered.size)
     return _Comparison(
         statistic=statistic,
         p_value=p_value,
-        effect_size=wasserstein(sketch, ordered) / _scale(reference),
+        effect_size=wasserstein(sketch, ordered) / max(reference.std, tolerance),
         psi=_psi(reference, ordered),
         count=int(ordered.size),
         missing=0.0,
@@ -222,11 +226,26 @@ def _compare_numeric(reference: ColumnProfile, ordered: Floats) -> _Comparison:
     )
 
 
+def _round_off(reference: ColumnProfile) -> float:
+    """Differences this small next to the reference's magnitude are round-off, not change."""
+    return ROUND_OFF * max(abs(reference.minimum), abs(reference.maximum))
+
+
+def _compare_constant(reference: ColumnProfile, ordered: Floats, tolerance: float) -> _Comparison:
+    """A reference without spread (all values equal up to round-off): the share of current values
+    away from it, by Fisher's exact test against the reference's none; effect size Cohen's h."""
+    low, high = reference.minimum - tolerance, reference.maximum + tolerance
+    away = int(np.searchsorted(ordered, low, "left") + ordered.size - np.searchsorted(ordered, high, "right"))
+    share = away / ordered.size
+    p_value = float(stats.fisher_exact([[0, reference.count], [away, ordered.size - away]]).pvalue)
+    return _Comparison(share, p_value, cohens_h(0.0, share), math.nan, int(ordered.size), 0.0, 0.0, "range")
+
+
 def _compare_categories(reference: ColumnProfile, ordered: Floats) -> _Comparison:
     sketch = reference.sketch
     ref_counts = np.r_[sketch.le - sketch.lt, 0.0]
     cur_counts = category_counts(sketch.values, ordered)
-    statistic, p_value = chi_squared(ref_counts, cur_counts)
+    test, statistic, p_value = category_test(ref_counts, cur_counts)
     return _Comparison(
         statistic=statistic,
         p_value=p_value,
@@ -235,15 +254,8 @@ def _compare_categories(reference: ColumnProfile, ordered: Floats) -> _Compariso
         count=int(ordered.size),
         missing=0.0,
         error_bound=0.0,
-        test="chi2",
+        test=test,
     )
-
-
-def _scale(reference: ColumnProfile) -> float:
-    if reference.std > 0:
-        return reference.std
-    # A constant reference: any movement is an effect; measure it against the value's size.
-    return max(abs(reference.mean), 1.0) * 1e-9
 
 
 def _psi(reference: ColumnProfile, ordered: Floats) -> float:

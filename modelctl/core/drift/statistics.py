@@ -1,8 +1,8 @@
 """The two-sample statistics drift detection and the canary judge use.
 
-Kolmogorov–Smirnov (statistic against a reference sketch, asymptotic p-value), Pearson's
-chi-squared test of homogeneity, the population stability index, the Wasserstein-1 distance,
-Cohen's w and h, the two-proportion z-test, and multiplicity corrections (Holm,
+Kolmogorov–Smirnov (statistic against a reference sketch, small-sample p-value), Pearson's
+chi-squared test of homogeneity and Fisher's exact test where counts are small, the population
+stability index, the Wasserstein-1 distance, Cohen's w and h, and multiplicity corrections (Holm,
 Benjamini–Hochberg, Bonferroni). Sources are named per function.
 """
 
@@ -104,9 +104,10 @@ def _steps(m: int) -> Floats:
 def ks_pvalue(statistic: float, n_reference: int, n_current: int) -> float:
     """Asymptotic two-sided p-value of the two-sample KS statistic.
 
-    Up to an effective size n1 n2 / (n1 + n2) of `EXACT_PVALUE_MAX_N`, the formula
-    `scipy.stats.ks_2samp(method="asymp")` uses (the one-sample distribution `kstwo` at the
-    effective size); above it Smirnov's limit `kolmogorov(sqrt(n) D)`, because kstwo's cost grows
+    Up to an effective size n1 n2 / (n1 + n2) of `EXACT_PVALUE_MAX_N`, the exact one-sample
+    distribution `kstwo` at the effective size rounded down (the formula
+    `scipy.stats.ks_2samp(method="asymp")` uses, rounded to the safe side; for a current window much
+    smaller than the reference it is the exact small-sample distribution of D); above it Smirnov's limit `kolmogorov(sqrt(n) D)`, because kstwo's cost grows
     with n (0.2 s per call at 1M x 1M rows). The limit is never smaller than kstwo's value and
     is within 0.7% of it (absolute) from that size on: the p-value only errs on the safe side.
 
@@ -130,7 +131,8 @@ def ks_pvalue(statistic: float, n_reference: int, n_current: int) -> float:
     big, small = sorted([float(n_reference), float(n_current)], reverse=True)
     effective = big * small / (big + small)
     if effective <= EXACT_PVALUE_MAX_N:
-        p_value = stats.kstwo.sf(statistic, np.round(effective))
+        # kstwo.sf falls as its n grows: rounding the effective size down errs on the safe side.
+        p_value = stats.kstwo.sf(statistic, max(1.0, math.floor(effective)))
     else:
         p_value = special.kolmogorov(math.sqrt(effective) * statistic)
     return float(np.clip(p_value, 0.0, 1.0))
@@ -262,6 +264,53 @@ def chi_squared(reference: Floats, current: Floats) -> tuple[float, float]:
     return statistic, float(stats.chi2.sf(statistic, table.shape[1] - 1))
 
 
+# Cochran's rule: the chi-squared approximation holds when every expected count is at least 5.
+CHI_SQUARED_MIN_EXPECTED = 5.0
+
+
+def category_test(reference: Floats, current: Floats) -> tuple[str, float, float]:
+    """Do the current category counts come from the reference proportions? Exact where counts are small.
+
+    When every reference category expects at least `CHI_SQUARED_MIN_EXPECTED` current rows
+    (Cochran's rule, decided from the reference and the window size only, so the choice does
+    not depend on the current counts), Pearson's chi-squared test (`chi_squared`). Otherwise
+    Fisher's exact test on each category's 2 x 2 table (the category against the others,
+    reference against current; the categories the reference never saw as one), Bonferroni-
+    combined over the tables: a valid level-alpha test at any count, one row included.
+
+    Parameters
+    ----------
+    reference, current : ndarray of shape (K,)
+        Counts per category, the last being the categories the reference never saw.
+
+    Returns
+    -------
+    tuple
+        (test name "chi2" or "fisher", statistic, p-value): the chi-squared statistic, or the
+        total-variation distance between the two proportions.
+
+    References
+    ----------
+    Cochran (1954), Some methods for strengthening the common chi-squared tests; Fisher (1922),
+    On the interpretation of chi-squared from contingency tables; `scipy.stats.fisher_exact`.
+    """
+    n, m = float(reference.sum()), float(current.sum())
+    if m == 0 or n == 0:
+        return "chi2", 0.0, 1.0
+    seen = reference > 0
+    if np.min(reference[seen]) * m / n >= CHI_SQUARED_MIN_EXPECTED:
+        return ("chi2", *chi_squared(reference, current))
+    known = [int(k) for k in np.flatnonzero(seen[:-1])]
+    # With two known categories both of their tables are one test; the unseen pool is always one.
+    tables = [*(known[:1] if len(known) == 2 else known), reference.size - 1]
+    smallest = min(
+        float(stats.fisher_exact([[reference[k], n - reference[k]], [current[k], m - current[k]]]).pvalue)
+        for k in tables
+    )
+    distance = 0.5 * float(np.abs(reference / n - current / m).sum())
+    return "fisher", distance, min(1.0, smallest * len(tables))
+
+
 def cohens_w(reference: Floats, current: Floats) -> float:
     """sqrt(sum (p_cur - p_ref)^2 / p_ref); an unseen category counts as half a reference value."""
     if current.sum() == 0:
@@ -277,15 +326,14 @@ def cohens_h(p1: float, p2: float) -> float:
 
 
 def missing_rate_p(ref_missing: int, ref_count: int, cur_missing: int, cur_count: int) -> float | None:
-    """Two-sided two-proportion z-test on the missing rate; None when neither side misses any."""
+    """Two-sided p-value of a change in the missing rate; None when neither side misses any.
+
+    Fisher's exact test on the 2 x 2 table (missing, present) x (reference, current): valid at
+    any count, one row included (`scipy.stats.fisher_exact`).
+    """
     if ref_missing == 0 and cur_missing == 0:
         return None
-    n1, n2 = ref_missing + ref_count, cur_missing + cur_count
-    if n1 == 0 or n2 == 0:
+    if ref_missing + ref_count == 0 or cur_missing + cur_count == 0:
         return 1.0
-    pooled = (ref_missing + cur_missing) / (n1 + n2)
-    spread = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    if spread == 0:
-        return 1.0
-    z = abs(ref_missing / n1 - cur_missing / n2) / spread
-    return float(2 * stats.norm.sf(z))
+    table = [[ref_missing, ref_count], [cur_missing, cur_count]]
+    return float(stats.fisher_exact(table).pvalue)

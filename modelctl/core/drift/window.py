@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from modelctl.core.drift.detect import DriftReport, detect_drift
-from modelctl.core.drift.profile import ColumnProfile, Floats, Profile, as_rows, sorted_finite
-from modelctl.core.drift.statistics import category_counts, ks_statistic
+from modelctl.core.drift.profile import Floats, Profile, as_rows
 
 
 class DriftWindow:
     """The most recent `size` rows the server saw, to compare with the profile off the request path.
 
-    `add(rows)` copies rows into a ring buffer (cheap: one slice assignment); `statistics()`
-    returns the KS statistic per feature over the rows held (total-variation distance for
-    categorical features, NaN while empty), for a gauge; `report()` runs the full
-    `detect_drift` on them. Not thread-safe: call it under the caller's lock.
+    `add(rows)` copies rows into a ring buffer (cheap: one slice assignment); `p_values()`
+    returns each feature's p-value over the rows held, Holm-adjusted across the features (NaN
+    while empty), for a gauge; `report()` runs the full `detect_drift` on them. Not
+    thread-safe: call it under the caller's lock.
+
+    A p-value accounts for the window's size where a raw statistic does not: the KS distance of
+    three undrifted rows is typically above 0.3, while their p-value stays large. The tests are
+    exact at small counts (see `detect_drift`), so a threshold on the adjusted p-value holds
+    its false-alarm rate at any traffic level, from one row up.
     """
 
     def __init__(self, profile: Profile, size: int) -> None:
@@ -50,28 +53,15 @@ class DriftWindow:
             return self._rows[: self._held].copy()
         return np.roll(self._rows, -self._next, axis=0)
 
-    def statistics(self) -> dict[str, float]:
-        """Feature name -> KS statistic (TVD for categorical features) over the window."""
-        window = self._rows[: self._held]
-        result = {}
-        for j, column in enumerate(self.profile._columns()):
-            ordered, _ = sorted_finite(window[:, j])
-            result[self.profile.feature_names[j]] = _window_statistic(column, ordered)
-        return result
+    def p_values(self) -> dict[str, float]:
+        """Feature name -> Holm-adjusted p-value of its test over the window (NaN while empty)."""
+        if self._held == 0:
+            return dict.fromkeys(self.profile.feature_names, float("nan"))
+        return {feature.name: feature.p_adjusted for feature in self.report().features}
 
     def report(self, **options: Any) -> DriftReport:
         """`detect_drift` on the rows held; options as for `detect_drift`."""
         return detect_drift(self.profile, self._rows[: self._held], **options)
-
-
-def _window_statistic(column: ColumnProfile, ordered: Floats) -> float:
-    if ordered.size == 0 or column.sketch.n == 0:
-        return math.nan
-    if column.kind == "categorical":
-        reference = np.r_[column.sketch.le - column.sketch.lt, 0.0]
-        current = category_counts(column.sketch.values, ordered)
-        return float(0.5 * np.abs(reference / reference.sum() - current / current.sum()).sum())
-    return ks_statistic(column.sketch, ordered)
 
 
 def outside_reference(profile: Profile, rows: Floats) -> npt.NDArray[np.bool_]:
