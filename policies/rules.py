@@ -133,7 +133,72 @@ def production_gates(vs: Obj, state: State) -> list[str]:
     return problems
 
 
+def _destinations(vs: Obj) -> Iterator[tuple[str, Obj]]:
+    """(route name, destination) for every place a VirtualService sends requests: each route's
+    destinations (header overrides, sticky and weighted routes) and its mirror."""
+    for route in (vs.get("spec") or {}).get("http") or []:
+        name = route.get("name", "unnamed")
+        for destination in route.get("route") or []:
+            yield name, destination.get("destination") or {}
+        if route.get("mirror"):
+            yield f"{name} (mirror)", route["mirror"]
+
+
+def _namespace(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("namespace") or "")
+
+
+def _service_of(host: str, namespace: str) -> tuple[str, str]:
+    """(name, namespace) of the Service a mesh host names: `name`, `name.ns` or `name.ns.svc.<domain>`."""
+    parts = host.split(".")
+    return parts[0], parts[1] if len(parts) > 1 else namespace
+
+
+def route_destinations(objects: list[Obj], state: State) -> list[str]:
+    """Every destination of every VirtualService has a DestinationRule subset and a Deployment whose
+    pods carry the subset's labels and the Service's selector; Istio answers 503 to the rest."""
+    by_kind: dict[str, list[Obj]] = {}
+    for obj in objects:
+        by_kind.setdefault(obj.get("kind", ""), []).append(obj)
+    subsets = {
+        (*_service_of((rule.get("spec") or {}).get("host", ""), _namespace(rule)), s.get("name")): s.get(
+            "labels"
+        )
+        or {}
+        for rule in by_kind.get("DestinationRule", [])
+        for s in (rule.get("spec") or {}).get("subsets") or []
+    }
+    selectors = {
+        (service["metadata"].get("name"), _namespace(service)): (service.get("spec") or {}).get("selector")
+        or {}
+        for service in by_kind.get("Service", [])
+    }
+    pods = [(_namespace(d), _pod_labels(d)) for kind in POD_KINDS for d in by_kind.get(kind, [])]
+    problems = []
+    for vs in by_kind.get("VirtualService", []):
+        for route, destination in _destinations(vs):
+            name, namespace = _service_of(destination.get("host", ""), _namespace(vs))
+            subset = destination.get("subset")
+            where = f"VirtualService {object_name(vs)} route {route} sends traffic to {name}"
+            if subset is None:
+                continue
+            labels = subsets.get((name, namespace, subset))
+            if labels is None:
+                problems.append(f"{where} subset {subset!r}, which no DestinationRule defines")
+                continue
+            wanted = {**selectors.get((name, namespace), {}), **labels}
+            if not any(ns == namespace and wanted.items() <= pod.items() for ns, pod in pods):
+                problems.append(f"{where} subset {subset!r}, whose labels select no Deployment's pods")
+    return problems
+
+
 # ---------------------------------------------------------------- pods
+
+
+def _pod_labels(obj: Obj) -> dict[str, str]:
+    if obj.get("kind") == "Pod":
+        return (obj.get("metadata") or {}).get("labels") or {}
+    return (((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
 
 
 def _pod_spec(obj: Obj) -> Obj:
@@ -327,6 +392,12 @@ RULES = [
     ),
 ]
 STACK_RULES = [
+    StackRule(
+        "route-destinations",
+        "Every route destination and mirror has a DestinationRule subset and a Deployment.",
+        "deploy the version (a 'traffic' weight, 0 to keep it warm) or route to a deployed one",
+        route_destinations,
+    ),
     StackRule(
         "monitored-models",
         "Every served model has a ServiceMonitor and a PrometheusRule.",

@@ -204,6 +204,109 @@ def test_config_maps_must_not_hold_credentials(data: dict[str, str], state: Stat
     assert rules_broken(config_map, state) == {"no-plaintext-secrets"}
 
 
+def _without_deployment(objects: list[Obj], version: str) -> list[Obj]:
+    return [
+        o
+        for o in objects
+        if not (o["kind"] == "Deployment" and o["metadata"]["labels"].get("version") == version)
+    ]
+
+
+def _route(objects: list[Obj], app: str, name: str) -> Obj:
+    vs = next(o for o in objects if o["kind"] == "VirtualService" and o["metadata"]["name"] == app)
+    route: Obj = next(r for r in vs["spec"]["http"] if r["name"].startswith(name))
+    return route
+
+
+def _subset(objects: list[Obj], app: str, version: str) -> Obj:
+    rule = next(o for o in objects if o["kind"] == "DestinationRule" and o["metadata"]["name"] == app)
+    subset: Obj = next(s for s in rule["spec"]["subsets"] if s["name"] == subset_name(version))
+    return subset
+
+
+def _drop_subset(objects: list[Obj], app: str, version: str) -> None:
+    rule = next(o for o in objects if o["kind"] == "DestinationRule" and o["metadata"]["name"] == app)
+    rule["spec"]["subsets"] = [s for s in rule["spec"]["subsets"] if s["name"] != subset_name(version)]
+
+
+@pytest.mark.parametrize(
+    ("stack", "break_it", "message"),
+    [
+        (  # case 03: a header override to a version with no subset and no Deployment
+            "dev",
+            lambda objs: _route(objs, "fraud-detection", "weighted")["route"][0]["destination"].update(
+                subset="v1-0-0"
+            ),
+            "route weighted sends traffic to fraud-detection subset 'v1-0-0', which no DestinationRule defines",
+        ),
+        (
+            "staging",
+            lambda objs: _drop_subset(objs, "fraud-detection", "v1.2.0"),
+            "route override-v1-2-0-0 sends traffic to fraud-detection subset 'v1-2-0', which no DestinationRule",
+        ),
+        (
+            "staging",
+            lambda objs: objs.__setitem__(slice(None), _without_deployment(objs, "v1.2.0")),
+            "route override-v1-2-0-0 sends traffic to fraud-detection subset 'v1-2-0', whose labels select no",
+        ),
+        (
+            "staging",
+            lambda objs: objs.__setitem__(slice(None), _without_deployment(objs, "v1.2.0")),
+            "route sticky-v1-2-0 sends traffic to fraud-detection subset 'v1-2-0', whose labels select no",
+        ),
+        (
+            "staging",
+            lambda objs: objs.__setitem__(slice(None), _without_deployment(objs, "v2.1.0-rc.1")),
+            "route weighted (mirror) sends traffic to churn subset 'v2-1-0-rc-1', whose labels select no",
+        ),
+        (
+            "prod",
+            lambda objs: _subset(objs, "fraud-detection", "v1.1.0")["labels"].update(version="v1.1"),
+            "route weighted sends traffic to fraud-detection subset 'v1-1-0', whose labels select no",
+        ),
+        (
+            "prod",
+            lambda objs: _route(objs, "churn", "weighted")["route"][0]["destination"].update(
+                host="churn.models-staging.svc.cluster.local"
+            ),
+            "route weighted sends traffic to churn subset 'v2-0-0', which no DestinationRule defines",
+        ),
+    ],
+    ids=[
+        "override-no-subset",
+        "override-subset-removed",
+        "override-no-deployment",
+        "sticky",
+        "mirror",
+        "subset-labels",
+        "other-namespace",
+    ],
+)
+def test_every_route_destination_has_a_subset_and_a_deployment(
+    state: State, stack: str, break_it: Callable[[list[Obj]], None], message: str
+) -> None:
+    objects = copy.deepcopy(build_stack(state, stack))
+    assert [v for v in check_objects(objects, state) if v.rule == "route-destinations"] == []
+    break_it(objects)
+    found = [str(v) for v in check_objects(objects, state) if v.rule == "route-destinations"]
+    assert any(message in line for line in found), found
+
+
+def test_the_pack_refuses_a_route_to_a_version_without_pods(
+    recorded: list[tuple[str, str, dict[str, Any]]],
+) -> None:
+    without = [
+        r for r in recorded if not (r[0].endswith(":Deployment") and r[1].endswith("fraud-detection-v1-2-0"))
+    ]
+    assert analyze(without) == [
+        (
+            "route-destinations",
+            "VirtualService models-prod/fraud-detection route weighted (mirror) sends traffic to fraud-detection "
+            "subset 'v1-2-0', whose labels select no Deployment's pods",
+        )
+    ]
+
+
 @pytest.mark.parametrize("kind", ["ServiceMonitor", "PrometheusRule"])
 def test_every_served_model_is_monitored(kind: str, state: State) -> None:
     objects = [
@@ -221,7 +324,7 @@ def test_violations_read_as_one_line(state: State) -> None:
     assert str(violation) == "non-root: Deployment ns/app: container x runs as user 0"
     assert {r.name for r in RULES} | {r.name for r in STACK_RULES} == {
         "traffic-weights", "production-gates", "resource-limits", "health-probes", "non-root",
-        "read-only-root-fs", "pinned-images", "no-plaintext-secrets", "monitored-models",
+        "read-only-root-fs", "pinned-images", "no-plaintext-secrets", "monitored-models", "route-destinations",
     }  # fmt: skip
 
 
