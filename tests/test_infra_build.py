@@ -196,7 +196,7 @@ def test_alerting_objects_reference_secrets_without_values(state: State) -> None
     assert secret["stringData"] == {
         "smtpPassword": "<secret:modelctl:smtpPassword>",
         "slackUrl": "<secret:modelctl:slackUrl>",
-        "pagerUrl": "<secret:modelctl:pagerUrl>",
+        "pagerToken": "<secret:modelctl:pagerToken>",
     }
     spec = one(state, "prod", "AlertmanagerConfig")["spec"]
     receivers = {r["name"]: r for r in spec["receivers"]}
@@ -209,7 +209,16 @@ def test_alerting_objects_reference_secrets_without_values(state: State) -> None
         "key": "smtpPassword",
     }
     assert receivers["ml-slack"]["slackConfigs"][0]["apiURL"]["key"] == "slackUrl"
-    assert receivers["pager"]["webhookConfigs"][0]["urlSecret"]["key"] == "pagerUrl"
+    assert receivers["pager"]["webhookConfigs"][0] == {
+        "url": "https://pager.example.com/hook",
+        "sendResolved": True,
+        "httpConfig": {
+            "authorization": {
+                "type": "Bearer",
+                "credentials": {"name": "modelctl-alerting", "key": "pagerToken"},
+            }
+        },
+    }
     assert objects_of(state, "dev", "Secret") == objects_of(state, "dev", "AlertmanagerConfig") == []
 
 

@@ -408,7 +408,24 @@ class SlackReceiver(Strict):
 
 
 class WebhookReceiver(Strict):
-    url_secret: SecretKey
+    """A webhook: its URL in plain text (refused if it holds a credential) and, where the endpoint
+    wants one, a bearer token kept as a secret (Alertmanager's `http_config.authorization`).
+
+    Alertmanager (0.25, Debian's) reads no webhook URL from a file, so a URL that is itself the
+    credential cannot stay out of alertmanager.yml: such endpoints take a token in a header."""
+
+    url: Annotated[str, _matches(re.compile(r"^https?://[^\s/]+"), "an http(s) URL", "write https://host/path")]
+    credentials_secret: SecretKey | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_url_secret(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "url_secret" in data:
+            raise ValueError(
+                "url_secret is gone: Alertmanager cannot read a webhook URL from a file, so it would be "
+                "written into alertmanager.yml; write the URL as 'url' and its token as 'credentials_secret'"
+            )
+        return data
 
 
 class Receiver(Strict):
@@ -431,7 +448,7 @@ class Receiver(Strict):
         keys = [
             self.email.auth_password_secret if self.email else None,
             self.slack.api_url_secret if self.slack else None,
-            self.webhook.url_secret if self.webhook else None,
+            self.webhook.credentials_secret if self.webhook else None,
         ]
         return [k for k in keys if k]
 
