@@ -414,7 +414,9 @@ class WebhookReceiver(Strict):
     Alertmanager (0.25, Debian's) reads no webhook URL from a file, so a URL that is itself the
     credential cannot stay out of alertmanager.yml: such endpoints take a token in a header."""
 
-    url: Annotated[str, _matches(re.compile(r"^https?://[^\s/]+"), "an http(s) URL", "write https://host/path")]
+    url: Annotated[
+        str, _matches(re.compile(r"^https?://[^\s/]+"), "an http(s) URL", "write https://host/path")
+    ]
     credentials_secret: SecretKey | None = None
 
     @model_validator(mode="before")
