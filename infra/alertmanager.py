@@ -146,7 +146,11 @@ def _native_receiver(receiver: Receiver) -> Obj:
         return {"name": receiver.name, "email_configs": [_native_email(receiver.email)]}
     if receiver.slack:
         slack = receiver.slack
-        config = {"channel": slack.channel, "api_url_file": secret_file(slack.api_url_secret), "send_resolved": True}
+        config = {
+            "channel": slack.channel,
+            "api_url_file": secret_file(slack.api_url_secret),
+            "send_resolved": True,
+        }
         return {"name": receiver.name, "slack_configs": [config]}
     assert receiver.webhook is not None  # the schema requires exactly one kind
     webhook: Obj = {"url": receiver.webhook.url, "send_resolved": True}

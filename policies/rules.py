@@ -12,16 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelctl.core.contract import APP_LABEL, STACK_LABEL, VERSION_HEADER, subset_name
+from modelctl.core.credentials import dotted, find_credentials
 from modelctl.core.schema import ModelFile
 from modelctl.core.state import Stack, State
 
 Obj = dict[str, Any]
 POD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "Pod"})
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
-SECRET_NAME = re.compile(r"pass(word|wd)?|secret|token|api[_-]?key|credential|private[_-]?key", re.IGNORECASE)
-SECRET_VALUE = re.compile(
-    r"hooks\.slack\.com/services/|-----BEGIN [A-Z ]*PRIVATE KEY-----|://[^/\s:@]+:[^/\s@]+@|\bxox[abpr]-"
-)
+
+
+ANY_KIND = frozenset({"*"})
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,11 @@ class Rule:
     name: str
     description: str
     fix: str
-    kinds: frozenset[str]
+    kinds: frozenset[str]  # ANY_KIND for every kind
     check: Callable[[Obj, State], list[str]]
+
+    def applies_to(self, kind: str) -> bool:
+        return kind in self.kinds or self.kinds == ANY_KIND
 
 
 @dataclass(frozen=True)
@@ -279,26 +282,18 @@ def pinned_images(obj: Obj, state: State) -> list[str]:
 
 # ---------------------------------------------------------------- secrets
 
-
-def _looks_secret(name: str, value: Any) -> bool:
-    return bool(SECRET_NAME.search(name)) or (isinstance(value, str) and bool(SECRET_VALUE.search(value)))
+# Where credentials belong: a Secret's values (placeholders in render, Pulumi secrets in CrossGuard).
+SECRET_FIELDS = ("data", "stringData")
 
 
 def no_plaintext_secrets(obj: Obj, state: State) -> list[str]:
-    """Credentials belong in Secrets: not in ConfigMap data, not in literal env values."""
-    if obj.get("kind") == "ConfigMap":
-        data = {**(obj.get("data") or {}), **(obj.get("binaryData") or {})}
-        return [
-            f"ConfigMap key {key!r} looks like a credential"
-            for key, value in data.items()
-            if _looks_secret(key, value)
-        ]
-    return [
-        f"container {c.get('name')} env {env.get('name')!r} holds a literal credential"
-        for c, _ in _containers(obj)
-        for env in c.get("env") or []
-        if "value" in env and _looks_secret(env.get("name", ""), env["value"])
-    ]
+    """No string of any object looks like a credential, outside a Secret's values.
+
+    Shapes and key names are `modelctl.core.credentials`'; a key naming where a secret is kept
+    (`secretKeyRef`, `*_file`, `*Secret`) is a reference, never a finding.
+    """
+    document = {k: v for k, v in obj.items() if not (obj.get("kind") == "Secret" and k in SECRET_FIELDS)}
+    return [f"{dotted(path)} looks like {what}" for path, what in find_credentials(document)]
 
 
 # ---------------------------------------------------------------- stack
@@ -385,9 +380,9 @@ RULES = [
     ),
     Rule(
         "no-plaintext-secrets",
-        "No credentials in ConfigMaps or literal env values.",
-        "keep credentials in a Secret set with 'pulumi config set --secret'",
-        POD_KINDS | {"ConfigMap"},
+        "No value of any object looks like a credential, outside a Secret's values.",
+        "keep credentials in a Secret set with 'pulumi config set --secret' and reference it",
+        ANY_KIND,
         no_plaintext_secrets,
     ),
 ]
@@ -412,7 +407,7 @@ def check_object(obj: Obj, state: State, rules: Iterable[Rule] = RULES) -> list[
     return [
         Violation(rule.name, kind, object_name(obj), message, rule.fix)
         for rule in rules
-        if kind in rule.kinds
+        if rule.applies_to(kind)
         for message in rule.check(obj, state)
     ]
 

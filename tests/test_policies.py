@@ -156,7 +156,7 @@ def _drop_non_root(deployment: Obj) -> None:
         (
             "no-plaintext-secrets",
             lambda d: pod(d)["containers"][0]["env"].append({"name": "DB_PASSWORD", "value": "hunter2"}),
-            "env 'DB_PASSWORD' holds a literal credential",
+            "].value looks like a credential (key 'DB_PASSWORD')",
         ),
     ],
 )
@@ -187,6 +187,95 @@ def test_env_from_a_secret_reference_is_fine(state: State) -> None:
     reference = {"secretKeyRef": {"name": "db", "key": "password"}}
     pod(deployment)["containers"][0]["env"].append({"name": "DB_PASSWORD", "valueFrom": reference})
     assert rules_broken(deployment, state) == set()
+
+
+SLACK_HOOK = "https://hooks.slack.com/services/T0000000/B0000000/XXXXXXXXXXXXXXXXXXXXXXXX"
+CREDENTIAL_SHAPES = {
+    "a Slack webhook URL": SLACK_HOOK,
+    "a Slack token": "xoxb-1234567890-abcdefghij",
+    "a Discord webhook URL": "https://discord.com/api/webhooks/123456/abcDEF",
+    "a Microsoft Teams webhook URL": "https://acme.webhook.office.com/webhookb2/abc@def/IncomingWebhook/x",
+    "a URL with a password": "postgres://app:hunter22@db.internal/app",
+    "a URL with a token": "https://pager.example.com/hook?token=0123456789abcdef",
+    "a private key": "-----BEGIN RSA PRIVATE KEY-----\nMIIE...\n-----END RSA PRIVATE KEY-----",
+    "an HTTP credential": "Bearer eyJhbGciOiJIUzI1NiJ9abcdefgh",
+    "an AWS access key id": "AKIAIOSFODNN7EXAMPLE",
+    "a GitHub token": "ghp_" + "a" * 36,
+    "a GitLab token": "glpat-" + "b" * 20,
+    "a Google API key": "AIza" + "c" * 35,
+    "a Stripe secret key": "sk_live_" + "d" * 24,
+    "an OpenAI API key": "sk-proj-" + "e" * 40,
+    "a JSON web token": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+}
+
+
+def _plant(obj: Obj, place: str, value: str) -> None:
+    """Put `value` in one place of a rendered object, as a careless edit of infra/ would."""
+    if place == "annotation":
+        obj["metadata"].setdefault("annotations", {})["notes"] = value
+    elif place == "route header":
+        obj["spec"]["http"][-1]["headers"] = {"request": {"set": {"x-forward": value}}}
+    elif place == "alert annotation":
+        obj["spec"]["groups"][0]["rules"][0]["annotations"]["runbook_url"] = value
+    elif place == "webhook url":
+        obj["spec"]["receivers"][-1]["webhookConfigs"][0]["url"] = value
+    elif place == "dashboard":
+        [key] = obj["data"]
+        obj["data"][key] = obj["data"][key].replace('"title"', f'"link": "{value}", "title"', 1)
+
+
+PLACES = {
+    "annotation": "Service",
+    "route header": "VirtualService",
+    "alert annotation": "PrometheusRule",
+    "webhook url": "AlertmanagerConfig",
+    "dashboard": "ConfigMap",
+}
+
+
+@pytest.mark.parametrize("place", PLACES)
+@pytest.mark.parametrize("what", CREDENTIAL_SHAPES)
+def test_a_credential_anywhere_in_any_object_is_refused(place: str, what: str, state: State) -> None:
+    obj = next(o for o in build_stack(state, "prod") if o["kind"] == PLACES[place])
+    obj = copy.deepcopy(obj)
+    assert rules_broken(obj, state) == set()
+    _plant(obj, place, CREDENTIAL_SHAPES[what])
+    [violation] = [v for v in check_object(obj, state) if v.rule == "no-plaintext-secrets"]
+    assert violation.message.endswith(f"looks like {what}")
+    assert CREDENTIAL_SHAPES[what] not in str(violation), "a finding never repeats the secret"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://pager.example.com/hook",
+        "https://hooks.example.com/services/ok",
+        "s3://acme-ml-artifacts/dvc",
+        "ghcr.io/acme/modelctl-serving:0.1.0@sha256:" + "f" * 64,
+        "0123456789abcdef0123456789abcdef",
+        'sum by (model) (rate(model_requests_total{code=~"5.."}[5m]))',
+        "infra/runbooks.md#token-expiry",
+        "arn:aws:iam::123456789012:role/modelctl-prod-read-artifacts",
+    ],
+)
+def test_ordinary_values_are_no_credentials(value: str, state: State) -> None:
+    obj = copy.deepcopy(next(o for o in build_stack(state, "prod") if o["kind"] == "Service"))
+    _plant(obj, "annotation", value)
+    assert rules_broken(obj, state) == set()
+
+
+def test_a_secrets_own_values_and_references_are_where_credentials_belong(state: State) -> None:
+    secret = copy.deepcopy(next(o for o in build_stack(state, "prod") if o["kind"] == "Secret"))
+    secret["stringData"]["slackUrl"] = SLACK_HOOK  # what the Pulumi program puts there
+    assert rules_broken(secret, state) == set()
+    config = copy.deepcopy(next(o for o in build_stack(state, "prod") if o["kind"] == "AlertmanagerConfig"))
+    assert config["spec"]["receivers"][1]["emailConfigs"][0]["authPassword"] == {
+        "name": "modelctl-alerting",
+        "key": "smtpPassword",
+    }
+    assert rules_broken(config, state) == set()
+    secret["metadata"]["annotations"] = {"source": SLACK_HOOK}
+    assert rules_broken(secret, state) == {"no-plaintext-secrets"}
 
 
 @pytest.mark.parametrize(

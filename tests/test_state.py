@@ -491,3 +491,127 @@ def test_feature_names_are_unique(tmp_path: Path) -> None:
     features.append(dict(features[0]))
     [line] = errors_for(tmp_path, models, stacks)
     assert "signature.features: feature names repeat: amount; give each a unique name" in line
+
+
+# ---------------------------------------------------------------- credentials in plain text
+
+SLACK_HOOK = "https://hooks.slack.com/services/T0000000/B0000000/XXXXXXXXXXXXXXXXXXXXXXXX"
+
+
+def _env(stacks: dict[str, Any]) -> dict[str, Any]:
+    environment: dict[str, Any] = stacks["prod"]["config"]["modelctl:environment"]
+    return environment
+
+
+@pytest.mark.parametrize(
+    ("edit", "file", "key", "what"),
+    [
+        (
+            lambda m, s: fraud(m).update(description=f"alerts go to {SLACK_HOOK}"),
+            "models/fraud-detection/model.yaml",
+            "description",
+            "a Slack webhook URL",
+        ),
+        (
+            lambda m, s: fraud(m)["versions"]["v1.0.0"]["params"].update(api_key="0123456789abcdef"),
+            "models/fraud-detection/model.yaml",
+            "versions.v1.0.0.params.api_key",
+            "a credential (key 'api_key')",
+        ),
+        (
+            lambda m, s: _env(s).update(
+                receivers=[
+                    {
+                        "name": "pager",
+                        "webhook": {"url": "https://pager.example.com/x?token=0123456789abcdef"},
+                    }
+                ]
+            ),
+            "Pulumi.prod.yaml",
+            "config.modelctl:environment.receivers[0].webhook.url",
+            "a URL with a token",
+        ),
+        (
+            lambda m, s: _env(s).update(dvc_remote="https://user:hunter22@dvc.example.com/store"),
+            "Pulumi.prod.yaml",
+            "config.modelctl:environment.dvc_remote",
+            "a URL with a password",
+        ),
+        (
+            lambda m, s: _env(s).update(service_account_annotations={"aws-key": "AKIAIOSFODNN7EXAMPLE"}),
+            "Pulumi.prod.yaml",
+            "config.modelctl:environment.service_account_annotations.aws-key",
+            "an AWS access key id",
+        ),
+        (
+            lambda m, s: s["prod"]["config"].update(
+                {"kubernetes:kubeconfig": "-----BEGIN EC PRIVATE KEY-----\nx"}
+            ),
+            "Pulumi.prod.yaml",
+            "config.kubernetes:kubeconfig",
+            "a private key",
+        ),
+        (
+            lambda m, s: s["prod"]["config"].update({"grafana:auth": "Bearer abcdefghijklmnopqrstuvwxyz"}),
+            "Pulumi.prod.yaml",
+            "config.grafana:auth",
+            "an HTTP credential",
+        ),
+    ],
+    ids=[
+        "model-description",
+        "model-params",
+        "webhook-url",
+        "dvc-remote",
+        "annotation",
+        "other-namespace",
+        "bearer",
+    ],
+)
+def test_credentials_in_the_desired_state_are_refused(
+    tmp_path: Path, edit: Callable[[dict[str, Any], dict[str, Any]], None], file: str, key: str, what: str
+) -> None:
+    models, stacks = docs()
+    edit(models, stacks)
+    [line] = errors_for(tmp_path, models, stacks)
+    assert line.startswith(f"{file}:")
+    assert f" {key}: this looks like {what}, written in plain text; " in line
+    assert "hunter22" not in line
+    assert "AKIA" not in line
+
+
+def test_secret_references_and_encrypted_values_are_no_credentials(tmp_path: Path) -> None:
+    models, stacks = docs()
+    _env(stacks)["receivers"] = [
+        {
+            "name": "mail",
+            "email": {
+                "to": "a@example.com",
+                "from": "b@example.com",
+                "smarthost": "smtp.example.com:587",
+                "auth_password_secret": "smtpPassword",
+            },
+        },
+        {
+            "name": "pager",
+            "webhook": {"url": "https://pager.example.com/hook", "credentials_secret": "pagerToken"},
+        },
+    ]
+    stacks["prod"]["config"]["modelctl:smtpPassword"] = {"secure": "v1:abc"}
+    stacks["prod"]["config"]["modelctl:pagerToken"] = {"secure": "v1:def"}
+    stacks["prod"]["config"]["aws:secretKey"] = {"secure": "v1:ghi"}
+    load_state(write_repo(tmp_path / "repo", models, stacks, git=False))
+
+
+def test_check_refuses_a_slack_webhook_in_a_webhook_receiver(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack = repo / "Pulumi.prod.yaml"
+    doc = yaml.safe_load(stack.read_text())
+    doc["config"]["modelctl:environment"]["receivers"] = [{"name": "chat", "webhook": {"url": SLACK_HOOK}}]
+    stack.write_text(yaml.safe_dump(doc))
+    assert main(["-C", str(repo), "check"]) != 0
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: Pulumi.prod.yaml:")
+    assert "config.modelctl:environment.receivers[0].webhook.url: this looks like a Slack webhook URL" in line
+    assert SLACK_HOOK not in line

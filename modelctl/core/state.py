@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ValidationError
 
 from modelctl.core import yamlio
+from modelctl.core.credentials import dotted, find_credentials
 from modelctl.core.errors import (
     UserError,
     UserErrors,
@@ -223,6 +224,7 @@ def find_root(start: Path) -> Path:
 
 def parse_model(text: str, display: str) -> ModelFile:
     doc = yamlio.loads(text, display)
+    collect(plaintext_credentials(display, doc, "remove it: a model file holds no credentials"))
     result: ModelFile = parse(ModelFile, doc, display, doc)
     expected = display.split("/")[-2] if display.count("/") >= 2 else result.name
     if result.name != expected:
@@ -258,6 +260,7 @@ def parse_stack(text: str, name: str) -> Stack:
         if isinstance(key, str) and key.startswith(f"{CONFIG_NAMESPACE}:")
     }
     structured = {f"{CONFIG_NAMESPACE}:{k}": ours[k] for k in STRUCTURED_KEYS if k in ours}
+    collect(_stack_credentials(display, doc))
     misspelt = [k for k in ours if k not in STRUCTURED_KEYS and difflib.get_close_matches(k, STRUCTURED_KEYS)]
     collect(_unknown_config_keys(display, doc, misspelt, STRUCTURED_KEYS) + _foreign_namespaces(display, doc))
     parsed: StackConfig = parse(StackConfig, structured, display, doc, prefix=("config",))
@@ -272,6 +275,38 @@ def parse_stack(text: str, name: str) -> Stack:
         secret_keys=frozenset(secure),
         plaintext_keys=frozenset(set(ours) - secure - set(STRUCTURED_KEYS)),
     )
+
+
+def plaintext_credentials(
+    display: str, doc: Any, fix: str, section: Any = None, prefix: tuple[str, ...] = ()
+) -> list[UserError]:
+    """One error per value that looks like a credential (`modelctl.core.credentials`) in `section`
+    of `doc` (all of it by default), `prefix` being the section's key path in `doc`."""
+    errors = []
+    for path, what in find_credentials(doc if section is None else section):
+        full = (*prefix, *path)
+        line = yamlio.line_of(doc, full)
+        where = f"{display}:{line}" if line else display
+        errors.append(
+            UserError(where, f"this looks like {what}, written in plain text", fix, key=dotted(full))
+        )
+    return errors
+
+
+def _stack_credentials(display: str, doc: Any) -> list[UserError]:
+    """Credentials among the stack's plain config: any namespace's key, encrypted values
+    (`secure:`) aside. The namespace's own secret keys are checked by `cross_check`."""
+    fix = (
+        f"set it with 'pulumi config set --secret {CONFIG_NAMESPACE}:<name>' "
+        "and name that key in a receiver's '*_secret' field"
+    )
+    errors = []
+    for key, value in (doc.get("config") or {}).items():
+        namespace, _, name = str(key).partition(":")
+        encrypted = isinstance(value, dict) and set(value) == {"secure"}
+        if not encrypted and not (namespace == CONFIG_NAMESPACE and name not in STRUCTURED_KEYS):
+            errors += plaintext_credentials(display, doc, fix, {key: value}, ("config",))
+    return errors
 
 
 def _unknown_config_keys(
