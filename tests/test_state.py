@@ -392,6 +392,20 @@ def test_a_header_override_to_an_undeployed_version_is_refused(tmp_path: Path) -
     )
 
 
+def test_check_refuses_the_override_of_case_03(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`overrides.beta: v1.0.0` on dev, where only v1.1.0 is deployed, passed `check`."""
+    stack = repo / "Pulumi.dev.yaml"
+    doc = yaml.safe_load(stack.read_text())
+    doc["config"]["modelctl:releases"]["fraud-detection"]["overrides"] = {"beta": "v1.0.0"}
+    stack.write_text(yaml.safe_dump(doc))
+    assert main(["-C", str(repo), "check", "--stack", "dev"]) != 0
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: Pulumi.dev.yaml:")
+    assert "overrides.beta: header override 'beta' routes to v1.0.0 of fraud-detection" in line
+    assert main(["-C", str(repo), "render", "--stack", "dev", "--out", str(repo / "out")]) != 0
+    assert not (repo / "out").exists(), "nothing is rendered from a state check refuses"
+
+
 @pytest.mark.parametrize(
     "release",
     [
