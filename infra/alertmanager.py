@@ -1,19 +1,20 @@
 """Alertmanager routing from a stack's receivers: an AlertmanagerConfig with its Secret, and a native
 alertmanager.yml with the same routes.
 
-Credentials never appear in these objects: render writes placeholders, and the Pulumi program
-fills the Secret from `pulumi config set --secret` values.
+Credentials never appear in these objects: the AlertmanagerConfig names keys of the Secret, whose
+values render writes as placeholders and the Pulumi program fills from `pulumi config set --secret`;
+alertmanager.yml reads each one from the file the mounted Secret gives it (`*_file` fields, at
+`contract.secret_file`), so it passes `amtool check-config` as rendered.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from infra.common import MANAGED_BY, STACK_LABEL, Obj, metadata, secret_placeholder
+from modelctl.core.contract import ALERTING_SECRET, secret_file
 from modelctl.core.schema import EmailReceiver, Receiver, SlackReceiver, WebhookReceiver
 from modelctl.core.state import Stack
 
-SECRET_NAME = "modelctl-alerting"
+SECRET_NAME = ALERTING_SECRET
 CONFIG_NAME = "modelctl-alerts"
 NULL_RECEIVER = "null"
 GROUP_BY = ["alertname", "model", "version"]
@@ -109,15 +110,17 @@ def _cr_slack(slack: SlackReceiver) -> Obj:
 
 
 def _cr_webhook(webhook: WebhookReceiver) -> Obj:
-    return {"urlSecret": _key_ref(webhook.url_secret), "sendResolved": True}
+    config: Obj = {"url": webhook.url, "sendResolved": True}
+    if webhook.credentials_secret:
+        config["httpConfig"] = {
+            "authorization": {"type": "Bearer", "credentials": _key_ref(webhook.credentials_secret)}
+        }
+    return config
 
 
-SecretLookup = Callable[[str], str]
-
-
-def native_config(stack: Stack, secret_value: SecretLookup = secret_placeholder) -> Obj:
-    """The same routing as a plain alertmanager.yml. Alertmanager 0.25 cannot read a webhook URL
-    from a file, so values are looked up: placeholders in render, real values on a local stack."""
+def native_config(stack: Stack) -> Obj:
+    """The same routing as a plain alertmanager.yml (Alertmanager 0.25's format), every credential
+    read from the Secret's file (`contract.secret_file`)."""
     receivers = stack.config.environment.receivers
     namespace = stack.config.environment.namespace
     return {
@@ -134,27 +137,30 @@ def native_config(stack: Stack, secret_value: SecretLookup = secret_placeholder)
                 for receiver in receivers
             ],
         },
-        "receivers": [{"name": NULL_RECEIVER}, *(_native_receiver(r, secret_value) for r in receivers)],
+        "receivers": [{"name": NULL_RECEIVER}, *(_native_receiver(r) for r in receivers)],
     }
 
 
-def _native_receiver(receiver: Receiver, secret_value: SecretLookup) -> Obj:
+def _native_receiver(receiver: Receiver) -> Obj:
     if receiver.email:
-        return {"name": receiver.name, "email_configs": [_native_email(receiver.email, secret_value)]}
+        return {"name": receiver.name, "email_configs": [_native_email(receiver.email)]}
     if receiver.slack:
         slack = receiver.slack
         config = {
             "channel": slack.channel,
-            "api_url": secret_value(slack.api_url_secret),
+            "api_url_file": secret_file(slack.api_url_secret),
             "send_resolved": True,
         }
         return {"name": receiver.name, "slack_configs": [config]}
     assert receiver.webhook is not None  # the schema requires exactly one kind
-    url = secret_value(receiver.webhook.url_secret)
-    return {"name": receiver.name, "webhook_configs": [{"url": url, "send_resolved": True}]}
+    webhook: Obj = {"url": receiver.webhook.url, "send_resolved": True}
+    if receiver.webhook.credentials_secret:
+        credentials = secret_file(receiver.webhook.credentials_secret)
+        webhook["http_config"] = {"authorization": {"type": "Bearer", "credentials_file": credentials}}
+    return {"name": receiver.name, "webhook_configs": [webhook]}
 
 
-def _native_email(email: EmailReceiver, secret_value: SecretLookup) -> Obj:
+def _native_email(email: EmailReceiver) -> Obj:
     config: Obj = {
         "to": email.to,
         "from": email.from_,
@@ -165,5 +171,5 @@ def _native_email(email: EmailReceiver, secret_value: SecretLookup) -> Obj:
     if email.auth_username:
         config["auth_username"] = email.auth_username
     if email.auth_password_secret:
-        config["auth_password"] = secret_value(email.auth_password_secret)
+        config["auth_password_file"] = secret_file(email.auth_password_secret)
     return config

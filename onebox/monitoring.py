@@ -149,6 +149,9 @@ def alertmanager_config(rendered: Obj, smtp: str, webhook: str, secrets: Path, t
             email["require_tls"] = False
         for kind in ("slack_configs", "webhook_configs"):
             for item in receiver.get(kind, []):
+                # The sink is the destination and takes no credential: drop the rendered file references.
+                item.pop("api_url_file", None)
+                item.pop("http_config", None)
                 item["api_url" if kind == "slack_configs" else "url"] = f"{webhook}/{receiver['name']}"
     return local_secret_files(config, secrets)
 
@@ -165,11 +168,12 @@ def local_secret_files(config: Obj, folder: Path) -> Obj:
     for receiver in config.get("receivers", []):
         for item in receiver.get("email_configs", []):
             for field, file_field in SECRET_FILE_FIELDS.items():
-                if field in item:
+                # render points `*_file` at the cluster's Secret mount; locally the file is a stand-in.
+                if field in item or file_field in item:
                     path = folder / f"{receiver['name']}-{field}"
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_text("local-stack\n", encoding="utf-8")
                     path.chmod(0o600)
-                    del item[field]
+                    item.pop(field, None)
                     item[file_field] = str(path)
     return config

@@ -58,7 +58,7 @@ def _plain(value: Any) -> Any:
 def _resource_policy(rule: Rule) -> ResourceValidationPolicy:
     def validate(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
         obj = as_object(args.resource_type, args.props)
-        if obj is None or obj["kind"] not in rule.kinds:
+        if obj is None or not rule.applies_to(obj["kind"]):
             return
         for message in rule.check(obj, repository_state()):
             report_violation(message, None)

@@ -12,16 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelctl.core.contract import APP_LABEL, STACK_LABEL, VERSION_HEADER, subset_name
+from modelctl.core.credentials import dotted, find_credentials
 from modelctl.core.schema import ModelFile
 from modelctl.core.state import Stack, State
 
 Obj = dict[str, Any]
 POD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "Pod"})
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
-SECRET_NAME = re.compile(r"pass(word|wd)?|secret|token|api[_-]?key|credential|private[_-]?key", re.IGNORECASE)
-SECRET_VALUE = re.compile(
-    r"hooks\.slack\.com/services/|-----BEGIN [A-Z ]*PRIVATE KEY-----|://[^/\s:@]+:[^/\s@]+@|\bxox[abpr]-"
-)
+
+
+ANY_KIND = frozenset({"*"})
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,11 @@ class Rule:
     name: str
     description: str
     fix: str
-    kinds: frozenset[str]
+    kinds: frozenset[str]  # ANY_KIND for every kind
     check: Callable[[Obj, State], list[str]]
+
+    def applies_to(self, kind: str) -> bool:
+        return kind in self.kinds or self.kinds == ANY_KIND
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,72 @@ def production_gates(vs: Obj, state: State) -> list[str]:
     return problems
 
 
+def _destinations(vs: Obj) -> Iterator[tuple[str, Obj]]:
+    """(route name, destination) for every place a VirtualService sends requests: each route's
+    destinations (header overrides, sticky and weighted routes) and its mirror."""
+    for route in (vs.get("spec") or {}).get("http") or []:
+        name = route.get("name", "unnamed")
+        for destination in route.get("route") or []:
+            yield name, destination.get("destination") or {}
+        if route.get("mirror"):
+            yield f"{name} (mirror)", route["mirror"]
+
+
+def _namespace(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("namespace") or "")
+
+
+def _service_of(host: str, namespace: str) -> tuple[str, str]:
+    """(name, namespace) of the Service a mesh host names: `name`, `name.ns` or `name.ns.svc.<domain>`."""
+    parts = host.split(".")
+    return parts[0], parts[1] if len(parts) > 1 else namespace
+
+
+def route_destinations(objects: list[Obj], state: State) -> list[str]:
+    """Every destination of every VirtualService has a DestinationRule subset and a Deployment whose
+    pods carry the subset's labels and the Service's selector; Istio answers 503 to the rest."""
+    by_kind: dict[str, list[Obj]] = {}
+    for obj in objects:
+        by_kind.setdefault(obj.get("kind", ""), []).append(obj)
+    subsets = {
+        (*_service_of((rule.get("spec") or {}).get("host", ""), _namespace(rule)), s.get("name")): s.get(
+            "labels"
+        )
+        or {}
+        for rule in by_kind.get("DestinationRule", [])
+        for s in (rule.get("spec") or {}).get("subsets") or []
+    }
+    selectors = {
+        (service["metadata"].get("name"), _namespace(service)): (service.get("spec") or {}).get("selector")
+        or {}
+        for service in by_kind.get("Service", [])
+    }
+    pods = [(_namespace(d), _pod_labels(d)) for kind in POD_KINDS for d in by_kind.get(kind, [])]
+    problems = []
+    for vs in by_kind.get("VirtualService", []):
+        for route, destination in _destinations(vs):
+            name, namespace = _service_of(destination.get("host", ""), _namespace(vs))
+            subset = destination.get("subset")
+            where = f"VirtualService {object_name(vs)} route {route} sends traffic to {name}"
+            if subset is None:
+                continue
+            labels = subsets.get((name, namespace, subset))
+            if labels is None:
+                problems.append(f"{where} subset {subset!r}, which no DestinationRule defines")
+                continue
+            wanted = {**selectors.get((name, namespace), {}), **labels}
+            if not any(ns == namespace and wanted.items() <= pod.items() for ns, pod in pods):
+                problems.append(f"{where} subset {subset!r}, whose labels select no Deployment's pods")
+    return problems
+
+
 # ---------------------------------------------------------------- pods
+
+
+def _pod_labels(obj: Obj) -> dict[str, str]:
+    if obj.get("kind") == "Pod":
+        return (obj.get("metadata") or {}).get("labels") or {}
+    return (((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
 
 
 def _pod_spec(obj: Obj) -> Obj:
@@ -214,26 +282,18 @@ def pinned_images(obj: Obj, state: State) -> list[str]:
 
 # ---------------------------------------------------------------- secrets
 
-
-def _looks_secret(name: str, value: Any) -> bool:
-    return bool(SECRET_NAME.search(name)) or (isinstance(value, str) and bool(SECRET_VALUE.search(value)))
+# Where credentials belong: a Secret's values (placeholders in render, Pulumi secrets in CrossGuard).
+SECRET_FIELDS = ("data", "stringData")
 
 
 def no_plaintext_secrets(obj: Obj, state: State) -> list[str]:
-    """Credentials belong in Secrets: not in ConfigMap data, not in literal env values."""
-    if obj.get("kind") == "ConfigMap":
-        data = {**(obj.get("data") or {}), **(obj.get("binaryData") or {})}
-        return [
-            f"ConfigMap key {key!r} looks like a credential"
-            for key, value in data.items()
-            if _looks_secret(key, value)
-        ]
-    return [
-        f"container {c.get('name')} env {env.get('name')!r} holds a literal credential"
-        for c, _ in _containers(obj)
-        for env in c.get("env") or []
-        if "value" in env and _looks_secret(env.get("name", ""), env["value"])
-    ]
+    """No string of any object looks like a credential, outside a Secret's values.
+
+    Shapes and key names are `modelctl.core.credentials`'; a key naming where a secret is kept
+    (`secretKeyRef`, `*_file`, `*Secret`) is a reference, never a finding.
+    """
+    document = {k: v for k, v in obj.items() if not (obj.get("kind") == "Secret" and k in SECRET_FIELDS)}
+    return [f"{dotted(path)} looks like {what}" for path, what in find_credentials(document)]
 
 
 # ---------------------------------------------------------------- stack
@@ -320,13 +380,19 @@ RULES = [
     ),
     Rule(
         "no-plaintext-secrets",
-        "No credentials in ConfigMaps or literal env values.",
-        "keep credentials in a Secret set with 'pulumi config set --secret'",
-        POD_KINDS | {"ConfigMap"},
+        "No value of any object looks like a credential, outside a Secret's values.",
+        "keep credentials in a Secret set with 'pulumi config set --secret' and reference it",
+        ANY_KIND,
         no_plaintext_secrets,
     ),
 ]
 STACK_RULES = [
+    StackRule(
+        "route-destinations",
+        "Every route destination and mirror has a DestinationRule subset and a Deployment.",
+        "deploy the version (a 'traffic' weight, 0 to keep it warm) or route to a deployed one",
+        route_destinations,
+    ),
     StackRule(
         "monitored-models",
         "Every served model has a ServiceMonitor and a PrometheusRule.",
@@ -341,7 +407,7 @@ def check_object(obj: Obj, state: State, rules: Iterable[Rule] = RULES) -> list[
     return [
         Violation(rule.name, kind, object_name(obj), message, rule.fix)
         for rule in rules
-        if kind in rule.kinds
+        if rule.applies_to(kind)
         for message in rule.check(obj, state)
     ]
 

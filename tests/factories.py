@@ -177,7 +177,10 @@ def full_docs() -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
             },
         },
         {"name": "ml-slack", "slack": {"channel": "#ml-alerts", "api_url_secret": "slackUrl"}},
-        {"name": "pager", "webhook": {"url_secret": "pagerUrl"}},
+        {
+            "name": "pager",
+            "webhook": {"url": "https://pager.example.com/hook", "credentials_secret": "pagerToken"},
+        },
     ]
     staging = stack_doc({"v1.1.0": 90, "v1.2.0": 10}, receivers=receivers[1:2])
     staging["config"]["modelctl:releases"]["fraud-detection"].update(
@@ -200,7 +203,7 @@ def full_docs() -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     )
     prod["config"]["modelctl:releases"]["fraud-detection"]["shadow"] = {"version": "v1.2.0", "percent": 10}
     prod["config"]["modelctl:releases"]["churn"] = {"traffic": {"v2.0.0": 100}}
-    for key in ("smtpPassword", "slackUrl", "pagerUrl"):
+    for key in ("smtpPassword", "slackUrl", "pagerToken"):
         prod["config"][f"modelctl:{key}"] = {"secure": "v1:" + fake_hex(key, 24)}
     dev = stack_doc({"v1.2.0": 100}, namespace="models-dev")
     return {"fraud-detection": fraud, "churn": churn}, {"dev": dev, "staging": staging, "prod": prod}

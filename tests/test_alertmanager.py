@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -12,22 +13,18 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.alertmanager import native_config
 from infra.build import build_stack
-from infra.render import NATIVE_ALERTMANAGER, render_files
+from infra.render import NATIVE_ALERTMANAGER
+from modelctl.core.contract import secret_file
+from modelctl.core.errors import UserError
 from modelctl.core.state import State, load_state
+from tests.conftest import RenderedStack
 from tests.factories import default_docs, full_docs, write_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "models-test"  # the full repository's staging stack
 STABLE, CANARY = "v1.1.0", "v1.2.0"
 BASE = f'namespace="{NAMESPACE}",model="fraud-detection"'
-SECRETS = {
-    "smtpPassword": "s3cret-smtp",
-    "slackUrl": "https://hooks.example.com/slack",
-    "pagerUrl": "https://pager.example.com/hook",
-}
-
 needs_promtool = pytest.mark.skipif(not shutil.which("promtool"), reason="promtool missing: run 'make tools'")
 needs_amtool = pytest.mark.skipif(not shutil.which("amtool"), reason="amtool missing: run 'make tools'")
 
@@ -65,13 +62,20 @@ def run(*command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 @needs_promtool
-def test_promtool_accepts_every_rendered_rule_group(states: dict[str, State], tmp_path: Path) -> None:
+def test_promtool_accepts_the_rules_render_writes_for_every_stack(
+    rendered_stacks: list[RenderedStack], tmp_path: Path
+) -> None:
+    """Each PrometheusRule file `modelctl render` wrote, its groups as the operator hands them to
+    Prometheus: one invalid rule would drop every alert of the file."""
     files = []
-    for label, state in states.items():
-        for stack in state.stacks:
-            path = tmp_path / f"{label}-{stack}.yml"
-            path.write_text(yaml.safe_dump(rule_groups(state, stack)))
-            files.append(path.name)
+    for rendered in rendered_stacks:
+        for path in sorted(rendered.out.glob("*/prometheusrule.yaml")):
+            groups = {"groups": yaml.safe_load(path.read_text())["spec"]["groups"]}
+            name = f"{rendered.label}-{rendered.stack}-{path.parent.name}.yml"
+            (tmp_path / name).write_text(yaml.safe_dump(groups))
+            files.append(name)
+    assert len(files) >= len(rendered_stacks)
+    assert {f"repository-{s}-churn.yml" for s in ("dev", "staging", "prod")} <= set(files)
     result = run("promtool", "check", "rules", *files, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -299,17 +303,23 @@ def test_every_alert_is_exercised_both_ways(states: dict[str, State]) -> None:
 # ---------------------------------------------------------------- Alertmanager
 
 
+def alertmanager_files(rendered_stacks: list[RenderedStack]) -> dict[str, Path]:
+    return {
+        f"{r.label}/{r.stack}": r.file(NATIVE_ALERTMANAGER)
+        for r in rendered_stacks
+        if r.file(NATIVE_ALERTMANAGER).is_file()
+    }
+
+
 @needs_amtool
-def test_amtool_accepts_every_native_config(states: dict[str, State], tmp_path: Path) -> None:
-    checked = []
-    for label, state in states.items():
-        for name, stack in state.stacks.items():
-            config = native_config(stack, lambda key: SECRETS.get(key, f"https://hooks.example.com/{key}"))
-            (tmp_path / f"{label}-{name}.yml").write_text(yaml.safe_dump(config))
-            checked.append(f"{label}-{name}.yml")
-    result = run("amtool", "check-config", *checked, cwd=tmp_path)
+def test_amtool_accepts_the_alertmanager_yml_render_writes_for_every_stack(
+    rendered_stacks: list[RenderedStack],
+) -> None:
+    files = alertmanager_files(rendered_stacks)
+    assert {"repository/prod", "repository/staging", "full/prod", "full/staging"} <= set(files)
+    result = run("amtool", "check-config", *map(str, files.values()), cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("SUCCESS") == len(checked) >= 6
+    assert result.stdout.count("SUCCESS") == len(files)
 
 
 @needs_amtool
@@ -323,18 +333,51 @@ def test_amtool_accepts_every_native_config(states: dict[str, State], tmp_path: 
     ],
 )
 def test_alerts_reach_the_receivers_of_their_severity(
-    alert_labels: list[str], receivers: str, states: dict[str, State], tmp_path: Path
+    alert_labels: list[str], receivers: str, rendered_stacks: list[RenderedStack]
 ) -> None:
-    config = native_config(states["full"].stacks["prod"], SECRETS.__getitem__)
-    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(config))
-    result = run(
-        "amtool", "config", "routes", "test", "--config.file=alertmanager.yml", *alert_labels, cwd=tmp_path
-    )
+    config = alertmanager_files(rendered_stacks)["full/prod"]
+    result = run("amtool", "config", "routes", "test", f"--config.file={config}", *alert_labels, cwd=ROOT)
     assert result.stdout.strip() == receivers
 
 
-def test_rendered_output_never_holds_a_secret_value(states: dict[str, State]) -> None:
-    files = render_files(states["full"], "prod")
-    text = "\n".join(files.values())
-    assert "<secret:modelctl:pagerUrl>" in files[NATIVE_ALERTMANAGER]
-    assert not any(value in text for value in SECRETS.values())
+def test_credentials_are_read_from_the_mounted_secret(rendered_stacks: list[RenderedStack]) -> None:
+    """Every credential of alertmanager.yml is a `*_file` path into the Secret's mount, never a value
+    or a placeholder."""
+    config = yaml.safe_load(alertmanager_files(rendered_stacks)["full/prod"].read_text())
+    receivers = {r["name"]: r for r in config["receivers"]}
+    assert receivers["oncall-email"]["email_configs"][0]["auth_password_file"] == secret_file("smtpPassword")
+    assert receivers["ml-slack"]["slack_configs"][0]["api_url_file"] == secret_file("slackUrl")
+    assert receivers["pager"]["webhook_configs"][0] == {
+        "url": "https://pager.example.com/hook",
+        "send_resolved": True,
+        "http_config": {"authorization": {"type": "Bearer", "credentials_file": secret_file("pagerToken")}},
+    }
+    assert secret_file("smtpPassword") == "/etc/alertmanager/secrets/modelctl-alerting/smtpPassword"
+    for path in alertmanager_files(rendered_stacks).values():
+        text = path.read_text()
+        assert "<secret:" not in text
+        assert not re.search(r"^\s*(api_url|auth_password|credentials|url_secret):", text, re.MULTILINE), text
+
+
+@needs_amtool
+def test_amtool_refuses_what_render_used_to_write(tmp_path: Path) -> None:
+    """The placeholders render wrote before: amtool's refusal is what the test above guards against."""
+    config = {
+        "route": {"receiver": "chat"},
+        "receivers": [
+            {"name": "chat", "slack_configs": [{"channel": "#x", "api_url": "<secret:modelctl:x>"}]}
+        ],
+    }
+    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(config))
+    result = run("amtool", "check-config", "alertmanager.yml", cwd=tmp_path)
+    assert result.returncode != 0
+
+
+def test_a_webhook_url_secret_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    models, stacks = full_docs()
+    stacks["prod"]["config"]["modelctl:environment"]["receivers"][2]["webhook"] = {"url_secret": "pagerUrl"}
+    root = write_repo(tmp_path, models, stacks, git=False)
+    with pytest.raises(
+        UserError, match="url_secret is gone: Alertmanager cannot read a webhook URL from a file"
+    ):
+        load_state(root)

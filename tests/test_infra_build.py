@@ -15,7 +15,7 @@ from infra.build import build_stack
 from modelctl.core.errors import UserError
 from modelctl.core.schema import ModelFile, StackConfig
 from modelctl.core.servingspec import ServingSpec
-from modelctl.core.state import Stack, State, load_state
+from modelctl.core.state import Stack, State, cross_check, load_state
 from policies.rules import check_objects
 from tests.factories import PROD_IMAGE, default_docs, full_docs, model_doc, stack_doc, write_repo
 
@@ -196,7 +196,7 @@ def test_alerting_objects_reference_secrets_without_values(state: State) -> None
     assert secret["stringData"] == {
         "smtpPassword": "<secret:modelctl:smtpPassword>",
         "slackUrl": "<secret:modelctl:slackUrl>",
-        "pagerUrl": "<secret:modelctl:pagerUrl>",
+        "pagerToken": "<secret:modelctl:pagerToken>",
     }
     spec = one(state, "prod", "AlertmanagerConfig")["spec"]
     receivers = {r["name"]: r for r in spec["receivers"]}
@@ -209,7 +209,16 @@ def test_alerting_objects_reference_secrets_without_values(state: State) -> None
         "key": "smtpPassword",
     }
     assert receivers["ml-slack"]["slackConfigs"][0]["apiURL"]["key"] == "slackUrl"
-    assert receivers["pager"]["webhookConfigs"][0]["urlSecret"]["key"] == "pagerUrl"
+    assert receivers["pager"]["webhookConfigs"][0] == {
+        "url": "https://pager.example.com/hook",
+        "sendResolved": True,
+        "httpConfig": {
+            "authorization": {
+                "type": "Bearer",
+                "credentials": {"name": "modelctl-alerting", "key": "pagerToken"},
+            }
+        },
+    }
     assert objects_of(state, "dev", "Secret") == objects_of(state, "dev", "AlertmanagerConfig") == []
 
 
@@ -273,7 +282,8 @@ VERSIONS = ("v1.0.0", "v1.1.0", "v1.2.0", "v2.0.0")
 
 @st.composite
 def releases(draw: st.DrawFn) -> dict[str, Any]:
-    """Any valid release of the model: weights summing to 100, optional shadow, sticky and overrides."""
+    """Any release of the model that parses: weights summing to 100, optional shadow, sticky and
+    overrides (to any version, deployed or not)."""
     versions = draw(st.lists(st.sampled_from(VERSIONS), min_size=1, max_size=4, unique=True))
     cuts = sorted(draw(st.lists(st.integers(0, 100), min_size=len(versions) - 1, max_size=len(versions) - 1)))
     weights = [b - a for a, b in zip([0, *cuts], [*cuts, 100], strict=True)]
@@ -299,9 +309,15 @@ def test_any_valid_release_builds_routes_that_pass_the_policies(
     stack = Stack(name="any", file="Pulumi.any.yaml", config=StackConfig.model_validate(doc))
     state = State(root=Path("."), models={model.name: model}, stacks={"any": stack})
     objects = build_stack(state, "any")
-    assert check_objects(objects, state) == []
     deployed = [o["metadata"]["labels"]["version"] for o in objects if o["kind"] == "Deployment"]
     assert deployed == stack.config.releases[model.name].deployed()
+    # An override to an undeployed version is refused by the state check and by the policy alike.
+    undeployed = sorted(h for h, v in release["overrides"].items() if v not in deployed)
+    refused = sorted(e.key.rsplit(".", 1)[-1] for e in cross_check(state))
+    assert refused == undeployed
+    violations = check_objects(objects, state)
+    assert {v.rule for v in violations} == ({"route-destinations"} if undeployed else set())
+    assert len(violations) == len(undeployed)
     [vs] = [o for o in objects if o["kind"] == "VirtualService"]
     weighted = vs["spec"]["http"][-1]
     assert sum(d["weight"] for d in weighted["route"]) == 100

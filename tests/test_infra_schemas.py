@@ -1,5 +1,6 @@
 """Every rendered object is valid for the API server as written: core kinds against the official
-Kubernetes schemas (1.30-1.34), custom resources against the upstream CRD schemas. Unknown fields
+Kubernetes schemas (1.30-1.34), custom resources against the upstream CRD schemas, each read from
+the files `modelctl render` writes. Unknown fields
 are errors, because the API server would prune them and the setting would silently vanish."""
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from cloudcoil.models.prometheus_operator import v1 as prometheus
 from cloudcoil.models.prometheus_operator import v1alpha1 as prometheus_alpha
 from pydantic import BaseModel
 
-from infra.build import build_stack
-from modelctl.core.state import load_state
-from tests.factories import default_docs, full_docs, write_repo
+from tests.conftest import RenderedStack
 
 KUBERNETES_VERSIONS = ["1.30", "1.31", "1.32", "1.33", "1.34"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,15 +34,12 @@ Obj = dict[str, Any]
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, Obj]]:
-    """(stack, object) for every stack of the default and the full-featured repositories."""
-    states = {
-        label: load_state(write_repo(tmp_path_factory.mktemp(label), models, stacks, git=False))
-        for label, (models, stacks) in {"default": default_docs(), "full": full_docs()}.items()
-    }
-    states["repository"] = load_state(ROOT)  # the committed stacks, once there are any
-    return [(f"{label}/{stack}", obj) for label, state in states.items() for stack in state.stacks
-            for obj in build_stack(state, stack)]  # fmt: skip
+def rendered(rendered_stacks: list[RenderedStack]) -> list[tuple[str, Obj]]:
+    """(stack, object) for every file `modelctl render` wrote, for every stack of the committed
+    repository and of the default and full-featured test repositories."""
+    objects = [(f"{r.label}/{r.stack}", obj) for r in rendered_stacks for obj in r.objects()]
+    assert {stack for stack, _ in objects} >= {"repository/dev", "repository/staging", "repository/prod"}
+    return objects
 
 
 def is_custom(obj: Obj) -> bool:

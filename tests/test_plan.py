@@ -7,7 +7,7 @@ from pathlib import Path
 
 from modelctl.core import yamlio
 from tests.conftest import Cli
-from tests.factories import run_git, stack_doc
+from tests.factories import full_docs, run_git, stack_doc, write_repo
 
 MODEL = "fraud-detection"
 
@@ -85,3 +85,60 @@ def test_an_unknown_base_is_one_line(repo: Path, cli: Cli) -> None:
         "error: no-such-branch: not a commit in this repository; "
         "pass a branch, tag or commit that exists (e.g. origin/main)\n"
     )
+
+
+def _without_releases(root: Path, stack: str) -> None:
+    doc = yamlio.load(root / f"Pulumi.{stack}.yaml")
+    doc["config"]["modelctl:releases"] = {}
+    yamlio.dump_file(root / f"Pulumi.{stack}.yaml", doc)
+
+
+def test_a_plan_that_removes_every_model_of_a_stack_is_refused(repo: Path, cli: Cli) -> None:
+    _without_releases(repo, "staging")
+    code, out, err = cli(repo, "plan")
+    assert code != 0  # an error (its code is the CLI convention), never "no changes"
+    assert out == ""
+    assert err.splitlines() == [
+        "error: Pulumi.staging.yaml: config.modelctl:releases: this change removes every model of stack staging "
+        "(12 objects deleted on deploy); restore its modelctl:releases, or pass --allow-destroy if the stack is "
+        "meant to go"
+    ]
+
+
+def test_allow_destroy_plans_it(repo: Path, cli: Cli) -> None:
+    _without_releases(repo, "staging")
+    code, out, _ = cli(repo, "plan", "--allow-destroy", "--json")
+    plan = json.loads(out)["stacks"]["staging"]
+    assert code == 2
+    assert plan["destroys"] is True
+    assert "fraud-detection/deployment-v1-1-0.yaml" in plan["files"]["removed"]
+
+
+def test_a_deleted_stack_file_is_a_destroy_too(repo: Path, cli: Cli) -> None:
+    (repo / "Pulumi.dev.yaml").unlink()
+    code, _, err = cli(repo, "plan")
+    assert "removes every model of stack dev" in err
+    code, out, _ = cli(repo, "plan", "--allow-destroy")
+    assert code == 2
+    assert "  dev: 0 added, 0 changed, " in out
+
+
+def test_removing_one_model_of_several_needs_no_flag(tmp_path: Path, cli: Cli) -> None:
+    repo = write_repo(tmp_path / "repo", *full_docs())
+    doc = yamlio.load(repo / "Pulumi.staging.yaml")
+    del doc["config"]["modelctl:releases"]["churn"]
+    yamlio.dump_file(repo / "Pulumi.staging.yaml", doc)
+    code, out, _ = cli(repo, "plan", "--json")
+    assert code == 2
+    assert json.loads(out)["stacks"]["staging"]["destroys"] is False
+    assert "churn/deployment-v2-0-0.yaml" in json.loads(out)["stacks"]["staging"]["files"]["removed"]
+
+
+def test_a_misspelt_releases_key_is_refused_before_planning(repo: Path, cli: Cli) -> None:
+    """The issue's example: `modelctl:release:` made plan show every object of staging removed."""
+    stack = repo / "Pulumi.staging.yaml"
+    stack.write_text(stack.read_text().replace("modelctl:releases:", "modelctl:release:"))
+    code, out, err = cli(repo, "plan")
+    assert code != 0  # an error (its code is the CLI convention), never "no changes"
+    assert out == ""
+    assert "unknown key 'modelctl:release'; did you mean 'modelctl:releases'?" in err

@@ -156,7 +156,7 @@ def _drop_non_root(deployment: Obj) -> None:
         (
             "no-plaintext-secrets",
             lambda d: pod(d)["containers"][0]["env"].append({"name": "DB_PASSWORD", "value": "hunter2"}),
-            "env 'DB_PASSWORD' holds a literal credential",
+            "].value looks like a credential (key 'DB_PASSWORD')",
         ),
     ],
 )
@@ -189,6 +189,95 @@ def test_env_from_a_secret_reference_is_fine(state: State) -> None:
     assert rules_broken(deployment, state) == set()
 
 
+SLACK_HOOK = "https://hooks.slack.com/services/T0000000/B0000000/XXXXXXXXXXXXXXXXXXXXXXXX"
+CREDENTIAL_SHAPES = {
+    "a Slack webhook URL": SLACK_HOOK,
+    "a Slack token": "xoxb-1234567890-abcdefghij",
+    "a Discord webhook URL": "https://discord.com/api/webhooks/123456/abcDEF",
+    "a Microsoft Teams webhook URL": "https://acme.webhook.office.com/webhookb2/abc@def/IncomingWebhook/x",
+    "a URL with a password": "postgres://app:hunter22@db.internal/app",
+    "a URL with a token": "https://pager.example.com/hook?token=0123456789abcdef",
+    "a private key": "-----BEGIN RSA PRIVATE KEY-----\nMIIE...\n-----END RSA PRIVATE KEY-----",
+    "an HTTP credential": "Bearer eyJhbGciOiJIUzI1NiJ9abcdefgh",
+    "an AWS access key id": "AKIAIOSFODNN7EXAMPLE",
+    "a GitHub token": "ghp_" + "a" * 36,
+    "a GitLab token": "glpat-" + "b" * 20,
+    "a Google API key": "AIza" + "c" * 35,
+    "a Stripe secret key": "sk_live_" + "d" * 24,
+    "an OpenAI API key": "sk-proj-" + "e" * 40,
+    "a JSON web token": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+}
+
+
+def _plant(obj: Obj, place: str, value: str) -> None:
+    """Put `value` in one place of a rendered object, as a careless edit of infra/ would."""
+    if place == "annotation":
+        obj["metadata"].setdefault("annotations", {})["notes"] = value
+    elif place == "route header":
+        obj["spec"]["http"][-1]["headers"] = {"request": {"set": {"x-forward": value}}}
+    elif place == "alert annotation":
+        obj["spec"]["groups"][0]["rules"][0]["annotations"]["runbook_url"] = value
+    elif place == "webhook url":
+        obj["spec"]["receivers"][-1]["webhookConfigs"][0]["url"] = value
+    elif place == "dashboard":
+        [key] = obj["data"]
+        obj["data"][key] = obj["data"][key].replace('"title"', f'"link": "{value}", "title"', 1)
+
+
+PLACES = {
+    "annotation": "Service",
+    "route header": "VirtualService",
+    "alert annotation": "PrometheusRule",
+    "webhook url": "AlertmanagerConfig",
+    "dashboard": "ConfigMap",
+}
+
+
+@pytest.mark.parametrize("place", PLACES)
+@pytest.mark.parametrize("what", CREDENTIAL_SHAPES)
+def test_a_credential_anywhere_in_any_object_is_refused(place: str, what: str, state: State) -> None:
+    obj = next(o for o in build_stack(state, "prod") if o["kind"] == PLACES[place])
+    obj = copy.deepcopy(obj)
+    assert rules_broken(obj, state) == set()
+    _plant(obj, place, CREDENTIAL_SHAPES[what])
+    [violation] = [v for v in check_object(obj, state) if v.rule == "no-plaintext-secrets"]
+    assert violation.message.endswith(f"looks like {what}")
+    assert CREDENTIAL_SHAPES[what] not in str(violation), "a finding never repeats the secret"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://pager.example.com/hook",
+        "https://hooks.example.com/services/ok",
+        "s3://acme-ml-artifacts/dvc",
+        "ghcr.io/acme/modelctl-serving:0.1.0@sha256:" + "f" * 64,
+        "0123456789abcdef0123456789abcdef",
+        'sum by (model) (rate(model_requests_total{code=~"5.."}[5m]))',
+        "infra/runbooks.md#token-expiry",
+        "arn:aws:iam::123456789012:role/modelctl-prod-read-artifacts",
+    ],
+)
+def test_ordinary_values_are_no_credentials(value: str, state: State) -> None:
+    obj = copy.deepcopy(next(o for o in build_stack(state, "prod") if o["kind"] == "Service"))
+    _plant(obj, "annotation", value)
+    assert rules_broken(obj, state) == set()
+
+
+def test_a_secrets_own_values_and_references_are_where_credentials_belong(state: State) -> None:
+    secret = copy.deepcopy(next(o for o in build_stack(state, "prod") if o["kind"] == "Secret"))
+    secret["stringData"]["slackUrl"] = SLACK_HOOK  # what the Pulumi program puts there
+    assert rules_broken(secret, state) == set()
+    config = copy.deepcopy(next(o for o in build_stack(state, "prod") if o["kind"] == "AlertmanagerConfig"))
+    assert config["spec"]["receivers"][1]["emailConfigs"][0]["authPassword"] == {
+        "name": "modelctl-alerting",
+        "key": "smtpPassword",
+    }
+    assert rules_broken(config, state) == set()
+    secret["metadata"]["annotations"] = {"source": SLACK_HOOK}
+    assert rules_broken(secret, state) == {"no-plaintext-secrets"}
+
+
 @pytest.mark.parametrize(
     "data",
     [
@@ -202,6 +291,109 @@ def test_config_maps_must_not_hold_credentials(data: dict[str, str], state: Stat
     assert rules_broken(config_map, state) == set()
     config_map = {**config_map, "data": {**config_map["data"], **data}}
     assert rules_broken(config_map, state) == {"no-plaintext-secrets"}
+
+
+def _without_deployment(objects: list[Obj], version: str) -> list[Obj]:
+    return [
+        o
+        for o in objects
+        if not (o["kind"] == "Deployment" and o["metadata"]["labels"].get("version") == version)
+    ]
+
+
+def _route(objects: list[Obj], app: str, name: str) -> Obj:
+    vs = next(o for o in objects if o["kind"] == "VirtualService" and o["metadata"]["name"] == app)
+    route: Obj = next(r for r in vs["spec"]["http"] if r["name"].startswith(name))
+    return route
+
+
+def _subset(objects: list[Obj], app: str, version: str) -> Obj:
+    rule = next(o for o in objects if o["kind"] == "DestinationRule" and o["metadata"]["name"] == app)
+    subset: Obj = next(s for s in rule["spec"]["subsets"] if s["name"] == subset_name(version))
+    return subset
+
+
+def _drop_subset(objects: list[Obj], app: str, version: str) -> None:
+    rule = next(o for o in objects if o["kind"] == "DestinationRule" and o["metadata"]["name"] == app)
+    rule["spec"]["subsets"] = [s for s in rule["spec"]["subsets"] if s["name"] != subset_name(version)]
+
+
+@pytest.mark.parametrize(
+    ("stack", "break_it", "message"),
+    [
+        (  # case 03: a header override to a version with no subset and no Deployment
+            "dev",
+            lambda objs: _route(objs, "fraud-detection", "weighted")["route"][0]["destination"].update(
+                subset="v1-0-0"
+            ),
+            "route weighted sends traffic to fraud-detection subset 'v1-0-0', which no DestinationRule defines",
+        ),
+        (
+            "staging",
+            lambda objs: _drop_subset(objs, "fraud-detection", "v1.2.0"),
+            "route override-v1-2-0-0 sends traffic to fraud-detection subset 'v1-2-0', which no DestinationRule",
+        ),
+        (
+            "staging",
+            lambda objs: objs.__setitem__(slice(None), _without_deployment(objs, "v1.2.0")),
+            "route override-v1-2-0-0 sends traffic to fraud-detection subset 'v1-2-0', whose labels select no",
+        ),
+        (
+            "staging",
+            lambda objs: objs.__setitem__(slice(None), _without_deployment(objs, "v1.2.0")),
+            "route sticky-v1-2-0 sends traffic to fraud-detection subset 'v1-2-0', whose labels select no",
+        ),
+        (
+            "staging",
+            lambda objs: objs.__setitem__(slice(None), _without_deployment(objs, "v2.1.0-rc.1")),
+            "route weighted (mirror) sends traffic to churn subset 'v2-1-0-rc-1', whose labels select no",
+        ),
+        (
+            "prod",
+            lambda objs: _subset(objs, "fraud-detection", "v1.1.0")["labels"].update(version="v1.1"),
+            "route weighted sends traffic to fraud-detection subset 'v1-1-0', whose labels select no",
+        ),
+        (
+            "prod",
+            lambda objs: _route(objs, "churn", "weighted")["route"][0]["destination"].update(
+                host="churn.models-staging.svc.cluster.local"
+            ),
+            "route weighted sends traffic to churn subset 'v2-0-0', which no DestinationRule defines",
+        ),
+    ],
+    ids=[
+        "override-no-subset",
+        "override-subset-removed",
+        "override-no-deployment",
+        "sticky",
+        "mirror",
+        "subset-labels",
+        "other-namespace",
+    ],
+)
+def test_every_route_destination_has_a_subset_and_a_deployment(
+    state: State, stack: str, break_it: Callable[[list[Obj]], None], message: str
+) -> None:
+    objects = copy.deepcopy(build_stack(state, stack))
+    assert [v for v in check_objects(objects, state) if v.rule == "route-destinations"] == []
+    break_it(objects)
+    found = [str(v) for v in check_objects(objects, state) if v.rule == "route-destinations"]
+    assert any(message in line for line in found), found
+
+
+def test_the_pack_refuses_a_route_to_a_version_without_pods(
+    recorded: list[tuple[str, str, dict[str, Any]]],
+) -> None:
+    without = [
+        r for r in recorded if not (r[0].endswith(":Deployment") and r[1].endswith("fraud-detection-v1-2-0"))
+    ]
+    assert analyze(without) == [
+        (
+            "route-destinations",
+            "VirtualService models-prod/fraud-detection route weighted (mirror) sends traffic to fraud-detection "
+            "subset 'v1-2-0', whose labels select no Deployment's pods",
+        )
+    ]
 
 
 @pytest.mark.parametrize("kind", ["ServiceMonitor", "PrometheusRule"])
@@ -221,7 +413,7 @@ def test_violations_read_as_one_line(state: State) -> None:
     assert str(violation) == "non-root: Deployment ns/app: container x runs as user 0"
     assert {r.name for r in RULES} | {r.name for r in STACK_RULES} == {
         "traffic-weights", "production-gates", "resource-limits", "health-probes", "non-root",
-        "read-only-root-fs", "pinned-images", "no-plaintext-secrets", "monitored-models",
+        "read-only-root-fs", "pinned-images", "no-plaintext-secrets", "monitored-models", "route-destinations",
     }  # fmt: skip
 
 

@@ -26,7 +26,7 @@ from tests.factories import full_docs, write_repo
 SECRET_VALUES = {
     "smtpPassword": "smtp-pass",
     "slackUrl": "https://hooks.example.com/s",
-    "pagerUrl": "https://pager.example.com/p",
+    "pagerToken": "pager-token",
 }
 Obj = dict[str, Any]
 
@@ -144,8 +144,8 @@ def test_secret_values_are_registered_only_as_pulumi_secrets(
 
 
 def test_a_missing_secret_names_the_config_command(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    secrets = {k: v for k, v in SECRET_VALUES.items() if k != "pagerUrl"}
-    with pytest.raises(pulumi.ConfigMissingError, match="modelctl:pagerUrl"):
+    secrets = {k: v for k, v in SECRET_VALUES.items() if k != "pagerToken"}
+    with pytest.raises(pulumi.ConfigMissingError, match="modelctl:pagerToken"):
         run_program(root, "prod", monkeypatch, secrets=secrets)
 
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import copy
+import shutil
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from modelctl.cli import main
 from modelctl.core.errors import UserError, UserErrors, as_list
-from modelctl.core.schema import Version
+from modelctl.core.schema import ThresholdAlert, Version, duration_seconds
 from modelctl.core.state import load_state
 from tests.factories import default_docs, write_repo
 
@@ -153,14 +157,272 @@ def test_pickle_formats_are_refused(tmp_path: Path, fmt: str) -> None:
     assert "skops" in line
 
 
-def test_misspelt_keys_are_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("edit", "line"),
+    [
+        (
+            lambda m, s: s["dev"]["config"].update(
+                {"modelctl:release": s["dev"]["config"].pop("modelctl:releases")}
+            ),
+            "config.modelctl:release: unknown key 'modelctl:release'; "
+            "did you mean 'modelctl:releases'? (or remove it)",
+        ),
+        (
+            lambda m, s: s["dev"]["config"].update({"modelctl:enviroment": {}}),
+            "config.modelctl:enviroment: unknown key 'modelctl:enviroment'; did you mean 'modelctl:environment'?",
+        ),
+        (
+            lambda m, s: s["dev"]["config"].update({"modelctll:releases": {}}),
+            "config.modelctll:releases: unknown config namespace 'modelctll'; did you mean 'modelctl:releases'?",
+        ),
+        (
+            lambda m, s: releases(s, "dev").update({"shadoww": {"version": "v1.0.0", "percent": 5}}),
+            "releases.fraud-detection.shadoww: unknown key 'shadoww'; did you mean 'shadow'?",
+        ),
+        (
+            lambda m, s: releases(s, "dev").update({"analysis": {"intervall": "5m"}}),
+            "releases.fraud-detection.analysis.intervall: unknown key 'intervall'; did you mean 'interval'?",
+        ),
+        (
+            lambda m, s: s["prod"]["config"]["modelctl:environment"].update(
+                {
+                    "receivers": [
+                        {
+                            "name": "chat",
+                            "severity": ["critical"],
+                            "slack": {"channel": "#ml", "api_url_secret": "k"},
+                        }
+                    ]
+                }
+            ),
+            "environment.receivers.0.severity: unknown key 'severity'; did you mean 'severities'?",
+        ),
+        (
+            lambda m, s: s["prod"]["config"]["modelctl:environment"].update(
+                {"requires": {"stack": "staging", "soaks": "1h"}}
+            ),
+            "environment.requires.soaks: unknown key 'soaks'; did you mean 'soak'?",
+        ),
+        (
+            lambda m, s: fraud(m)["alerts"][0].update({"treshold": 1}),
+            "alerts.0.treshold: unknown key 'treshold'; did you mean 'threshold'?",
+        ),
+        (
+            lambda m, s: s["dev"]["config"].update({"modelctl:zzz": 1}),
+            "config.modelctl:zzz: unknown key 'modelctl:zzz'; remove it; known keys: modelctl:environment, modelctl:releases",
+        ),
+    ],
+    ids=[
+        "namespace-key",
+        "environment",
+        "namespace",
+        "release",
+        "analysis",
+        "receiver",
+        "requires",
+        "model-file",
+        "no-match",
+    ],
+)
+def test_unknown_keys_anywhere_are_refused_with_a_did_you_mean(
+    tmp_path: Path, edit: Callable[[dict[str, Any], dict[str, Any]], None], line: str
+) -> None:
     models, stacks = docs()
-    releases(stacks, "dev")["shadoww"] = {"version": "v1.0.0", "percent": 5}
+    edit(models, stacks)
+    assert any(line in found for found in errors_for(tmp_path, models, stacks)), line
+
+
+def test_a_secret_no_receiver_names_is_an_unknown_key(tmp_path: Path) -> None:
+    models, stacks = docs()
+    config = stacks["prod"]["config"]
+    config["modelctl:environment"]["receivers"] = [
+        {"name": "chat", "slack": {"channel": "#ml", "api_url_secret": "slackWebhookUrl"}}
+    ]
+    config["modelctl:slackWebhookURL"] = {"secure": "v1:abc:def"}
     [line] = errors_for(tmp_path, models, stacks)
     assert (
-        "releases.fraud-detection.shadoww: extra inputs are not permitted; remove it or check its spelling"
+        "config.modelctl:slackWebhookURL: unknown key 'modelctl:slackWebhookURL'; did you mean 'modelctl:slackWebhookUrl'?"
         in line
     )
+
+
+def test_a_typo_in_the_releases_key_fails_check_instead_of_emptying_the_stack(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack = repo / "Pulumi.staging.yaml"
+    stack.write_text(stack.read_text().replace("modelctl:releases:", "modelctl:release:"))
+    assert main(["-C", str(repo), "check"]) != 0
+    assert "did you mean 'modelctl:releases'?" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- durations (Prometheus' grammar)
+
+VALID_DURATIONS = ["0", "0s", "5m", "90m", "1h30m", "2w1d", "1y", "5ms", "1h30s5ms", "292y", "00m", "1h0m"]
+# (duration, the spelling the error offers, or None where it offers none)
+INVALID_DURATIONS = [
+    ("30m1h", "1h30m"),
+    ("1h1h", "2h"),
+    ("1.5h", "1h30m"),
+    ("1d2w", "2w1d"),
+    ("90s1m", "2m30s"),
+    ("1m1m1m", "3m"),
+    ("5", None),
+    ("", None),
+    ("h", None),
+    ("1 h", None),
+    ("-5m", None),
+    ("5M", None),
+    ("1h30", None),
+    ("300y", None),
+]
+
+
+@pytest.mark.parametrize("duration", [*VALID_DURATIONS, 0])
+def test_prometheus_durations_are_accepted(duration: str | int) -> None:
+    alert = ThresholdAlert.model_validate(
+        {"name": "A", "metric": "m", "operator": "<", "threshold": 1, "for": duration}
+    )
+    assert alert.for_ == str(duration)
+
+
+@pytest.mark.parametrize(("duration", "spelling"), INVALID_DURATIONS)
+def test_other_durations_are_refused_with_the_right_spelling(duration: str, spelling: str | None) -> None:
+    with pytest.raises(ValueError, match="Prometheus") as caught:
+        duration_seconds(duration)
+    if spelling:
+        assert str(caught.value).endswith(f"; write {spelling}")
+        assert duration_seconds(spelling) > 0
+
+
+@pytest.mark.parametrize(
+    ("duration", "seconds"), [("0", 0), ("1h30m", 5400), ("2w1d", 15 * 86400), ("1s5ms", 1.005)]
+)
+def test_duration_seconds(duration: str, seconds: float) -> None:
+    assert duration_seconds(duration) == seconds
+
+
+@pytest.mark.skipif(not shutil.which("promtool"), reason="promtool missing: run 'make tools'")
+def test_the_schema_and_promtool_agree_on_every_duration(tmp_path: Path) -> None:
+    """Prometheus itself is the reference: each duration is a rule's `for` that promtool checks."""
+    for duration in [*VALID_DURATIONS, *(d for d, _ in INVALID_DURATIONS)]:
+        rules = {"groups": [{"name": "g", "rules": [{"alert": "A", "expr": "up == 0", "for": duration}]}]}
+        (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
+        result = subprocess.run(
+            ["promtool", "check", "rules", "rules.yml"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        try:
+            duration_seconds(duration)
+            ours = True
+        except ValueError:
+            ours = False
+        assert ours == (result.returncode == 0), (duration, result.stdout + result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("where", "edit"),
+    [
+        (
+            "models/fraud-detection/model.yaml:35: alerts.0.for",
+            lambda m, s: fraud(m)["alerts"][0].update({"for": "30m1h"}),
+        ),
+        (
+            "config.modelctl:environment.requires.soak",
+            lambda m, s: s["prod"]["config"]["modelctl:environment"]["requires"].update({"soak": "30m1h"}),
+        ),
+        (
+            "releases.fraud-detection.sticky.max_age",
+            lambda m, s: releases(s, "dev").update({"sticky": {"max_age": "30m1h"}}),
+        ),
+        (
+            "releases.fraud-detection.analysis.interval",
+            lambda m, s: releases(s, "dev").update({"analysis": {"interval": "30m1h"}}),
+        ),
+    ],
+    ids=["alert-for", "soak", "sticky-max-age", "analysis-interval"],
+)
+def test_every_duration_of_the_schema_uses_the_grammar(
+    tmp_path: Path, where: str, edit: Callable[[dict[str, Any], dict[str, Any]], None]
+) -> None:
+    models, stacks = docs()
+    edit(models, stacks)
+    [line] = errors_for(tmp_path, models, stacks)
+    assert f"{where}: '30m1h' is not a Prometheus duration" in line
+    assert line.endswith("; write 1h30m")
+
+
+@pytest.mark.parametrize("key", ["interval", "max_age"])
+def test_intervals_and_cookie_lifetimes_must_be_positive(tmp_path: Path, key: str) -> None:
+    models, stacks = docs()
+    releases(stacks, "dev")["analysis" if key == "interval" else "sticky"] = {key: "0s"}
+    [line] = errors_for(tmp_path, models, stacks)
+    assert f"{key}: duration '0s' is zero; give a positive duration like 5m" in line
+
+
+def test_an_alert_for_in_the_wrong_order_fails_check(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Case 04: `for: 30m1h` passed check and promtool refused the rendered rules."""
+    model = repo / "models/fraud-detection/model.yaml"
+    model.write_text(model.read_text().replace("for: 10m", "for: 30m1h"))
+    assert main(["-C", str(repo), "check"]) != 0
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: models/fraud-detection/model.yaml:")
+    assert "alerts.0.for: '30m1h' is not a Prometheus duration" in line
+    assert line.endswith("write 1h30m")
+
+
+# ---------------------------------------------------------------- route destinations
+
+
+def test_a_header_override_to_an_undeployed_version_is_refused(tmp_path: Path) -> None:
+    """Case 03: no Deployment and no subset for the override's version, so Istio answers 503."""
+    models, stacks = docs()
+    releases(stacks, "dev")["overrides"] = {"beta": "v1.0.0"}
+    [line] = errors_for(tmp_path, models, stacks)
+    assert line.startswith("Pulumi.dev.yaml:")
+    assert (
+        "config.modelctl:releases.fraud-detection.overrides.beta: header override 'beta' routes to v1.0.0"
+        in line
+    )
+    assert "not deployed on dev" in line
+    assert line.endswith(
+        "deploy it at 0% with 'traffic: {v1.0.0: 0}' or route the override to one of: v1.1.0"
+    )
+
+
+def test_check_refuses_the_override_of_case_03(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`overrides.beta: v1.0.0` on dev, where only v1.1.0 is deployed, passed `check`."""
+    stack = repo / "Pulumi.dev.yaml"
+    doc = yaml.safe_load(stack.read_text())
+    doc["config"]["modelctl:releases"]["fraud-detection"]["overrides"] = {"beta": "v1.0.0"}
+    stack.write_text(yaml.safe_dump(doc))
+    assert main(["-C", str(repo), "check", "--stack", "dev"]) != 0
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: Pulumi.dev.yaml:")
+    assert "overrides.beta: header override 'beta' routes to v1.0.0 of fraud-detection" in line
+    assert main(["-C", str(repo), "render", "--stack", "dev", "--out", str(repo / "out")]) != 0
+    assert not (repo / "out").exists(), "nothing is rendered from a state check refuses"
+
+
+@pytest.mark.parametrize(
+    "release",
+    [
+        {"traffic": {"v1.0.0": 0, "v1.1.0": 100}, "overrides": {"beta": "v1.0.0"}},
+        {
+            "traffic": {"v1.1.0": 100},
+            "shadow": {"version": "v1.0.0", "percent": 5},
+            "overrides": {"beta": "v1.0.0"},
+        },
+        {"traffic": {"v1.0.0": 50, "v1.1.0": 50}, "overrides": {"old": "v1.0.0", "new": "v1.1.0"}},
+    ],
+    ids=["warm", "shadow", "serving"],
+)
+def test_overrides_to_deployed_versions_are_accepted(tmp_path: Path, release: dict[str, Any]) -> None:
+    models, stacks = docs()
+    stacks["dev"]["config"]["modelctl:releases"]["fraud-detection"] = release
+    load_state(write_repo(tmp_path / "repo", models, stacks, git=False))
 
 
 def test_requires_names_an_existing_stack(tmp_path: Path) -> None:
@@ -243,3 +505,127 @@ def test_feature_names_are_unique(tmp_path: Path) -> None:
     features.append(dict(features[0]))
     [line] = errors_for(tmp_path, models, stacks)
     assert "signature.features: feature names repeat: amount; give each a unique name" in line
+
+
+# ---------------------------------------------------------------- credentials in plain text
+
+SLACK_HOOK = "https://hooks.slack.com/services/T0000000/B0000000/XXXXXXXXXXXXXXXXXXXXXXXX"
+
+
+def _env(stacks: dict[str, Any]) -> dict[str, Any]:
+    environment: dict[str, Any] = stacks["prod"]["config"]["modelctl:environment"]
+    return environment
+
+
+@pytest.mark.parametrize(
+    ("edit", "file", "key", "what"),
+    [
+        (
+            lambda m, s: fraud(m).update(description=f"alerts go to {SLACK_HOOK}"),
+            "models/fraud-detection/model.yaml",
+            "description",
+            "a Slack webhook URL",
+        ),
+        (
+            lambda m, s: fraud(m)["versions"]["v1.0.0"]["params"].update(api_key="0123456789abcdef"),
+            "models/fraud-detection/model.yaml",
+            "versions.v1.0.0.params.api_key",
+            "a credential (key 'api_key')",
+        ),
+        (
+            lambda m, s: _env(s).update(
+                receivers=[
+                    {
+                        "name": "pager",
+                        "webhook": {"url": "https://pager.example.com/x?token=0123456789abcdef"},
+                    }
+                ]
+            ),
+            "Pulumi.prod.yaml",
+            "config.modelctl:environment.receivers[0].webhook.url",
+            "a URL with a token",
+        ),
+        (
+            lambda m, s: _env(s).update(dvc_remote="https://user:hunter22@dvc.example.com/store"),
+            "Pulumi.prod.yaml",
+            "config.modelctl:environment.dvc_remote",
+            "a URL with a password",
+        ),
+        (
+            lambda m, s: _env(s).update(service_account_annotations={"aws-key": "AKIAIOSFODNN7EXAMPLE"}),
+            "Pulumi.prod.yaml",
+            "config.modelctl:environment.service_account_annotations.aws-key",
+            "an AWS access key id",
+        ),
+        (
+            lambda m, s: s["prod"]["config"].update(
+                {"kubernetes:kubeconfig": "-----BEGIN EC PRIVATE KEY-----\nx"}
+            ),
+            "Pulumi.prod.yaml",
+            "config.kubernetes:kubeconfig",
+            "a private key",
+        ),
+        (
+            lambda m, s: s["prod"]["config"].update({"grafana:auth": "Bearer abcdefghijklmnopqrstuvwxyz"}),
+            "Pulumi.prod.yaml",
+            "config.grafana:auth",
+            "an HTTP credential",
+        ),
+    ],
+    ids=[
+        "model-description",
+        "model-params",
+        "webhook-url",
+        "dvc-remote",
+        "annotation",
+        "other-namespace",
+        "bearer",
+    ],
+)
+def test_credentials_in_the_desired_state_are_refused(
+    tmp_path: Path, edit: Callable[[dict[str, Any], dict[str, Any]], None], file: str, key: str, what: str
+) -> None:
+    models, stacks = docs()
+    edit(models, stacks)
+    [line] = errors_for(tmp_path, models, stacks)
+    assert line.startswith(f"{file}:")
+    assert f" {key}: this looks like {what}, written in plain text; " in line
+    assert "hunter22" not in line
+    assert "AKIA" not in line
+
+
+def test_secret_references_and_encrypted_values_are_no_credentials(tmp_path: Path) -> None:
+    models, stacks = docs()
+    _env(stacks)["receivers"] = [
+        {
+            "name": "mail",
+            "email": {
+                "to": "a@example.com",
+                "from": "b@example.com",
+                "smarthost": "smtp.example.com:587",
+                "auth_password_secret": "smtpPassword",
+            },
+        },
+        {
+            "name": "pager",
+            "webhook": {"url": "https://pager.example.com/hook", "credentials_secret": "pagerToken"},
+        },
+    ]
+    stacks["prod"]["config"]["modelctl:smtpPassword"] = {"secure": "v1:abc"}
+    stacks["prod"]["config"]["modelctl:pagerToken"] = {"secure": "v1:def"}
+    stacks["prod"]["config"]["aws:secretKey"] = {"secure": "v1:ghi"}
+    load_state(write_repo(tmp_path / "repo", models, stacks, git=False))
+
+
+def test_check_refuses_a_slack_webhook_in_a_webhook_receiver(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack = repo / "Pulumi.prod.yaml"
+    doc = yaml.safe_load(stack.read_text())
+    doc["config"]["modelctl:environment"]["receivers"] = [{"name": "chat", "webhook": {"url": SLACK_HOOK}}]
+    stack.write_text(yaml.safe_dump(doc))
+    assert main(["-C", str(repo), "check"]) != 0
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: Pulumi.prod.yaml:")
+    assert "config.modelctl:environment.receivers[0].webhook.url: this looks like a Slack webhook URL" in line
+    assert SLACK_HOOK not in line

@@ -2,7 +2,9 @@
 
 The base defaults to `origin/main` (what CI last deployed, and what a pull request is
 compared with) when that exists, else `HEAD` (your uncommitted edits). Exit code 0 means
-nothing changes, 2 that something does, 1 an error (`modelctl --help` lists the convention).
+nothing changes, 2 that something does, 1 an error (`modelctl --help` lists the convention). A
+change that removes every model of a stack (a deleted stack file, emptied releases) is refused
+unless `--allow-destroy` is given.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Any, TypeAlias
 
 from modelctl.cli import EXIT_FINDING, EXIT_OK, Result, add_command, repo_root
 from modelctl.cli.release import describe
-from modelctl.core.state import State, stack_file
+from modelctl.core.errors import UserError, collect
+from modelctl.core.schema import Release
+from modelctl.core.state import CONFIG_NAMESPACE, State, stack_file
 from modelctl.repo import gitutil
 from modelctl.repo.state import read_state
 from modelctl.repo.transaction import unified_diff
@@ -33,6 +37,11 @@ def register(sub: SubParsers) -> None:
         help=f"compare with this revision (default: {DEFAULT_BASE} if present, else HEAD)",
     )
     parser.add_argument("--stack", help="only this stack")
+    parser.add_argument(
+        "--allow-destroy",
+        action="store_true",
+        help="accept a change that removes every model of a stack (refused otherwise)",
+    )
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,8 @@ class StackPlan:
     removed: list[str]
     changed: list[str]
     diff: str
+    # Every model the stack served is gone: `pulumi up` would delete all of their objects.
+    destroys: bool = False
 
     @property
     def changes(self) -> bool:
@@ -57,6 +68,8 @@ def run(args: argparse.Namespace) -> Result:
     head = read_state(root)
     before = read_state(root, commit)
     plans = [plan_stack(before, head, name) for name in stack_names(before, head, args.stack)]
+    if not args.allow_destroy:
+        collect([destroy_refused(plan) for plan in plans if plan.destroys])
     changed = any(p.changes for p in plans)
     data: dict[str, Any] = {
         "base": base,
@@ -97,12 +110,27 @@ def plan_stack(before: State, after: State, name: str) -> StackPlan:
         removed=sorted(set(old) - set(new)),
         changed=sorted(f for f in set(old) & set(new) if old[f] != new[f]),
         diff=diff,
+        destroys=bool(_releases(before, name)) and not _releases(after, name),
+    )
+
+
+def _releases(state: State, name: str) -> dict[str, Release]:
+    return state.stacks[name].config.releases if name in state.stacks else {}
+
+
+def destroy_refused(plan: StackPlan) -> UserError:
+    """A plan taking down every model of a stack, most often a misspelt or deleted key: refused
+    unless asked for with --allow-destroy."""
+    return UserError(
+        stack_file(plan.name),
+        f"this change removes every model of stack {plan.name} ({len(plan.removed)} objects deleted on deploy)",
+        "restore its modelctl:releases, or pass --allow-destroy if the stack is meant to go",
+        key=f"config.{CONFIG_NAMESPACE}:releases",
     )
 
 
 def traffic_changes(before: State, after: State, name: str) -> list[dict[str, str]]:
-    old = before.stacks[name].config.releases if name in before.stacks else {}
-    new = after.stacks[name].config.releases if name in after.stacks else {}
+    old, new = _releases(before, name), _releases(after, name)
     rows = []
     for model in sorted(set(old) | set(new)):
         was, now = describe(old.get(model)), describe(new.get(model))
@@ -115,6 +143,7 @@ def _plan_data(plan: StackPlan) -> dict[str, Any]:
     return {
         "file": stack_file(plan.name),
         "production": plan.production,
+        "destroys": plan.destroys,
         "changed": plan.changes,
         "traffic": plan.traffic,
         "files": {"added": plan.added, "changed": plan.changed, "removed": plan.removed},

@@ -5,6 +5,8 @@ import error, never a silently empty alert.
 - Kubernetes labels and the label selecting a stack's objects (infra writes, policies read).
 - The request header that pins a version (infra routes on it, policies check the routes).
 - Istio subset naming of a version (infra names subsets, policies map them back).
+- The Secret of the alert receivers' credentials and the files Alertmanager reads them from
+  (infra renders the paths, a local stack writes the files).
 - The server's probe and metrics paths (serving answers, infra probes and scrapes).
 - The metrics the server exports, with their label sets (serving registers them), and the
   PromQL built from them as one named table of queries (alert rules, dashboard, canary analysis),
@@ -30,6 +32,18 @@ HTTP_PORT = 8080
 LIVE_PATH = "/v2/health/live"
 READY_PATH = "/v2/health/ready"
 METRICS_PATH = "/metrics"
+
+
+# The Secret holding the alert receivers' credentials (one key per secret config key), and where
+# Alertmanager reads it: the prometheus-operator mounts each Secret named in an Alertmanager's
+# `spec.secrets` at /etc/alertmanager/secrets/<name>/<key>; a local stack writes the same files.
+ALERTING_SECRET = "modelctl-alerting"
+ALERTMANAGER_SECRETS_DIR = "/etc/alertmanager/secrets"
+
+
+def secret_file(key: str) -> str:
+    """The file Alertmanager reads the secret config key `key` from (`*_file` fields)."""
+    return f"{ALERTMANAGER_SECRETS_DIR}/{ALERTING_SECRET}/{key}"
 
 
 def subset_name(version: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 
 
@@ -78,3 +79,20 @@ def revoked_version(where: str, model: str, version: str, fix: str, key: str = "
 def unknown_name(where: str, kind: str, name: str, known: Iterable[str], key: str = "") -> UserError:
     """A model or stack (`kind`) that does not exist: "no model named 'x'; use one of: a, b"."""
     return UserError(where, f"no {kind} named {name!r}", f"use one of: {one_of(known)}", key=key)
+
+
+def unknown_key(where: str, key: str, name: str, known: Iterable[str], prefix: str = "") -> UserError:
+    """A key the schema does not know at `key` (its YAML path), with the closest known one offered.
+
+    The suggestion is difflib's closest match (ratio at least 0.6) among `known`; `name` and
+    `known` are compared without `prefix` (a config namespace such as 'modelctl:'), which every
+    one of them carries in the message.
+    """
+    choices = sorted(set(known))
+    close = difflib.get_close_matches(name, choices, n=1)
+    fix = (
+        f"did you mean {prefix + close[0]!r}? (or remove it)"
+        if close
+        else f"remove it; known keys: {one_of(prefix + c for c in choices)}"
+    )
+    return UserError(where, f"unknown key {prefix + name!r}", fix, key=key)

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -31,7 +32,10 @@ MD5 = re.compile(r"^[0-9a-f]{32}$")
 DVC_MD5 = re.compile(r"^[0-9a-f]{32}(\.dir)?$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
-DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
+# Prometheus' own grammar (prometheus/common model/time.go, ParseDuration): whole numbers, units from
+# the largest to the smallest, each at most once; a bare "0" is the one unitless duration.
+DURATION_UNITS = {"y": 31536000, "w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1, "ms": 0.001}
+DURATION = re.compile("^" + "".join(rf"(?:(?P<{u}>\d+){u})?" for u in DURATION_UNITS) + "$")
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DOTTED_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
@@ -41,7 +45,6 @@ CONFIG_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 SAFE_FORMATS = tuple(FORMATS)
 UNSAFE_FORMATS = ("pickle", "pkl", "joblib", "dill", "cloudpickle")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 
 
 def _matches(pattern: re.Pattern[str], what: str, fix: str) -> AfterValidator:
@@ -68,9 +71,6 @@ Sha256 = Annotated[
     str, _matches(SHA256, "a sha256 (64 lower-case hex digits)", "let 'modelctl register' compute it")
 ]
 CommitSha = Annotated[str, _matches(COMMIT, "a full 40-digit commit sha", "use 'git rev-parse HEAD'")]
-Duration = Annotated[
-    str, _matches(DURATION, "a Prometheus duration like 30s, 5m, 24h", "write a number and a unit")
-]
 MetricName = Annotated[
     str, _matches(METRIC_NAME, "a Prometheus metric name", "use letters, digits, '_' and ':'")
 ]
@@ -94,10 +94,72 @@ def _refuse_repeats(names: list[str], what: str) -> None:
 
 
 def duration_seconds(value: str) -> float:
-    """Seconds in a Prometheus-style duration such as '1h30m'."""
-    return sum(
-        int(number) * _DURATION_UNITS[unit] for number, unit in re.findall(r"(\d+)(ms|s|m|h|d|w|y)", value)
-    )
+    """Seconds in a Prometheus duration such as '1h30m' (`DURATION`'s grammar; '0' is 0).
+
+    Raises
+    ------
+    ValueError
+        `value` is not a Prometheus duration: the message says why and gives the right spelling.
+    """
+    return _duration_milliseconds(value) / 1000
+
+
+# A Prometheus duration is a Go time.Duration: at most 2**63-1 nanoseconds (about 292 years).
+_MAX_DURATION_MS = (2**63 - 1) // 1_000_000
+_LENIENT_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|y|w|d|h|m|s)")
+
+
+def _duration_milliseconds(value: str) -> int:
+    if value == "0":
+        return 0
+    match = DURATION.match(value)
+    if not value or match is None:
+        raise ValueError(f"{value!r} is not a Prometheus duration: {_duration_fix(value)}")
+    total = sum(int(match[unit] or 0) * round(factor * 1000) for unit, factor in DURATION_UNITS.items())
+    if total > _MAX_DURATION_MS:
+        raise ValueError(f"{value!r} is longer than Prometheus allows (about 292y); shorten it")
+    return total
+
+
+def _duration_fix(value: str) -> str:
+    """Why `value` is no Prometheus duration, and its right spelling when it only has its units out of
+    order, repeated or with fractions ('30m1h' -> '1h30m')."""
+    rule = "units go from the largest to the smallest (y w d h m s ms), each once, with whole numbers"
+    parts = _LENIENT_DURATION.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        return f"{rule}; write e.g. 30s, 5m, 1h30m"
+    milliseconds = round(sum(float(n) * DURATION_UNITS[u] * 1000 for n, u in parts))
+    return f"{rule}; write {format_duration(milliseconds)}"
+
+
+def format_duration(milliseconds: int) -> str:
+    """A duration in Prometheus' canonical spelling (largest units first), e.g. 5400000 -> '1h30m'."""
+    text = ""
+    for unit, factor in DURATION_UNITS.items():
+        count, milliseconds = divmod(milliseconds, round(factor * 1000))
+        text += f"{count}{unit}" if count else ""
+    return text or "0s"
+
+
+def _zero_as_text(value: Any) -> Any:
+    # YAML reads `for: 0` as the integer 0, which Prometheus accepts as a duration.
+    return "0" if value == 0 and type(value) is int else value
+
+
+def _prometheus_duration(value: str) -> str:
+    _duration_milliseconds(value)
+    return value
+
+
+def _positive_duration(value: str) -> str:
+    if _duration_milliseconds(value) == 0:
+        raise ValueError(f"duration {value!r} is zero; give a positive duration like 5m")
+    return value
+
+
+Duration = Annotated[str, BeforeValidator(_zero_as_text), AfterValidator(_prometheus_duration)]
+# A duration that must pass (an analysis interval, a cookie's lifetime): zero is refused.
+PositiveDuration = Annotated[Duration, AfterValidator(_positive_duration)]
 
 
 @total_ordering
@@ -366,7 +428,26 @@ class SlackReceiver(Strict):
 
 
 class WebhookReceiver(Strict):
-    url_secret: SecretKey
+    """A webhook: its URL in plain text (refused if it holds a credential) and, where the endpoint
+    wants one, a bearer token kept as a secret (Alertmanager's `http_config.authorization`).
+
+    Alertmanager (0.25, Debian's) reads no webhook URL from a file, so a URL that is itself the
+    credential cannot stay out of alertmanager.yml: such endpoints take a token in a header."""
+
+    url: Annotated[
+        str, _matches(re.compile(r"^https?://[^\s/]+"), "an http(s) URL", "write https://host/path")
+    ]
+    credentials_secret: SecretKey | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_url_secret(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "url_secret" in data:
+            raise ValueError(
+                "url_secret is gone: Alertmanager cannot read a webhook URL from a file, so it would be "
+                "written into alertmanager.yml; write the URL as 'url' and its token as 'credentials_secret'"
+            )
+        return data
 
 
 class Receiver(Strict):
@@ -389,7 +470,7 @@ class Receiver(Strict):
         keys = [
             self.email.auth_password_secret if self.email else None,
             self.slack.api_url_secret if self.slack else None,
-            self.webhook.url_secret if self.webhook else None,
+            self.webhook.credentials_secret if self.webhook else None,
         ]
         return [k for k in keys if k]
 
@@ -442,7 +523,7 @@ class Sticky(Strict):
     cookie: Annotated[str, _matches(COOKIE_NAME, "a cookie name", "use letters, digits and '-'")] = (
         "model-version"
     )
-    max_age: Duration = "24h"
+    max_age: PositiveDuration = "24h"
 
 
 class Replicas(Strict):
@@ -468,7 +549,7 @@ class Analysis(Strict):
     """How the canary judge decides, and the weights a canary steps through."""
 
     steps: list[Annotated[StrictInt, Field(ge=1, le=99)]] = [5, 10, 25, 50]
-    interval: Duration = "5m"
+    interval: PositiveDuration = "5m"
     alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.05
     # The canary's error rate may exceed the baseline's by the larger of these two.
     error_margin: Annotated[float, Field(ge=0)] = 0.005

@@ -9,6 +9,10 @@ the same way) or a git revision (`modelctl.repo.state.Revision`).
 
 from __future__ import annotations
 
+import difflib
+import types
+import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,12 +20,14 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ValidationError
 
 from modelctl.core import yamlio
+from modelctl.core.credentials import dotted, find_credentials
 from modelctl.core.errors import (
     UserError,
     UserErrors,
     as_list,
     collect,
     revoked_version,
+    unknown_key,
     unknown_name,
     unknown_version,
 )
@@ -53,14 +59,23 @@ _FIXES = {
 
 
 def pydantic_errors(
-    exc: ValidationError, display: str, doc: Any, prefix: tuple[str, ...] = ()
+    exc: ValidationError,
+    display: str,
+    doc: Any,
+    prefix: tuple[str, ...] = (),
+    model: type[BaseModel] | None = None,
 ) -> list[UserError]:
-    """One UserError per pydantic error, with the YAML key path (and line) it concerns."""
+    """One UserError per pydantic error, with the YAML key path (and line) it concerns; an unknown
+    key of `model` comes with the closest known key at that place."""
     errors = []
     for err in exc.errors():
         loc = prefix + tuple(str(p) for p in err["loc"] if p != "[key]")
         line = yamlio.line_of(doc, tuple(_index(p) for p in loc))
         where = f"{display}:{line}" if line else display
+        if err["type"] == "extra_forbidden" and model is not None:
+            known = _keys_at(model, err["loc"][:-1])
+            errors.append(unknown_key(where, ".".join(loc), str(err["loc"][-1]), known))
+            continue
         message = err["msg"].removeprefix("Value error, ")
         if "; " in message:
             problem, fix = message.split("; ", 1)
@@ -68,6 +83,36 @@ def pydantic_errors(
             problem, fix = message[0].lower() + message[1:], _FIXES.get(err["type"], "correct the value")
         errors.append(UserError(where, problem, fix, key=".".join(loc)))
     return errors
+
+
+def _keys_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the schema allows at `loc` (a pydantic error location) inside `model`."""
+    annotation: Any = model
+    for part in loc:
+        cls = _model_in(annotation)
+        fields = {f.alias or n: f for n, f in cls.model_fields.items()} if cls else {}
+        if isinstance(part, str) and part in fields:
+            annotation = fields[part].annotation
+        else:  # a mapping's value or a list's item: the generic's last type argument
+            annotation = (typing.get_args(_unwrap(annotation)) or (None,))[-1]
+    cls = _model_in(annotation)
+    return [f.alias or n for n, f in cls.model_fields.items()] if cls else []
+
+
+def _unwrap(annotation: Any) -> Any:
+    """The type inside Annotated[...] and Optional[...]."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _unwrap(args[0]) if len(args) == 1 else annotation
+    return annotation
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    cls = _unwrap(annotation)
+    return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
 
 
 def _index(part: str) -> int | str:
@@ -78,7 +123,7 @@ def parse(model: type[BaseModel], data: Any, display: str, doc: Any, prefix: tup
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        collect(pydantic_errors(exc, display, doc, prefix))
+        collect(pydantic_errors(exc, display, doc, prefix, model))
         raise  # unreachable: collect raises for a non-empty list
 
 
@@ -182,6 +227,7 @@ def find_root(start: Path) -> Path:
 
 def parse_model(text: str, display: str) -> ModelFile:
     doc = yamlio.loads(text, display)
+    collect(plaintext_credentials(display, doc, "remove it: a model file holds no credentials"))
     result: ModelFile = parse(ModelFile, doc, display, doc)
     expected = display.split("/")[-2] if display.count("/") >= 2 else result.name
     if result.name != expected:
@@ -206,6 +252,8 @@ def load_model(where: Path | Source, name: str) -> ModelFile:
 
 
 def parse_stack(text: str, name: str) -> Stack:
+    """One stack file: the structured keys of the namespace parsed, and every other key of the
+    namespace either a secret a receiver names or refused as unknown, with a did-you-mean."""
     display = stack_file(name)
     doc = yamlio.loads(text, display) or {}
     config = doc.get("config") or {}
@@ -215,7 +263,13 @@ def parse_stack(text: str, name: str) -> Stack:
         if isinstance(key, str) and key.startswith(f"{CONFIG_NAMESPACE}:")
     }
     structured = {f"{CONFIG_NAMESPACE}:{k}": ours[k] for k in STRUCTURED_KEYS if k in ours}
+    collect(_stack_credentials(display, doc))
+    misspelt = [k for k in ours if k not in STRUCTURED_KEYS and difflib.get_close_matches(k, STRUCTURED_KEYS)]
+    collect(_unknown_config_keys(display, doc, misspelt, STRUCTURED_KEYS) + _foreign_namespaces(display, doc))
     parsed: StackConfig = parse(StackConfig, structured, display, doc, prefix=("config",))
+    named = [key for receiver in parsed.environment.receivers for key in receiver.secret_keys()]
+    unknown = set(ours) - set(STRUCTURED_KEYS) - set(named)
+    collect(_unknown_config_keys(display, doc, unknown, [*STRUCTURED_KEYS, *named]))
     secure = {k for k, v in ours.items() if isinstance(v, dict) and set(v) == {"secure"}}
     return Stack(
         name=name,
@@ -224,6 +278,69 @@ def parse_stack(text: str, name: str) -> Stack:
         secret_keys=frozenset(secure),
         plaintext_keys=frozenset(set(ours) - secure - set(STRUCTURED_KEYS)),
     )
+
+
+def plaintext_credentials(
+    display: str, doc: Any, fix: str, section: Any = None, prefix: tuple[str, ...] = ()
+) -> list[UserError]:
+    """One error per value that looks like a credential (`modelctl.core.credentials`) in `section`
+    of `doc` (all of it by default), `prefix` being the section's key path in `doc`."""
+    errors = []
+    for path, what in find_credentials(doc if section is None else section):
+        full = (*prefix, *path)
+        line = yamlio.line_of(doc, full)
+        where = f"{display}:{line}" if line else display
+        errors.append(
+            UserError(where, f"this looks like {what}, written in plain text", fix, key=dotted(full))
+        )
+    return errors
+
+
+def _stack_credentials(display: str, doc: Any) -> list[UserError]:
+    """Credentials among the stack's plain config: any namespace's key, encrypted values
+    (`secure:`) aside. The namespace's own secret keys are checked by `cross_check`."""
+    fix = (
+        f"set it with 'pulumi config set --secret {CONFIG_NAMESPACE}:<name>' "
+        "and name that key in a receiver's '*_secret' field"
+    )
+    errors = []
+    for key, value in (doc.get("config") or {}).items():
+        namespace, _, name = str(key).partition(":")
+        encrypted = isinstance(value, dict) and set(value) == {"secure"}
+        if not encrypted and not (namespace == CONFIG_NAMESPACE and name not in STRUCTURED_KEYS):
+            errors += plaintext_credentials(display, doc, fix, {key: value}, ("config",))
+    return errors
+
+
+def _unknown_config_keys(
+    display: str, doc: Any, keys: Iterable[str], known: Iterable[str]
+) -> list[UserError]:
+    """Keys of the namespace that are neither structured nor a secret a receiver names."""
+    errors = []
+    for key in sorted(keys):
+        full = f"{CONFIG_NAMESPACE}:{key}"
+        line = yamlio.line_of(doc, ("config", full))
+        where = f"{display}:{line}" if line else display
+        errors.append(unknown_key(where, f"config.{full}", key, known, prefix=f"{CONFIG_NAMESPACE}:"))
+    return errors
+
+
+def _foreign_namespaces(display: str, doc: Any) -> list[UserError]:
+    """Keys whose namespace is a misspelling of ours (`modelctll:releases`), which Pulumi would keep."""
+    config = doc.get("config") or {}
+    errors = []
+    for key in config:
+        namespace, _, rest = str(key).partition(":")
+        if namespace != CONFIG_NAMESPACE and difflib.get_close_matches(
+            namespace, [CONFIG_NAMESPACE], cutoff=0.8
+        ):
+            line = yamlio.line_of(doc, ("config", key))
+            where = f"{display}:{line}" if line else display
+            fix = f"did you mean '{CONFIG_NAMESPACE}:{rest}'? (or remove it)"
+            errors.append(
+                UserError(where, f"unknown config namespace {namespace!r}", fix, key=f"config.{key}")
+            )
+    return errors
 
 
 def load_stack(where: Path | Source, name: str) -> Stack:
@@ -367,6 +484,24 @@ def _check_stack(state: State, stack: Stack) -> list[UserError]:
     return errors
 
 
+def _undeployed_overrides(stack: Stack, model: ModelFile, release: Release, key: str) -> list[UserError]:
+    """A header override must route to a deployed version: Istio answers 503 for a route to a subset
+    with no pods. Overrides do not deploy their version themselves: every Deployment of a stack is
+    a line of `traffic` (0 keeps it warm) or the shadow, so a mistyped override starts no pods."""
+    deployed = release.deployed()
+    return [
+        UserError(
+            stack.file,
+            f"header override {header!r} routes to {version} of {model.name}, which is not deployed on {stack.name} "
+            "(no Deployment, no DestinationRule subset: every such request would get a 503)",
+            f"deploy it at 0% with 'traffic: {{{version}: 0}}' or route the override to one of: {', '.join(deployed)}",
+            key=f"{key}.overrides.{header}",
+        )
+        for header, version in release.overrides.items()
+        if version in model.versions and version not in deployed
+    ]
+
+
 def _check_release(stack: Stack, model: ModelFile, release: Release, key: str) -> list[UserError]:
     errors = []
     for path, version in release.referenced():
@@ -380,6 +515,7 @@ def _check_release(stack: Stack, model: ModelFile, release: Release, key: str) -
             # gaining traffic is refused, by the release commands and `check --base`.
             fix = "name an active version there instead (edit the stack file), or revert the commit that revoked it"
             errors.append(revoked_version(stack.file, model.name, version, fix, f"{key}.{path}"))
+    errors += _undeployed_overrides(stack, model, release, key)
     if stack.config.environment.production:
         for version in release.serving():
             record = model.versions.get(version)

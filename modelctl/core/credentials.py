@@ -1,0 +1,105 @@
+"""What a credential written in plain text looks like, found anywhere in a nested document.
+
+Two signs, either enough: a value of a known credential shape (the token formats the providers
+document: Slack's incoming-webhook URLs and `xox?-` tokens, AWS access key ids, GitHub's `ghp_`
+family, PEM private keys, JSON web tokens, ...; a URL carrying a password or a token parameter; an
+HTTP `Bearer`/`Basic` credential), or a key named like a credential (`password`, `api_key`,
+`DB_TOKEN`, `privateKey`, ...) holding text. Keys that name where a secret is kept rather than the
+secret itself (`*_secret`, `*_file`, `*Ref`, ...) are references and never a finding; the caller
+says which whole parts of a document are where secrets belong (a Secret's data).
+
+Findings name the key path and the kind of credential, never the value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+# (what it is, its shape). Each shape is specific enough not to match hashes, versions or PromQL.
+SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (name, re.compile(pattern))
+    for name, pattern in (
+        ("a Slack webhook URL", r"hooks\.slack\.com/(services|workflows|triggers)/\S+"),
+        ("a Slack token", r"\bxox[abposr]-[0-9A-Za-z-]{10,}"),
+        ("a Discord webhook URL", r"discord(app)?\.com/api/webhooks/\d+/\S+"),
+        (
+            "a Microsoft Teams webhook URL",
+            r"\.webhook\.office\.com/\S+|outlook\.office(365)?\.com/webhook/\S+",
+        ),
+        ("a URL with a password", r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:[^/\s@]+@"),
+        (
+            "a URL with a token",
+            r"[?&](access_token|token|api[_-]?key|apikey|key|secret|password|passwd|sig|signature|auth)=[^&\s]{8,}",
+        ),
+        ("a private key", r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+        ("an HTTP credential", r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{16,}"),
+        ("an AWS access key id", r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),
+        ("a GitHub token", r"\b(gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})"),
+        ("a GitLab token", r"\bglpat-[A-Za-z0-9_-]{20,}"),
+        ("a Google API key", r"\bAIza[0-9A-Za-z_-]{35}\b"),
+        ("a Stripe secret key", r"\b[rs]k_live_[0-9A-Za-z]{16,}"),
+        ("a SendGrid API key", r"\bSG\.[\w-]{22}\.[\w-]{43}\b"),
+        ("an OpenAI API key", r"\bsk-(proj-)?[A-Za-z0-9_-]{32,}"),
+        ("a JSON web token", r"\beyJ[\w-]{10,}\.eyJ[\w-]{10,}\.[\w-]{10,}"),
+    )
+)
+# A key named like the credential itself, after camelCase is split into snake_case words.
+CREDENTIAL_KEY = re.compile(
+    r"(^|_)(password|passwd|pwd|secret|token|api_?key|credentials?|private_?key|client_secret)$"
+)
+# A key naming where a secret is kept: its value is a name or a path, not the secret.
+REFERENCE_KEY = re.compile(r"(_secret|_file|_ref|_name|_path|_env)$")
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+Path = tuple[str | int, ...]
+
+
+def _snake(key: str) -> str:
+    return _CAMEL.sub("_", key).replace("-", "_").lower()
+
+
+def credential_in(value: str, key: str = "") -> str | None:
+    """What credential `value` (held under `key`) looks like, e.g. 'a Slack webhook URL', or None."""
+    for name, shape in SHAPES:
+        if shape.search(value):
+            return name
+    words = _snake(key)
+    if value.strip() and CREDENTIAL_KEY.search(words) and not REFERENCE_KEY.search(words):
+        return f"a credential (key {key!r})"
+    return None
+
+
+def find_credentials(document: Any, path: Path = ()) -> Iterator[tuple[Path, str]]:
+    """(key path, what it looks like) for every string of `document` that looks like a credential.
+
+    A mapping `{"name": N, "value": V}` (a container's env entry, a header) is judged with N as
+    V's key, so `DB_PASSWORD=hunter2` is found.
+    """
+    if isinstance(document, dict):
+        named = document.get("name") if isinstance(document.get("name"), str) else None
+        for key, item in document.items():
+            label = named if key == "value" and named else str(key)
+            if isinstance(item, str):
+                found = credential_in(item, label)
+                if found:
+                    yield (*path, key), found
+            else:
+                yield from find_credentials(item, (*path, key))
+    elif isinstance(document, list):
+        for index, item in enumerate(document):
+            if isinstance(item, str):
+                found = credential_in(item)
+                if found:
+                    yield (*path, index), found
+            else:
+                yield from find_credentials(item, (*path, index))
+
+
+def dotted(path: Path) -> str:
+    """A key path as written in errors: `a.b[0].c`."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
