@@ -16,6 +16,7 @@ import pytest
 from modelctl import api
 from modelctl.core.errors import UserError
 from modelctl.core.state import load_state
+from modelctl.core.trusted import ALLOW_LIST_FILE
 from tests.conftest import Cli
 from tests.factories import commit_at, model_doc, run_git, stack_doc, write_repo
 
@@ -31,7 +32,11 @@ def no_policies(*_: object) -> None:
 def shipped(tmp_path: Path) -> Path:
     """The project's committed desired state as the first commit of a fresh repository, two days old."""
     root = tmp_path / "repo"
-    files = ["Pulumi.yaml", *run_git(PROJECT, "ls-files", "Pulumi.*.yaml", "models/*/model.yaml").split()]
+    files = [
+        "Pulumi.yaml",
+        ALLOW_LIST_FILE,
+        *run_git(PROJECT, "ls-files", "Pulumi.*.yaml", "models/*/model.yaml").split(),
+    ]
     for name in files:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(run_git(PROJECT, "show", f"HEAD:{name}"))
