@@ -108,27 +108,19 @@ def format_decision(decision: Decision) -> str:
         f"{'metric':<8}  {'canary':<22}  {'baseline':<22}  {'p harm':>7}  {'adj.':>7}  {'p ok':>7}  outcome",
     ]
     lines += [_row(e) for e in decision.evidence]
+    lines += [f"  {e.metric}: {e.note}" for e in decision.evidence if e.note]
     lines += ["", f"snapshot sha256 {decision.snapshot_sha256}"]
     return "\n".join(lines)
 
 
 def _row(e: Evidence) -> str:
-    canary, baseline = _describe(e, e.canary, "canary"), _describe(e, e.baseline, "baseline")
+    from modelctl.core.judge import describe
+
+    canary, baseline = describe(e, "canary"), describe(e, "baseline")
     return (
         f"{e.metric:<8}  {canary:<22}  {baseline:<22}  {_p(e.p_value):>7}  {_p(e.p_adjusted):>7}  "
         f"{_p(e.p_noninferior):>7}  {e.outcome}"
     )
-
-
-def _describe(e: Evidence, values: dict[str, float], arm: str) -> str:
-    n = e.samples.get(arm, 0.0)
-    if e.outcome == "no data" or not values:
-        return f"n={n:,.0f}"
-    if e.metric == "errors":
-        return f"{values['rate']:.2%} of {n:,.0f}"
-    if e.metric == "latency":
-        return f"p99 {values['p99'] * 1000:,.0f}ms of {n:,.0f}"
-    return f"mean {values['mean']:.3f} of {n:,.0f}"
 
 
 def _p(value: float | None) -> str:

@@ -376,6 +376,9 @@ class Receiver(Strict):
 
 class Monitoring(Strict):
     install: StrictBool = False
+    # Where `modelctl canary analyze` queries Prometheus (its HTTP API root), e.g. the
+    # in-cluster service http://prometheus-operated.monitoring:9090.
+    prometheus_url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = None
 
 
 class Ingress(Strict):
@@ -454,6 +457,13 @@ class Analysis(Strict):
     latency_margin: Annotated[float, Field(ge=0)] = 0.10
     min_requests: Annotated[StrictInt, Field(ge=1)] = 500
     score_shift: Literal["warn", "critical"] = "warn"
+    # Live accuracy from feedback labels: the canary's may trail the baseline's by this much;
+    # judged when labels arrive, needed for promotion only when `require_accuracy`.
+    accuracy_margin: Annotated[float, Field(ge=0, lt=1)] = 0.01
+    require_accuracy: StrictBool = False
+    # An end: a canary still inconclusive this long after it started is rolled back (or promoted).
+    max_duration: Duration | None = None
+    on_inconclusive: Literal["rollback", "promote"] = "rollback"
 
     @field_validator("steps")
     @classmethod
