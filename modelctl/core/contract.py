@@ -74,6 +74,8 @@ OUT_OF_DISTRIBUTION = Metric(
     "counter",
     "Rows with a feature outside the reference profile's range.",
 )
+# The labels of each feedback count: the true class and the class the version predicted.
+FEEDBACK_LABELS = ("actual", "predicted")
 FEEDBACK = Metric("model_feedback_total", "counter", "Ground-truth labels received.")
 ACCURACY = Metric("model_accuracy", "gauge", "Live accuracy over the recent feedback window.")
 PRECISION = Metric(
@@ -111,6 +113,14 @@ QUERIES: dict[str, str] = {
     "model_names": f"label_values({REQUESTS.name}{{selector}}, model)",
     # A gauge (live quality, or a metric named by a model owner) aggregated per group.
     "gauge": "{aggregation} by ({by}) ({metric}{selector})",
+    # Counts over a canary analysis window (the canary analysis job's snapshot).
+    "requests_in_window": f"sum by ({{by}}) (increase({REQUESTS.name}{{selector}}[{{window}}]))",
+    "server_errors_in_window": f"sum by ({{by}}) (increase({REQUESTS.name}{{server_errors}}[{{window}}]))",
+    "latency_buckets_in_window": f"sum by ({{by}}, le) (increase({DURATION.name}_bucket{{selector}}[{{window}}]))",
+    "score_buckets_in_window": f"sum by ({{by}}, le) (increase({SCORE.name}_bucket{{selector}}[{{window}}]))",
+    "feedback_in_window": (
+        f"sum by ({{by}}, {', '.join(FEEDBACK_LABELS)}) (increase({FEEDBACK.name}{{selector}}[{{window}}]))"
+    ),
 }
 
 

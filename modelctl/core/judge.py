@@ -75,7 +75,14 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import numpy.typing as npt
 import orjson
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from scipy import special
 
 from modelctl.core.drift.statistics import adjust_pvalues
@@ -131,6 +138,11 @@ class Histogram(Strict):
         if any(b < a * (1 - 1e-9) - 1e-9 for a, b in zip(self.counts, self.counts[1:], strict=False)):
             raise ValueError("bucket counts decrease; give cumulative counts as Prometheus exposes them")
         return self
+
+    @field_serializer("le")
+    def _json_bounds(self, le: list[float]) -> list[float | str]:
+        # JSON has no infinity: the last bound is written as Prometheus writes it.
+        return [b if math.isfinite(b) else "+Inf" for b in le]
 
     def cumulative(self) -> Floats:
         return np.maximum.accumulate(np.asarray(self.counts, dtype=np.float64))

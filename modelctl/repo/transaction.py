@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,6 +62,8 @@ def apply_release(
     policies: PolicyCheck,
     dry_run: bool = False,
     commit: bool = True,
+    evidence: Mapping[str, str] | None = None,
+    message: Callable[[Proposal], str] | None = None,
 ) -> ReleaseChange:
     """Validate, edit, check and commit one stack file, or change nothing at all.
 
@@ -79,6 +81,11 @@ def apply_release(
         Only compute the change and its diff.
     commit
         Commit the stack file (False: write it and leave it uncommitted).
+    evidence
+        New files (path -> text) committed with the stack file, such as the analysis snapshot
+        behind an automated decision.
+    message
+        The commit message from the proposal (default: the proposal's own).
 
     Raises
     ------
@@ -102,12 +109,14 @@ def apply_release(
     policies(changed, stack)
     if proposal.soak_applies:
         _require_soak(root, state, target, before, proposal)
-    made = None if dry_run else commit_file(root, path, new_text, proposal.message, commit=commit)
+    text = message(proposal) if message else proposal.message
+    files = {path: new_text, **(evidence or {})}
+    made = None if dry_run else commit_files(root, files, text, commit=commit)
     return ReleaseChange(
         action=proposal.action,
         model=model,
         stack=stack,
-        message=proposal.message,
+        message=text,
         release=proposal.release,
         diff=unified_diff(path, old_text, new_text),
         commit=made,
@@ -116,22 +125,37 @@ def apply_release(
 
 
 def commit_file(root: Path, path: str, text: str, message: str, *, commit: bool = True) -> str | None:
-    """Write `text` to `path` (atomically) and commit only that file.
+    """Write `text` to `path` (atomically) and commit only that file (see `commit_files`)."""
+    return commit_files(root, {path: text}, message, commit=commit)
 
-    On any failure, the file and the index are put back as they were. Returns the new commit's
-    hash, or None when `commit` is False (the file is then only written).
+
+def commit_files(root: Path, files: Mapping[str, str], message: str, *, commit: bool = True) -> str | None:
+    """Write each file (path -> text, atomically; new folders made) and commit only them.
+
+    On any failure, the files and the index are put back as they were (new files removed).
+    Returns the new commit's hash, or None when `commit` is False (the files are then only
+    written).
     """
-    file = root / path
-    before = file.read_text(encoding="utf-8")
-    yamlio.write_atomic(file, text)
+    before = {path: _read(root / path) for path in files}
+    for path, text in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        yamlio.write_atomic(root / path, text)
     if not commit:
         return None
     try:
-        return gitutil.commit_only(root, [path], message)
+        return gitutil.commit_only(root, list(files), message)
     except BaseException:
-        yamlio.write_atomic(file, before)
-        gitutil.git(root, "reset", "-q", "--", path, check=False)
+        for path, old in before.items():
+            if old is None:
+                (root / path).unlink(missing_ok=True)
+            else:
+                yamlio.write_atomic(root / path, old)
+        gitutil.git(root, "reset", "-q", "--", *files, check=False)
         raise
+
+
+def _read(file: Path) -> str | None:
+    return file.read_text(encoding="utf-8") if file.exists() else None
 
 
 def require_git_ready(root: Path, paths: list[str]) -> None:
