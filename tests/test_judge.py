@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import numpy as np
 import pytest
 from scipy import stats
@@ -22,6 +23,7 @@ from modelctl.core.judge import (
     histogram_quantile,
     judge,
     origin_log_evalue,
+    snapshot_schema,
 )
 
 BOUNDS = [round(0.01 * 1.1**k, 6) for k in range(64)]
@@ -295,3 +297,31 @@ def test_simulated_canaries_are_decided_within_10k_requests(
     assert outcomes.count(action) / len(outcomes) >= at_least
     wrong = "rollback" if action == "promote" else "promote"
     assert outcomes.count(wrong) <= 1
+
+
+# ---------------------------------------------------------------- the documented format
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_committed_json_schema_is_the_snapshot_model() -> None:
+    committed = json.loads((ROOT / "analysis" / "snapshot.schema.json").read_text())
+    assert committed == snapshot_schema(), "regenerate analysis/snapshot.schema.json from snapshot_schema()"
+
+
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "analysis").rglob("*.json")), ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_every_committed_snapshot_and_the_example_follow_the_schema(path: Path) -> None:
+    if path.name == "snapshot.schema.json":
+        pytest.skip("the schema itself")
+    data = json.loads(path.read_text())
+    jsonschema.validate(data, snapshot_schema())
+    assert judge(data, source=str(path)).action in ("promote", "hold", "rollback")
+
+
+def test_the_schema_refuses_what_the_judge_refuses() -> None:
+    snap = identical(1000)
+    snap["canary"]["colour"] = "blue"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(snap, snapshot_schema())

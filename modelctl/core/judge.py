@@ -79,6 +79,7 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_serializer,
     field_validator,
     model_validator,
@@ -116,10 +117,14 @@ PROJECTION = (1.1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10, 13, 16, 20, 25, 32, 40,
 # ---------------------------------------------------------------- the snapshot
 
 
+# A bucket bound: a number, the last one "+Inf" as Prometheus writes it.
+Bound = Annotated[float, WithJsonSchema({"anyOf": [{"type": "number"}, {"const": "+Inf"}]})]
+
+
 class Histogram(Strict):
     """A Prometheus histogram: cumulative counts per upper bound `le`, the last bound +Inf."""
 
-    le: list[float] = Field(min_length=1)
+    le: list[Bound] = Field(min_length=1)
     counts: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]]
 
     @field_validator("le")
@@ -228,6 +233,12 @@ class Snapshot(Strict):
         if self.window_start is None:
             return None
         return (self.taken_at - self.window_start).total_seconds()
+
+
+def snapshot_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the snapshot, as committed in analysis/snapshot.schema.json."""
+    schema = Snapshot.model_json_schema(mode="validation")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
 def parse_snapshot(data: Any, source: str = "snapshot") -> Snapshot:
