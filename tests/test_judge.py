@@ -325,3 +325,67 @@ def test_the_schema_refuses_what_the_judge_refuses() -> None:
     snap["canary"]["colour"] = "blue"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(snap, snapshot_schema())
+
+
+# ---------------------------------------------------------------- holds, an end, accuracy
+
+
+def timed(snap: dict[str, Any], *, started: str, window: str = "2026-11-24T11:30:00Z") -> dict[str, Any]:
+    return {**snap, "canary_started": started, "window_start": window}
+
+
+def test_a_hold_says_how_many_more_requests_and_how_long() -> None:
+    decision = judge(timed(identical(800), started="2026-11-24T11:00:00Z"))
+    assert decision.action == "hold"
+    assert decision.needs is not None
+    more, seconds = decision.needs["canary_requests"], decision.needs["seconds"]
+    assert more is not None
+    assert 800 < more < 40_000
+    # 800 canary requests in the 30 minutes since the step: 0.44 per second.
+    assert seconds == pytest.approx(more / (800 / 1800))
+    assert f"needs about {more:,.0f} more canary requests" in decision.reasons[-1]
+
+
+def test_no_traffic_is_a_hold_with_a_warning_even_past_max_duration_when_promotion_is_asked() -> None:
+    snap = timed(identical(0), started="2026-11-23T00:00:00Z")
+    snap["analysis"].update(max_duration="6h", on_inconclusive="promote")
+    decision = judge(snap)
+    assert decision.action == "hold"
+    assert any(w.startswith("no traffic: canary v1.1.0 received no requests") for w in decision.warnings)
+    assert decision.needs == {"canary_requests": None, "seconds": None}
+
+
+@pytest.mark.parametrize("on_inconclusive", ["rollback", "promote"])
+def test_an_inconclusive_canary_past_max_duration_ends_as_configured(on_inconclusive: str) -> None:
+    snap = timed(identical(800), started="2026-11-24T05:00:00Z")
+    snap["analysis"].update(max_duration="6h", on_inconclusive=on_inconclusive)
+    decision = judge(snap)
+    assert decision.action == on_inconclusive
+    assert decision.reasons[0].startswith("inconclusive after 7.0 h (max_duration 6h): ")
+    snap["canary_started"] = "2026-11-24T07:00:00Z"
+    assert judge(snap).action == "hold"
+
+
+def labelled(snap: dict[str, Any], canary_wrong: float, baseline_wrong: float, share: float = 0.2) -> dict[str, Any]:
+    for side, wrong in (("canary", canary_wrong), ("baseline", baseline_wrong)):
+        n = snap[side]["requests"] * share
+        snap[side]["feedback"] = [
+            {"actual": "fraud", "predicted": "fraud", "count": n * (1 - wrong)},
+            {"actual": "fraud", "predicted": "legit", "count": n * wrong},
+        ]
+    return snap
+
+
+def test_accuracy_is_judged_when_labels_arrive_and_required_only_when_asked() -> None:
+    worse = labelled(identical(15_000), canary_wrong=0.15, baseline_wrong=0.05)
+    decision = judge(worse)
+    assert decision.action == "rollback"
+    assert decision.reasons[0].startswith("accuracy: the canary's accuracy on labelled requests is lower")
+    equal = labelled(identical(15_000), canary_wrong=0.05, baseline_wrong=0.05, share=0.02)
+    accuracy = next(e for e in judge(equal).evidence if e.metric == "accuracy")
+    assert accuracy.estimate["canary_coverage"] == pytest.approx(0.02)
+    assert judge(equal).action == "promote"  # accuracy not yet shown, but not required
+    equal["analysis"]["require_accuracy"] = True
+    required = judge(equal)
+    assert required.action == "hold"
+    assert required.reasons[0].startswith("accuracy: not yet shown within the 1.00% margin")
