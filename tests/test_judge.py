@@ -366,7 +366,9 @@ def test_an_inconclusive_canary_past_max_duration_ends_as_configured(on_inconclu
     assert judge(snap).action == "hold"
 
 
-def labelled(snap: dict[str, Any], canary_wrong: float, baseline_wrong: float, share: float = 0.2) -> dict[str, Any]:
+def labelled(
+    snap: dict[str, Any], canary_wrong: float, baseline_wrong: float, share: float = 0.2
+) -> dict[str, Any]:
     for side, wrong in (("canary", canary_wrong), ("baseline", baseline_wrong)):
         n = snap[side]["requests"] * share
         snap[side]["feedback"] = [

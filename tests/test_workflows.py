@@ -154,4 +154,4 @@ def test_canary_analysis_is_scheduled_serialized_and_sends_production_steps_to_r
     assert '[ "$production" = true ] && [ "$outcome" != rollback ]' in run
     assert "gh pr create" in run
     assert ".venv/bin/modelctl judge --replay HEAD" in run
-    assert "git push -q \"$remote\" HEAD:main" in run
+    assert 'git push -q "$remote" HEAD:main' in run
