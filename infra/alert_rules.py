@@ -5,7 +5,7 @@ A new alert goes here; where alerts are delivered (Alertmanager routing) is `inf
 from __future__ import annotations
 
 from infra.common import ModelTarget, Obj, metadata
-from modelctl.core.contract import LIVE_QUALITY, query
+from modelctl.core.contract import FEEDBACK_WINDOW, LIVE_QUALITY, LIVE_QUALITY_ALIASES, query
 from modelctl.core.margins import error_margin_promql, latency_ratio
 from modelctl.core.schema import ThresholdAlert
 
@@ -25,8 +25,42 @@ def prometheus_rule(target: ModelTarget) -> Obj:
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
         "metadata": metadata(target.name, target.namespace, target.labels()),
-        "spec": {"groups": [{"name": f"modelctl.{target.name}", "rules": alert_rules(target)}]},
+        "spec": {
+            "groups": [
+                {"name": f"modelctl.{target.name}", "rules": alert_rules(target)},
+                {"name": f"modelctl.{target.name}.feedback", "rules": feedback_recording_rules(target)},
+            ]
+        },
     }
+
+
+def feedback_recording_rules(target: ModelTarget) -> list[Obj]:
+    """Live quality from the feedback confusion counter, recorded per version across replicas: the
+    class names are the model's, so dashboards and alerts read them without knowing the classes."""
+    return [{"record": LIVE_QUALITY[name], "expr": _feedback_ratio(target, name)} for name in LIVE_QUALITY]
+
+
+def _feedback_ratio(target: ModelTarget, name: str) -> str:
+    """Accuracy, or the positive class's precision or recall, from model_feedback_total{actual,
+    predicted} summed over replicas per version over FEEDBACK_WINDOW. No label in the window
+    gives no value (0/0), so an alert on it stays quiet."""
+    positive = target.model.output.positive_class
+
+    def total(*cells: dict[str, str]) -> str:
+        rates = "\n  or ".join(
+            query("feedback_rate", _matchers(target, **cell), window=FEEDBACK_WINDOW) for cell in cells
+        )
+        return f"sum by (namespace, model, version) ({rates})"
+
+    correct = total(*({"actual": c, "predicted": c} for c in target.model.output.classes))
+    true_positive = total({"actual": positive, "predicted": positive})
+    ratios = {
+        "accuracy": (correct, total({})),
+        "precision": (true_positive, total({"predicted": positive})),
+        "recall": (true_positive, total({"actual": positive})),
+    }
+    numerator, denominator = ratios[name]
+    return f"{numerator}\n/ {denominator}"
 
 
 def alert_rules(target: ModelTarget) -> list[Obj]:
@@ -120,16 +154,18 @@ def _drift(target: ModelTarget) -> Obj:
 
 
 def _out_of_distribution(target: ModelTarget) -> Obj:
-    ood = query("out_of_distribution_rate", _matchers(target), "model, version", WINDOW)
+    ood = query("out_of_distribution_rate", _matchers(target), "model, version, feature", WINDOW)
     predictions = query("prediction_rate", _matchers(target), "model, version", WINDOW)
     return _alert(
         target,
         "ModelOutOfDistribution",
-        f"{ood}\n  / {predictions}\n> {OOD_RATIO:g}",
+        f"{ood}\n  / on (model, version) group_left\n{predictions}\n> {OOD_RATIO:g}",
         for_="10m",
         severity="warning",
-        summary="{{ $labels.model }} {{ $labels.version }} sees {{ $value | humanizePercentage }} out-of-range inputs",
-        description=f"More than {OOD_RATIO:.0%} of predictions had inputs outside the signature's ranges.",
+        summary="{{ $labels.model }} {{ $labels.version }} sees {{ $value | humanizePercentage }} of "
+        "{{ $labels.feature }} values out of range",
+        description=f"More than {OOD_RATIO:.0%} of predictions had this feature outside the signature's "
+        "or the reference profile's range (the rows are predicted and flagged).",
     )
 
 
@@ -152,13 +188,14 @@ def _live_quality(target: ModelTarget) -> list[Obj]:
         _alert(
             target,
             f"ModelLive{metric.capitalize()}BelowGate",
-            f"{_gauge(target, 'min', gauge.name)}\n< {target.model.gates[metric]:g}",
+            f"{_gauge(target, 'min', recorded)}\n< {target.model.gates[metric]:g}",
             for_="15m",
             severity="critical",
             summary=f"{{{{ $labels.model }}}} {{{{ $labels.version }}}} live {metric} is {{{{ $value }}}}",
-            description=f"Live {metric} from feedback is below the promotion gate {target.model.gates[metric]:g}.",
+            description=f"Live {metric} from feedback over {FEEDBACK_WINDOW}, across replicas, is below the "
+            f"promotion gate {target.model.gates[metric]:g}.",
         )
-        for metric, gauge in LIVE_QUALITY.items()
+        for metric, recorded in LIVE_QUALITY.items()
         if metric in target.model.gates
     ]
 
@@ -194,7 +231,9 @@ def _canary_worse(target: ModelTarget, canary: str) -> Obj:
 
 
 def _owner_alert(target: ModelTarget, alert: ThresholdAlert) -> Obj:
-    value = _gauge(target, AGGREGATION, alert.metric)
+    # model_accuracy, _precision and _recall name the live quality recorded from the feedback counters.
+    recorded = LIVE_QUALITY_ALIASES.get(alert.metric)
+    value = _gauge(target, "min", recorded) if recorded else _gauge(target, AGGREGATION, alert.metric)
     condition = f"{alert.metric} {alert.operator} {alert.threshold:g}"
     return _alert(
         target,

@@ -1,5 +1,7 @@
 """The in-cluster canary analysis job of a stack with `analysis` settings: a CronJob running
-`modelctl canary analyze` from the serving image, its deploy key Secret, a ServiceAccount with
+`modelctl canary analyze` from the analysis image (`analysis.image`, built from
+infra/Dockerfile.analysis: the core, infra and policies, git and ssh; the serving image installs
+only what serving needs), its deploy key Secret, a ServiceAccount with
 no Kubernetes permissions, and a NetworkPolicy letting it reach only Prometheus, DNS and the
 git host.
 
@@ -30,7 +32,8 @@ git clone --quiet --depth 50 --branch "$BRANCH" "$REPOSITORY" /work/repo
 cd /work/repo
 git config user.name "modelctl canary analysis"
 git config user.email "canary-analysis@modelctl.invalid"
-modelctl canary analyze --stack "$STACK" --prometheus "$PROMETHEUS_URL" || [ $? -ge 3 ]
+# Exit 2 (a rollback) and 3 (a hold) are decisions, not failures; 1 (an error) fails the run.
+modelctl canary analyze --stack "$STACK" --prometheus "$PROMETHEUS_URL" || [ $? -ge 2 ]
 git push --quiet origin "HEAD:$BRANCH"
 """
 
@@ -84,7 +87,7 @@ def cron_job(stack: Stack, job: AnalysisJob) -> Obj:
     }
     container = {
         "name": "analyze",
-        "image": env.image,
+        "image": job.image,
         "command": ["/bin/sh", "-c", SCRIPT],
         "env": [{"name": key, "value": value} for key, value in settings.items()],
         "resources": {

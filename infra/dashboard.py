@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from infra.common import Obj, metadata
-from modelctl.core.contract import LIVE_QUALITY, MANAGED_BY, STACK_LABEL, query
+from modelctl.core.contract import FEEDBACK_WINDOW, LIVE_QUALITY, MANAGED_BY, STACK_LABEL, query
 from modelctl.core.state import Stack
 
 NAME = "modelctl-dashboard"
@@ -29,7 +29,7 @@ def dashboard(stack: Stack) -> Obj:
     requests = query("request_rate", sel, "version", RATE)
     errors = query("server_error_rate", sel, "version", RATE)
     buckets = query("latency_buckets", sel, "version", RATE)
-    ood = query("out_of_distribution_rate", sel, "version", RATE)
+    ood = query("out_of_distribution_rate", sel, "version, feature", RATE)
     predictions = query("prediction_rate", sel, "version", RATE)
     panels = [
         _panel(
@@ -51,16 +51,20 @@ def dashboard(stack: Stack) -> Obj:
             "none",
             [(query("feature_drift", sel, "version, feature"), "{{version}} {{feature}}")],
         ),
-        _panel("Out-of-distribution rate", "percentunit", [(f"{ood} / {predictions}", "{{version}}")]),
         _panel(
-            "Live accuracy, precision, recall",
+            "Out-of-range values by feature (flagged, still predicted)",
+            "percentunit",
+            [(f"{ood} / ignoring(feature) group_left {predictions}", "{{version}} {{feature}}")],
+        ),
+        _panel(
+            f"Live accuracy, precision, recall (feedback over {FEEDBACK_WINDOW}, all replicas)",
             "percentunit",
             [
                 (
-                    query("gauge", sel, "version", aggregation="avg", metric=gauge.name),
+                    query("gauge", sel, "version", aggregation="max", metric=recorded),
                     f"{metric} {{{{version}}}}",
                 )
-                for metric, gauge in LIVE_QUALITY.items()
+                for metric, recorded in LIVE_QUALITY.items()
             ],
         ),
     ]

@@ -38,7 +38,7 @@ from modelctl.core.schema import Release, Status
 from modelctl.core.state import State, stack_file
 from modelctl.repo import dvcstore, gitutil, registry
 from modelctl.repo.history import Snapshot as HistorySnapshot
-from modelctl.repo.history import release_changes, releases_by_commit, stack_history
+from modelctl.repo.history import release_changes, stack_history
 from modelctl.repo.registry import Bump, Registered, Say
 from modelctl.repo.state import read_state
 from modelctl.repo.transaction import (
@@ -63,6 +63,7 @@ __all__ = [
     "canary",
     "canary_analyze",
     "check_policies",
+    "clear_hold",
     "deprecate",
     "promote",
     "register",
@@ -127,8 +128,9 @@ def check_policies(state: State, stack: str) -> int:
 
 # ---------------------------------------------------------------- release operations
 # Every one takes: root (the repository), stack (the stack file to change), dry_run (compute
-# the change and its diff only), commit (False: write the stack file, do not commit) and
-# policies (the check run on the new state); each returns a ReleaseChange.
+# the change and its diff only), commit (False: write the stack file, do not commit),
+# policies (the check run on the new state) and lock_timeout (seconds to wait for another
+# writer, see modelctl.repo.transaction.repository_lock); each returns a ReleaseChange.
 
 
 def canary(
@@ -141,6 +143,7 @@ def canary(
     dry_run: bool = False,
     commit: bool = True,
     policies: PolicyCheck = check_policies,
+    lock_timeout: float | None = None,
 ) -> ReleaseChange:
     """Start a canary of `version`, or move it to the next analysis step.
 
@@ -158,6 +161,7 @@ def canary(
         policies=policies,
         dry_run=dry_run,
         commit=commit,
+        lock_timeout=lock_timeout,
     )
 
 
@@ -169,6 +173,7 @@ def promote(
     dry_run: bool = False,
     commit: bool = True,
     policies: PolicyCheck = check_policies,
+    lock_timeout: float | None = None,
 ) -> ReleaseChange:
     """The canary takes 100% of traffic; the old stable version stays deployed at 0%."""
     return apply_release(
@@ -179,6 +184,7 @@ def promote(
         policies=policies,
         dry_run=dry_run,
         commit=commit,
+        lock_timeout=lock_timeout,
     )
 
 
@@ -192,6 +198,7 @@ def ab(
     dry_run: bool = False,
     commit: bool = True,
     policies: PolicyCheck = check_policies,
+    lock_timeout: float | None = None,
 ) -> ReleaseChange:
     """Split traffic between versions for an A/B experiment.
 
@@ -210,6 +217,7 @@ def ab(
         policies=policies,
         dry_run=dry_run,
         commit=commit,
+        lock_timeout=lock_timeout,
     )
 
 
@@ -223,6 +231,7 @@ def shadow(
     dry_run: bool = False,
     commit: bool = True,
     policies: PolicyCheck = check_policies,
+    lock_timeout: float | None = None,
 ) -> ReleaseChange:
     """Mirror `percent` (above 0, at most 100) of requests to `version`, discarding its responses."""
     return apply_release(
@@ -233,6 +242,7 @@ def shadow(
         policies=policies,
         dry_run=dry_run,
         commit=commit,
+        lock_timeout=lock_timeout,
     )
 
 
@@ -244,6 +254,7 @@ def shadow_off(
     dry_run: bool = False,
     commit: bool = True,
     policies: PolicyCheck = check_policies,
+    lock_timeout: float | None = None,
 ) -> ReleaseChange:
     """Stop mirroring."""
     return apply_release(
@@ -254,6 +265,7 @@ def shadow_off(
         policies=policies,
         dry_run=dry_run,
         commit=commit,
+        lock_timeout=lock_timeout,
     )
 
 
@@ -267,6 +279,7 @@ def bluegreen(
     dry_run: bool = False,
     commit: bool = True,
     policies: PolicyCheck = check_policies,
+    lock_timeout: float | None = None,
 ) -> ReleaseChange:
     """Deploy the green `version` at 0% next to the stable one, optionally mirroring `mirror` percent to it."""
     return apply_release(
@@ -277,6 +290,7 @@ def bluegreen(
         policies=policies,
         dry_run=dry_run,
         commit=commit,
+        lock_timeout=lock_timeout,
     )
 
 
@@ -289,6 +303,7 @@ def bluegreen_switch(
     dry_run: bool = False,
     commit: bool = True,
     policies: PolicyCheck = check_policies,
+    lock_timeout: float | None = None,
 ) -> ReleaseChange:
     """Move all traffic to the green version (default: the newest deployed at 0%)."""
     return apply_release(
@@ -299,6 +314,7 @@ def bluegreen_switch(
         policies=policies,
         dry_run=dry_run,
         commit=commit,
+        lock_timeout=lock_timeout,
     )
 
 
@@ -308,23 +324,61 @@ def rollback(
     *,
     stack: str,
     to: str | None = None,
+    reason: str | None = None,
     dry_run: bool = False,
     commit: bool = True,
     policies: PolicyCheck = check_policies,
+    lock_timeout: float | None = None,
 ) -> ReleaseChange:
-    """Go back to the last state in the stack's git history fully on one stable version.
+    """All traffic back to the stable version the release started from; the versions it leaves
+    are held on the stack. Already there: nothing changes (`changed` False), not an error.
 
     Parameters
     ----------
     to
-        The last state fully on this version (default: on any version other than the canary's).
+        Roll back to this version instead (registered, not revoked, not held here).
+    reason
+        Recorded with each hold (default: "rolled back to <version>").
     """
+    now = datetime.now(UTC).replace(microsecond=0)
+    return apply_release(
+        root,
+        model,
+        stack,
+        lambda t, r, _: releases.rollback(t, r, now, to, reason),
+        policies=policies,
+        dry_run=dry_run,
+        commit=commit,
+        lock_timeout=lock_timeout,
+    )
 
-    def build(target: Target, release: Release, repo: Path) -> Proposal:
-        past = releases_by_commit(stack_history(repo, target.stack), target.model.name)
-        return releases.rollback(target, release, past, to)
 
-    return apply_release(root, model, stack, build, policies=policies, dry_run=dry_run, commit=commit)
+def clear_hold(
+    root: Path,
+    model: str,
+    version: str,
+    *,
+    stack: str,
+    reason: str,
+    dry_run: bool = False,
+    commit: bool = True,
+    policies: PolicyCheck = check_policies,
+    lock_timeout: float | None = None,
+) -> ReleaseChange:
+    """Lift the hold a rollback put on `version` on `stack`, saying why (`reason`, required).
+
+    Commit it through review: automation (the canary analysis) never calls this.
+    """
+    return apply_release(
+        root,
+        model,
+        stack,
+        lambda t, r, _: releases.clear_hold(t, r, version, reason),
+        policies=policies,
+        dry_run=dry_run,
+        commit=commit,
+        lock_timeout=lock_timeout,
+    )
 
 
 # ---------------------------------------------------------------- canary analysis
@@ -385,6 +439,7 @@ def canary_analyze(
     record: bool = False,
     now: datetime | None = None,
     policies: PolicyCheck = check_policies,
+    lock_timeout: float | None = None,
 ) -> list[Analysis]:
     """Judge every canary on `stack` (or only `model`'s) from Prometheus, and apply each decision.
 
@@ -402,6 +457,8 @@ def canary_analyze(
         stack's (`modelctl up`).
     now
         The instant the queries are evaluated at (default: the current time).
+    lock_timeout
+        Seconds to wait for another writer before each commit (see `repository_lock`).
 
     Raises
     ------
@@ -440,6 +497,7 @@ def canary_analyze(
             dry_run=dry_run,
             record=record,
             policies=policies,
+            lock_timeout=lock_timeout,
         )
         for name in canaries
     ]
@@ -456,6 +514,7 @@ def _analyze(
     dry_run: bool,
     record: bool,
     policies: PolicyCheck,
+    lock_timeout: float | None,
 ) -> Analysis:
     from modelctl.core import collect
     from modelctl.core.judge import judge
@@ -496,17 +555,28 @@ def _analyze(
         made = None
         if record and not dry_run:
             require_git_ready(root, [path])
-            made = commit_files(root, files, message(None))
+            made = commit_files(root, files, message(None), lock_timeout=lock_timeout)
         return Analysis(model, stack, outcome, decision, snapshot, path, made, None, message(None))
-    build = {
-        "step": lambda t, r, _: releases.canary(t, r, arms.canary),
-        "promote": lambda t, r, _: releases.promote(t, r),
-        "rollback": lambda t, r, repo: releases.rollback(
-            t, r, releases_by_commit(stack_history(repo, t.stack), t.model.name)
-        ),
-    }[outcome]
+
+    def next_release(target: Target, current: Release, _: Path) -> Proposal:
+        if outcome == "rollback":
+            return releases.rollback(target, current, taken_at, reason=f"canary analyze {path}")
+        # A rollback may have held the canary since the snapshot was read: never give it traffic.
+        releases.require_not_held(target, current, arms.canary)
+        if outcome == "step":
+            return releases.canary(target, current, arms.canary)
+        return releases.promote(target, current)
+
     change = apply_release(
-        root, model, stack, build, policies=policies, dry_run=dry_run, evidence=files, message=message
+        root,
+        model,
+        stack,
+        next_release,
+        policies=policies,
+        dry_run=dry_run,
+        evidence=files,
+        message=message,
+        lock_timeout=lock_timeout,
     )
     return Analysis(model, stack, outcome, decision, snapshot, path, change.commit, change, change.message)
 
@@ -522,9 +592,13 @@ def _serves(release: Release | None, version: str) -> bool:
 
 
 def _local_prometheus(root: Path, stack: str) -> str | None:
-    """The local stack's Prometheus (`modelctl up`), when its run state names one."""
-    state = root / ".modelctl" / "run" / stack / "prometheus.url"
-    return state.read_text(encoding="utf-8").strip() if state.is_file() else None
+    """The Prometheus of the stack running on this machine (`modelctl up`), None when it is not up."""
+    from onebox.stack import status
+
+    try:
+        return str(status(root, stack)["prometheus"])
+    except UserError:
+        return None
 
 
 def replay(root: Path, rev: str) -> Replay:
@@ -577,6 +651,7 @@ def register(
     bump: Bump | None = None,
     commit: bool = True,
     say: Say = registry.quiet,
+    lock_timeout: float | None = None,
 ) -> Registered:
     """Record the committed, up-to-date pipeline run of `model` as a new version.
 
@@ -597,17 +672,22 @@ def register(
         The pipeline run is not committed, not up to date with dvc.lock, or its artifact is
         already registered; or the version name is taken.
     """
-    return registry.register(root, model, version=version, bump=bump, commit=commit, say=say)
-
-
-def deprecate(root: Path, model: str, version: str, *, commit: bool = True) -> StatusChange:
-    """Deprecate a version: it keeps the traffic it has, and gains none."""
-    return StatusChange(
-        model, version, "deprecated", registry.set_status(root, model, version, "deprecated", commit=commit)
+    return registry.register(
+        root, model, version=version, bump=bump, commit=commit, say=say, lock_timeout=lock_timeout
     )
 
 
-def revoke(root: Path, model: str, version: str, *, commit: bool = True) -> StatusChange:
+def deprecate(
+    root: Path, model: str, version: str, *, commit: bool = True, lock_timeout: float | None = None
+) -> StatusChange:
+    """Deprecate a version: it keeps the traffic it has, and gains none."""
+    made = registry.set_status(root, model, version, "deprecated", commit=commit, lock_timeout=lock_timeout)
+    return StatusChange(model, version, "deprecated", made)
+
+
+def revoke(
+    root: Path, model: str, version: str, *, commit: bool = True, lock_timeout: float | None = None
+) -> StatusChange:
     """Revoke a version no stack names any more; revoked is final.
 
     Raises
@@ -615,6 +695,5 @@ def revoke(root: Path, model: str, version: str, *, commit: bool = True) -> Stat
     UserErrors
         One line per stack still naming the version, with the rollback that frees it.
     """
-    return StatusChange(
-        model, version, "revoked", registry.set_status(root, model, version, "revoked", commit=commit)
-    )
+    made = registry.set_status(root, model, version, "revoked", commit=commit, lock_timeout=lock_timeout)
+    return StatusChange(model, version, "revoked", made)

@@ -7,16 +7,17 @@ what scikit-learn's own `predict` returns, so the model is never called twice.
 
 Clients answered together send their next requests together, but these arrive spread over
 a few hundred microseconds, so an eager flush splits each wave in two and pays for two
-model calls. So a batch waits, turning the event loop (which keeps reading requests),
-until it holds as many requests as the previous one, for at most `max_wait` seconds. When
-load drops, one batch waits the bound and the next expects the smaller size. (A timer
-cannot do this: uvloop's timers have millisecond resolution.)
+model calls. So a batch waits until it holds as many requests as the previous one: the
+request that completes it schedules the flush for the end of that event-loop turn (so
+requests read in the same turn join too). When load drops, a timer flushes after `max_wait`
+seconds (uvloop rounds it up to the millisecond) and the next batch expects the smaller size.
+(Turning the event loop until the batch filled, as before, cost ~1 µs of CPU per turn for
+hundreds of turns per wave: ~30 µs per request at 8 clients.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,8 +48,8 @@ class Batcher:
         self.max_wait = max_wait
         self._pending: list[tuple[list[Row], asyncio.Future[Predictions]]] = []
         self._pending_rows = 0
-        self._flush_handle: asyncio.Handle | None = None
-        self._first_arrival = 0.0
+        self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._flush_soon = False  # the handle is this turn's flush, not the max_wait timer
         self._last_batch = 0
 
     def submit(self, rows: list[Row]) -> asyncio.Future[Predictions]:
@@ -59,25 +60,21 @@ class Batcher:
         self._pending_rows += len(rows)
         if self._pending_rows >= self.max_rows:
             self.flush()
+        elif len(self._pending) >= self._last_batch:
+            if not self._flush_soon:
+                if self._flush_handle is not None:
+                    self._flush_handle.cancel()
+                self._flush_handle = loop.call_soon(self.flush)
+                self._flush_soon = True
         elif self._flush_handle is None:
-            self._first_arrival = time.perf_counter()
-            self._flush_handle = loop.call_soon(self._flush_when_caught_up)
+            self._flush_handle = loop.call_later(self.max_wait, self.flush)
         return future
-
-    def _flush_when_caught_up(self) -> None:
-        """Flush once as many requests wait as the previous batch held, or at the `max_wait` bound."""
-        if (
-            len(self._pending) < self._last_batch
-            and time.perf_counter() - self._first_arrival < self.max_wait
-        ):
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_when_caught_up)
-        else:
-            self.flush()
 
     def flush(self) -> None:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        self._flush_soon = False
         batch, self._pending, self._pending_rows = self._pending, [], 0
         if not batch:
             return

@@ -8,14 +8,30 @@ alert rules and the dashboard build their queries from.
 
 from __future__ import annotations
 
+import bisect
 import gc
+import itertools
 import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+import numpy as np
+import numpy.typing as npt
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    Summary,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from modelctl.core import contract
 from serving.loader import Matrix
+
+Counts = npt.NDArray[np.intp]
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -26,31 +42,89 @@ GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+class LoopCounter:
+    """A counter family of one version, optionally split by one more label, exported at scrape.
+
+    The server updates its hot-path metrics only from the event loop's thread, and the scrape
+    is answered on it too, so these need none of the client library's per-update locking
+    (which cost more than the rest of the counting).
+    """
+
+    def __init__(self, metric: contract.Metric, values: tuple[str, ...]) -> None:
+        self.name, self.help, self.values = metric.name, metric.help, values
+        self.labels = list(metric.label_names)
+        self.split = len(metric.labels) == 1  # at most one label beyond model and version
+        self.counts: dict[Any, float] = {} if self.split else {"": 0.0}
+
+    def inc(self, key: Any, amount: float = 1) -> None:
+        self.counts[key] = self.counts.get(key, 0.0) + amount
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.help, labels=self.labels)
+        for key, count in self.counts.items():
+            family.add_metric([*self.values, str(key)] if self.split else list(self.values), count)
+        yield family
+
+
+class LoopHistogram:
+    """A histogram of one version updated from the event loop only (see LoopCounter); a batch of
+    observations is one vectorized bucket count."""
+
+    def __init__(self, metric: contract.Metric, values: tuple[str, ...], bounds: Sequence[float]) -> None:
+        self.name, self.help = metric.name, metric.help
+        self.names, self.values = list(metric.label_names), list(values)
+        self.bounds = tuple(float(b) for b in bounds)
+        self._edges = np.array(self.bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last is above every bound
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def observe_all(self, values: npt.NDArray[np.float64]) -> None:
+        found = np.bincount(np.searchsorted(self._edges, values, side="left"), minlength=len(self.counts))
+        for index in np.flatnonzero(found).tolist():
+            self.counts[index] += int(found[index])
+        self.sum += float(values.sum())
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        cumulative = list(itertools.accumulate(self.counts))
+        buckets = [(repr(b), c) for b, c in zip(self.bounds, cumulative, strict=False)]
+        family = HistogramMetricFamily(self.name, self.help, labels=self.names)
+        family.add_metric(self.values, [*buckets, ("+Inf", cumulative[-1])], self.sum)
+        yield family
+
+
 class ServerMetrics:
-    def __init__(self, model: str, version: str, sha256: str, features: list[str]) -> None:
+    def __init__(
+        self, model: str, version: str, sha256: str, features: list[str], classes: list[str]
+    ) -> None:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         self._labels = {"model": model, "version": version}
-        self._requests = self._metric(contract.REQUESTS)
         self._errors = self._metric(contract.ERRORS)
-        self._requests_by_code: dict[int, Any] = {}
         self._errors_by_type: dict[str, Any] = {}
-        self._predictions = self._bound(self._metric(contract.PREDICTIONS))
-        self._duration = self._bound(self._metric(contract.DURATION, LATENCY_BUCKETS))
-        self._score = self._bound(self._metric(contract.SCORE, SCORE_BUCKETS))
-        self._batch_size = self._bound(self._metric(contract.BATCH_SIZE, BATCH_BUCKETS))
-        self._out_of_distribution = self._bound(self._metric(contract.OUT_OF_DISTRIBUTION))
-        self._feedback = self._bound(self._metric(contract.FEEDBACK))
-        self._accuracy, self._precision, self._recall = (
-            self._bound(self._metric(contract.LIVE_QUALITY[name]))
-            for name in ("accuracy", "precision", "recall")
-        )
-        for gauge in (self._accuracy, self._precision, self._recall):
-            gauge.set(float("nan"))  # no feedback yet is unknown, not zero
+        values = (model, version)
+        self._requests = LoopCounter(contract.REQUESTS, values)
+        self._predictions = LoopCounter(contract.PREDICTIONS, values)
+        self._duration = LoopHistogram(contract.DURATION, values, LATENCY_BUCKETS)
+        self._score = LoopHistogram(contract.SCORE, values, SCORE_BUCKETS)
+        self._batch_size = LoopHistogram(contract.BATCH_SIZE, values, BATCH_BUCKETS)
+        for collector in (self._requests, self._predictions, self._duration, self._score, self._batch_size):
+            self.registry.register(collector)
+        out_of_distribution = self._metric(contract.OUT_OF_DISTRIBUTION)
+        self._out_of_distribution = [out_of_distribution.labels(model, version, name) for name in features]
+        feedback = self._metric(contract.FEEDBACK)
+        # Every cell exists from the start, so rates over a window never miss a first label.
+        self._feedback = [[feedback.labels(model, version, a, p) for p in classes] for a in classes]
+        self._feedback_value = self._bound(self._metric(contract.FEEDBACK_VALUE))
         drift = self._metric(contract.FEATURE_DRIFT)
         self._drift = {name: drift.labels(model, version, name) for name in features}
         for child in self._drift.values():
             child.set(float("nan"))
+        self._engine = self._metric(contract.ENGINE)
+        self._parity = self._bound(self._metric(contract.PARITY_ERROR))
         self._metric(contract.INFO).labels(model, version, sha256).set(1)
         pauses = self._metric(contract.GC_PAUSES, GC_BUCKETS)
         self._gc_pauses = [pauses.labels(model, version, str(generation)) for generation in range(3)]
@@ -61,7 +135,7 @@ class ServerMetrics:
         names = metric.label_names
         if metric.kind == "histogram":
             return Histogram(metric.name, metric.help, names, buckets=buckets, registry=self.registry)
-        kind = Counter if metric.kind == "counter" else Gauge
+        kind = {"counter": Counter, "gauge": Gauge, "summary": Summary}[metric.kind]
         return kind(metric.name, metric.help, names, registry=self.registry)
 
     def _bound(self, metric: Any) -> Any:
@@ -69,10 +143,7 @@ class ServerMetrics:
 
     def request(self, code: int, seconds: float | None) -> None:
         """One /predict or infer request answered with `code` after `seconds` (None: not timed)."""
-        child = self._requests_by_code.get(code)
-        if child is None:
-            child = self._requests_by_code[code] = self._requests.labels(**self._labels, code=str(code))
-        child.inc()
+        self._requests.inc(code)
         if seconds is not None:
             self._duration.observe(seconds)
 
@@ -82,20 +153,26 @@ class ServerMetrics:
             child = self._errors_by_type[kind] = self._errors.labels(**self._labels, type=kind)
         child.inc()
 
-    def batch(self, probabilities: Matrix, positive_index: int, out_of_distribution: int) -> None:
+    def batch(self, probabilities: Matrix, positive_index: int, out_of_distribution: Counts) -> None:
+        """One model call: its probabilities, and per feature the rows outside the reference range."""
         size = len(probabilities)
         self._batch_size.observe(size)
-        self._predictions.inc(size)
-        if out_of_distribution:
-            self._out_of_distribution.inc(out_of_distribution)
-        for score in probabilities[:, positive_index].tolist():
-            self._score.observe(score)
+        self._predictions.inc("", size)
+        for index in np.flatnonzero(out_of_distribution).tolist():
+            self._out_of_distribution[index].inc(int(out_of_distribution[index]))
+        self._score.observe_all(probabilities[:, positive_index])
 
-    def feedback(self, count: int, accuracy: float, precision: float, recall: float) -> None:
-        self._feedback.inc(count)
-        self._accuracy.set(accuracy)
-        self._precision.set(precision)
-        self._recall.set(recall)
+    def feedback(self, pairs: list[tuple[int, int]], value: float | None) -> None:
+        """Labels as (actual, predicted) class indices, and the request's business value if sent."""
+        for actual, predicted in pairs:
+            self._feedback[actual][predicted].inc()
+        if value is not None:
+            self._feedback_value.observe(value)
+
+    def engine(self, name: str, fallback_from: str, parity_error: float) -> None:
+        """Which engine predicts, the compiled one it replaces if any, and the parity error measured."""
+        self._engine.labels(*self._labels.values(), name, fallback_from).set(1)
+        self._parity.set(parity_error)
 
     def drift(self, statistics: dict[str, float]) -> None:
         for feature, value in statistics.items():

@@ -15,9 +15,12 @@ from collections.abc import Callable
 import numpy as np
 
 from modelctl.core.drift import DriftWindow, Profile
+from modelctl.core.drift.window import outside_reference
 from modelctl.core.errors import UserError
+from modelctl.core.schema import Signature
 from modelctl.core.servingspec import ServingSpec
 from serving.loader import FIX_RECORD, Matrix, read_verified
+from serving.metrics import Counts
 
 log = logging.getLogger("serving.drift")
 Publish = Callable[[dict[str, float]], None]
@@ -38,21 +41,28 @@ def load_profile(spec: ServingSpec) -> Profile:
 
 
 class DriftMonitor:
-    def __init__(self, profile: Profile, window_size: int) -> None:
+    """Parks predicted rows for the drift window; counts, per feature, rows out of distribution:
+    outside the reference profile's range (or an unseen category) or the signature's."""
+
+    def __init__(self, profile: Profile, signature: Signature, window_size: int) -> None:
         self.profile = profile
+        self._low = np.array([-np.inf if f.min is None else f.min for f in signature.features])
+        self._high = np.array([np.inf if f.max is None else f.max for f in signature.features])
         self.window = DriftWindow(profile, window_size)
         # At most one window's worth of rows waits for the timer; older rows would be dropped anyway.
         self._parked: deque[Matrix] = deque()
         self._parked_rows = 0
         self._window_size = window_size
 
-    def observe(self, rows: Matrix) -> int:
-        """Park a batch for the drift window; the number of its out-of-distribution rows."""
+    def observe(self, rows: Matrix) -> Counts:
+        """Park a batch for the drift window; per feature, how many of its rows are out of distribution."""
         self._parked.append(rows)
         self._parked_rows += len(rows)
         while self._parked_rows - len(self._parked[0]) >= self._window_size:
             self._parked_rows -= len(self._parked.popleft())
-        return int(np.count_nonzero(self.profile.out_of_range(rows)))
+        outside = outside_reference(self.profile, rows) | (rows < self._low) | (rows > self._high)
+        counts: Counts = np.count_nonzero(outside, axis=0)
+        return counts
 
     def _take(self) -> Matrix | None:
         if not self._parked:

@@ -153,6 +153,7 @@ PROD_IMAGE = "ghcr.io/acme/modelctl-serving:0.1.0@sha256:" + fake_hex("image", 6
 # The in-cluster canary analysis job's settings (full_docs' dev stack).
 ANALYSIS_JOB = {
     "schedule": "*/10 * * * *",
+    "image": "ghcr.io/acme/modelctl-analysis:0.1.0",
     "repository": "git@github.com:acme/models.git",
     "known_hosts": "github.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
     "git_cidrs": ["140.82.112.0/20", "192.30.252.0/22"],

@@ -102,6 +102,22 @@ def gauge(name: str, version: str, value: float, **labels: str) -> tuple[str, st
     return f'{name}{{{BASE},version="{version}"{extra}}}', f"{value:g}x40"
 
 
+def feedback(
+    version: str, pod: str, *, legit_ok: float, fraud_ok: float, missed: float, false_alarm: float
+) -> list[tuple[str, str]]:
+    """One replica's feedback confusion counter, in labels per minute."""
+    cells = {
+        ("legit", "legit"): legit_ok,
+        ("fraud", "fraud"): fraud_ok,
+        ("fraud", "legit"): missed,
+        ("legit", "fraud"): false_alarm,
+    }
+    return [
+        counter("model_feedback_total", version, rate, actual=actual, predicted=predicted, pod=pod)
+        for (actual, predicted), rate in cells.items()
+    ]
+
+
 def requests(version: str, ok: float, errors: float = 0) -> list[tuple[str, str]]:
     series = [counter("model_requests_total", version, ok, code="200")]
     if errors:
@@ -154,18 +170,19 @@ SCENARIOS = [
         quiet=["ModelFeatureDrift"],
     ),
     Scenario(
-        "10% out of distribution",
+        "10% of one feature out of range",
         [
             counter("model_predictions_total", STABLE, 100),
-            counter("model_out_of_distribution_total", STABLE, 10),
+            counter("model_out_of_distribution_total", STABLE, 10, feature="amount"),
+            counter("model_out_of_distribution_total", STABLE, 1, feature="hour"),
         ],
-        fires={"ModelOutOfDistribution": [labels("warning")]},
+        fires={"ModelOutOfDistribution": [labels("warning", feature="amount")]},
     ),
     Scenario(
-        "1% out of distribution",
+        "1% out of range",
         [
             counter("model_predictions_total", STABLE, 100),
-            counter("model_out_of_distribution_total", STABLE, 1),
+            counter("model_out_of_distribution_total", STABLE, 1, feature="amount"),
         ],
         quiet=["ModelOutOfDistribution"],
     ),
@@ -176,12 +193,14 @@ SCENARIOS = [
     ),
     Scenario(
         "no server reports",
-        [gauge("model_accuracy", STABLE, 0.95)],
+        [gauge("model_feature_drift", STABLE, 0.05, feature="amount")],
         fires={"ModelNoTraffic": [labels("warning", None)]},
     ),
     Scenario(
-        "live quality below the gates",
-        [gauge("model_accuracy", STABLE, 0.8), gauge("model_recall", STABLE, 0.7)],
+        "live quality below the gates, summed over two replicas",
+        # accuracy 100 / 140 = 0.71, fraud recall 20 / 40 = 0.5
+        feedback(STABLE, "pod-a", legit_ok=40, fraud_ok=10, missed=10, false_alarm=10)
+        + feedback(STABLE, "pod-b", legit_ok=40, fraud_ok=10, missed=10, false_alarm=10),
         fires={
             "ModelLiveAccuracyBelowGate": [labels("critical")],
             "ModelLiveRecallBelowGate": [labels("critical")],
@@ -190,7 +209,9 @@ SCENARIOS = [
     ),
     Scenario(
         "live quality above the gates",
-        [gauge("model_accuracy", STABLE, 0.95), gauge("model_recall", STABLE, 0.8)],
+        # accuracy 190 / 200 = 0.95, fraud recall 45 / 50 = 0.9 (one pod alone would say 0.8)
+        feedback(STABLE, "pod-a", legit_ok=70, fraud_ok=20, missed=5, false_alarm=5)
+        + feedback(STABLE, "pod-b", legit_ok=75, fraud_ok=25, missed=0, false_alarm=0),
         quiet=["ModelLiveAccuracyBelowGate", "ModelLiveRecallBelowGate", "LowLiveAccuracy"],
     ),
     Scenario(

@@ -65,8 +65,12 @@ def test_the_policy_check_is_a_parameter_and_a_violation_changes_nothing(repo: P
 def test_every_traffic_mode_as_a_function(repo: Path) -> None:
     api.ab(repo, MODEL, stack="staging", split={"v1.0.0": 50, "v1.1.0": 50}, sticky=True)
     assert traffic(repo, "staging") == {"v1.0.0": 50, "v1.1.0": 50}
-    api.rollback(repo, MODEL, stack="staging")
+    rolled_back = api.rollback(repo, MODEL, stack="staging")
     assert traffic(repo, "staging") == {"v1.0.0": 100}
+    assert list(rolled_back.release.held) == ["v1.1.0"]
+    assert not api.rollback(repo, MODEL, stack="staging").changed
+    cleared = api.clear_hold(repo, MODEL, "v1.1.0", stack="staging", reason="the A/B was inconclusive")
+    assert cleared.release.held == {}
 
     mirrored = api.shadow(repo, MODEL, "v1.2.0", stack="staging", percent=10)
     assert mirrored.release.shadow is not None

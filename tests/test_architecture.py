@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SHELLS = ("pipeline", "infra", "serving", "policies")
+SHELLS = ("pipeline", "infra", "serving", "policies", "onebox")
 # The outer layer: the CLI and the API under it may load the shells (lazily: see the last test).
 OUTER = ("modelctl.cli", "modelctl.api")
 # Folder (or file) -> the modules it must not import.
@@ -142,7 +142,7 @@ def test_the_serving_image_cli_runs_without_the_other_shells() -> None:
         "import sys\n"
         "class Absent:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in {'infra', 'policies', 'pipeline', 'dvc', 'pulumi', 'scipy'}:\n"
+        "        if name.split('.')[0] in {'infra', 'policies', 'pipeline', 'onebox', 'dvc', 'pulumi', 'scipy'}:\n"
         "            raise ModuleNotFoundError(name)\n"
         "sys.meta_path.insert(0, Absent())\n"
         "from modelctl.cli import main\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 
 from modelctl import api
 from modelctl.core import contract
+from modelctl.repo import prometheus as prometheus_api
 from modelctl.repo.state import read_state
 from serving.metrics import LATENCY_BUCKETS, SCORE_BUCKETS
 from tests.conftest import Cli
@@ -77,7 +79,7 @@ def exposition() -> Iterator[Exposition]:
     feedback = Counter(
         contract.FEEDBACK.name,
         contract.FEEDBACK.help,
-        (*served, *contract.FEEDBACK_LABELS),
+        (*served, *contract.FEEDBACK.labels),
         registry=registry,
     )
     for version in ("v1.0.0", "v1.1.0"):
@@ -200,6 +202,39 @@ def test_a_healthy_canary_steps_in_one_commit_with_its_snapshot(
     code, out, err = cli(canary_repo, "judge", "--replay", "HEAD")
     assert code == 0, err
     assert "matches" in out.splitlines()[0]
+    # A commit whose recorded decision is not what its snapshot gives: a finding (2).
+    forged = message.replace("Judge-Action: promote", "Judge-Action: rollback")
+    run_git(canary_repo, "commit", "-q", "--allow-empty", "-m", forged)
+    code, out, _ = cli(canary_repo, "judge", "--replay", "HEAD")
+    assert code == 2
+    assert "DIFFERS (committed rollback" in out.splitlines()[0]
+
+
+def test_a_canary_held_by_a_rollback_during_the_analysis_is_never_stepped(
+    canary_repo: Path, prometheus: str, exposition: Exposition, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exposition.serve("v1.1.0", 6000, error_rate=0.005, seed=1)
+    exposition.serve("v1.0.0", 54000, error_rate=0.005, seed=2)
+    scraped(prometheus, 60000)
+    query_all = prometheus_api.query_all
+
+    def rolled_back_meanwhile(*args: object, **kwargs: object) -> object:
+        # Another writer rolls the canary back while Prometheus answers this analysis.
+        answers = query_all(*args, **kwargs)  # type: ignore[arg-type]
+        api.rollback(canary_repo, MODEL, stack=STACK)
+        return answers
+
+    monkeypatch.setattr(prometheus_api, "query_all", rolled_back_meanwhile)
+    head = run_git(canary_repo, "rev-parse", "HEAD")
+    code, out, err = cli(canary_repo, "canary", "analyze", "--stack", STACK, "--prometheus", prometheus)
+    assert code == 1, out
+    [error] = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert "v1.1.0 of fraud-detection is held on staging" in error
+    assert "Traceback" not in err
+    # Only the rollback was committed; the analysis wrote nothing.
+    assert run_git(canary_repo, "rev-parse", "HEAD^") == head
+    assert read_state(canary_repo).stack(STACK).config.releases[MODEL].traffic == {"v1.0.0": 100}
+    assert run_git(canary_repo, "status", "--porcelain", "--untracked-files=all") == ""
 
 
 def test_a_failing_canary_is_rolled_back_and_replays(
@@ -209,7 +244,7 @@ def test_a_failing_canary_is_rolled_back_and_replays(
     exposition.serve("v1.0.0", 38000, error_rate=0.01, seed=4)
     scraped(prometheus, 40000)
     code, [result] = analyze(cli, canary_repo, prometheus)
-    assert code == 4
+    assert code == 2  # a finding: the exit code convention's (modelctl.cli)
     assert result["outcome"] == "rollback"
     assert read_state(canary_repo).stack(STACK).config.releases[MODEL].traffic == {"v1.0.0": 100}
     assert str(result["snapshot"]) in committed_files(canary_repo)
@@ -242,7 +277,50 @@ def test_a_wrong_prometheus_url_is_one_line_error(canary_repo: Path, cli: Cli) -
     code, _, err = cli(
         canary_repo, "canary", "analyze", "--stack", STACK, "--prometheus", f"http://127.0.0.1:{port}"
     )
-    assert code not in (0, 3, 4)
+    assert code == 1
     [error] = [line for line in err.splitlines() if line.startswith("error: ")]
     assert "Prometheus did not answer" in error
     assert "Traceback" not in err
+
+
+def test_analyze_waits_for_the_repository_lock_then_refuses_writing_nothing(
+    canary_repo: Path, prometheus: str, exposition: Exposition, cli: Cli
+) -> None:
+    exposition.serve("v1.0.0", 5000, error_rate=0.01, seed=5)
+    scraped(prometheus, 5000)
+    head = run_git(canary_repo, "rev-parse", "HEAD")
+    # Another process holds the lock (within one process it is re-entrant).
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from modelctl.repo.transaction import repository_lock\n"
+            "with repository_lock(Path(sys.argv[1])):\n    print('held', flush=True); sys.stdin.read()",
+            str(canary_repo),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
+        code, out, err = cli(
+            canary_repo,
+            "canary",
+            "analyze",
+            "--stack",
+            STACK,
+            "--prometheus",
+            prometheus,
+            "--record",
+            "--lock-timeout",
+            "0.5",
+        )
+    finally:
+        holder.communicate(timeout=30)
+    assert code == 1, out
+    [error] = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert "another modelctl command is changing this repository" in error
+    assert run_git(canary_repo, "rev-parse", "HEAD") == head
+    assert not (canary_repo / "analysis").exists()

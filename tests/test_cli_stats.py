@@ -59,7 +59,7 @@ def test_drift_without_change_exits_zero_with_a_table(
     assert all(name in out for name in FEATURES)
 
 
-def test_drift_found_exits_one_and_writes_json_and_html(
+def test_drift_found_exits_two_and_writes_json_and_html(
     drift_repo: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     rng = np.random.default_rng(2)
@@ -73,7 +73,7 @@ def test_drift_found_exits_one_and_writes_json_and_html(
         "--score-column", "score", "--report", str(report), "--json",
     )  # fmt: skip
     result = json.loads(out)
-    assert code == 1
+    assert code == 2
     assert result["drift_detected"] is True
     assert result["drifted"] == ["hour"]
     assert result["prediction"]["drifted"] is False
@@ -112,7 +112,7 @@ def test_drift_problems_are_one_line_errors(
     if setup == "remove":
         (drift_repo / "artifacts" / MODEL / "profile.npz").unlink()
     code, out, err = run(drift_repo, capsys, "drift", MODEL, version, "--current", str(current))
-    assert code == 2
+    assert code == 1
     assert out == ""
     assert len(err.strip().splitlines()) == 1
     assert message in err
@@ -137,8 +137,16 @@ def test_canary_judge_rolls_back_a_failing_canary(tmp_path: Path, capsys: pytest
     path = tmp_path / "snapshot.json"
     path.write_text(json.dumps(snapshot(arm("v1.1.0", 10, 5000, 100), arm("v1.0.0", 90, 45_000, 450))))
     code, out, _ = run(tmp_path, capsys, "judge", "--snapshot", str(path), "--json")
-    assert code == 0
+    assert code == 2
     assert json.loads(out)["action"] == "rollback"
+
+
+def test_the_judge_says_hold_with_exit_code_three(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "snapshot.json"
+    path.write_text(json.dumps(identical(50)))
+    code, out, _ = run(tmp_path, capsys, "judge", "--snapshot", str(path), "--json")
+    assert json.loads(out)["action"] == "hold"
+    assert code == 3
 
 
 def test_canary_judge_bad_snapshot_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -147,11 +155,11 @@ def test_canary_judge_bad_snapshot_is_one_line(tmp_path: Path, capsys: pytest.Ca
     snap["canary"]["errors"] = 5000
     path.write_text(json.dumps(snap))
     code, _out, err = run(tmp_path, capsys, "judge", "--snapshot", str(path))
-    assert code == 2
+    assert code == 1
     assert err.strip() == f"error: {path}: canary: errors (5000) exceed requests (1000); check the counters"
     path.write_text("{not json")
     code, _, err = run(tmp_path, capsys, "judge", "--snapshot", str(path))
-    assert code == 2
+    assert code == 1
     assert "not valid JSON" in err
 
 

@@ -14,7 +14,7 @@ from modelctl.core import contract
 from serving.metrics import ServerMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE = ("modelctl", "pipeline", "infra", "serving", "policies")
+CODE = ("modelctl", "pipeline", "infra", "serving", "policies", "onebox")
 METRICS = [value for value in vars(contract).values() if isinstance(value, contract.Metric)]
 SHARED_NAMES = [
     *(metric.name for metric in METRICS),
@@ -66,7 +66,9 @@ def test_the_check_finds_a_retyped_metric_name(tmp_path: Path) -> None:
 
 
 def test_the_server_exports_exactly_the_contracts_metrics() -> None:
-    metrics = ServerMetrics("fraud-detection", "v1.0.0", "0" * 64, ["amount"])
+    metrics = ServerMetrics("fraud-detection", "v1.0.0", "0" * 64, ["amount"], ["legit", "fraud"])
+    metrics.engine("treelite", "", 0.0)
+    metrics.feedback([(0, 1)], 2.5)
     exported = {
         family.name: {label for sample in family.samples for label in sample.labels if label != "le"}
         for family in text_string_to_metric_families(metrics.render().decode())
@@ -84,7 +86,7 @@ def test_every_query_reads_only_exported_metrics() -> None:
     names = {m.name for m in METRICS}
     matchers = {"namespace": "prod", "model": "fraud-detection"}
     for name, template in contract.QUERIES.items():
-        text = contract.query(name, matchers, "version", "5m", aggregation="avg", metric="model_accuracy")
+        text = contract.query(name, matchers, "version", "5m", aggregation="avg", metric=contract.INFO.name)
         used = set(re.findall(r"\bmodel_[a-z_]+", text)) - {"model_names"}
         assert used, (name, template)
         assert {u.removesuffix("_bucket") for u in used} <= names, text

@@ -57,7 +57,7 @@ def test_fetch_refuses_a_tampered_remote_object_and_writes_nothing(
 
     code, errors = fetch(capsys, MODEL, "v1.1.0", "-o", str(out), repo=root)
 
-    assert code == 2
+    assert code == 1
     assert len(errors) == 1
     assert (
         f"files/md5/{record.artifact.md5[:2]}/{record.artifact.md5[2:]}: content does not match" in errors[0]
@@ -91,7 +91,7 @@ def test_fetch_by_address_keeps_the_old_file_when_the_sha256_differs(
 
     code, errors = fetch(capsys, *address, "--remote", str(pipeline_repo.remote(pushed)), "-o", str(out))
 
-    assert code == 2
+    assert code == 1
     assert f"sha256 {record.artifact.sha256} != expected {'0' * 64}" in errors[0]
     assert out.read_bytes() == b"the previous artifact"
     assert [p.name for p in tmp_path.iterdir()] == ["model.skops"]
@@ -107,7 +107,7 @@ def test_fetch_names_the_stores_it_looked_in_when_the_object_is_missing(
         capsys, "--md5", "1" * 32, "--sha256", "2" * 64, "--remote", str(empty), "-o", str(tmp_path / "m")
     )
 
-    assert code == 2
+    assert code == 1
     assert errors == [
         f"files/md5/11/{'1' * 30}: object not found in {empty}; "
         "push it with 'dvc push' or 'modelctl reproduce <model> <version>'"

@@ -31,7 +31,7 @@ def test_unchanged_records_pass(repo: Path, capsys: pytest.CaptureFixture[str]) 
 def test_changed_metric_is_refused(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     edit_model(repo, "auc_roc: 0.97", "auc_roc: 0.99")
     code, err = check(repo, capsys)
-    assert code == 2
+    assert code == 1
     assert "versions.v1.0.0.metrics: metrics of registered version v1.0.0 changed since main" in err
     assert "register a new version instead" in err
 
@@ -60,7 +60,7 @@ def test_deprecated_version_may_not_gain_traffic(repo: Path, capsys: pytest.Capt
     staging["config"]["modelctl:releases"]["fraud-detection"]["traffic"] = {"v1.0.0": 50, "v1.1.0": 50}
     yamlio.dump_file(repo / "Pulumi.staging.yaml", staging)
     code, err = check(repo, capsys)
-    assert code == 2
+    assert code == 1
     assert (
         "Pulumi.staging.yaml: config.modelctl:releases.fraud-detection.traffic.v1.1.0: deprecated version "
         "v1.1.0 of fraud-detection gains traffic (10% on main, 50% now); route the new traffic to an active version"
@@ -80,7 +80,7 @@ def test_revoked_is_final(repo: Path, capsys: pytest.CaptureFixture[str]) -> Non
     doc["versions"]["v1.1.0"]["status"] = "active"
     yamlio.dump_file(repo / "models/fraud-detection/model.yaml", doc)
     code, err = check(repo, capsys)
-    assert code == 2
+    assert code == 1
     assert "versions.v1.1.0.status: version v1.1.0 was revoked on main and cannot be reinstated" in err
 
 
@@ -94,14 +94,14 @@ def test_removed_version_is_refused(repo: Path, capsys: pytest.CaptureFixture[st
     del model["versions"]["v1.1.0"]
     yamlio.dump_file(repo / "models/fraud-detection/model.yaml", model)
     code, err = check(repo, capsys)
-    assert code == 2
+    assert code == 1
     assert "versions.v1.1.0: version v1.1.0 was removed (it exists on main)" in err
 
 
 def test_unknown_base_is_one_line(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["-C", str(repo), "check", "--base", "no-such-branch"])
     err = capsys.readouterr().err
-    assert code == 2
+    assert code == 1
     assert err.strip() == (
         "error: no-such-branch: not a commit in this repository; "
         "pass a branch, tag or commit that exists (e.g. origin/main)"

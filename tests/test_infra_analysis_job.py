@@ -36,7 +36,7 @@ def test_only_stacks_with_analysis_settings_get_the_job(state: State) -> None:
     assert job_objects(state, "prod") == {}
 
 
-def test_the_job_runs_canary_analyze_from_the_serving_image_without_kubernetes_permissions(
+def test_the_job_runs_canary_analyze_from_the_analysis_image_without_kubernetes_permissions(
     state: State,
 ) -> None:
     objects = job_objects(state, "dev")
@@ -51,7 +51,7 @@ def test_the_job_runs_canary_analyze_from_the_serving_image_without_kubernetes_p
     assert pod["serviceAccountName"] == "modelctl-canary-analysis"
     assert pod["automountServiceAccountToken"] is False
     [container] = pod["containers"]
-    assert container["image"] == state.stack("dev").config.environment.image
+    assert container["image"] == ANALYSIS_JOB["image"] != state.stack("dev").config.environment.image
     assert (
         'modelctl canary analyze --stack "$STACK" --prometheus "$PROMETHEUS_URL"' in container["command"][-1]
     )

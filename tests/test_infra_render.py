@@ -83,7 +83,7 @@ def test_files_of_versions_no_longer_deployed_are_removed(
 
 
 def test_an_unknown_stack_is_one_line(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["-C", str(root), "render", "--stack", "qa"]) == 2
+    assert main(["-C", str(root), "render", "--stack", "qa"]) == 1
     assert (
         capsys.readouterr().err
         == "error: Pulumi.qa.yaml: no stack named 'qa'; use one of: dev, prod, staging\n"

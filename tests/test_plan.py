@@ -79,7 +79,7 @@ def test_a_new_stack_is_all_additions(repo: Path, cli: Cli) -> None:
 
 def test_an_unknown_base_is_one_line(repo: Path, cli: Cli) -> None:
     code, out, err = cli(repo, "plan", "--base", "no-such-branch")
-    assert code == 2
+    assert code == 1
     assert out == ""
     assert err == (
         "error: no-such-branch: not a commit in this repository; "

@@ -78,7 +78,7 @@ def test_register_commits_only_the_model_file_and_refuses_the_same_artifact_twic
     assert "# The registry entry of one model" in (root / "models" / MODEL / "model.yaml").read_text()
     before = snapshot(root)
     code, data, _ = run(root, capsys, "register", MODEL)
-    assert code == 2
+    assert code == 1
     assert "is already registered as v1.1.1" in data["errors"][0]
     assert snapshot(root) == before
 
@@ -89,7 +89,7 @@ def test_register_refuses_uncommitted_params(root: Path, capsys: pytest.CaptureF
 
     code, data, _ = run(root, capsys, "register", MODEL)
 
-    assert code == 2
+    assert code == 1
     assert data["errors"] == [
         "params.yaml: uncommitted changes in params.yaml; commit them first, "
         "so the record's source_commit reproduces this run"
@@ -106,7 +106,7 @@ def test_register_refuses_outputs_that_differ_from_dvc_lock(
 
     code, data, _ = run(root, capsys, "register", MODEL)
 
-    assert code == 2
+    assert code == 1
     assert data["errors"] == [
         f"dvc.lock: train@{MODEL} changed since dvc.lock ('dvc status' is not clean); "
         f"run 'dvc repro {' '.join(pipeline_repo.stages())}' and commit dvc.lock"
@@ -120,7 +120,7 @@ def test_register_refuses_a_version_not_greater_than_the_latest(
 ) -> None:
     code, data, _ = run(root, capsys, "register", MODEL, "--version", version)
 
-    assert code == 2
+    assert code == 1
     assert data["errors"] == [
         f"models/{MODEL}/model.yaml: versions: version {version} is not greater than the latest, v1.1.0; "
         "pass a greater --version or use --bump"
@@ -134,7 +134,7 @@ def test_revoke_is_refused_while_a_stack_references_the_version(
 
     code, data, _ = run(root, capsys, "revoke", MODEL, "v1.0.0")
 
-    assert code == 2
+    assert code == 1
     assert data["errors"] == [
         f"Pulumi.staging.yaml: {MODEL} v1.0.0 is still referenced at traffic.v1.0.0; "
         f"move its traffic first: modelctl rollback {MODEL} --stack staging --to v1.1.0"
@@ -151,7 +151,7 @@ def test_deprecate_then_revoke_is_final_and_shows_in_history(
     assert run(root, capsys, "revoke", MODEL, "v1.0.0")[0] == 0
     code, data, _ = run(root, capsys, "deprecate", MODEL, "v1.0.0")
 
-    assert code == 2
+    assert code == 1
     assert "v1.0.0 of fraud-detection is revoked; revoked is final" in data["errors"][0]
     assert pipeline_repo.record(root, "v1.0.0").status == "revoked"
     assert "# The registry entry of one model" in (root / "models" / MODEL / "model.yaml").read_text()

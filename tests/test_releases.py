@@ -154,37 +154,117 @@ def test_bluegreen_deploys_at_zero_then_switches_in_one_step() -> None:
     assert "no version newer than v1.0.0" in refusal(lambda: releases.bluegreen_switch(target(), stable))
 
 
-def test_rollback_during_a_canary_returns_to_the_last_stable_state() -> None:
-    past = [
-        ("c3", release({"v1.0.0": 90, "v1.1.0": 10})),
-        ("c2", release({"v1.0.0": 100})),
-        ("c1", release({"v0.9.0": 100})),
+def test_every_release_records_the_stable_version_it_started_from() -> None:
+    stable = release({"v1.0.0": 100})
+    started = [
+        releases.canary(target(), stable, "v1.1.0").release,
+        releases.ab(target(), stable, {"v1.0.0": 50, "v1.1.0": 50}, sticky=False).release,
+        releases.ab(target(), stable, {"v1.1.0": 50, "v1.2.0": 50}, sticky=True).release,
+        releases.shadow(target(), stable, "v1.1.0", 10).release,
+        releases.bluegreen(target(), stable, "v1.1.0").release,
     ]
-    proposal = releases.rollback(target(), release({"v1.0.0": 90, "v1.1.0": 10}), past)
-    assert proposal.release.traffic == {"v1.0.0": 100}
-    assert proposal.message == "rollback: fraud-detection to v1.0.0 100% on staging (as of c2)"
+    assert [r.rollback_to for r in started] == ["v1.0.0"] * 5
+    assert releases.promote(target(), started[0]).release.rollback_to == "v1.0.0"
+    assert releases.bluegreen_switch(target(), started[4]).release.rollback_to == "v1.0.0"
 
 
-def test_rollback_after_promote_returns_to_the_previous_version() -> None:
-    promoted = release({"v1.0.0": 0, "v1.1.0": 100})
-    past = [
-        ("c4", promoted),
-        ("c3", release({"v1.0.0": 50, "v1.1.0": 50}, sticky={"cookie": "ab"})),
-        ("c2", release({"v1.0.0": 100}, shadow={"version": "v1.1.0", "percent": 5})),
-        ("c1", release({"v1.0.0": 100})),
-        ("c0", None),
-    ]
-    assert releases.rollback(target(), promoted, past).release.traffic == {"v1.0.0": 100}
-    assert releases.rollback(target(), promoted, past, to="v1.0.0").release.shadow is None
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        ({"traffic": {"v1.0.0": 90, "v1.1.0": 10}, "rollback_to": "v1.0.0"}, "v1.0.0"),
+        ({"traffic": {"v1.0.0": 0, "v1.1.0": 100}, "rollback_to": "v1.0.0"}, "v1.0.0"),
+        ({"traffic": {"v1.0.0": 50, "v1.1.0": 25, "v1.2.0": 25}, "rollback_to": "v1.0.0"}, "v1.0.0"),
+        ({"traffic": {"v1.0.0": 100}, "shadow": {"version": "v1.1.0", "percent": 5}}, "v1.0.0"),
+        ({"traffic": {"v1.0.0": 100, "v1.1.0": 0}, "rollback_to": "v1.0.0"}, "v1.0.0"),
+        # Stack files written before rollback_to: the state alone still says where to go.
+        ({"traffic": {"v1.0.0": 90, "v1.1.0": 10}}, "v1.0.0"),
+        ({"traffic": {"v1.0.0": 0, "v1.1.0": 100}}, "v1.0.0"),
+        ({"traffic": {"v1.1.0": 0, "v1.2.0": 95, "v1.0.0": 5}}, "v1.2.0"),
+    ],
+    ids=["canary", "promoted", "ab", "shadow", "bluegreen", "old-canary", "old-promoted", "old-split"],
+)
+def test_rollback_goes_to_the_stable_version_without_any_history(now: dict[str, Any], expected: str) -> None:
+    proposal = releases.rollback(target(), release(**now), NOW, reason="INC-42")
+    assert proposal.release.traffic == {expected: 100}
+    assert proposal.release.shadow is None
+    assert proposal.release.sticky is None
+    assert proposal.release.rollback_to is None
+    assert proposal.release.held
+    assert expected not in proposal.release.held
+    assert all(h.reason == "INC-42" and h.since == NOW for h in proposal.release.held.values())
+    assert proposal.restores
 
 
-def test_rollback_refuses_a_revoked_target_and_a_missing_one() -> None:
-    promoted = release({"v1.1.0": 100})
-    past = [("c2", promoted), ("c1", release({"v1.0.0": 100}))]
-    assert "v1.0.0 of fraud-detection is revoked" in refusal(
-        lambda: releases.rollback(target(v1_0_0="revoked"), promoted, past)
+def test_rollback_holds_what_it_moved_away_from_not_the_warm_predecessor() -> None:
+    current = release({"v1.0.0": 0, "v1.1.0": 95, "v1.2.0": 5}, rollback_to="v1.1.0")
+    proposal = releases.rollback(target(), current, NOW)
+    assert proposal.release.traffic == {"v1.1.0": 100}
+    assert list(proposal.release.held) == ["v1.2.0"]
+    assert proposal.release.held["v1.2.0"].reason == "rolled back to v1.1.0"
+    assert proposal.message == "rollback: fraud-detection to v1.1.0 100% on staging, holding v1.2.0"
+
+
+def test_a_second_rollback_is_a_no_op_that_says_so() -> None:
+    first = releases.rollback(target(), release({"v1.0.0": 0, "v1.1.0": 100}, rollback_to="v1.0.0"), NOW)
+    second = releases.rollback(target(), first.release, NOW + timedelta(minutes=1))
+    assert second.idempotent
+    assert second.release == first.release
+    assert "already fully on v1.0.0" in second.summary
+    assert "v1.1.0 held" in second.summary
+
+
+def test_rollback_drops_header_overrides_to_held_versions() -> None:
+    current = release(
+        {"v1.0.0": 90, "v1.1.0": 10}, rollback_to="v1.0.0", overrides={"beta": "v1.1.0", "old": "v1.0.0"}
     )
-    assert "was fully on v1.2.0" in refusal(lambda: releases.rollback(target(), promoted, past, to="v1.2.0"))
+    assert releases.rollback(target(), current, NOW).release.overrides == {"old": "v1.0.0"}
+
+
+def test_held_versions_get_no_traffic_from_any_release_until_cleared() -> None:
+    held = releases.rollback(target(), release({"v1.0.0": 90, "v1.1.0": 10}), NOW).release
+    attempts = [
+        lambda: releases.canary(target(), held, "v1.1.0"),
+        lambda: releases.ab(target(), held, {"v1.0.0": 50, "v1.1.0": 50}, sticky=False),
+        lambda: releases.shadow(target(), held, "v1.1.0", 5),
+        lambda: releases.bluegreen(target(), held, "v1.1.0"),
+        lambda: releases.rollback(target(), held, NOW, to="v1.1.0"),
+    ]
+    for attempt in attempts:
+        assert "v1.1.0 of fraud-detection is held on staging" in refusal(attempt)
+        assert "modelctl release-hold clear fraud-detection v1.1.0 --stack staging --reason" in refusal(
+            attempt
+        )
+    cleared = releases.clear_hold(target(), held, "v1.1.0", "fixed in v1.1.0's data").release
+    assert cleared.held == {}
+    assert releases.canary(target(), cleared, "v1.1.0").release.traffic == {"v1.0.0": 95, "v1.1.0": 5}
+    assert releases.clear_hold(target(), cleared, "v1.1.0", "again").idempotent
+    assert "needs a reason" in refusal(lambda: releases.clear_hold(target(), held, "v1.1.0", " "))
+
+
+def test_a_hand_edit_giving_a_held_version_traffic_is_invalid() -> None:
+    hold = {"v1.1.0": {"reason": "INC-1", "since": "2026-11-01T00:00:00Z"}}
+    edits: list[dict[str, Any]] = [
+        {"traffic": {"v1.0.0": 90, "v1.1.0": 10}},
+        {"traffic": {"v1.0.0": 100}, "shadow": {"version": "v1.1.0", "percent": 5}},
+        {"traffic": {"v1.0.0": 100}, "overrides": {"beta": "v1.1.0"}},
+        {"traffic": {"v1.0.0": 0, "v1.1.0": 100}, "rollback_to": "v1.1.0"},
+    ]
+    for edit in edits:
+        with pytest.raises(ValueError, match=r"v1\.1\.0 is held"):
+            release(**edit, held=hold)
+    with pytest.raises(ValueError, match=r"rollback_to v1\.2\.0 is not deployed"):
+        release({"v1.0.0": 100}, rollback_to="v1.2.0")
+
+
+def test_rollback_to_a_named_version_and_its_refusals() -> None:
+    promoted = release({"v1.1.0": 100, "v1.0.0": 0}, rollback_to="v1.0.0")
+    assert releases.rollback(target(), promoted, NOW, to="v1.2.0").release.traffic == {"v1.2.0": 100}
+    assert "v1.0.0 of fraud-detection is revoked" in refusal(
+        lambda: releases.rollback(target(v1_0_0="revoked"), promoted, NOW)
+    )
+    assert "v9.0.0 of fraud-detection is not registered" in refusal(
+        lambda: releases.rollback(target(), promoted, NOW, to="v9.0.0")
+    )
 
 
 def test_serving_since_is_the_start_of_the_unbroken_run_up_to_now() -> None:
@@ -244,7 +324,7 @@ def test_edit_changes_only_the_model_release_and_keeps_comments() -> None:
     # The comment keeps its column.
     assert edited == text.replace(
         "        v1.0.0: 100  # stable since Monday\n",
-        "        v1.0.0: 95   # stable since Monday\n        v1.1.0: 5\n",
+        "        v1.0.0: 95   # stable since Monday\n        v1.1.0: 5\n      rollback_to: v1.0.0\n",
     )
 
 

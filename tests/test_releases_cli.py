@@ -123,21 +123,27 @@ def test_the_edit_keeps_comments_order_and_other_keys(repo: Path, cli: Cli) -> N
     cli(repo, "canary", MODEL, "v1.1.0", "--stack", "staging")
     diff = run_git(repo, "show", "--format=", "--unified=0", "HEAD")
     changed = [line for line in diff.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")]
-    assert changed == ["-        v1.0.0: 100", "+        v1.0.0: 95", "+        v1.1.0: 5"]
+    assert changed == [
+        "-        v1.0.0: 100",
+        "+        v1.0.0: 95",
+        "+        v1.1.0: 5",
+        "+      rollback_to: v1.0.0",
+    ]
     assert path.read_text().startswith("# Staging: reviewed by the ML platform team.\n")
 
 
-def test_rollback_after_canary_and_promote_restores_the_stable_state_byte_for_byte(
-    repo: Path, cli: Cli
-) -> None:
-    stable = (repo / "Pulumi.staging.yaml").read_bytes()
+def test_rollback_after_canary_and_promote_restores_the_stable_state_and_holds(repo: Path, cli: Cli) -> None:
+    stable = (repo / "Pulumi.staging.yaml").read_text()
     cli(repo, "canary", MODEL, "v1.1.0", "--stack", "staging")
     cli(repo, "promote", MODEL, "--stack", "staging")
-    code, out, _ = cli(repo, "rollback", MODEL, "--stack", "staging")
+    code, out, _ = cli(repo, "rollback", MODEL, "--stack", "staging", "--reason", "INC-7")
     assert code == 0, out
-    assert (repo / "Pulumi.staging.yaml").read_bytes() == stable
+    text = (repo / "Pulumi.staging.yaml").read_text()
+    assert text.startswith(
+        stable + "      held:\n        v1.1.0:\n          reason: INC-7\n          since: "
+    )
     assert head_files(repo) == ["Pulumi.staging.yaml"]
-    assert head_subject(repo).startswith("rollback: fraud-detection to v1.0.0 100% on staging (as of ")
+    assert head_subject(repo) == "rollback: fraud-detection to v1.0.0 100% on staging, holding v1.1.0"
 
 
 def test_rollback_restores_the_rendered_manifests(repo: Path, cli: Cli) -> None:
@@ -155,7 +161,7 @@ def test_rollback_to_a_named_version(repo: Path, cli: Cli) -> None:
     cli(repo, "canary", MODEL, "v1.2.0", "--stack", "staging")
     cli(repo, "promote", MODEL, "--stack", "staging")
     assert cli(repo, "rollback", MODEL, "--stack", "staging", "--to", "v1.1.0")[0] == 0
-    assert traffic(repo, "staging") == {"v1.0.0": 0, "v1.1.0": 100}
+    assert traffic(repo, "staging") == {"v1.1.0": 100}
 
 
 def test_ab_with_sticky_sessions(repo: Path, cli: Cli) -> None:
@@ -353,7 +359,9 @@ REFUSALS = [
         setup=failing_hook,
     ),
     Refusal("promote-nothing", ["promote", MODEL, "--stack", "staging"], "promote needs a canary"),
-    Refusal("no-rollback", ["rollback", MODEL, "--stack", "staging"], "no earlier state"),
+    Refusal(
+        "rollback-to-unknown", ["rollback", MODEL, "--stack", "staging", "--to", "v9.0.0"], "not registered"
+    ),
     Refusal("unknown-stack", ["canary", MODEL, "v1.1.0", "--stack", "qa"], "no stack named 'qa'"),
     Refusal(
         "bad-split", ["ab", MODEL, "--stack", "staging", "--split", "v1.0.0=70,v1.1.0=40"], "not an A/B split"
@@ -371,7 +379,7 @@ def test_refusals_leave_git_and_the_tree_unchanged(
     capsys.readouterr()
     before = git_picture(repo)
     code, out, err = cli(repo, *refusal.argv)
-    assert code == 2
+    assert code == 1
     assert out == ""
     assert len(err.splitlines()) == 1
     assert refusal.expected in err
@@ -385,7 +393,7 @@ def test_gates_are_enforced_on_production(tmp_path: Path, cli: Cli) -> None:
     repo = tmp_path / "repo"
     before = git_picture(repo)
     code, _, err = cli(repo, "canary", MODEL, "v1.1.0", "--stack", "prod")
-    assert code == 2
+    assert code == 1
     assert "fails the promotion gates (auc_roc 0.5 < 0.95) on a production stack" in err
     assert git_picture(repo) == before
 
@@ -395,21 +403,21 @@ def test_the_policies_run_on_the_new_state(tmp_path: Path, cli: Cli) -> None:
     repo = write_repo(tmp_path / "repo", {MODEL: model_doc(versions=VERSIONS)}, {"prod": unpinned})
     before = git_picture(repo)
     code, _, err = cli(repo, "canary", MODEL, "v1.1.0", "--stack", "prod")
-    assert code == 2
+    assert code == 1
     assert "policy pinned-images" in err
     assert git_picture(repo) == before
 
 
 def test_a_rollback_target_that_was_revoked_is_refused(repo: Path, cli: Cli) -> None:
     stack = repo / "Pulumi.staging.yaml"
-    yamlio.dump_file(stack, stack_doc({"v1.1.0": 100}))
+    yamlio.dump_file(stack, stack_doc({"v1.1.0": 100, "v1.0.0": 0}))
     run_git(repo, "commit", "-q", "-am", "staging on v1.1.0 by hand")
     model = repo / "models" / MODEL / "model.yaml"
     model.write_text(model.read_text().replace("status: active", "status: revoked", 1))
     run_git(repo, "commit", "-q", "-am", "revoke v1.0.0")
     before = git_picture(repo)
     code, _, err = cli(repo, "rollback", MODEL, "--stack", "staging")
-    assert code == 2
+    assert code == 1
     assert "v1.0.0 of fraud-detection is revoked" in err
     assert git_picture(repo) == before
 
@@ -452,7 +460,7 @@ def test_history_lists_changes_and_answers_what_served_when(repo: Path, cli: Cli
 
 def test_history_at_a_bad_timestamp_is_one_line(repo: Path, cli: Cli) -> None:
     code, _, err = cli(repo, "history", MODEL, "--stack", "staging", "--at", "yesterday")
-    assert code == 2
+    assert code == 1
     assert err == "error: --at: 'yesterday' is not a timestamp; write ISO 8601 like 2026-11-24T12:00:00Z\n"
 
 
@@ -484,7 +492,7 @@ def test_end_to_end_through_the_installed_entry_point(repo: Path) -> None:
         text=True,
         env=env,
     )
-    assert refused.returncode == 2
+    assert refused.returncode == 1
     assert refused.stderr.startswith("error: Pulumi.staging.yaml: ")
     assert "Traceback" not in refused.stderr
 

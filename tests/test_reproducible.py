@@ -143,7 +143,7 @@ def test_the_committed_lock_matches_the_code_and_check_names_a_stale_dependency(
     yamlio.dump_file(repo / "params.yaml", params)
     code, _, err = cli(repo, "check")
 
-    assert code == 2
+    assert code == 1
     assert err.splitlines() == [
         "error: dvc.lock: stage train@churn recorded another params.yaml than the working tree holds; "
         "run `dvc repro` and commit dvc.lock",
@@ -190,7 +190,7 @@ def test_reproduce_says_before_building_which_recorded_setting_differs_and_names
 
     differs = f"numpy 1.26.4 recorded, {here} here"
     lines = err.splitlines()
-    assert code == 2
+    assert code == 1
     assert lines[0] == (
         f"{MODEL} v1.0.0: this machine cannot match the recorded build ({differs}); the rebuilt bytes may differ"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -117,5 +118,31 @@ def test_serve_refuses_unknown_and_revoked_versions(
     version, status, message = case
     root = tmp_path / "repo"
     registered(root, served, status)
-    assert main(["-C", str(root), "serve", MODEL, version]) == 2
+    assert main(["-C", str(root), "serve", MODEL, version]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_a_port_in_use_is_one_error_line(
+    served: Version, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "repo"
+    remote = registered(root, served)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["-C", str(root), "serve", MODEL, "v1.2.0", "--port", str(port), "--remote", str(remote)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: 127.0.0.1:"), err
+    assert err.count("\n") == 1, err
+    assert "serving on" not in err
+
+
+def test_serve_exposes_the_server_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--max-batch-rows", "--max-wait-ms", "--feedback-capacity", "--feedback-ttl-s",
+                 "--drift-interval-s", "--drift-window", "--host", "--port", "--access-log"):  # fmt: skip
+        assert flag in text

@@ -1,10 +1,8 @@
-"""The feedback window stays bounded in size and age, and scores the latest labels only."""
+"""The feedback memory stays bounded in size and age, and a prediction is labelled once."""
 
 from __future__ import annotations
 
-import math
-
-from serving.feedback import LiveScores, PredictionMemory
+from serving.feedback import PredictionMemory
 
 
 class Clock:
@@ -54,16 +52,3 @@ def test_a_prediction_is_labelled_once() -> None:
     memory.remember("r", [1, 0])
     assert memory.take("r") == (1, 0)
     assert memory.take("r") is None
-
-
-def test_scores_cover_the_last_window_of_labels() -> None:
-    scores = LiveScores(positive_index=1, window=4)
-    assert math.isnan(scores.scores().accuracy)
-    for predicted, actual in [(0, 1), (0, 1), (1, 1), (1, 0), (0, 0), (1, 1)]:
-        scores.add(predicted, actual)
-    # The window holds the last four: (1,1) (1,0) (0,0) (1,1).
-    result = scores.scores()
-    assert result.count == 4
-    assert result.accuracy == 3 / 4
-    assert result.precision == 2 / 3
-    assert result.recall == 1.0

@@ -13,11 +13,13 @@ import skops.io
 
 from modelctl.core.errors import UserError
 from modelctl.core.schema import Output
-from serving.loader import load_model
+from serving.compiled import reference_rows as parity_rows
+from serving.model import load_model
 from serving.monitor import load_profile
 from tests.test_serving_helpers import Version, copy_version, reference_rows, served
 
 __all__ = ["served"]
+ROWS = reference_rows(50, seed=3)
 
 
 @pytest.fixture
@@ -26,9 +28,12 @@ def version(served: Version, tmp_path: Path) -> Version:
 
 
 def test_loads_a_verified_artifact(served: Version) -> None:
-    model = load_model(served.spec)
+    model = load_model(served.spec, parity_rows(load_profile(served.spec), served.spec.signature))
     rows = reference_rows(20, seed=1)
-    np.testing.assert_array_equal(model.predict_proba(rows), served.estimator.predict_proba(rows))
+    np.testing.assert_allclose(
+        model.predict_proba(rows), served.estimator.predict_proba(rows), rtol=0, atol=1e-9
+    )
+    assert model.metadata()["engine"] == "treelite"
     assert model.classes == ("legit", "fraud")
     assert model.positive_index == 1
 
@@ -44,36 +49,36 @@ def test_a_tampered_artifact_is_refused_before_deserializing(
     monkeypatch.setattr(skops.io, "loads", lambda *a, **k: deserialized.append(a))
 
     with pytest.raises(UserError, match=r"sha256 is \w+, the registry record says \w+; refusing to load it"):
-        load_model(version.spec)
+        load_model(version.spec, ROWS)
     assert deserialized == []
 
 
 def test_a_missing_artifact_is_one_clear_error(version: Version) -> None:
     Path(version.spec.artifact_path).unlink()
     with pytest.raises(UserError, match="cannot read the artifact"):
-        load_model(version.spec)
+        load_model(version.spec, ROWS)
 
 
 def test_types_the_record_does_not_trust_are_refused(version: Version) -> None:
     with pytest.raises(UserError, match=r"does not trust: sklearn\.ensemble\._hist_gradient_boosting"):
-        load_model(dataclasses.replace(version.spec, trusted_types=()))
+        load_model(dataclasses.replace(version.spec, trusted_types=()), ROWS)
 
 
 def test_only_skops_artifacts_are_served(version: Version) -> None:
     with pytest.raises(UserError, match="format 'onnx' is not served"):
-        load_model(dataclasses.replace(version.spec, format="onnx"))
+        load_model(dataclasses.replace(version.spec, format="onnx"), ROWS)
 
 
 def test_a_model_whose_classes_differ_from_the_output_is_refused(version: Version) -> None:
     three = Output(classes=["legit", "fraud", "unsure"], positive_class="fraud")
     with pytest.raises(UserError, match="the model has 2 classes, the output lists 3"):
-        load_model(dataclasses.replace(version.spec, output=three))
+        load_model(dataclasses.replace(version.spec, output=three), ROWS)
 
 
 def test_a_model_taking_other_features_is_refused(version: Version) -> None:
     signature = version.spec.signature.model_copy(update={"features": version.spec.signature.features[:3]})
     with pytest.raises(UserError, match="the model takes 4 features, the signature lists 3"):
-        load_model(dataclasses.replace(version.spec, signature=signature))
+        load_model(dataclasses.replace(version.spec, signature=signature), ROWS)
 
 
 def test_a_tampered_profile_is_refused(version: Version) -> None:

@@ -8,11 +8,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.test_serving_helpers import (
     ROOT,
@@ -25,6 +27,7 @@ from tests.test_serving_helpers import (
     running_server,
     served,
     start_server,
+    wait_ready,
 )
 
 __all__ = ["running_server", "served"]
@@ -109,3 +112,41 @@ def test_missing_configuration_stops_startup_with_one_line() -> None:
     assert process.returncode == 2
     assert process.stderr.strip().count("\n") == 0
     assert "MODELCTL_MODEL is not set" in process.stderr
+
+
+def test_feedback_counters_add_up_across_replicas(served: Version) -> None:
+    """Two replicas of one version: summing their counters gives the Deployment's confusion matrix
+    (what PromQL's sum by (actual, predicted) does), which per-pod gauges could not."""
+    rows = reference_rows(24, seed=12)
+    truth = ["legit", "fraud", "fraud"] * 8
+    replicas = []
+    try:
+        for _ in range(2):
+            port = free_port()
+            process = start_server(served.spec, "--port", str(port))
+            replicas.append(ServerProcess(process, f"http://127.0.0.1:{port}"))
+        for replica in replicas:
+            wait_ready(replica.process, replica.url)
+        expected: Counter[tuple[str, str]] = Counter()
+        for index, (row, label) in enumerate(zip(rows, truth, strict=True)):
+            replica = replicas[index % 2]
+            answer = httpx.post(f"{replica.url}/predict", json={"features": as_json_row(row)}).json()
+            feedback = {"request_id": answer["request_id"], "label": label, "value": 2.5}
+            assert httpx.post(f"{replica.url}/feedback", json=feedback).status_code == 200
+            expected[(label, answer["prediction"])] += 1
+        totals: Counter[tuple[str, str]] = Counter()
+        value = 0.0
+        for replica in replicas:
+            for family in text_string_to_metric_families(httpx.get(f"{replica.url}/metrics").text):
+                for sample in family.samples:
+                    if sample.name == "model_feedback_total":
+                        totals[(sample.labels["actual"], sample.labels["predicted"])] += int(sample.value)
+                    elif sample.name == "model_feedback_value_sum":
+                        value += sample.value
+    finally:
+        for replica in replicas:
+            if replica.process.poll() is None:
+                replica.stop()
+    assert +totals == expected
+    assert sum(expected.values()) == 24
+    assert value == 24 * 2.5

@@ -1,8 +1,8 @@
 """`modelctl canary analyze`: Prometheus -> snapshot -> judge -> one commit with its evidence.
 
-Exit codes (the analysis job and CI branch on them): 0 every canary stepped or promoted (or
-none to analyze), 3 at least one holds (none rolled back), 4 at least one rolled back; user
-errors exit as every command's do (one line on stderr).
+Exit codes (the analysis job and CI branch on them), those of every command (modelctl.cli): 0 every
+canary stepped or promoted (or none to analyze), 2 at least one rolled back (a finding), 3 at
+least one holds (none rolled back), 1 an error (one line on stderr, such as a held version).
 """
 
 from __future__ import annotations
@@ -10,15 +10,22 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, TypeAlias
 
-from modelctl.cli import Result, add_command, progress, repo_root
+from modelctl.cli import (
+    EXIT_FINDING,
+    EXIT_HOLD,
+    EXIT_OK,
+    Result,
+    add_command,
+    add_lock_timeout,
+    progress,
+    repo_root,
+)
 
 if TYPE_CHECKING:
     from modelctl.api import Analysis
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 HELP = "judge each canary from Prometheus and commit the next step, promotion or rollback with its snapshot"
-EXIT_HOLD = 3
-EXIT_ROLLBACK = 4
 
 
 def add(sub: SubParsers) -> argparse.ArgumentParser:
@@ -28,6 +35,7 @@ def add(sub: SubParsers) -> argparse.ArgumentParser:
     parser.add_argument("--prometheus", metavar="URL", help="Prometheus' URL (default: the stack's setting)")
     parser.add_argument("--dry-run", action="store_true", help="judge and show the change; commit nothing")
     parser.add_argument("--record", action="store_true", help="commit the snapshot of a hold too")
+    add_lock_timeout(parser)
     return parser
 
 
@@ -47,9 +55,10 @@ def run(args: argparse.Namespace) -> Result:
             prometheus=args.prometheus,
             dry_run=args.dry_run,
             record=args.record,
+            lock_timeout=args.lock_timeout,
         )
     outcomes = {r.outcome for r in results}
-    code = EXIT_ROLLBACK if "rollback" in outcomes else EXIT_HOLD if "hold" in outcomes else 0
+    code = EXIT_FINDING if "rollback" in outcomes else EXIT_HOLD if "hold" in outcomes else EXIT_OK
     return Result([_data(r) for r in results], _text(results, args.dry_run), code)
 
 

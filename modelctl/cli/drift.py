@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, get_args
 import numpy as np
 import numpy.typing as npt
 
-from modelctl.cli import Result, add_command, repo_root
+from modelctl.cli import EXIT_FINDING, EXIT_OK, MODEL_HELP, VERSION_HELP, Result, add_command, repo_root
 from modelctl.core.errors import UserError, unknown_version
 from modelctl.core.schema import Correction
 from modelctl.core.state import load_model, model_file
@@ -35,10 +35,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         sub,
         "drift",
         run,
-        "compare current data with a version's reference profile (exit status 1 when it drifted)",
+        f"compare current data with a version's reference profile (exit status {EXIT_FINDING} when it drifted)",
     )
-    parser.add_argument("model")
-    parser.add_argument("version")
+    parser.add_argument("model", help=MODEL_HELP)
+    parser.add_argument("version", help=VERSION_HELP)
     parser.add_argument(
         "--current",
         required=True,
@@ -54,7 +54,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--alpha", type=float, default=0.05, help="error rate across all columns (default 0.05)"
     )
-    parser.add_argument("--correction", choices=get_args(Correction), default="holm")
+    parser.add_argument(
+        "--correction",
+        choices=get_args(Correction),
+        default="holm",
+        help="multiple-testing correction across the columns (default holm)",
+    )
     parser.add_argument(
         "--effect-floor",
         type=float,
@@ -95,7 +100,9 @@ def run(args: argparse.Namespace) -> Result:
     data = {"model": args.model, "version": args.version, "current": args.current, **report.to_dict()}
     if args.report:
         data["report"] = args.report
-    return Result(data, format_table(report, args), exit_code=1 if report.drift_detected else 0)
+    return Result(
+        data, format_table(report, args), exit_code=EXIT_FINDING if report.drift_detected else EXIT_OK
+    )
 
 
 def load_profile(root: Path, model: str, version: str) -> Profile:

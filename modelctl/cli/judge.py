@@ -17,14 +17,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from modelctl.cli import Handler, Result, add_command, progress, repo_root
+from modelctl.cli import EXIT_FINDING, EXIT_HOLD, EXIT_OK, Handler, Result, add_command, progress, repo_root
 from modelctl.core.errors import UserError
 
 if TYPE_CHECKING:
     from modelctl.core.judge import Decision, Evidence
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-JUDGE_HELP = "decide promote, hold or rollback from a canary metrics snapshot"
+JUDGE_HELP = (
+    "decide promote, hold or rollback from a canary metrics snapshot; "
+    f"exit {EXIT_OK} promote, {EXIT_FINDING} rollback, {EXIT_HOLD} hold"
+)
+# The decision is the exit code, so a pipeline step can branch on it without parsing output.
+EXIT_CODE = {"promote": EXIT_OK, "rollback": EXIT_FINDING, "hold": EXIT_HOLD}
 DEPRECATED = (
     "warning: 'modelctl canary judge' is deprecated and goes in the next release; use 'modelctl judge'"
 )
@@ -50,7 +55,7 @@ def _add_judge(sub: SubParsers, handler: Handler) -> argparse.ArgumentParser:
     source.add_argument(
         "--replay",
         metavar="COMMIT",
-        help="recompute the decision of an analysis commit from its snapshot; exit 5 if it differs",
+        help="recompute the decision of an analysis commit from its snapshot; exit 2 (a finding) if it differs",
     )
     return parser
 
@@ -89,10 +94,6 @@ def run_deprecated(args: argparse.Namespace) -> Result:
     return run(args)
 
 
-# `judge --replay`: the recomputed decision differs from the committed one.
-EXIT_MISMATCH = 5
-
-
 def run(args: argparse.Namespace) -> Result:
     # Loaded when the command runs: scipy is not what every other command should wait for.
     from modelctl.core.judge import judge
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> Result:
         return _replay(args)
     path = Path(args.snapshot)
     decision = judge(read_snapshot(path), source=str(path))
-    return Result(decision.to_dict(), format_decision(decision))
+    return Result(decision.to_dict(), format_decision(decision), EXIT_CODE[decision.action])
 
 
 def _replay(args: argparse.Namespace) -> Result:
@@ -124,7 +125,7 @@ def _replay(args: argparse.Namespace) -> Result:
         "matches": replayed.matches,
         "decision": replayed.decision.to_dict(),
     }
-    return Result(data, text, 0 if replayed.matches else EXIT_MISMATCH)
+    return Result(data, text, EXIT_OK if replayed.matches else EXIT_FINDING)
 
 
 def read_snapshot(path: Path) -> Any:

@@ -2,7 +2,7 @@
 
 The base defaults to `origin/main` (what CI last deployed, and what a pull request is
 compared with) when that exists, else `HEAD` (your uncommitted edits). Exit code 0 means
-nothing changes, 2 that something does, so CI can act on it.
+nothing changes, 2 that something does, 1 an error (`modelctl --help` lists the convention).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from modelctl.cli import Result, add_command, repo_root
+from modelctl.cli import EXIT_FINDING, EXIT_OK, Result, add_command, repo_root
 from modelctl.cli.release import describe
 from modelctl.core.state import State, stack_file
 from modelctl.repo import gitutil
@@ -20,7 +20,6 @@ from modelctl.repo.state import read_state
 from modelctl.repo.transaction import unified_diff
 
 DEFAULT_BASE = "origin/main"
-CHANGED = 2
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
@@ -65,7 +64,7 @@ def run(args: argparse.Namespace) -> Result:
         "changed": changed,
         "stacks": {p.name: _plan_data(p) for p in plans},
     }
-    return Result(data, _text(base, plans), CHANGED if changed else 0)
+    return Result(data, _text(base, plans), EXIT_FINDING if changed else EXIT_OK)
 
 
 def stack_names(before: State, after: State, only: str | None) -> list[str]:

@@ -8,7 +8,18 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from modelctl import api
-from modelctl.cli import Result, add_command, progress, repo_root
+from modelctl.cli import (
+    EXIT_ERROR,
+    EXIT_FINDING,
+    EXIT_OK,
+    MODEL_HELP,
+    VERSION_HELP,
+    Result,
+    add_command,
+    add_lock_timeout,
+    progress,
+    repo_root,
+)
 from modelctl.core.errors import UserError
 from modelctl.core.schema import ModelFile
 from modelctl.core.state import State, load_model
@@ -23,7 +34,7 @@ def register(sub: SubParsers) -> None:
     parser = add_command(
         sub, "register", run_register, "record the committed pipeline run of a model as a new version"
     )
-    parser.add_argument("model")
+    parser.add_argument("model", help=MODEL_HELP)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--version", help="the new version's name, greater than the latest")
     which.add_argument(
@@ -32,29 +43,32 @@ def register(sub: SubParsers) -> None:
     parser.add_argument(
         "--no-commit", action="store_true", help="write models/<model>/model.yaml without committing"
     )
+    add_lock_timeout(parser)
 
     models = sub.add_parser("models", help="list registered models, show one, or its history")
     actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
     add_command(actions, "list", run_list, "every model with its latest version")
     add_command(
         actions, "show", run_show, "a model's gates and versions, and where each serves"
-    ).add_argument("model")
+    ).add_argument("model", help=MODEL_HELP)
     add_command(
         actions, "history", run_history, "the commits that added or changed each version"
-    ).add_argument("model")
+    ).add_argument("model", help=MODEL_HELP)
 
-    for status, verb in (("deprecated", "deprecate"), ("revoked", "revoke")):
-        parser = add_command(
-            sub, verb, run_set_status, f"mark a version {status} (no stack may reference it)"
-        )
-        parser.add_argument("model")
-        parser.add_argument("version")
+    for verb, status, what in (
+        ("deprecate", "deprecated", "it keeps the traffic it has on every stack but gains none"),
+        ("revoke", "revoked", "final; refused while any stack still names the version"),
+    ):
+        parser = add_command(sub, verb, run_set_status, f"mark a version {status}: {what}")
+        parser.add_argument("model", help=MODEL_HELP)
+        parser.add_argument("version", help=VERSION_HELP)
         parser.add_argument("--no-commit", action="store_true", help="edit the model file without committing")
+        add_lock_timeout(parser)
         parser.set_defaults(status=status)
 
     parser = add_command(sub, "fetch", run_fetch, "write an artifact from the DVC remote or cache, verified")
     parser.add_argument("model", nargs="?", help="with VERSION: read the hashes from the registry")
-    parser.add_argument("version", nargs="?")
+    parser.add_argument("version", nargs="?", help=f"with MODEL: {VERSION_HELP}")
     parser.add_argument("-o", "--out", required=True, type=Path, help="where to write the artifact")
     parser.add_argument("--profile-out", type=Path, help="also write the version's reference profile here")
     parser.add_argument(
@@ -66,8 +80,8 @@ def register(sub: SubParsers) -> None:
     parser = add_command(
         sub, "reproduce", run_reproduce, "rebuild a version at its source commit, verify and push it"
     )
-    parser.add_argument("model", nargs="?")
-    parser.add_argument("version", nargs="?")
+    parser.add_argument("model", nargs="?", help=f"{MODEL_HELP} (or --all)")
+    parser.add_argument("version", nargs="?", help=VERSION_HELP)
     parser.add_argument(
         "--all",
         action="store_true",
@@ -88,6 +102,7 @@ def run_register(args: argparse.Namespace) -> Result:
         bump=args.bump,
         commit=not args.no_commit,
         say=progress,
+        lock_timeout=args.lock_timeout,
     )
     data = {
         "model": done.model,
@@ -103,7 +118,7 @@ def run_register(args: argparse.Namespace) -> Result:
 
 def run_set_status(args: argparse.Namespace) -> Result:
     change = (api.deprecate if args.status == "deprecated" else api.revoke)(
-        repo_root(args), args.model, args.version, commit=not args.no_commit
+        repo_root(args), args.model, args.version, commit=not args.no_commit, lock_timeout=args.lock_timeout
     )
     data = {
         "model": change.model,
@@ -294,7 +309,7 @@ def run_reproduce(args: argparse.Namespace) -> Result:
     failed = sum(1 for row in rows if row["error"])
     if failed:
         lines.append(f"{failed} of {len(rows)} versions failed to reproduce")
-    return Result(rows, "\n".join(lines), exit_code=1 if failed else 0)
+    return Result(rows, "\n".join(lines), exit_code=EXIT_ERROR if failed else EXIT_OK)
 
 
 def _reproduced_text(done: registry.Reproduced) -> str:
@@ -323,7 +338,7 @@ def run_doctor(args: argparse.Namespace) -> Result:
         if bad
         else f"all {len(findings)} objects of served versions are in {remote} with matching hashes"
     )
-    return Result(data, _table(table) + "\n" + summary, exit_code=1 if bad else 0)
+    return Result(data, _table(table) + "\n" + summary, exit_code=EXIT_FINDING if bad else EXIT_OK)
 
 
 def _table(rows: list[list[str]]) -> str:

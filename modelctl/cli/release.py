@@ -1,8 +1,9 @@
 """Release commands: argument parsing and printing over `modelctl.api`.
 
-`canary`, `promote`, `ab`, `shadow`, `bluegreen` and `rollback` change traffic through the
-transaction (`modelctl.repo.transaction`): each edits one stack file, validates the whole state,
-and commits that file, or changes nothing. `status` and `history` only read.
+`canary`, `promote`, `ab`, `shadow`, `bluegreen`, `rollback` and `release-hold clear` change a
+release through the transaction (`modelctl.repo.transaction`): each edits one stack file,
+validates the whole state, and commits that file, or changes nothing. `status` and `history`
+only read.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 from modelctl import api
-from modelctl.cli import Result, add_command, repo_root
+from modelctl.cli import MODEL_HELP, Result, add_command, add_lock_timeout, repo_root
 from modelctl.core import releases
 from modelctl.core.errors import UserError
-from modelctl.core.schema import Release
+from modelctl.core.schema import Release, Version
 from modelctl.core.state import stack_file
 from modelctl.repo.history import (
     Snapshot,
@@ -33,25 +34,28 @@ SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 def register(sub: SubParsers) -> None:
     _register_canary(sub)
     promote = _release_command(
-        sub, "promote", run_promote, "the canary takes 100%%; the old stable stays at 0%%"
+        sub,
+        "promote",
+        run_promote,
+        "the canary takes 100% of traffic in one step; the old stable stays deployed at 0% as the rollback target",
     )
-    promote.add_argument("model")
+    promote.add_argument("model", help=MODEL_HELP)
     ab = _release_command(sub, "ab", run_ab, "split traffic between versions for an A/B experiment")
-    ab.add_argument("model")
+    ab.add_argument("model", help=MODEL_HELP)
     ab.add_argument("--split", required=True, metavar="V=W,...", help="e.g. v1.0.0=50,v1.1.0=50")
     ab.add_argument("--sticky", action="store_true", help="keep each user on one version by cookie")
     shadow = _release_command(
         sub, "shadow", run_shadow, "mirror traffic to a version, discarding its responses"
     )
-    shadow.add_argument("model")
-    shadow.add_argument("version", nargs="?")
+    shadow.add_argument("model", help=MODEL_HELP)
+    shadow.add_argument("version", nargs="?", help="the version to mirror to (not with --off)")
     mode = shadow.add_mutually_exclusive_group(required=True)
     mode.add_argument("--percent", type=float, help="share of requests mirrored, above 0 and at most 100")
     mode.add_argument("--off", action="store_true", help="stop mirroring")
     bluegreen = _release_command(
-        sub, "bluegreen", run_bluegreen, "deploy a version at 0%% next to the stable one, then --switch"
+        sub, "bluegreen", run_bluegreen, "deploy a version at 0% next to the stable one, then --switch"
     )
-    bluegreen.add_argument("model")
+    bluegreen.add_argument("model", help=MODEL_HELP)
     bluegreen.add_argument(
         "version", nargs="?", help="the green version (with --switch: default the newest at 0%%)"
     )
@@ -60,15 +64,23 @@ def register(sub: SubParsers) -> None:
     )
     bluegreen.add_argument("--switch", action="store_true", help="move all traffic to the green version")
     rollback = _release_command(
-        sub, "rollback", run_rollback, "back to the last state in git history fully on one stable version"
+        sub,
+        "rollback",
+        run_rollback,
+        "all traffic back to the stable version the release started from; the versions left are held "
+        "on the stack (no release gives them traffic until 'release-hold clear'); already there: a no-op",
     )
-    rollback.add_argument("model")
-    rollback.add_argument("--to", metavar="VERSION", help="the last state fully on this version")
+    rollback.add_argument("model", help=MODEL_HELP)
+    rollback.add_argument(
+        "--to", metavar="VERSION", help="roll back to this version instead of the release's stable one"
+    )
+    rollback.add_argument("--reason", help="why, recorded with each hold (e.g. an incident link)")
+    _register_hold(sub)
     status = add_command(sub, "status", run_status, "what serves where, from the working tree")
     status.add_argument("--stack", help="only this stack")
     history = add_command(sub, "history", run_history, "every release change of a model on a stack, from git")
-    history.add_argument("model")
-    history.add_argument("--stack", required=True)
+    history.add_argument("model", help=MODEL_HELP)
+    history.add_argument("--stack", required=True, help="the stack (environment) whose history to show")
     history.add_argument(
         "--at", metavar="TIMESTAMP", help="what served at this time (ISO 8601, UTC if no zone)"
     )
@@ -78,9 +90,23 @@ def _register_canary(sub: SubParsers) -> None:
     canary = _release_command(
         sub, "canary", run_canary, "start a canary or move it to the next analysis step"
     )
-    canary.add_argument("model")
-    canary.add_argument("version")
+    canary.add_argument("model", help=MODEL_HELP)
+    canary.add_argument("version", help="the canary version")
     canary.add_argument("--weight", type=int, help="this weight (1-99) instead of the next analysis step")
+
+
+def _register_hold(sub: SubParsers) -> None:
+    group = sub.add_parser("release-hold", help="lift the hold a rollback put on a version")
+    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+    clear = _release_command(
+        actions,
+        "clear",
+        run_clear_hold,
+        "let releases give a held version traffic on the stack again (commit it for review)",
+    )
+    clear.add_argument("model", help=MODEL_HELP)
+    clear.add_argument("version", help="the held version")
+    clear.add_argument("--reason", required=True, help="why the version is fit again (kept in the commit)")
 
 
 def _release_command(
@@ -90,6 +116,7 @@ def _release_command(
     parser.add_argument("--stack", required=True, help="the stack (environment) to change")
     parser.add_argument("--dry-run", action="store_true", help="print the diff, change nothing")
     parser.add_argument("--no-commit", action="store_true", help="edit the stack file but do not commit")
+    add_lock_timeout(parser)
     return parser
 
 
@@ -97,7 +124,12 @@ def _release_command(
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"stack": args.stack, "dry_run": args.dry_run, "commit": not args.no_commit}
+    return {
+        "stack": args.stack,
+        "dry_run": args.dry_run,
+        "commit": not args.no_commit,
+        "lock_timeout": args.lock_timeout,
+    }
 
 
 def run_canary(args: argparse.Namespace) -> Result:
@@ -137,7 +169,15 @@ def run_bluegreen(args: argparse.Namespace) -> Result:
 
 
 def run_rollback(args: argparse.Namespace) -> Result:
-    return _applied(api.rollback(repo_root(args), args.model, to=args.to, **_options(args)))
+    return _applied(
+        api.rollback(repo_root(args), args.model, to=args.to, reason=args.reason, **_options(args))
+    )
+
+
+def run_clear_hold(args: argparse.Namespace) -> Result:
+    return _applied(
+        api.clear_hold(repo_root(args), args.model, args.version, reason=args.reason, **_options(args))
+    )
 
 
 def _applied(change: ReleaseChange) -> Result:
@@ -150,7 +190,10 @@ def _applied(change: ReleaseChange) -> Result:
         "diff": change.diff,
         "commit": change.commit,
         "dry_run": change.dry_run,
+        "changed": change.changed,
     }
+    if not change.changed:
+        return Result(data, f"no change: {change.message}")
     if change.dry_run:
         outcome = "dry run: nothing written"
     elif change.commit is None:
@@ -165,6 +208,8 @@ def release_data(release: Release) -> dict[str, Any]:
         "traffic": dict(release.traffic),
         "shadow": release.shadow.model_dump() if release.shadow else None,
         "sticky": release.sticky.model_dump() if release.sticky else None,
+        "rollback_to": release.rollback_to,
+        "held": {v: h.model_dump(mode="json") for v, h in release.held.items()},
     }
 
 
@@ -176,6 +221,8 @@ def describe(release: Release | None) -> str:
         text += f"; shadow {release.shadow.version} {release.shadow.percent:g}%"
     if release.sticky:
         text += f"; sticky by cookie {release.sticky.cookie}"
+    if release.held:
+        text += f"; held: {', '.join(sorted(release.held, key=Version))}"
     return text
 
 
@@ -195,7 +242,10 @@ def run_status(args: argparse.Namespace) -> Result:
 
 
 def run_history(args: argparse.Namespace) -> Result:
-    snapshots = stack_history(repo_root(args), args.stack)
+    root = repo_root(args)
+    state = read_state(root)
+    state.model(args.model)
+    snapshots = stack_history(root, state.stack(args.stack).name)
     if args.at:
         return _history_at(args, snapshots, parse_timestamp(args.at))
     changes = release_changes(snapshots, args.model)
@@ -229,7 +279,7 @@ def _snapshot_data(snapshot: Snapshot, model: str) -> dict[str, Any]:
         "author": snapshot.author,
         "date": snapshot.date.isoformat(),
         "subject": snapshot.subject,
-        **(release_data(release) if release else {"traffic": None, "shadow": None, "sticky": None}),
+        **(release_data(release) if release else dict.fromkeys(("traffic", "shadow", "sticky", "held"))),
     }
 
 

@@ -152,7 +152,7 @@ def _histogram(buckets: Mapping[str, Mapping[float, float]], version: str) -> di
 
 
 def _feedback(samples: Sequence[Sample], version: str) -> list[dict[str, Any]]:
-    actual, predicted = contract.FEEDBACK_LABELS
+    actual, predicted = contract.FEEDBACK.labels
     return [
         {"actual": labels[actual], "predicted": labels[predicted], "count": value}
         for labels, value in samples

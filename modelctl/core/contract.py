@@ -48,7 +48,7 @@ class Metric:
     """
 
     name: str
-    kind: Literal["counter", "gauge", "histogram"]
+    kind: Literal["counter", "gauge", "histogram", "summary"]
     help: str
     labels: tuple[str, ...] = ()
 
@@ -72,16 +72,22 @@ BATCH_SIZE = Metric("model_batch_size", "histogram", "Rows per model call.")
 OUT_OF_DISTRIBUTION = Metric(
     "model_out_of_distribution_total",
     "counter",
-    "Rows with a feature outside the reference profile's range.",
+    "Predicted rows with this feature outside the signature's or the reference profile's range.",
+    ("feature",),
 )
-# The labels of each feedback count: the true class and the class the version predicted.
-FEEDBACK_LABELS = ("actual", "predicted")
-FEEDBACK = Metric("model_feedback_total", "counter", "Ground-truth labels received.")
-ACCURACY = Metric("model_accuracy", "gauge", "Live accuracy over the recent feedback window.")
-PRECISION = Metric(
-    "model_precision", "gauge", "Live precision of the positive class over the recent feedback window."
+# A confusion matrix per version: counters add up across replicas, so PromQL computes accuracy,
+# precision and recall over any window (a per-pod gauge over its last N labels cannot be summed).
+FEEDBACK = Metric(
+    "model_feedback_total",
+    "counter",
+    "Ground-truth labels received, by actual and predicted class.",
+    ("actual", "predicted"),
 )
-RECALL = Metric("model_recall", "gauge", "Live recall of the positive class over the recent feedback window.")
+FEEDBACK_VALUE = Metric(
+    "model_feedback_value",
+    "summary",
+    "Business value sent with feedback (revenue, cost), summed per version.",
+)
 FEATURE_DRIFT = Metric(
     "model_feature_drift",
     "gauge",
@@ -89,11 +95,30 @@ FEATURE_DRIFT = Metric(
     ("feature",),
 )
 INFO = Metric("model_info", "gauge", "The served version.", ("sha256",))
+ENGINE = Metric(
+    "model_engine_info",
+    "gauge",
+    "The engine that predicts; fallback_from names the compiled engine that failed its parity check.",
+    ("engine", "fallback_from"),
+)
+PARITY_ERROR = Metric(
+    "model_engine_parity_error",
+    "gauge",
+    "Largest probability difference between the engine and scikit-learn on the reference rows.",
+)
 GC_PAUSES = Metric(
     "model_gc_pause_seconds", "histogram", "Garbage-collector pauses by generation.", ("generation",)
 )
-# Live quality from feedback, by the name of the promotion gate it is compared with.
-LIVE_QUALITY = {"accuracy": ACCURACY, "precision": PRECISION, "recall": RECALL}
+# Live quality from the feedback counters over FEEDBACK_WINDOW, by the name of the promotion gate
+# it is compared with: the series a recording rule per model writes (it knows the class names,
+# so the alerts and the dashboard read one series per version without knowing them). Owner
+# alerts on `model_<name>` read the same series.
+FEEDBACK_WINDOW = "30m"
+LIVE_QUALITY = {
+    name: f"model_version:feedback_{name}:ratio_rate{FEEDBACK_WINDOW}"
+    for name in ("accuracy", "precision", "recall")
+}
+LIVE_QUALITY_ALIASES = {f"model_{name}": recorded for name, recorded in LIVE_QUALITY.items()}
 
 # ---------------------------------------------------------------- PromQL
 
@@ -107,6 +132,8 @@ QUERIES: dict[str, str] = {
     "server_error_rate": f"sum by ({{by}}) (rate({REQUESTS.name}{{server_errors}}[{{window}}]))",
     "prediction_rate": f"sum by ({{by}}) (rate({PREDICTIONS.name}{{selector}}[{{window}}]))",
     "out_of_distribution_rate": f"sum by ({{by}}) (rate({OUT_OF_DISTRIBUTION.name}{{selector}}[{{window}}]))",
+    # One cell of the feedback confusion matrix (the selector names actual and/or predicted).
+    "feedback_rate": f"rate({FEEDBACK.name}{{selector}}[{{window}}])",
     "latency_buckets": f"sum by ({{by}}, le) (rate({DURATION.name}_bucket{{selector}}[{{window}}]))",
     "feature_drift": f"max by ({{by}}) ({FEATURE_DRIFT.name}{{selector}})",
     "requests": f"{REQUESTS.name}{{selector}}",
@@ -119,7 +146,7 @@ QUERIES: dict[str, str] = {
     "latency_buckets_in_window": f"sum by ({{by}}, le) (increase({DURATION.name}_bucket{{selector}}[{{window}}]))",
     "score_buckets_in_window": f"sum by ({{by}}, le) (increase({SCORE.name}_bucket{{selector}}[{{window}}]))",
     "feedback_in_window": (
-        f"sum by ({{by}}, {', '.join(FEEDBACK_LABELS)}) (increase({FEEDBACK.name}{{selector}}[{{window}}]))"
+        f"sum by ({{by}}, {', '.join(FEEDBACK.labels)}) (increase({FEEDBACK.name}{{selector}}[{{window}}]))"
     ),
 }
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 
 class UserError(Exception):
-    """A problem the user can fix. The CLI prints it as one line and exits with code 2."""
+    """A problem the user can fix. The CLI prints it as one line and exits with code 1."""
 
     def __init__(self, where: str, problem: str, fix: str, key: str = "") -> None:
         self.where = where

@@ -1,8 +1,14 @@
 """Release transitions as pure functions: the current release of a model on a stack and a
 command (canary, promote, A/B, shadow, blue-green, rollback) give the next release.
 
-Nothing here reads git or the disk; `modelctl.repo.history` supplies past states and the CLI
+Nothing here reads git, the disk or the clock; the transaction (`modelctl.repo.transaction`)
 writes the result. Each transition refuses, with a UserError, what the command must not do.
+
+The state knows where a rollback goes: canary, A/B, shadow and blue-green record the stable
+version they start from as the release's `rollback_to`, and promote and the blue-green switch
+keep it deployed at weight 0. A rollback sends all traffic there and records the versions it
+moved away from under `held`; no transition gives a held version traffic on that stack until
+`clear_hold` (a reviewed commit with a reason).
 """
 
 from __future__ import annotations
@@ -17,12 +23,23 @@ from ruamel.yaml.comments import CommentedMap
 
 from modelctl.core import yamlio
 from modelctl.core.errors import UserError, revoked_version, unknown_version
-from modelctl.core.schema import ModelFile, Release, Requires, Shadow, Sticky, Version, duration_seconds
+from modelctl.core.schema import (
+    Hold,
+    ModelFile,
+    Release,
+    Requires,
+    Shadow,
+    Sticky,
+    Version,
+    duration_seconds,
+)
 from modelctl.core.state import CONFIG_NAMESPACE, stack_file
 
-# The release fields a release command may change; replicas, resources, overrides and
-# analysis settings are edited by hand and survive every command, rollback included.
-TRAFFIC_FIELDS = ("traffic", "shadow", "sticky")
+# The release fields a release command may change; replicas, resources and analysis settings
+# are edited by hand and survive every command. Overrides change only when a rollback holds
+# the version they name.
+RELEASE_FIELDS = ("traffic", "shadow", "sticky", "overrides", "rollback_to", "held")
+CLEAR_HOLD = "release-hold clear"
 
 
 @dataclass(frozen=True)
@@ -51,8 +68,10 @@ class Proposal:
     action: str
     release: Release
     summary: str
-    # Rollback restores a state that already served, so it skips the soak check.
-    soak_applies: bool = True
+    # A rollback returns traffic to a version that served: it skips the soak and deprecation checks.
+    restores: bool = False
+    # Unchanged is a success, not a refusal: a repeated rollback or hold clearing.
+    idempotent: bool = False
 
     @property
     def message(self) -> str:
@@ -99,6 +118,27 @@ def require_registered(target: Target, version: str) -> None:
         )
 
 
+def require_not_held(target: Target, release: Release, version: str) -> None:
+    """Refuse a version held on this stack since a rollback; the fix names the clearing command."""
+    hold = release.held.get(version)
+    if hold is not None:
+        raise target.refuse(
+            f"{version} of {target.model.name} is held on {target.stack} since {hold.since:%Y-%m-%d %H:%M} UTC ({hold.reason}) and may not take traffic",
+            f"if it is fit again, clear the hold in a reviewed commit: {clear_hold_command(target, version)}",
+            key=f"held.{version}",
+        )
+
+
+def clear_hold_command(target: Target, version: str) -> str:
+    return f"modelctl {CLEAR_HOLD} {target.model.name} {version} --stack {target.stack} --reason 'why it is fit again'"
+
+
+def require_releasable(target: Target, release: Release, version: str) -> None:
+    """Refuse a version that is unknown, revoked, or held on this stack."""
+    require_registered(target, version)
+    require_not_held(target, release, version)
+
+
 def require_may_gain(target: Target, before: Release, after: Release) -> None:
     """Refuse a deprecated version whose traffic would rise."""
     for version in gaining_traffic(before, after):
@@ -139,7 +179,7 @@ def canary(target: Target, release: Release, version: str, weight: int | None = 
         The version is unknown or revoked, the weight is out of range, or the release has no
         single stable version for the canary (or the canary already leads it).
     """
-    require_registered(target, version)
+    require_releasable(target, release, version)
     if weight is not None and not 1 <= weight <= 99:
         raise target.refuse(
             f"canary weight {weight} is outside 1-99",
@@ -150,7 +190,12 @@ def canary(target: Target, release: Release, version: str, weight: int | None = 
     new_weight = weight if weight is not None else _next_step(target, release, current)
     traffic = {stable: 100 - new_weight, version: new_weight}
     traffic |= _rollback_target(release, exclude={stable, version})
-    new = _with(release, traffic=_ordered(release, traffic), shadow=_unless_shadowing(release, version))
+    new = _with(
+        release,
+        traffic=_ordered(release, traffic),
+        shadow=_unless_shadowing(release, version),
+        rollback_to=stable,
+    )
     summary = (
         f"{target.model.name} {version} at {new_weight}% on {target.stack} ({stable} {100 - new_weight}%)"
     )
@@ -202,7 +247,13 @@ def promote(target: Target, release: Release) -> Proposal:
     require_registered(target, new_stable)
     traffic = _ordered(release, {new_stable: 100, stable: 0})
     # No sticky cookie: it would keep pinned users on the old version at weight 0.
-    new = _with(release, traffic=traffic, shadow=_unless_shadowing(release, new_stable), sticky=None)
+    new = _with(
+        release,
+        traffic=traffic,
+        shadow=_unless_shadowing(release, new_stable),
+        sticky=None,
+        rollback_to=stable,
+    )
     summary = f"{target.model.name} {new_stable} to 100% on {target.stack} ({stable} kept at 0% for rollback)"
     return Proposal("promote", new, summary)
 
@@ -225,13 +276,13 @@ def parse_split(text: str) -> dict[str, int]:
 def ab(target: Target, release: Release, split: Mapping[str, int], sticky: bool) -> Proposal:
     """An A/B experiment over two or more versions, optionally sticky per user by cookie."""
     for version in split:
-        require_registered(target, version)
+        require_releasable(target, release, version)
     if len(split) < 2 or any(not 1 <= w <= 99 for w in split.values()) or sum(split.values()) != 100:
         raise target.refuse(
             f"split {describe_traffic(split)} is not an A/B split",
             "give two or more versions, each 1-99, summing to 100",
         )
-    stable = stable_version(release)
+    stable = _starting_point(release)
     traffic = dict(split)
     if stable not in traffic:
         traffic[stable] = 0
@@ -242,6 +293,7 @@ def ab(target: Target, release: Release, split: Mapping[str, int], sticky: bool)
         traffic=_ordered(release, traffic),
         sticky=(release.sticky or Sticky()) if sticky else None,
         shadow=None if release.shadow and release.shadow.version in split else release.shadow,
+        rollback_to=stable,
     )
     cookie = f", sticky by cookie {new.sticky.cookie}" if new.sticky else ""
     return Proposal("ab", new, f"{target.model.name} {describe_traffic(split)} on {target.stack}{cookie}")
@@ -249,7 +301,7 @@ def ab(target: Target, release: Release, split: Mapping[str, int], sticky: bool)
 
 def shadow(target: Target, release: Release, version: str, percent: float) -> Proposal:
     """Mirror `percent` of the live requests to `version`; its responses are discarded."""
-    require_registered(target, version)
+    require_releasable(target, release, version)
     if not 0 < percent <= 100:
         raise target.refuse(
             f"shadow percent {percent:g} is outside (0, 100]", "give a percent above 0, at most 100"
@@ -259,7 +311,9 @@ def shadow(target: Target, release: Release, version: str, percent: float) -> Pr
             f"{version} already serves live traffic on {target.stack}",
             "mirror a version that does not serve yet",
         )
-    new = _with(release, shadow=Shadow(version=version, percent=percent))
+    new = _with(
+        release, shadow=Shadow(version=version, percent=percent), rollback_to=_starting_point(release)
+    )
     summary = f"{target.model.name} {version} mirrors {percent:g}% of traffic on {target.stack}"
     return Proposal("shadow", new, summary)
 
@@ -273,7 +327,7 @@ def shadow_off(target: Target, release: Release) -> Proposal:
 
 def bluegreen(target: Target, release: Release, version: str, mirror: float | None = None) -> Proposal:
     """Deploy `version` (green) at weight 0 next to the stable version (blue), optionally mirrored."""
-    require_registered(target, version)
+    require_releasable(target, release, version)
     blue = _single_stable(target, release, "blue-green")
     if version in release.traffic:
         raise target.refuse(
@@ -282,7 +336,7 @@ def bluegreen(target: Target, release: Release, version: str, mirror: float | No
         )
     traffic = {**release.traffic, version: 0}
     new_shadow = Shadow(version=version, percent=mirror) if mirror is not None else release.shadow
-    new = _with(release, traffic=traffic, shadow=new_shadow)
+    new = _with(release, traffic=traffic, shadow=new_shadow, rollback_to=blue)
     mirrored = f", mirroring {mirror:g}%" if mirror is not None else ""
     summary = f"{target.model.name} {version} deployed at 0% on {target.stack} ({blue} 100%{mirrored})"
     return Proposal("bluegreen", new, summary)
@@ -292,7 +346,7 @@ def bluegreen_switch(target: Target, release: Release, version: str | None = Non
     """All traffic moves to green in one step; blue stays deployed at weight 0."""
     blue = _single_stable(target, release, "a blue-green switch")
     green = version or _green(target, release, blue)
-    require_registered(target, green)
+    require_releasable(target, release, green)
     if release.traffic.get(green) != 0:
         raise target.refuse(
             f"{green} is not deployed at 0% on {target.stack}",
@@ -303,6 +357,7 @@ def bluegreen_switch(target: Target, release: Release, version: str | None = Non
         traffic=_ordered(release, {green: 100, blue: 0}),
         shadow=_unless_shadowing(release, green),
         sticky=None,
+        rollback_to=blue,
     )
     summary = (
         f"{target.model.name} switched to {green} 100% on {target.stack} ({blue} kept at 0% for rollback)"
@@ -330,47 +385,115 @@ def _green(target: Target, release: Release, blue: str) -> str:
     return max(waiting, key=Version)
 
 
+def baseline(release: Release) -> str:
+    """The stable version the current release started from, where a rollback sends all traffic.
+
+    `rollback_to` where recorded. For a stack file written before it was: the heaviest serving
+    version during a split, else the newest older version kept at weight 0 (after a promote),
+    else the one version serving.
+    """
+    if release.rollback_to is not None:
+        return release.rollback_to
+    serving = release.serving()
+    if len(serving) > 1:
+        return stable_version(release)
+    older = [v for v, w in release.traffic.items() if w == 0 and Version(v) < Version(serving[0])]
+    return max(older, key=Version) if older else serving[0]
+
+
 def rollback(
     target: Target,
     release: Release,
-    past: Sequence[tuple[str, Release | None]],
+    now: datetime,
     to: str | None = None,
+    reason: str | None = None,
 ) -> Proposal:
-    """Back to the newest past release (commit, release; newest first) fully on one stable version.
+    """All traffic back to the release's stable version (or `to`); the versions left are held.
 
-    Without `to`, that is the last such state that differs from now, on another version when
-    the model is already fully on one. Only a revoked version stops a rollback.
+    Parameters
+    ----------
+    target : Target
+        The model and the stack.
+    release : Release
+        The current release.
+    now : datetime
+        When the hold starts (UTC).
+    to : str, optional
+        Roll back to this version instead of `baseline(release)`.
+    reason : str, optional
+        Why, recorded with each hold (default: "rolled back to <version>").
 
     Returns
     -------
     Proposal
-        The release of the last past state fully on one stable version.
+        `{stable: 100}` without shadow or stickiness, the versions moved away from under `held`
+        and header overrides naming them removed. Unchanged (`idempotent`) when the release is
+        already fully and only on that version: a second rollback is a no-op, never a re-promotion.
 
     Raises
     ------
     UserError
-        No such state in the history, or its version is revoked.
+        The version is unknown, revoked, or held on this stack.
     """
-    now_on = fully_on(release)
-    for commit, candidate in past:
-        if candidate is None or _same_traffic(candidate, release):
-            continue
-        version = fully_on(candidate)
-        if version is None or (to is not None and version != to) or (to is None and version == now_on):
-            continue
-        require_registered(target, version)
-        new = _with(release, traffic=candidate.traffic, shadow=candidate.shadow, sticky=candidate.sticky)
-        summary = f"{target.model.name} to {version} 100% on {target.stack} (as of {commit[:12]})"
-        return Proposal("rollback", new, summary, soak_applies=False)
-    wanted = f"fully on {to}" if to else "fully on one stable version other than now"
-    raise target.refuse(
-        f"no earlier state of {target.model.name} on {target.stack} was {wanted}",
-        "name a version that served alone with --to, or edit the stack file by hand",
+    stable = to or baseline(release)
+    require_registered(target, stable)
+    require_not_held(target, release, stable)
+    leaving = _moved_from(release, stable)
+    hold = Hold(reason=reason or f"rolled back to {stable}", since=now)
+    held = {**release.held, **{v: release.held.get(v, hold) for v in leaving}}
+    new = _with(
+        release,
+        traffic={stable: 100},
+        shadow=None,
+        sticky=None,
+        overrides={h: v for h, v in release.overrides.items() if v not in held},
+        rollback_to=None,
+        held=held,
     )
+    if new == release:
+        already = f"; {', '.join(sorted(release.held, key=Version))} held" if release.held else ""
+        summary = f"{target.model.name} is already fully on {stable} on {target.stack}{already}; nothing to roll back"
+        return Proposal("rollback", release, summary, restores=True, idempotent=True)
+    holding = f", holding {', '.join(leaving)}" if leaving else ""
+    summary = f"{target.model.name} to {stable} 100% on {target.stack}{holding}"
+    return Proposal("rollback", new, summary, restores=True)
 
 
-def _same_traffic(a: Release, b: Release) -> bool:
-    return all(getattr(a, f) == getattr(b, f) for f in TRAFFIC_FIELDS)
+def _moved_from(release: Release, stable: str) -> list[str]:
+    """The versions a rollback to `stable` takes traffic from: those serving or mirrored, and a
+    green deployed at weight 0 (newer than `stable`); older versions kept warm are not."""
+    mirrored = {release.shadow.version} if release.shadow else set()
+    return [
+        v
+        for v in release.deployed()
+        if v != stable and (release.traffic.get(v, 0) > 0 or v in mirrored or Version(v) > Version(stable))
+    ]
+
+
+def clear_hold(target: Target, release: Release, version: str, reason: str) -> Proposal:
+    """Lift the hold on `version`, so releases may give it traffic on this stack again.
+
+    Raises
+    ------
+    UserError
+        The reason is empty.
+    """
+    if not reason.strip():
+        raise target.refuse(
+            "clearing a hold needs a reason", "say why the version is fit again with --reason"
+        )
+    if version not in release.held:
+        summary = f"{target.model.name} {version} is not held on {target.stack}; nothing to clear"
+        return Proposal("release-hold", release, summary, idempotent=True)
+    held = {v: h for v, h in release.held.items() if v != version}
+    summary = f"{target.model.name} {version} may take traffic on {target.stack} again ({reason.strip()})"
+    return Proposal("release-hold", _with(release, held=held), summary)
+
+
+def _starting_point(release: Release) -> str:
+    """The stable version a new canary, A/B split or shadow starts from (and rolls back to)."""
+    serving = release.serving()
+    return serving[0] if len(serving) == 1 else release.rollback_to or stable_version(release)
 
 
 def _rollback_target(release: Release, exclude: set[str]) -> dict[str, int]:
@@ -396,7 +519,15 @@ def _with(release: Release, **changes: Any) -> Release:
 
 
 def _dumped(changes: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v.model_dump(by_alias=True) if isinstance(v, BaseModel) else v for k, v in changes.items()}
+    return {k: _dump(v) for k, v in changes.items()}
+
+
+def _dump(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(by_alias=True)
+    if isinstance(value, dict):
+        return {k: _dump(v) for k, v in value.items()}
+    return value
 
 
 # ---------------------------------------------------------------- soak
@@ -465,14 +596,18 @@ def edit_stack_text(text: str, stack: str, model: str, before: Release, after: R
     """
     doc = yamlio.loads(text, stack_file(stack))
     node = doc["config"][f"{CONFIG_NAMESPACE}:releases"][model]
-    dumped = after.model_dump(by_alias=True, include=set(TRAFFIC_FIELDS))
-    for field in TRAFFIC_FIELDS:
+    dumped = after.model_dump(mode="json", by_alias=True, include=set(RELEASE_FIELDS))
+    for field in RELEASE_FIELDS:
         if getattr(before, field) == getattr(after, field):
             continue
-        if dumped[field] is None:
-            node.pop(field, None)
+        if dumped[field] in (None, {}):
+            yamlio.remove_key(node, field)
+        elif field in node:
+            node[field] = _merge(node[field], _plain(dumped[field]))
         else:
-            node[field] = _merge(node.get(field), _plain(dumped[field]))
+            # A new field goes after the release fields before it, so it reads next to traffic.
+            earlier = [f for f in RELEASE_FIELDS[: RELEASE_FIELDS.index(field)] if f in node]
+            yamlio.insert_key(node, earlier[-1] if earlier else None, field, _plain(dumped[field]))
     return yamlio.dumps(doc)
 
 
@@ -481,9 +616,12 @@ def _merge(existing: Any, wanted: Any) -> Any:
     if not (isinstance(existing, CommentedMap) and isinstance(wanted, dict)):
         return wanted
     for key in [k for k in existing if k not in wanted]:
-        del existing[key]
+        yamlio.remove_key(existing, key)
     for key, value in wanted.items():
-        existing[key] = _merge(existing.get(key), value)
+        if key in existing:
+            existing[key] = _merge(existing[key], value)
+        else:
+            yamlio.insert_key(existing, list(existing)[-1] if existing else None, key, value)
     if list(existing) != list(wanted):
         for key in wanted:
             existing.move_to_end(key)

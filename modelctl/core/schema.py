@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from modelctl.core.formats import FORMATS
+
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 VERSION = re.compile(r"^v(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$")
 MD5 = re.compile(r"^[0-9a-f]{32}$")
@@ -36,7 +38,7 @@ DOTTED_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 COOKIE_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 CONFIG_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
-SAFE_FORMATS = ("skops",)
+SAFE_FORMATS = tuple(FORMATS)
 UNSAFE_FORMATS = ("pickle", "pkl", "joblib", "dill", "cloudpickle")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 
@@ -160,7 +162,12 @@ class Feature(Strict):
 
 
 class Signature(Strict):
+    """The model's input. A value outside a feature's [min, max] is predicted and flagged in the
+    answer and in model_out_of_distribution_total (`on_out_of_range: flag`, the default), or
+    refused with a 422 (`refuse`, for models whose answers outside the range are meaningless)."""
+
     features: list[Feature] = Field(min_length=1)
+    on_out_of_range: Literal["flag", "refuse"] = "flag"
 
     @field_validator("features")
     @classmethod
@@ -390,6 +397,8 @@ class AnalysisJob(Strict):
     """
 
     schedule: Annotated[str, Field(pattern=r"^(\S+\s+){4}\S+$")] = "*/5 * * * *"
+    # Built from infra/Dockerfile.analysis (core, infra, policies, git, ssh; not the serving image).
+    image: Annotated[str, Field(min_length=1)]
     repository: Annotated[str, Field(min_length=1)]
     branch: Annotated[str, Field(min_length=1)] = "main"
     # The git host's SSH host key line(s), as `ssh-keyscan` prints them: pushes verify it.
@@ -409,6 +418,8 @@ class Environment(Strict):
     image: str
     dvc_remote: str
     production: StrictBool = False
+    # The stack `modelctl up` runs on a workstation when no --stack is given.
+    local: StrictBool = False
     requires: Requires | None = None
     receivers: list[Receiver] = []
     monitoring: Monitoring = Monitoring()
@@ -500,11 +511,36 @@ class Analysis(Strict):
         return steps
 
 
+class Hold(Strict):
+    """A version rolled back from on a stack: no command gives it traffic there until the hold
+    is cleared (`modelctl release-hold clear`, a reviewed commit)."""
+
+    reason: Annotated[str, Field(min_length=1)]
+    since: datetime
+
+    @field_validator("since")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("since has no time zone; write it in UTC like 2026-01-31T12:00:00Z")
+        return value
+
+
 class Release(Strict):
+    """One model's release on a stack.
+
+    `rollback_to` is the stable version the current release started from (written by canary,
+    A/B, shadow and blue-green, and kept by promote and the blue-green switch with the version
+    at weight 0): `modelctl rollback` returns all traffic to it, whatever git's history holds.
+    `held` lists the versions rolled back from, which may take no traffic here until cleared.
+    """
+
     traffic: dict[VersionName, Weight] = Field(min_length=1)
     shadow: Shadow | None = None
     sticky: Sticky | None = None
     overrides: dict[Annotated[str, Field(min_length=1)], VersionName] = {}
+    rollback_to: VersionName | None = None
+    held: dict[VersionName, Hold] = {}
     replicas: Replicas = Replicas()
     resources: Resources = Resources()
     analysis: Analysis = Analysis()
@@ -516,6 +552,23 @@ class Release(Strict):
         if total != 100:
             raise ValueError(f"weights sum to {total}, not 100; adjust them so they add up to 100")
         return traffic
+
+    @model_validator(mode="after")
+    def _rollback_target_and_holds(self) -> Release:
+        if self.rollback_to is not None and self.rollback_to not in self.traffic:
+            raise ValueError(
+                f"rollback_to {self.rollback_to} is not deployed (not in traffic); "
+                f"keep it in traffic (weight 0 at least) or remove rollback_to"
+            )
+        for path, version in self.referenced():
+            if version in self.held and (not path.startswith("traffic.") or self.traffic[version] > 0):
+                raise ValueError(
+                    f"{version} is held ({self.held[version].reason}) and may not take traffic at {path}; "
+                    "clear the hold first with 'modelctl release-hold clear'"
+                )
+        if self.rollback_to in self.held:
+            raise ValueError(f"rollback_to {self.rollback_to} is held; roll back to a version that is not")
+        return self
 
     def serving(self) -> list[str]:
         """Versions that take live traffic, in version order."""

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from modelctl.core.errors import UserError
+from modelctl.core.formats import FORMATS
 from modelctl.core.schema import ModelFile, Output, Signature
 
 ENV_PREFIX = "MODELCTL_"
-ARTIFACT_FILE = {"skops": "model.skops"}
 PROFILE_FILE = "profile.npz"
 
 
@@ -40,7 +40,7 @@ class ServingSpec:
         return cls(
             model=model.name,
             version=version,
-            artifact_path=f"{artifact_dir}/{ARTIFACT_FILE[record.artifact.format]}",
+            artifact_path=f"{artifact_dir}/{FORMATS[record.artifact.format].file_name}",
             sha256=record.artifact.sha256,
             format=record.artifact.format,
             trusted_types=tuple(record.artifact.trusted_types),

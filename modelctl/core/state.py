@@ -341,7 +341,7 @@ def _check_release(stack: Stack, model: ModelFile, release: Release, key: str) -
         elif record.status == "revoked":
             # Deprecated versions may keep what they serve (and stay rollback targets); only
             # gaining traffic is refused, by the release commands and `check --base`.
-            fix = f"move its traffic to an active version (modelctl rollback {model.name} --stack {stack.name} --to <version>)"
+            fix = "name an active version there instead (edit the stack file), or revert the commit that revoked it"
             errors.append(revoked_version(stack.file, model.name, version, fix, f"{key}.{path}"))
     if stack.config.environment.production:
         for version in release.serving():

@@ -10,7 +10,8 @@ from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import YAMLError
+from ruamel.yaml.error import CommentMark, YAMLError
+from ruamel.yaml.tokens import CommentToken
 
 from modelctl.core.errors import UserError
 
@@ -66,6 +67,106 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# Editing keys without moving comments. ruamel attaches the comment lines that follow a block to
+# the last line of that block (its deepest last key or item), so lines that belong to what comes
+# next would vanish with a removed key or end up above an inserted one. These helpers move such
+# lines: a comment line after a key's block that is indented no deeper than the key belongs to
+# what follows it.
+
+
+def remove_key(mapping: CommentedMap, key: str) -> None:
+    """Delete `key` and its block; comment lines after the block that belong to what follows stay.
+
+    The key's own end-of-line comment and the comments inside its block go with it.
+    """
+    if key not in mapping:
+        return
+    keys = list(mapping)
+    _, below = _split(_tail_text(mapping, key), _column(mapping))
+    del mapping[key]
+    mapping.ca.items.pop(key, None)
+    index = keys.index(key)
+    if below and index > 0:
+        _append(mapping, keys[index - 1], below)
+
+
+def insert_key(mapping: CommentedMap, after: str | None, key: str, value: Any) -> None:
+    """Add `key` right after the key `after` (None: first); the comment lines that were above
+    the key following `after` stay above it."""
+    value = _commented(value)
+    if after is None:
+        mapping.insert(0, key, value)
+        return
+    container, slot_key, slot = _tail(mapping, after)
+    own, below = _split(_token_text(container, slot_key, slot), _column(mapping))
+    _set_text(container, slot_key, slot, own)
+    mapping.insert(list(mapping).index(after) + 1, key, value)
+    if below:
+        _append(mapping, key, below)
+
+
+def _commented(value: Any) -> Any:
+    if isinstance(value, dict) and not isinstance(value, CommentedMap):
+        return CommentedMap((k, _commented(v)) for k, v in value.items())
+    return value
+
+
+def _column(mapping: CommentedMap) -> int:
+    """The column of the mapping's keys, from any key read from the file (0 if none was)."""
+    for key in mapping:
+        if key in mapping.lc.data:
+            return int(mapping.lc.key(key)[1])
+    return 0
+
+
+def _tail(container: Any, key: Any) -> tuple[Any, Any, int]:
+    """(node, key, slot) of the comment after the last line of `key`'s block."""
+    value = container[key]
+    if isinstance(value, CommentedMap | CommentedSeq) and value and not value.fa.flow_style():
+        return _tail(value, list(value)[-1] if isinstance(value, CommentedMap) else len(value) - 1)
+    return container, key, 0 if isinstance(container, CommentedSeq) else 2
+
+
+def _tail_text(mapping: CommentedMap, key: Any) -> str:
+    return _token_text(*_tail(mapping, key))
+
+
+def _token_text(node: Any, key: Any, slot: int) -> str:
+    entry = node.ca.items.get(key)
+    token = entry[slot] if entry else None
+    return str(token.value) if token is not None else ""
+
+
+def _set_text(node: Any, key: Any, slot: int, text: str) -> None:
+    entry = node.ca.items.setdefault(key, [None, None, None, None])
+    if text in ("", "\n"):
+        entry[slot] = None
+    elif entry[slot] is None:
+        entry[slot] = CommentToken(text, CommentMark(0), None)
+    else:
+        entry[slot].value = text
+
+
+def _append(mapping: CommentedMap, key: Any, lines: str) -> None:
+    """Add full comment lines after `key`'s block."""
+    node, slot_key, slot = _tail(mapping, key)
+    _set_text(node, slot_key, slot, (_token_text(node, slot_key, slot) or "\n") + lines)
+
+
+def _split(text: str, column: int) -> tuple[str, str]:
+    """A trailing comment as (what stays with its block, the lines from the first one indented
+    at most `column` on, with the blank lines just before it)."""
+    eol, newline, rest = text.partition("\n")
+    lines = rest.splitlines(keepends=True)
+    for found, line in enumerate(lines):
+        if line.strip() and len(line) - len(line.lstrip()) <= column:
+            start = found
+            while start > 0 and not lines[start - 1].strip():
+                start -= 1
+            return eol + newline + "".join(lines[:start]), "".join(lines[start:])
+    return text, ""
 
 
 def dump_file(path: Path, data: Any) -> None:

@@ -89,7 +89,3 @@ def snapshot_at(snapshots: Sequence[Snapshot], when: datetime) -> Snapshot | Non
 
 def releases_by_date(snapshots: Sequence[Snapshot], model: str) -> list[tuple[datetime, Release | None]]:
     return [(s.date, s.release(model)) for s in snapshots]
-
-
-def releases_by_commit(snapshots: Sequence[Snapshot], model: str) -> list[tuple[str, Release | None]]:
-    return [(s.commit, s.release(model)) for s in snapshots]

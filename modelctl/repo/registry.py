@@ -23,18 +23,17 @@ from typing import Any, Literal
 
 from ruamel.yaml.comments import CommentedMap
 
-from modelctl.core import buildenv, yamlio
+from modelctl.core import buildenv, formats, releases, yamlio
 from modelctl.core.errors import UserError, collect, revoked_version, unknown_version
 from modelctl.core.schema import ModelFile, Status, Version, VersionRecord
 from modelctl.core.state import State, load_model, model_file, model_names, parse_model
 from modelctl.repo import dvcstore, gitutil
 from modelctl.repo.dvcstore import Location, LockedStage
 from modelctl.repo.state import Revision, read_state
-from modelctl.repo.transaction import commit_file
+from modelctl.repo.transaction import commit_file, repository_lock
 
 STAGES = ("prepare", "train", "evaluate", "profile")
 PIPELINE_FILES = ("dvc.yaml", "dvc.lock", "params.yaml", "pipeline")
-FORMATS = {".skops": "skops"}
 Bump = Literal["major", "minor", "patch"]
 Say = Callable[[str], None]
 
@@ -161,24 +160,6 @@ def _cached_digest(cache: Path, md5: str, path: str) -> dvcstore.Digest:
     return digest
 
 
-def _trusted_types(path: Path, fmt: str) -> list[str]:
-    """The non-default types a skops artifact holds; reviewers approve them in the PR."""
-    if fmt != "skops":
-        return []
-    try:
-        import skops.io
-    except ImportError:
-        raise UserError(str(path), "skops is not installed", "install modelctl[pipeline]") from None
-    return sorted(skops.io.get_untrusted_types(file=path))
-
-
-def _artifact_format(path: str) -> str:
-    suffix = Path(path).suffix
-    if suffix not in FORMATS:
-        raise UserError(path, f"unknown artifact format {suffix!r}", "save the model with skops as .skops")
-    return FORMATS[suffix]
-
-
 def _metrics(root: Path, model: str) -> dict[str, float]:
     path = root / metrics_path(model)
     if not path.is_file():
@@ -192,15 +173,15 @@ def build_record(root: Path, model: str, run: PipelineRun, cache: Path, commit: 
     profile_path, profile_md5, _ = run.profile
     artifact = _cached_digest(cache, artifact_md5, artifact_path)
     profile = _cached_digest(cache, profile_md5, profile_path)
-    fmt = _artifact_format(artifact_path)
+    fmt = formats.by_suffix(artifact_path)
     return {
         "artifact": {
             "path": artifact_path,
             "md5": artifact_md5,
             "sha256": artifact.sha256,
             "size": size,
-            "format": fmt,
-            "trusted_types": _trusted_types(cache / dvcstore.object_path(artifact_md5), fmt),
+            "format": fmt.name,
+            "trusted_types": fmt.stored_types(cache / dvcstore.object_path(artifact_md5)),
         },
         "profile": {"path": profile_path, "md5": profile_md5, "sha256": profile.sha256},
         "metrics": _metrics(root, model),
@@ -230,8 +211,19 @@ def register(
     bump: Bump | None = None,
     commit: bool = True,
     say: Say = quiet,
+    lock_timeout: float | None = None,
 ) -> Registered:
-    """Record the committed, up-to-date pipeline run of `model` as a new version."""
+    """Record the committed, up-to-date pipeline run of `model` as a new version.
+
+    The repository lock is held from reading the model file to the commit.
+    """
+    with repository_lock(root, lock_timeout):
+        return _register(root, model, version, bump, commit=commit, say=say)
+
+
+def _register(
+    root: Path, model: str, version: str | None, bump: Bump | None, *, commit: bool, say: Say
+) -> Registered:
     current = load_model(root, model)
     name = next_version(current, version, bump)
     run = pipeline_run(root, model)
@@ -279,14 +271,39 @@ def _referencing(state: State, model: str, version: str) -> list[tuple[str, str]
     ]
 
 
-def _other_active(model: ModelFile, version: str) -> str:
-    active = [v for v in model.ordered_versions() if v != version and model.versions[v].status == "active"]
-    return active[-1] if active else "<an active version>"
+def _move_off(state: State, model: ModelFile, stack: str, version: str) -> str:
+    """The rollback that frees `version` on `stack`: to the release's stable version when that is
+    another one, else to the active version (not held there) serving most, or the newest."""
+    command = f"modelctl rollback {model.name} --stack {stack}"
+    release = state.stack(stack).config.releases[model.name]
+    if releases.baseline(release) != version:
+        return command
+    candidates = [
+        v
+        for v in model.ordered_versions()
+        if v != version and model.versions[v].status == "active" and v not in release.held
+    ]
+    if not candidates:
+        return f"register or un-hold another version of {model.name}, then {command} --to VERSION"
+    return f"{command} --to {max(candidates, key=lambda v: (release.traffic.get(v, -1), Version(v)))}"
 
 
-def set_status(root: Path, model: str, version: str, status: Status, *, commit: bool = True) -> str | None:
+def set_status(
+    root: Path,
+    model: str,
+    version: str,
+    status: Status,
+    *,
+    commit: bool = True,
+    lock_timeout: float | None = None,
+) -> str | None:
     """Deprecate a version (it keeps what it serves, gains nothing more) or revoke one no stack
-    names any more; revoked is final."""
+    names any more; revoked is final. The repository lock is held from reading to the commit."""
+    with repository_lock(root, lock_timeout):
+        return _set_status(root, model, version, status, commit)
+
+
+def _set_status(root: Path, model: str, version: str, status: Status, commit: bool) -> str | None:
     state = read_state(root)
     current = state.model(model)
     record = _record(current, version)
@@ -303,7 +320,7 @@ def set_status(root: Path, model: str, version: str, status: Status, *, commit: 
                 UserError(
                     f"{state.stack(stack).file}",
                     f"{model} {version} is still referenced at {path}",
-                    f"move its traffic first: modelctl rollback {model} --stack {stack} --to {_other_active(current, version)}",
+                    f"move its traffic first: {_move_off(state, current, stack, version)}",
                 )
                 for stack, path in _referencing(state, model, version)
             ]

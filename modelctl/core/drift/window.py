@@ -72,3 +72,17 @@ def _window_statistic(column: ColumnProfile, ordered: Floats) -> float:
         current = category_counts(column.sketch.values, ordered)
         return float(0.5 * np.abs(reference / reference.sum() - current / current.sum()).sum())
     return ks_statistic(column.sketch, ordered)
+
+
+def outside_reference(profile: Profile, rows: Floats) -> npt.NDArray[np.bool_]:
+    """Per value of `rows` (n, features): outside the feature's reference range, or an unseen
+    category; missing values (NaN) are not. `Profile.out_of_range` is this, any per row (it
+    stays in profile.py untouched: the profile stage depends on that file's bytes)."""
+    matrix = as_rows(rows, len(profile.feature_names))
+    with np.errstate(invalid="ignore"):
+        outside = np.asarray((matrix < profile.minimum) | (matrix > profile.maximum))
+    for j, kind in enumerate(profile.kinds):
+        if kind == "categorical":
+            column = matrix[:, j]
+            outside[:, j] = ~np.isin(column, profile.sketches[j].values) & ~np.isnan(column)
+    return outside

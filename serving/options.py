@@ -1,0 +1,93 @@
+"""The server's settings and their command-line flags, shared by `python -m serving` and
+`modelctl serve` (light: the CLI builds its parser from this without loading the server)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields
+
+from modelctl.core.contract import HTTP_PORT
+
+# The largest |compiled - scikit-learn| probability difference allowed on the reference rows.
+PARITY_TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_batch_rows: int = 64
+    max_wait_ms: float = 0.5
+    max_rows: int = 1000
+    max_body_bytes: int = 1 << 20
+    feedback_capacity: int = 100_000
+    feedback_ttl_s: float = 3600.0
+    drift_window: int = 10_000
+    drift_interval_s: float = 30.0
+    parity_tolerance: float = PARITY_TOLERANCE
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
+    return value
+
+
+def not_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"{text} is not a number of at least 0")
+    return value
+
+
+def above_zero(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number above 0")
+    return value
+
+
+def add_server_options(parser: argparse.ArgumentParser, host: str) -> None:
+    """Listening address, batching, limits, feedback memory, drift, parity, shutdown, access log."""
+    d = Settings()
+    parser.add_argument("--host", default=host, help=f"address to listen on (default: {host})")
+    parser.add_argument("--port", type=int, default=HTTP_PORT, help="port for the API, health and metrics")
+    parser.add_argument(
+        "--max-batch-rows", type=positive, default=d.max_batch_rows, help="rows per model call"
+    )
+    parser.add_argument(
+        "--max-wait-ms", type=not_negative, default=d.max_wait_ms,
+        help="longest wait for a batch to reach the previous batch's size (0: one event-loop turn)",
+    )  # fmt: skip
+    parser.add_argument("--max-rows", type=positive, default=d.max_rows, help="rows allowed in one request")
+    parser.add_argument(
+        "--max-body-bytes", type=positive, default=d.max_body_bytes, help="request body limit"
+    )
+    parser.add_argument(
+        "--feedback-capacity", type=positive, default=d.feedback_capacity,
+        help="predictions remembered for feedback, in rows",
+    )  # fmt: skip
+    parser.add_argument(
+        "--feedback-ttl-s", type=above_zero, default=d.feedback_ttl_s,
+        help="seconds a prediction is remembered for feedback",
+    )  # fmt: skip
+    parser.add_argument(
+        "--drift-window", type=positive, default=d.drift_window, help="rows in the drift window"
+    )
+    parser.add_argument(
+        "--drift-interval-s",
+        type=above_zero,
+        default=d.drift_interval_s,
+        help="seconds between drift updates",
+    )
+    parser.add_argument(
+        "--parity-tolerance", type=not_negative, default=d.parity_tolerance,
+        help="largest probability difference allowed between a compiled engine and scikit-learn",
+    )  # fmt: skip
+    parser.add_argument(
+        "--grace-s", type=positive, default=25, help="longest drain of in-flight requests on SIGTERM"
+    )
+    parser.add_argument("--access-log", action="store_true", help="log every request (off: it costs CPU)")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})

@@ -1,0 +1,396 @@
+"""`modelctl up` end to end: real model servers, nginx, Prometheus, Alertmanager and mailbox.
+
+Two stacks of one test repository run for the whole module (starting one takes ~15 s):
+- staging: fraud-detection v1.0.0 70% / v1.1.0 30%, sticky sessions, header overrides;
+- dev: v1.0.0 50% / v1.2.0 50% (a version whose model fails on every real row) and v1.1.0 as a
+  25% shadow.
+Test settings shorten scrape and evaluation intervals, every rule's `for`, and group_wait, by
+`up`'s options. Every wait is bounded; the module's finalizer stops both stacks by pid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import skops.io
+from scipy.stats import binom
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder
+
+from infra.alert_rules import DRIFT_STATISTIC
+from modelctl.core import contract, yamlio
+from modelctl.core.state import load_model
+from modelctl.repo import dvcstore
+from onebox.traffic import json_rows, no_cookie_jar
+from tests import pipeline_repo
+from tests.factories import full_docs, run_git, stack_doc
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("local-stack")]
+
+MODEL = pipeline_repo.MODEL
+BROKEN = "v1.2.0"
+SHADOW_PERCENT = 25
+TEST_TIMING = [
+    "--scrape-interval=1s",
+    "--evaluation-interval=1s",
+    "--alert-for=3s",
+    "--group-wait=1s",
+    "--group-interval=2s",
+    "--server-arg=--drift-interval-s=1",
+    "--server-arg=--drift-window=200",
+]
+CONFIDENCE = 0.999
+# Email (critical alerts), Slack and a webhook, as in the factories' production stack.
+RECEIVERS = full_docs()[1]["prod"]["config"]["modelctl:environment"]["receivers"]
+
+
+def modelctl(root: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "modelctl", "-C", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def up(root: Path, stack: str) -> dict[str, Any]:
+    proc = modelctl(root, "up", "--stack", stack, "--json", *TEST_TIMING)
+    assert proc.returncode == 0, proc.stderr
+    data: dict[str, Any] = json.loads(proc.stdout)
+    return data
+
+
+def add_broken_version(root: Path) -> None:
+    """Register a version whose model was fitted on one row only, with an encoder that refuses
+    unseen values: it loads and passes the server's warm-up, then fails (500) on real rows."""
+    model_file = root / "models" / MODEL / "model.yaml"
+    doc = yamlio.load(model_file)
+    middle = [
+        (f["min"] + f["max"]) / 2 if "min" in f and "max" in f else 0.0 for f in doc["signature"]["features"]
+    ]
+    estimator = make_pipeline(OneHotEncoder(handle_unknown="error"), LogisticRegression())
+    estimator.fit(np.array([middle, middle]), np.array([0, 1]))
+    data = skops.io.dumps(estimator)
+    artifact = root.parent / "broken.skops"
+    artifact.write_bytes(data)
+    md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    sha256 = hashlib.sha256(data).hexdigest()
+    remote = dvcstore.Location.of(str(pipeline_repo.remote(root)))
+    dvcstore.push(artifact, remote, md5, sha256)
+    record = json.loads(json.dumps(doc["versions"]["v1.1.0"]))
+    record["artifact"].update(
+        md5=md5, sha256=sha256, size=len(data), trusted_types=skops.io.get_untrusted_types(data=data)
+    )
+    doc["versions"][BROKEN] = record
+    yamlio.dump_file(model_file, doc)
+
+
+def write_stack(root: Path, name: str, release: dict[str, Any]) -> None:
+    doc = stack_doc({}, namespace=f"models-{name}", receivers=RECEIVERS)
+    doc["config"]["modelctl:releases"][MODEL] = release
+    yamlio.dump_file(root / f"Pulumi.{name}.yaml", doc)
+
+
+WEIGHTS = {"v1.0.0": 70, "v1.1.0": 30}
+OVERRIDES = {"canary": "v1.1.0", "stable": "v1.0.0"}
+STAGING: dict[str, Any] = {
+    "traffic": WEIGHTS,
+    "sticky": {"cookie": "model-version"},
+    "overrides": OVERRIDES,
+}
+DEV: dict[str, Any] = {
+    "traffic": {"v1.0.0": 50, BROKEN: 50},
+    "shadow": {"version": "v1.1.0", "percent": SHADOW_PERCENT},
+}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = pipeline_repo.copy(
+        pipeline_repo.template(tmp_path_factory), tmp_path_factory.mktemp("local") / "repo"
+    )
+    pipeline_repo.push_all(root)
+    add_broken_version(root)
+    write_stack(root, "staging", STAGING)
+    write_stack(root, "dev", DEV)
+    run_git(root, "add", "-A")
+    run_git(root, "commit", "-q", "-m", "local stacks: a split with sticky users, a broken version, a shadow")
+    yield root
+    for stack in ("staging", "dev"):
+        modelctl(root, "down", "--stack", stack)
+
+
+@pytest.fixture(scope="module")
+def staging(repo: Path) -> dict[str, Any]:
+    return {**up(repo, "staging"), "rows": held_out_rows(repo)}
+
+
+@pytest.fixture(scope="module")
+def dev(repo: Path) -> dict[str, Any]:
+    return {**up(repo, "dev"), "rows": held_out_rows(repo)}
+
+
+def held_out_rows(root: Path) -> Iterator[list[float | int | bool]]:
+    """The held-out rows in turn, endlessly, as the signature's JSON types: the servers' drift
+    windows see the data's distribution, not one row repeated."""
+    features = load_model(root, MODEL).signature.features
+    rows = json_rows(np.load(root / "data" / MODEL / "X_test.npy"), [f.type for f in features])
+    return itertools.cycle(rows)
+
+
+def predict(
+    client: httpx.Client, stack: dict[str, Any], headers: dict[str, str] | None = None
+) -> httpx.Response:
+    host = stack["models"][MODEL]["host"]
+    return client.post(
+        f"{stack['gateway']}/predict",
+        json={"features": next(stack["rows"])},
+        headers={"host": host, **(headers or {})},
+    )
+
+
+def within(count: int, total: int, percent: float) -> bool:
+    """`count` of `total` inside the 99.9% binomial interval of a share of `percent`."""
+    low, high = binom.interval(CONFIDENCE, total, percent / 100)
+    return bool(low <= count <= high)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"{what}: not within {timeout:g} s")
+
+
+def query(stack: dict[str, Any], promql: str) -> list[dict[str, Any]]:
+    response = httpx.get(f"{stack['prometheus']}/api/v1/query", params={"query": promql}, timeout=10)
+    result: list[dict[str, Any]] = response.json()["data"]["result"]
+    return result
+
+
+def firing(stack: dict[str, Any], alert: str) -> list[dict[str, str]]:
+    alerts = httpx.get(f"{stack['prometheus']}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+    return [a["labels"] for a in alerts if a["labels"]["alertname"] == alert and a["state"] == "firing"]
+
+
+def requests_counted(url: str) -> float:
+    """model_requests_total of one server, summed over codes, from its own /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(contract.REQUESTS.name + "{")
+    )
+
+
+# ---------------------------------------------------------------------------- routes
+
+
+def test_up_prints_the_addresses_of_every_part(staging: dict[str, Any]) -> None:
+    assert set(staging) >= {"stack", "gateway", "models", "prometheus", "alertmanager", "mailbox"}
+    assert staging["stack"] == "staging"
+    entry = staging["models"][MODEL]
+    assert entry["host"] == f"{MODEL}.models-staging.svc.cluster.local"
+    assert set(entry["versions"]) == {"v1.0.0", "v1.1.0"}
+    for version, url in entry["versions"].items():
+        assert url.startswith("http://127.0.0.1:")
+        assert httpx.get(f"{url}/version", timeout=5).json()["version"] == version
+    for url in (staging["gateway"], staging["prometheus"], staging["alertmanager"]):
+        assert url.startswith("http://127.0.0.1:")
+    assert Path(staging["mailbox"]).is_dir()
+
+
+def test_weighted_split_matches_the_weights(staging: dict[str, Any]) -> None:
+    total = 2000
+    seen: Counter[str] = Counter()
+    with httpx.Client(timeout=10, cookies=no_cookie_jar()) as client:
+        for _ in range(total):
+            response = predict(client, staging)
+            assert response.status_code == 200
+            version = response.headers[contract.VERSION_HEADER]
+            assert response.json()["version"] == version
+            assert f"model-version={version};" in response.headers["set-cookie"]
+            seen[version] += 1
+    print(f"weighted split over {total} requests: {dict(seen)} for weights {WEIGHTS}")
+    for version, weight in WEIGHTS.items():
+        assert within(seen[version], total, weight), (seen, WEIGHTS)
+
+
+def test_header_override_always_reaches_its_version(staging: dict[str, Any]) -> None:
+    with httpx.Client(timeout=10, cookies=no_cookie_jar()) as client:
+        for value, version in OVERRIDES.items():
+            other = "v1.0.0" if version == "v1.1.0" else "v1.1.0"
+            for _ in range(50):
+                # The override comes before the sticky routes: a cookie for the other version loses.
+                headers = {contract.VERSION_HEADER: value, "cookie": f"model-version={other}"}
+                response = predict(client, staging, headers)
+                assert response.headers[contract.VERSION_HEADER] == version
+                assert response.json()["version"] == version
+
+
+def test_sticky_users_keep_their_version_and_spread_by_weight(staging: dict[str, Any]) -> None:
+    users = 600
+    first: Counter[str] = Counter()
+    with httpx.Client(timeout=10, cookies=no_cookie_jar()) as client:
+        for user in range(users):
+            response = predict(client, staging, {"cookie": f"user=u{user}"})
+            version = response.headers[contract.VERSION_HEADER]
+            first[version] += 1
+            if user < 5:
+                cookie = response.headers["set-cookie"].split(";")[0]
+                answers = {
+                    predict(client, staging, {"cookie": f"user=u{user}; {cookie}"}).headers[
+                        contract.VERSION_HEADER
+                    ]
+                    for _ in range(100)
+                }
+                assert answers == {version}
+    print(f"first versions of {users} users: {dict(first)} for weights {WEIGHTS}")
+    for version, weight in WEIGHTS.items():
+        assert within(first[version], users, weight), (first, WEIGHTS)
+
+
+def test_mirror_copies_its_share_and_clients_see_only_primaries(dev: dict[str, Any]) -> None:
+    shadow_url = dev["models"][MODEL]["versions"]["v1.1.0"]
+    before = requests_counted(shadow_url)
+    total = 1000
+    answered: Counter[str] = Counter()
+    with httpx.Client(timeout=10, cookies=no_cookie_jar()) as client:
+        for _ in range(total):
+            response = predict(client, dev)
+            answered[response.headers[contract.VERSION_HEADER]] += 1
+            body = response.json()
+            assert body.get("version", response.headers[contract.VERSION_HEADER]) != "v1.1.0"
+    assert set(answered) == {"v1.0.0", BROKEN}
+
+    def settled() -> float | None:
+        # Mirrored requests finish in the background: wait until the counter stops moving.
+        first = requests_counted(shadow_url)
+        time.sleep(0.5)
+        return first if requests_counted(shadow_url) == first else None
+
+    mirrored = wait_for("the shadow's counter settles", settled, 20) - before
+    print(f"mirrored {mirrored:g} of {total} requests at {SHADOW_PERCENT}%")
+    assert within(int(mirrored), total, SHADOW_PERCENT), mirrored
+
+
+# ---------------------------------------------------------------------------- alerts
+
+
+def test_a_failing_version_fires_the_error_rate_alert_and_an_email_arrives(
+    repo: Path, dev: dict[str, Any]
+) -> None:
+    mailbox = Path(dev["mailbox"])
+    started = time.monotonic()
+    traffic = modelctl(repo, "traffic", "--stack", "dev", "--requests", "400", "--json")
+    assert traffic.returncode == 0, traffic.stderr
+    summary = json.loads(traffic.stdout)
+    assert summary["versions"][BROKEN]["errors"] == summary["versions"][BROKEN]["requests"] > 0
+    assert summary["versions"]["v1.0.0"]["errors"] == 0
+
+    labels = wait_for(
+        "ModelHighErrorRate fires for the broken version", lambda: firing(dev, "ModelHighErrorRate"), 60
+    )
+    assert {a["version"] for a in labels} == {BROKEN}
+
+    def email() -> Path | None:
+        for path in sorted(mailbox.glob("*.eml")):
+            text = path.read_text(encoding="utf-8", errors="replace")
+            if "Subject: [FIRING:1] ModelHighErrorRate" in text and BROKEN in text:
+                return path
+        return None
+
+    message = wait_for("the alert email reaches the mailbox", email, 30)
+    print(f"error-rate alert emailed {time.monotonic() - started:.1f} s after traffic began: {message.name}")
+    assert "To: oncall@example.com" in message.read_text(encoding="utf-8", errors="replace")
+
+
+def test_shifted_feature_raises_its_drift_alert_and_unshifted_traffic_none(
+    repo: Path, dev: dict[str, Any], staging: dict[str, Any]
+) -> None:
+    shifted = modelctl(repo, "traffic", "--stack", "dev", "--requests", "600", "--shift", "pca_1=3")
+    assert shifted.returncode == 0, shifted.stderr
+    # Enough that each staging version's drift window (200 rows) holds only this traffic.
+    plain = modelctl(repo, "traffic", "--stack", "staging", "--requests", "1000")
+    assert plain.returncode == 0, plain.stderr
+
+    def drifted() -> list[dict[str, str]]:
+        return [a for a in firing(dev, "ModelFeatureDrift") if a["feature"] == "pca_1"]
+
+    alerts = wait_for("ModelFeatureDrift fires for pca_1", drifted, 60)
+    assert {a["version"] for a in alerts} >= {"v1.0.0"}
+    series = contract.FEATURE_DRIFT.name + contract.selector({"feature": "pca_1", "version": "v1.0.0"})
+    assert float(query(dev, series)[0]["value"][1]) > DRIFT_STATISTIC
+    # Staging saw as many unshifted rows, and its rules ran as often: no drift.
+    values = query(staging, contract.FEATURE_DRIFT.name)
+    assert values, "staging's servers report drift statistics"
+    assert max(float(v["value"][1]) for v in values) < DRIFT_STATISTIC
+    assert firing(staging, "ModelFeatureDrift") == []
+
+
+# ---------------------------------------------------------------------------- lifecycle
+
+
+def test_up_again_changes_nothing_and_a_release_commit_reconciles(
+    repo: Path, staging: dict[str, Any]
+) -> None:
+    before = json.loads(modelctl(repo, "ps", "--stack", "staging", "--json").stdout)["processes"]
+    assert {**up(repo, "staging"), "rows": staging["rows"]} == staging
+    assert json.loads(modelctl(repo, "ps", "--stack", "staging", "--json").stdout)["processes"] == before
+    assert all(p["healthy"] for p in before)
+
+    promoted = {"traffic": {"v1.1.0": 100}}
+    write_stack(repo, "staging", promoted)
+    run_git(repo, "commit", "-qam", "staging: promote v1.1.0")
+    after = {**up(repo, "staging"), "rows": staging["rows"]}
+    assert set(after["models"][MODEL]["versions"]) == {"v1.1.0"}
+    assert after["models"][MODEL]["versions"]["v1.1.0"] == staging["models"][MODEL]["versions"]["v1.1.0"]
+    with httpx.Client(timeout=10, cookies=no_cookie_jar()) as client:
+        assert {predict(client, after).headers[contract.VERSION_HEADER] for _ in range(50)} == {"v1.1.0"}
+    pids = {p["name"]: p["pid"] for p in before}
+    rows = json.loads(modelctl(repo, "ps", "--stack", "staging", "--json").stdout)["processes"]
+    now = {p["name"]: p["pid"] for p in rows}
+    assert "fraud-detection-v1-0-0" not in now
+    assert now == {n: p for n, p in pids.items() if n in now}
+
+
+def test_down_leaves_nothing_running_or_listening(
+    repo: Path, staging: dict[str, Any], dev: dict[str, Any]
+) -> None:
+    rows = [
+        row
+        for stack in ("staging", "dev")
+        for row in json.loads(modelctl(repo, "ps", "--stack", stack, "--json").stdout)["processes"]
+    ]
+    for stack in ("staging", "dev"):
+        proc = modelctl(repo, "down", "--stack", stack)
+        assert proc.returncode == 0, proc.stderr
+    for row in rows:
+        assert not Path(f"/proc/{row['pid']}").exists() or _zombie(row["pid"]), row
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", row["port"])) != 0, row
+    assert "is not up" in modelctl(repo, "ps", "--stack", "staging").stdout
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
