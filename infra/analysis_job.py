@@ -28,8 +28,8 @@ DNS_PORT = 53
 SCRIPT = """\
 set -eu
 export GIT_SSH_COMMAND="ssh -i $KEY_DIR/ssh-privatekey -o UserKnownHostsFile=$KEY_DIR/known_hosts -o StrictHostKeyChecking=yes"
-git clone --quiet --depth 50 --branch "$BRANCH" "$REPOSITORY" /work/repo
-cd /work/repo
+git clone --quiet --depth 50 --branch "$BRANCH" "$REPOSITORY" /workspace/repo
+cd /workspace/repo
 git config user.name "modelctl canary analysis"
 git config user.email "canary-analysis@modelctl.invalid"
 # Exit 2 (a rollback) and 3 (a hold) are decisions, not failures; 1 (an error) fails the run.
@@ -83,7 +83,7 @@ def cron_job(stack: Stack, job: AnalysisJob) -> Obj:
         "BRANCH": job.branch,
         "PROMETHEUS_URL": env.monitoring.prometheus_url or "",
         "KEY_DIR": SECRET_MOUNT,
-        "HOME": "/work",
+        "HOME": "/workspace",
     }
     container = {
         "name": "analyze",
@@ -97,7 +97,7 @@ def cron_job(stack: Stack, job: AnalysisJob) -> Obj:
         "securityContext": container_security(),
         "volumeMounts": [
             {"name": "deploy-key", "mountPath": SECRET_MOUNT, "readOnly": True},
-            {"name": "work", "mountPath": "/work"},
+            {"name": "work", "mountPath": "/workspace"},
         ],
     }
     pod = {
