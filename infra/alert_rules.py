@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from infra.common import ModelTarget, Obj, metadata
 from modelctl.core.contract import FEEDBACK_WINDOW, LIVE_QUALITY, LIVE_QUALITY_ALIASES, query
+from modelctl.core.margins import error_margin_promql, latency_ratio
 from modelctl.core.schema import ThresholdAlert
 
 RUNBOOKS = "infra/runbooks.md"
@@ -207,15 +208,16 @@ def _canary_worse(target: ModelTarget, canary: str) -> Obj:
     analysis = target.release.analysis
     canary_version = {"version": canary}
     stable_version = {"version": stable}
+    stable_errors = _error_ratio(target, "model", CANARY_WINDOW, **stable_version)
     errors = (
         f"({_error_ratio(target, 'model', CANARY_WINDOW, **canary_version)})\n"
-        f"- on (model)\n({_error_ratio(target, 'model', CANARY_WINDOW, **stable_version)})\n"
-        f"> {analysis.error_margin:g}"
+        f"- on (model)\n({stable_errors})\n"
+        f"> on (model)\n{error_margin_promql(analysis, stable_errors)}"
     )
     latency = (
         f"{_p99(target, 'model', CANARY_WINDOW, **canary_version)}\n"
         f"/ on (model)\n{_p99(target, 'model', CANARY_WINDOW, **stable_version)}\n"
-        f"> {1 + analysis.latency_margin:g}"
+        f"> {latency_ratio(analysis):g}"
     )
     return _alert(
         target,
@@ -224,7 +226,8 @@ def _canary_worse(target: ModelTarget, canary: str) -> Obj:
         for_=CANARY_WINDOW,
         severity="warning",
         summary=f"{target.name} canary {canary} is worse than stable {stable}",
-        description=f"Its error ratio exceeds the stable one by more than {analysis.error_margin:g}, or its p99 "
+        description=f"Its error ratio exceeds the stable one by more than the larger of {analysis.error_margin:g} "
+        f"and {analysis.error_margin_relative:.0%} of the stable ratio, or its p99 "
         f"latency by more than {analysis.latency_margin:.0%}; consider 'modelctl rollback'.",
         version=canary,
     )

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from infra import alert_rules, alertmanager, dashboard, monitoring, routing, workloads
+from infra import alert_rules, alertmanager, analysis_job, dashboard, monitoring, routing, workloads
 from infra.common import ModelTarget, Obj
 from modelctl.core.state import State
 
 
 def build_stack(state: State, stack_name: str) -> list[Obj]:
-    """The objects Pulumi applies and render writes: the namespace, each model, then alertmanager."""
+    """The objects Pulumi applies and render writes: the namespace, each model, alertmanager, then
+    the canary analysis job."""
     stack = state.stack(stack_name)
     objects = [workloads.namespace(stack.config.environment.namespace, stack.name)]
     for model_name, release in sorted(stack.config.releases.items()):
         objects += build_model(ModelTarget(stack, state.model(model_name), release))
     objects.append(dashboard.dashboard_config_map(stack))
     objects += [obj for obj in (alertmanager.secret(stack), alertmanager.alertmanager_config(stack)) if obj]
-    return objects
+    return objects + analysis_job.objects(stack)
 
 
 def build_model(target: ModelTarget) -> list[Obj]:

@@ -36,11 +36,14 @@ def to_yaml(data: Any) -> str:
 
 
 def file_name(obj: Obj) -> str:
-    """`<model>/<kind>[-<version>].yaml` for a model's objects, `<kind>.yaml` for the stack's."""
+    """`<model>/<kind>[-<version>].yaml` for a model's objects, `<kind>.yaml` for the stack's,
+    `<component>/<kind>.yaml` for a stack component's."""
     labels = obj["metadata"].get("labels", {})
     kind = obj["kind"].lower()
     if "app" not in labels:
-        return f"{kind}.yaml"
+        # A stack-level component (the canary analysis job) has a folder of its own.
+        component = labels.get("app.kubernetes.io/name")
+        return f"{component}/{kind}.yaml" if component else f"{kind}.yaml"
     version = labels.get("version")
     suffix = f"-{subset_name(version)}" if version else ""
     return f"{labels['app']}/{kind}{suffix}.yaml"

@@ -139,7 +139,7 @@ def _fetch_container(target: ModelTarget, name: str, md5: str, sha256: str, outp
             "requests": {"cpu": "100m", "memory": "128Mi"},
             "limits": {"cpu": "1", "memory": "512Mi"},
         },
-        "securityContext": _container_security(),
+        "securityContext": container_security(),
         "volumeMounts": [{"name": "models", "mountPath": MODEL_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
     }
 
@@ -160,7 +160,7 @@ def _server_container(target: ModelTarget, spec: ServingSpec) -> Obj:
         "readinessProbe": _probe(READY_PATH, period=5, failures=3),
         "livenessProbe": _probe(LIVE_PATH, period=10, failures=3),
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
-        "securityContext": _container_security(),
+        "securityContext": container_security(),
         "volumeMounts": [
             {"name": "models", "mountPath": MODEL_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
@@ -177,7 +177,7 @@ def _probe(path: str, period: int, failures: int) -> Obj:
     }
 
 
-def _container_security() -> Obj:
+def container_security() -> Obj:
     return {
         "runAsNonRoot": True,
         "readOnlyRootFilesystem": True,

@@ -22,31 +22,52 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import orjson
 
 from modelctl.core import releases
 from modelctl.core.errors import UserError, collect
-from modelctl.core.schema import Status
+from modelctl.core.releases import Proposal, Target
+from modelctl.core.schema import Release, Status
 from modelctl.core.state import State, stack_file
 from modelctl.repo import dvcstore, gitutil, registry
+from modelctl.repo.history import Snapshot as HistorySnapshot
+from modelctl.repo.history import release_changes, stack_history
 from modelctl.repo.registry import Bump, Registered, Say
-from modelctl.repo.transaction import PolicyCheck, ReleaseChange, apply_release
+from modelctl.repo.state import read_state
+from modelctl.repo.transaction import (
+    PolicyCheck,
+    ReleaseChange,
+    apply_release,
+    commit_files,
+    require_git_ready,
+)
+
+if TYPE_CHECKING:
+    from modelctl.core.judge import Decision, Snapshot
 
 __all__ = [
+    "Analysis",
     "ReleaseChange",
+    "Replay",
     "StatusChange",
     "ab",
     "bluegreen",
     "bluegreen_switch",
     "canary",
+    "canary_analyze",
     "check_policies",
     "clear_hold",
     "deprecate",
     "promote",
     "register",
+    "replay",
     "revoke",
     "rollback",
     "shadow",
@@ -358,6 +379,255 @@ def clear_hold(
         commit=commit,
         lock_timeout=lock_timeout,
     )
+
+
+# ---------------------------------------------------------------- canary analysis
+
+# Trailers of an analysis commit: what was done, the snapshot, and the judge's own answer.
+DECISION_TRAILER = "Analysis-Decision"
+SNAPSHOT_TRAILER = "Analysis-Snapshot"
+ACTION_TRAILER = "Judge-Action"
+DIGEST_TRAILER = "Snapshot-Sha256"
+Outcome = Literal["step", "promote", "rollback", "hold"]
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One canary's analysis: the judge's decision and what was done with it.
+
+    `outcome` is "step" (to the next weight of analysis.steps), "promote" (after the last
+    step), "rollback" or "hold"; `commit` the commit made (None on a dry run, or on a hold
+    without `record`); `snapshot_path` where the snapshot is (or would be) committed.
+    """
+
+    model: str
+    stack: str
+    outcome: Outcome
+    decision: Decision
+    snapshot: Snapshot
+    snapshot_path: str
+    commit: str | None
+    change: ReleaseChange | None
+    message: str
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A committed decision recomputed from the snapshot it stored."""
+
+    commit: str
+    snapshot_path: str
+    recorded_action: str
+    recorded_digest: str
+    decision: Decision
+
+    @property
+    def matches(self) -> bool:
+        return (
+            self.decision.action == self.recorded_action
+            and self.decision.snapshot_sha256 == self.recorded_digest
+        )
+
+
+def canary_analyze(
+    root: Path,
+    *,
+    stack: str,
+    model: str | None = None,
+    prometheus: str | None = None,
+    dry_run: bool = False,
+    record: bool = False,
+    now: datetime | None = None,
+    policies: PolicyCheck = check_policies,
+    lock_timeout: float | None = None,
+) -> list[Analysis]:
+    """Judge every canary on `stack` (or only `model`'s) from Prometheus, and apply each decision.
+
+    For each release in a canary state (two versions serving, the canary at most half): query
+    Prometheus with the contract's window queries since the current step's commit, build the
+    snapshot, run the judge and commit, as one commit, the snapshot at
+    `analysis/<stack>/<model>/<UTC time>.json` with the stack file's next state: the next
+    weight of analysis.steps, promotion after the last, rollback on harm. A hold commits
+    nothing unless `record` (then the snapshot alone).
+
+    Parameters
+    ----------
+    prometheus
+        Prometheus' URL; default the stack's `monitoring.prometheus_url`, then the local
+        stack's (`modelctl up`).
+    now
+        The instant the queries are evaluated at (default: the current time).
+    lock_timeout
+        Seconds to wait for another writer before each commit (see `repository_lock`).
+
+    Raises
+    ------
+    UserError, UserErrors
+        No Prometheus URL, Prometheus failing, `model` with no canary, or the change refused.
+    """
+    from modelctl.core.collect import canary_arms
+
+    state = read_state(root)
+    config = state.stack(stack).config
+    url = prometheus or config.environment.monitoring.prometheus_url or _local_prometheus(root, stack)
+    if url is None:
+        raise UserError(
+            stack_file(stack),
+            "no Prometheus to query",
+            "pass --prometheus URL, set modelctl:environment.monitoring.prometheus_url, or run 'modelctl up'",
+        )
+    chosen = [name for name in config.releases if model is None or name == model]
+    canaries = [name for name in chosen if canary_arms(config.releases[name]) is not None]
+    if model is not None and not canaries:
+        raise UserError(
+            stack_file(stack),
+            f"{model} has no canary on {stack}",
+            f"start one with 'modelctl canary {model} VERSION --stack {stack}'",
+        )
+    taken_at = now or datetime.now(UTC)
+    history = stack_history(root, stack)
+    return [
+        _analyze(
+            root,
+            stack,
+            name,
+            url=url,
+            taken_at=taken_at,
+            history=history,
+            dry_run=dry_run,
+            record=record,
+            policies=policies,
+            lock_timeout=lock_timeout,
+        )
+        for name in canaries
+    ]
+
+
+def _analyze(
+    root: Path,
+    stack: str,
+    model: str,
+    *,
+    url: str,
+    taken_at: datetime,
+    history: list[HistorySnapshot],
+    dry_run: bool,
+    record: bool,
+    policies: PolicyCheck,
+    lock_timeout: float | None,
+) -> Analysis:
+    from modelctl.core import collect
+    from modelctl.core.judge import judge
+    from modelctl.repo.prometheus import query_all
+
+    release = read_state(root).stack(stack).config.releases[model]
+    arms = collect.canary_arms(release)
+    assert arms is not None  # canary_analyze chose only canaries
+    changes = release_changes(history, model)
+    window_start = changes[0].date if changes else taken_at
+    started = [c.date for c in itertools.takewhile(lambda c: _serves(c.release(model), arms.canary), changes)]
+    queries = collect.queries(model, (taken_at - window_start).total_seconds())
+    snapshot = collect.build_snapshot(
+        model=model,
+        stack=stack,
+        arms=arms,
+        analysis=release.analysis,
+        taken_at=taken_at,
+        window_start=window_start,
+        canary_started=started[-1] if started else window_start,
+        answers=query_all(url, queries, taken_at),
+        source={"prometheus": url, "queries": queries},
+    )
+    decision = judge(snapshot)
+    path = f"analysis/{stack}/{model}/{taken_at.astimezone(UTC):%Y%m%dT%H%M%SZ}.json"
+    files = {path: orjson.dumps(snapshot.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode() + "\n"}
+    outcome = _outcome(decision.action, release, arms.canary_weight)
+
+    def message(proposal: Proposal | None) -> str:
+        subject = proposal.message.partition(": ")[2] if proposal else f"{model} {arms.canary} on {stack}"
+        return (
+            f"canary analyze {outcome}: {subject}\n\n{'; '.join(decision.reasons)}\n\n"
+            f"{DECISION_TRAILER}: {outcome}\n{SNAPSHOT_TRAILER}: {path}\n"
+            f"{ACTION_TRAILER}: {decision.action}\n{DIGEST_TRAILER}: {decision.snapshot_sha256}\n"
+        )
+
+    if outcome == "hold":
+        made = None
+        if record and not dry_run:
+            require_git_ready(root, [path])
+            made = commit_files(root, files, message(None), lock_timeout=lock_timeout)
+        return Analysis(model, stack, outcome, decision, snapshot, path, made, None, message(None))
+
+    def next_release(target: Target, current: Release, _: Path) -> Proposal:
+        if outcome == "rollback":
+            return releases.rollback(target, current, taken_at, reason=f"canary analyze {path}")
+        # A rollback may have held the canary since the snapshot was read: never give it traffic.
+        releases.require_not_held(target, current, arms.canary)
+        if outcome == "step":
+            return releases.canary(target, current, arms.canary)
+        return releases.promote(target, current)
+
+    change = apply_release(
+        root,
+        model,
+        stack,
+        next_release,
+        policies=policies,
+        dry_run=dry_run,
+        evidence=files,
+        message=message,
+        lock_timeout=lock_timeout,
+    )
+    return Analysis(model, stack, outcome, decision, snapshot, path, change.commit, change, change.message)
+
+
+def _outcome(action: str, release: Release, canary_weight: int) -> Outcome:
+    if action == "promote":
+        return "step" if canary_weight < release.analysis.steps[-1] else "promote"
+    return "rollback" if action == "rollback" else "hold"
+
+
+def _serves(release: Release | None, version: str) -> bool:
+    return release is not None and release.traffic.get(version, 0) > 0
+
+
+def _local_prometheus(root: Path, stack: str) -> str | None:
+    """The Prometheus of the stack running on this machine (`modelctl up`), None when it is not up."""
+    from onebox.stack import status
+
+    try:
+        return str(status(root, stack)["prometheus"])
+    except UserError:
+        return None
+
+
+def replay(root: Path, rev: str) -> Replay:
+    """Recompute the decision of an analysis commit from the snapshot it committed.
+
+    Raises
+    ------
+    UserError
+        `rev` is not a commit, or not an analysis commit (no snapshot trailer).
+    """
+    from modelctl.core.judge import judge
+
+    commit = gitutil.resolve(root, rev)
+    trailers = _trailers(gitutil.git(root, "show", "-s", "--format=%B", commit))
+    path = trailers.get(SNAPSHOT_TRAILER)
+    text = gitutil.show(root, commit, path) if path else None
+    if path is None or text is None:
+        raise UserError(
+            rev,
+            "is not an analysis commit (no Analysis-Snapshot trailer naming a committed file)",
+            "pass a commit made by 'modelctl canary analyze'",
+        )
+    decision = judge(orjson.loads(text), source=f"{commit[:12]}:{path}")
+    return Replay(commit, path, trailers.get(ACTION_TRAILER, ""), trailers.get(DIGEST_TRAILER, ""), decision)
+
+
+def _trailers(message: str) -> dict[str, str]:
+    pairs = (line.split(": ", 1) for line in message.splitlines() if ": " in line)
+    return {key: value.strip() for key, value in pairs if key.replace("-", "").isalnum()}
 
 
 # ---------------------------------------------------------------- registry operations

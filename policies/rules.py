@@ -17,7 +17,9 @@ from modelctl.core.schema import ModelFile
 from modelctl.core.state import Stack, State
 
 Obj = dict[str, Any]
-POD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "Pod"})
+POD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod"})
+# Pods that serve (and so need probes), not ones that run to completion.
+SERVING_KINDS = POD_KINDS - {"Job", "CronJob"}
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 
 
@@ -207,7 +209,10 @@ def _pod_labels(obj: Obj) -> dict[str, str]:
 def _pod_spec(obj: Obj) -> Obj:
     if obj.get("kind") == "Pod":
         return obj.get("spec") or {}
-    return ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
+    spec = obj.get("spec") or {}
+    if obj.get("kind") == "CronJob":
+        spec = (spec.get("jobTemplate") or {}).get("spec") or {}
+    return (spec.get("template") or {}).get("spec") or {}
 
 
 def _containers(obj: Obj) -> Iterator[tuple[Obj, bool]]:
@@ -354,7 +359,7 @@ RULES = [
         "health-probes",
         "Every serving container has readiness and liveness probes.",
         "add readinessProbe and livenessProbe",
-        POD_KINDS,
+        SERVING_KINDS,
         health_probes,
     ),
     Rule(

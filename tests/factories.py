@@ -155,6 +155,17 @@ def commit_at(root: Path, when: str, message: str, *paths: str) -> None:
 PROD_IMAGE = "ghcr.io/acme/modelctl-serving:0.1.0@sha256:" + fake_hex("image", 64)
 
 
+# The in-cluster canary analysis job's settings (full_docs' dev stack).
+ANALYSIS_JOB = {
+    "schedule": "*/10 * * * *",
+    "image": "ghcr.io/acme/modelctl-analysis:0.1.0",
+    "repository": "git@github.com:acme/models.git",
+    "known_hosts": "github.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
+    "git_cidrs": ["140.82.112.0/20", "192.30.252.0/22"],
+    "deploy_key_secret": "analysisDeployKey",
+}
+
+
 def full_docs() -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """Documents using every release and environment feature: two models, a warm rollback version,
     shadow, sticky sessions, header overrides, all receiver kinds, ingress and monitoring install."""
@@ -205,5 +216,11 @@ def full_docs() -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     prod["config"]["modelctl:releases"]["churn"] = {"traffic": {"v2.0.0": 100}}
     for key in ("smtpPassword", "slackUrl", "pagerToken"):
         prod["config"][f"modelctl:{key}"] = {"secure": "v1:" + fake_hex(key, 24)}
-    dev = stack_doc({"v1.2.0": 100}, namespace="models-dev")
+    dev = stack_doc(
+        {"v1.2.0": 100},
+        namespace="models-dev",
+        monitoring={"prometheus_url": "http://prometheus-operated.monitoring:9090"},
+        analysis=ANALYSIS_JOB,
+    )
+    dev["config"]["modelctl:analysisDeployKey"] = {"secure": "v1:" + fake_hex("analysisDeployKey", 24)}
     return {"fraud-detection": fraud, "churn": churn}, {"dev": dev, "staging": staging, "prod": prod}

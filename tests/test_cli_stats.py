@@ -130,7 +130,7 @@ def test_canary_judge_prints_the_decision(tmp_path: Path, capsys: pytest.Capture
     code, out, _ = run(tmp_path, capsys, "judge", "--snapshot", str(path), "--json")
     decision = json.loads(out)
     assert decision["action"] == "promote"
-    assert [e["metric"] for e in decision["evidence"]] == ["errors", "latency", "score"]
+    assert [e["metric"] for e in decision["evidence"]] == ["errors", "latency", "accuracy", "score"]
 
 
 def test_canary_judge_rolls_back_a_failing_canary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from infra.build import build_stack
 from modelctl.core.errors import UserError
+from modelctl.core.margins import error_margin, latency_ratio
 from modelctl.core.schema import ModelFile, StackConfig
 from modelctl.core.servingspec import ServingSpec
 from modelctl.core.state import Stack, State, cross_check, load_state
@@ -219,7 +220,9 @@ def test_alerting_objects_reference_secrets_without_values(state: State) -> None
             }
         },
     }
-    assert objects_of(state, "dev", "Secret") == objects_of(state, "dev", "AlertmanagerConfig") == []
+    # dev has no receivers: no alerting Secret (its one Secret is the canary analysis deploy key).
+    assert [o["metadata"]["name"] for o in objects_of(state, "dev", "Secret")] == ["modelctl-canary-analysis"]
+    assert objects_of(state, "dev", "AlertmanagerConfig") == []
 
 
 def test_dashboard_shows_traffic_errors_latency_drift_ood_and_accuracy(state: State) -> None:
@@ -337,3 +340,19 @@ def test_service_accounts_carry_the_stacks_cloud_identity(tmp_path: Path) -> Non
     assert "annotations" not in one(state, "dev", "ServiceAccount", "fraud-detection")["metadata"]
     deployment = objects_of(state, "prod", "Deployment", "fraud-detection")[0]
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "fraud-detection"
+
+
+def test_the_canary_alert_takes_its_margins_from_the_judges_margin_function(state: State) -> None:
+    rule = one(state, "staging", "PrometheusRule", "fraud-detection")
+    [alert] = [
+        r
+        for g in rule["spec"]["groups"]
+        for r in g["rules"]
+        if r.get("alert") == "ModelCanaryWorseThanStable"
+    ]
+    analysis = state.stack("staging").config.releases["fraud-detection"].analysis
+    assert "> on (model)\nclamp_min(" in alert["expr"]
+    assert f", {analysis.error_margin:g})" in alert["expr"]
+    assert f"> {latency_ratio(analysis):g}" in alert["expr"]
+    # The same numbers the judge uses: at a 5% stable error ratio the margin is relative.
+    assert error_margin(analysis, 0.05) == pytest.approx(analysis.error_margin_relative * 0.05)

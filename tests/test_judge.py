@@ -4,13 +4,17 @@ recomputable decisions, one-line errors for bad snapshots, and sequential validi
 from __future__ import annotations
 
 import copy
+import json
 import math
+from pathlib import Path
 from typing import Any
 
+import jsonschema
 import numpy as np
 import pytest
 from scipy import stats
 
+from bench.judge import bench
 from modelctl.core.errors import UserError, UserErrors
 from modelctl.core.judge import (
     HARM_RATIOS,
@@ -19,6 +23,7 @@ from modelctl.core.judge import (
     histogram_quantile,
     judge,
     origin_log_evalue,
+    snapshot_schema,
 )
 
 BOUNDS = [round(0.01 * 1.1**k, 6) for k in range(64)]
@@ -86,7 +91,10 @@ def test_few_canary_requests_hold_even_when_they_all_fail() -> None:
     snap = snapshot(arm("v1.1.0", 10, 120, 120), arm("v1.0.0", 90, 1080, 5))
     decision = judge(snap)
     assert decision.action == "hold"
-    assert decision.reasons == ["not enough data: canary has 120 of the 500 requests needed to judge"]
+    assert decision.reasons == [
+        "not enough data: canary has 120 of the 500 requests needed to judge; needs about 380 more canary requests"
+    ]
+    assert decision.needs == {"canary_requests": 380, "seconds": None}
 
 
 def test_doubled_error_rate_rolls_back() -> None:
@@ -115,7 +123,12 @@ def test_heavier_latency_tail_rolls_back() -> None:
 def test_identical_arms_with_enough_data_promote() -> None:
     decision = judge(identical(15_000))
     assert decision.action == "promote"
-    assert [e.outcome for e in decision.evidence] == ["non-inferior", "non-inferior", "unchanged"]
+    assert [(e.metric, e.outcome) for e in decision.evidence] == [
+        ("errors", "non-inferior"),
+        ("latency", "non-inferior"),
+        ("accuracy", "no data"),
+        ("score", "unchanged"),
+    ]
     assert all(e.p_noninferior is not None and e.p_noninferior <= 0.05 for e in decision.evidence[:2])
 
 
@@ -135,7 +148,7 @@ def test_score_shift_warns_or_rolls_back_per_settings() -> None:
     critical["analysis"]["score_shift"] = "critical"
     decision = judge(critical)
     assert decision.action == "rollback"
-    assert decision.evidence[2].outcome == "changed"
+    assert decision.evidence[3].outcome == "changed"
 
 
 def test_decisions_are_recomputable_from_the_snapshot() -> None:
@@ -246,3 +259,135 @@ def test_histogram_quantile_interpolates_like_prometheus() -> None:
     assert histogram_quantile(bounds, cumulative, 0.5) == pytest.approx(0.1)
     assert histogram_quantile(bounds, cumulative, 0.7) == pytest.approx(0.15)
     assert histogram_quantile(bounds, cumulative, 0.99) == pytest.approx(0.38)
+
+
+# ---------------------------------------------------------------- bucket layouts (simulated)
+
+CASES = Path(__file__).resolve().parents[2] / "shared" / "cases" / "01-judge-coarse-latency-buckets"
+
+
+@pytest.mark.parametrize("name", ["identical-arms.json", "identical-arms-margin-0.7.json"])
+def test_identical_arms_in_the_servers_coarse_buckets_promote(name: str) -> None:
+    """Case 01: buckets 1.5-2.5x apart around p99 cannot resolve a 10% margin; the judge tests
+    the exceedance rate they can resolve, says so, and promotes."""
+    if not CASES.is_dir():
+        pytest.skip("the shared case files are not checked out beside this repository")
+    decision = judge(json.loads((CASES / name).read_text()), source=name)
+    assert decision.action == "promote"
+    latency = next(e for e in decision.evidence if e.metric == "latency")
+    assert latency.outcome == "non-inferior"
+    if name == "identical-arms.json":
+        assert latency.note.startswith("buckets around 0.015s are coarser than the 10% margin")
+        assert "slower than 0.015s" in decision.reasons[1]
+
+
+@pytest.mark.parametrize("layout", list(bench.LAYOUTS))
+@pytest.mark.parametrize(
+    ("scenario", "action", "at_least"),
+    [("identical", "promote", 0.85), ("errors x2", "rollback", 0.8), ("latency x1.5", "rollback", 0.8)],
+)
+def test_simulated_canaries_are_decided_within_10k_requests(
+    layout: str, scenario: str, action: str, at_least: float
+) -> None:
+    """20 seeded runs per cell at 10% weight and 1% errors, a look every 100 canary requests up to
+    10k (bench/judge runs the full tables)."""
+    cell = bench.Cell(scenario, layout, 10)
+    rng = np.random.default_rng(14)
+    outcomes = [bench.run_judge(cell, bench.simulate(cell, rng)).action for _ in range(20)]
+    assert outcomes.count(action) / len(outcomes) >= at_least
+    wrong = "rollback" if action == "promote" else "promote"
+    assert outcomes.count(wrong) <= 1
+
+
+# ---------------------------------------------------------------- the documented format
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_committed_json_schema_is_the_snapshot_model() -> None:
+    committed = json.loads((ROOT / "analysis" / "snapshot.schema.json").read_text())
+    assert committed == snapshot_schema(), "regenerate analysis/snapshot.schema.json from snapshot_schema()"
+
+
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "analysis").rglob("*.json")), ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_every_committed_snapshot_and_the_example_follow_the_schema(path: Path) -> None:
+    if path.name == "snapshot.schema.json":
+        pytest.skip("the schema itself")
+    data = json.loads(path.read_text())
+    jsonschema.validate(data, snapshot_schema())
+    assert judge(data, source=str(path)).action in ("promote", "hold", "rollback")
+
+
+def test_the_schema_refuses_what_the_judge_refuses() -> None:
+    snap = identical(1000)
+    snap["canary"]["colour"] = "blue"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(snap, snapshot_schema())
+
+
+# ---------------------------------------------------------------- holds, an end, accuracy
+
+
+def timed(snap: dict[str, Any], *, started: str, window: str = "2026-11-24T11:30:00Z") -> dict[str, Any]:
+    return {**snap, "canary_started": started, "window_start": window}
+
+
+def test_a_hold_says_how_many_more_requests_and_how_long() -> None:
+    decision = judge(timed(identical(800), started="2026-11-24T11:00:00Z"))
+    assert decision.action == "hold"
+    assert decision.needs is not None
+    more, seconds = decision.needs["canary_requests"], decision.needs["seconds"]
+    assert more is not None
+    assert 800 < more < 40_000
+    # 800 canary requests in the 30 minutes since the step: 0.44 per second.
+    assert seconds == pytest.approx(more / (800 / 1800))
+    assert f"needs about {more:,.0f} more canary requests" in decision.reasons[-1]
+
+
+def test_no_traffic_is_a_hold_with_a_warning_even_past_max_duration_when_promotion_is_asked() -> None:
+    snap = timed(identical(0), started="2026-11-23T00:00:00Z")
+    snap["analysis"].update(max_duration="6h", on_inconclusive="promote")
+    decision = judge(snap)
+    assert decision.action == "hold"
+    assert any(w.startswith("no traffic: canary v1.1.0 received no requests") for w in decision.warnings)
+    assert decision.needs == {"canary_requests": None, "seconds": None}
+
+
+@pytest.mark.parametrize("on_inconclusive", ["rollback", "promote"])
+def test_an_inconclusive_canary_past_max_duration_ends_as_configured(on_inconclusive: str) -> None:
+    snap = timed(identical(800), started="2026-11-24T05:00:00Z")
+    snap["analysis"].update(max_duration="6h", on_inconclusive=on_inconclusive)
+    decision = judge(snap)
+    assert decision.action == on_inconclusive
+    assert decision.reasons[0].startswith("inconclusive after 7.0 h (max_duration 6h): ")
+    snap["canary_started"] = "2026-11-24T07:00:00Z"
+    assert judge(snap).action == "hold"
+
+
+def labelled(
+    snap: dict[str, Any], canary_wrong: float, baseline_wrong: float, share: float = 0.2
+) -> dict[str, Any]:
+    for side, wrong in (("canary", canary_wrong), ("baseline", baseline_wrong)):
+        n = snap[side]["requests"] * share
+        snap[side]["feedback"] = [
+            {"actual": "fraud", "predicted": "fraud", "count": n * (1 - wrong)},
+            {"actual": "fraud", "predicted": "legit", "count": n * wrong},
+        ]
+    return snap
+
+
+def test_accuracy_is_judged_when_labels_arrive_and_required_only_when_asked() -> None:
+    worse = labelled(identical(15_000), canary_wrong=0.15, baseline_wrong=0.05)
+    decision = judge(worse)
+    assert decision.action == "rollback"
+    assert decision.reasons[0].startswith("accuracy: the canary's accuracy on labelled requests is lower")
+    equal = labelled(identical(15_000), canary_wrong=0.05, baseline_wrong=0.05, share=0.02)
+    accuracy = next(e for e in judge(equal).evidence if e.metric == "accuracy")
+    assert accuracy.estimate["canary_coverage"] == pytest.approx(0.02)
+    assert judge(equal).action == "promote"  # accuracy not yet shown, but not required
+    equal["analysis"]["require_accuracy"] = True
+    required = judge(equal)
+    assert required.action == "hold"
+    assert required.reasons[0].startswith("accuracy: not yet shown within the 1.00% margin")

@@ -23,11 +23,12 @@ from modelctl.core.state import Stack, load_state
 from policies.pack import HELM_RELEASE, as_object
 from tests.factories import full_docs, write_repo
 
-SECRET_VALUES = {
+ALERTING_SECRETS = {
     "smtpPassword": "smtp-pass",
     "slackUrl": "https://hooks.example.com/s",
     "pagerToken": "pager-token",
 }
+SECRET_VALUES = {**ALERTING_SECRETS, "analysisDeployKey": "-----BEGIN OPENSSH PRIVATE KEY-----"}
 Obj = dict[str, Any]
 
 
@@ -137,10 +138,10 @@ def test_secret_values_are_registered_only_as_pulumi_secrets(
     [secret] = [r for r in run.recorder.resources if r.typ == "kubernetes:core/v1:Secret"]
     wrapped: list[Any] = []
     plain = reveal(secret.inputs, wrapped)
-    assert plain["stringData"] == SECRET_VALUES
-    assert wrapped == [SECRET_VALUES], "stringData must travel as a Pulumi secret"
+    assert plain["stringData"] == ALERTING_SECRETS
+    assert wrapped == [ALERTING_SECRETS], "stringData must travel as a Pulumi secret"
     others = json.dumps([r.inputs for r in run.recorder.resources if r is not secret])
-    assert not any(value in others for value in SECRET_VALUES.values())
+    assert not any(value in others for value in ALERTING_SECRETS.values())
 
 
 def test_a_missing_secret_names_the_config_command(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:

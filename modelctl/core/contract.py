@@ -156,6 +156,14 @@ QUERIES: dict[str, str] = {
     "model_names": f"label_values({REQUESTS.name}{{selector}}, model)",
     # A gauge (live quality, or a metric named by a model owner) aggregated per group.
     "gauge": "{aggregation} by ({by}) ({metric}{selector})",
+    # Counts over a canary analysis window (the canary analysis job's snapshot).
+    "requests_in_window": f"sum by ({{by}}) (increase({REQUESTS.name}{{selector}}[{{window}}]))",
+    "server_errors_in_window": f"sum by ({{by}}) (increase({REQUESTS.name}{{server_errors}}[{{window}}]))",
+    "latency_buckets_in_window": f"sum by ({{by}}, le) (increase({DURATION.name}_bucket{{selector}}[{{window}}]))",
+    "score_buckets_in_window": f"sum by ({{by}}, le) (increase({SCORE.name}_bucket{{selector}}[{{window}}]))",
+    "feedback_in_window": (
+        f"sum by ({{by}}, {', '.join(FEEDBACK.labels)}) (increase({FEEDBACK.name}{{selector}}[{{window}}]))"
+    ),
 }
 
 

@@ -2,45 +2,64 @@
 
 `judge(snapshot)` is a pure function, so any decision can be recomputed from the snapshot it
 was made on. The snapshot holds cumulative counts since the canary step began, and the
-analysis job runs the judge again at every look (say every minute); every test here is
+analysis job runs the judge again at every look (say every five minutes); every test here is
 therefore sequential, with always-valid p-values: the chance that *any* look ever rejects a
 true hypothesis is at most alpha, however often the judge looks. Each p-value is 1/E for an
 e-value E (a nonnegative supermartingale under the null) computed from the cumulative counts
-alone, so Ville's inequality gives the guarantee without remembering earlier looks.
+alone, so Ville's inequality gives the guarantee without remembering earlier looks
+(Ramdas, Grünwald, Vovk and Shafer, "Game-theoretic statistics and safe anytime-valid
+inference", Statistical Science 2023).
 
-The metrics, canary against baseline:
+The metrics are a list of definitions (`METRICS`); each gives its evidence function, whether
+promotion needs it, whether it detects harm (rollback) or a change, and its reasons and
+table row. Canary against baseline:
 
-- errors (critical). Harm: given the traffic split s (the canary's share of requests), each
+- errors (required). Harm: given the traffic split s (the canary's share of requests), each
   error comes from the canary with probability s when the error rates are equal and less when
   the canary is better; the likelihood ratio of "errors come from the canary more often", mixed
   over rate ratios 1.25..10, is the e-value (the sequential test on which arm each error came
-  from). Non-inferiority: canary rate < baseline rate + margin, the margin being the larger of
-  error_margin (absolute) and error_margin_relative x the baseline rate, a one-sided
-  normal-mixture sequential test (mSPRT) on the difference, with the variance taken at the
-  margin (score-test style), so that a canary with no errors yet is not promoted on
-  zero variance.
-- latency (critical), from the histograms. t is the bucket bound at the pooled 99th
-  percentile. Harm: the canary exceeds t more often than the baseline (the same test as for
-  errors, on exceedances). Non-inferiority: the canary exceeds T, the largest bound at most
-  (1 + latency_margin) * t, less often than the baseline exceeds t, i.e. the canary's p99 is
-  below (1 + margin) times the baseline's. With buckets coarser than the margin T = t and the
-  test is stricter than asked (never laxer).
-- predicted-score distribution (behaviour change; warning or critical per `score_shift`): is
+  from). Non-inferiority: canary rate < baseline rate + margin (`error_margin`), a one-sided
+  normal-mixture sequential test (mSPRT; Johari, Pekelis and Walsh, "Always valid inference",
+  2017) on the difference, with the variance taken at the margin (score-test style), so that a
+  canary with no errors yet is not promoted on zero variance.
+- latency (required), from the histograms, on what the buckets can resolve. t is the largest
+  bucket bound with at least 1% of the pooled requests above it (at or below the pooled p99:
+  the tail the data show, never a bound few requests reach). Harm: the canary exceeds t more
+  often than the baseline (the origin test, as for errors). Non-inferiority of "canary p99
+  within (1 + latency_margin) of the baseline's", read as: the canary exceeds T, the largest
+  bound at most (1 + margin) t, at most rho times as often as the baseline exceeds t, where rho
+  covers the part of the margin between T and (1 + margin) t at the tail's local slope k
+  (rho = ((1 + margin) t / T)^k, k = -dlog S / dlog x between t and the bound below it in the
+  pooled histogram: the survival function taken as a power law within a bucket). With buckets
+  finer than the margin T = (1 + margin) t and rho = 1: the direct comparison. With buckets
+  coarser than the margin T = t and rho = (1 + margin)^k: a non-inferiority margin on the
+  exceedance rate at t, which the evidence says.
+- accuracy (required when `require_accuracy`), when feedback labels have arrived for both
+  arms: harm is the origin test on wrong predictions among labelled requests; non-inferiority
+  is the errors' test on the rate of wrong predictions with `accuracy_margin`. Label coverage
+  (labelled / requests) is reported.
+- predicted-score distribution (change; warning or critical per `score_shift`): is
   the arm a score came from independent of its bin? A Bayes factor with a Beta mixture per bin
-  against the best-fitting common split (universal inference: valid, conservative).
+  against the best-fitting common split (universal inference: Wasserman, Ramdas and
+  Balakrishnan, PNAS 2020; valid, conservative).
 
 Rollback needs evidence of harm on a critical metric, Holm-corrected across them. Promotion
-needs evidence of non-inferiority on errors and latency, each at alpha (a decision needing
+needs evidence of non-inferiority on every required metric, each at alpha (a decision needing
 all of them holds its level without correction), and no evidence of harm. Before both arms
 have `min_requests` requests the judge holds, whatever the data say: never a rollback on too
-little data.
+little data, and no traffic is a hold with a warning, never a promotion. A hold says what it
+needs: the canary requests after which the pending tests would pass if the estimates stay as
+they are, and at the current rate about how long. A canary still inconclusive
+`max_duration` after it started is rolled back (or promoted, `on_inconclusive: promote`, when
+both arms have `min_requests` and nothing shows harm).
 
 Where the guarantee is approximate: the traffic split is the realized share of requests (it
 equals the routing weight up to noise, and stays right when routing departs from the weights);
-the latency threshold t is re-read from the pooled histogram at each look (label-free, so
-valid at any one look; it settles within a few thousand requests); the non-inferiority test
-for errors is asymptotic (normal, with estimated variance). bench/judge measures the result:
-1-4% false rollbacks and at most 1.5% false promotions at the margin, over 200 looks.
+the latency threshold t and slope k are re-read from the pooled histogram at each look
+(label-free, so valid at any one look; they settle within a few thousand requests); the
+non-inferiority test for errors is asymptotic (normal, with estimated variance). bench/judge
+measures the result for three bucket layouts (the Prometheus client's defaults, Istio's, the
+server's own).
 """
 
 from __future__ import annotations
@@ -48,6 +67,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -55,24 +75,33 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import numpy.typing as npt
 import orjson
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from scipy import special
 
 from modelctl.core.drift.statistics import adjust_pvalues
 from modelctl.core.errors import UserError, collect
-from modelctl.core.schema import Analysis, ModelName, Strict, VersionName
+from modelctl.core.margins import error_margin
+from modelctl.core.schema import Analysis, ModelName, Strict, VersionName, duration_seconds
 from modelctl.core.state import pydantic_errors
 
-JUDGE_VERSION = 1
+JUDGE_VERSION = 2
 Action = Literal["promote", "hold", "rollback"]
+Severity = Literal["critical", "warning"]
 Floats = npt.NDArray[np.float64]
 
 # Alternatives the harm e-value mixes over: canary/baseline rate ratios and their prior weights.
 # Doubling gets the most weight; 10x catches a broken canary within a few events.
 HARM_RATIOS = np.array([1.25, 1.5, 2.0, 3.0, 5.0, 10.0])
 HARM_WEIGHTS = np.array([0.1, 0.2, 0.3, 0.2, 0.1, 0.1])
-# Alternatives of the latency non-inferiority e-value: the canary's rate of requests slower
-# than (1 + margin) t over the baseline's rate slower than t.
+# Alternatives of the latency non-inferiority e-value, as fractions of the allowed ratio rho.
 BETTER_RATIOS = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.35, 0.2])
 BETTER_WEIGHTS = np.full(BETTER_RATIOS.size, 1 / BETTER_RATIOS.size)
 # Scale of the normal mixture for the error-rate difference when the margin is zero.
@@ -81,15 +110,21 @@ LATENCY_QUANTILE = 0.99
 BOUND_TOLERANCE = 1e-3
 # Beta prior strength per score bin (in pseudo-requests), centred on the configured split.
 SCORE_PRIOR_STRENGTH = 2.0
+# Growth factors of the data at which a hold's projection re-runs the pending tests.
+PROJECTION = (1.1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10, 13, 16, 20, 25, 32, 40, 50, 64, 80, 100)
 
 
 # ---------------------------------------------------------------- the snapshot
 
 
+# A bucket bound: a number, the last one "+Inf" as Prometheus writes it.
+Bound = Annotated[float, WithJsonSchema({"anyOf": [{"type": "number"}, {"const": "+Inf"}]})]
+
+
 class Histogram(Strict):
     """A Prometheus histogram: cumulative counts per upper bound `le`, the last bound +Inf."""
 
-    le: list[float] = Field(min_length=1)
+    le: list[Bound] = Field(min_length=1)
     counts: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]]
 
     @field_validator("le")
@@ -109,8 +144,21 @@ class Histogram(Strict):
             raise ValueError("bucket counts decrease; give cumulative counts as Prometheus exposes them")
         return self
 
+    @field_serializer("le")
+    def _json_bounds(self, le: list[float]) -> list[float | str]:
+        # JSON has no infinity: the last bound is written as Prometheus writes it.
+        return [b if math.isfinite(b) else "+Inf" for b in le]
+
     def cumulative(self) -> Floats:
         return np.maximum.accumulate(np.asarray(self.counts, dtype=np.float64))
+
+
+class Feedback(Strict):
+    """Ground-truth labels received for one arm's predictions: count per (actual, predicted)."""
+
+    actual: Annotated[str, Field(min_length=1)]
+    predicted: Annotated[str, Field(min_length=1)]
+    count: Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 class Arm(Strict):
@@ -122,6 +170,7 @@ class Arm(Strict):
     errors: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     latency_seconds: Histogram
     score: Histogram | None = None
+    feedback: list[Feedback] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _errors_are_requests(self) -> Arm:
@@ -131,20 +180,42 @@ class Arm(Strict):
             )
         return self
 
+    def labels(self) -> tuple[float, float]:
+        """(labelled predictions, wrong ones) from the feedback counts."""
+        labelled = sum(f.count for f in self.feedback)
+        return labelled, sum(f.count for f in self.feedback if f.actual != f.predicted)
+
+
+class Source(Strict):
+    """Where the counts came from: the Prometheus queried and the PromQL run, by name."""
+
+    prometheus: str
+    queries: dict[str, str]
+
 
 class Snapshot(Strict):
+    """The judge's whole input: both arms' counts over one window, and the analysis settings.
+
+    `window_start` is when the counts begin (the current step's commit); `canary_started` when
+    the canary first took traffic (for `max_duration`). The JSON Schema of this format is
+    `analysis/snapshot.schema.json`.
+    """
+
     model: ModelName
     stack: Annotated[str, Field(min_length=1)]
     taken_at: datetime
+    window_start: datetime | None = None
+    canary_started: datetime | None = None
     baseline: Arm
     canary: Arm
     analysis: Analysis
+    source: Source | None = None
 
-    @field_validator("taken_at")
+    @field_validator("taken_at", "window_start", "canary_started")
     @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("taken_at has no time zone; write it in UTC like 2026-01-31T12:00:00Z")
+    def _aware(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError(f"{info.field_name} has no time zone; write it in UTC like 2026-01-31T12:00:00Z")
         return value
 
     @model_validator(mode="after")
@@ -157,6 +228,17 @@ class Snapshot(Strict):
         if all(scores) and self.canary.score.le != self.baseline.score.le:  # type: ignore[union-attr]
             raise ValueError("the arms' score buckets differ; collect both with the same bounds")
         return self
+
+    def window_seconds(self) -> float | None:
+        if self.window_start is None:
+            return None
+        return (self.taken_at - self.window_start).total_seconds()
+
+
+def snapshot_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the snapshot, as committed in analysis/snapshot.schema.json."""
+    schema = Snapshot.model_json_schema(mode="validation")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
 def parse_snapshot(data: Any, source: str = "snapshot") -> Snapshot:
@@ -181,10 +263,14 @@ def parse_snapshot(data: Any, source: str = "snapshot") -> Snapshot:
 
 @dataclass(frozen=True)
 class Evidence:
-    """One metric's tests: estimates, always-valid p-values and what they showed."""
+    """One metric's tests: estimates, always-valid p-values and what they showed.
+
+    `margin` says in words what non-inferiority means for this metric ("0.50%", "10% on p99",
+    ...); `note` what the data could not resolve and what was tested instead.
+    """
 
     metric: str
-    severity: Literal["critical", "warning"]
+    severity: Severity
     outcome: Literal["harm", "non-inferior", "inconclusive", "changed", "unchanged", "no data"]
     test: str
     baseline: dict[str, float]
@@ -197,10 +283,18 @@ class Evidence:
     p_noninferior: float | None
     samples: dict[str, float]
     note: str = ""
+    margin: str = ""
 
 
 @dataclass(frozen=True)
 class Decision:
+    """The action, one line of reason per metric that decided it, warnings, and the evidence.
+
+    `needs` (on a hold) gives `canary_requests`: how many more canary requests until the pending
+    tests are expected to pass, and `seconds`: about how long at the current canary rate; each
+    None where the current estimates would never pass (or the rate is unknown).
+    """
+
     action: Action
     reasons: list[str]
     warnings: list[str]
@@ -214,10 +308,43 @@ class Decision:
     snapshot_sha256: str
     judge_version: int = JUDGE_VERSION
     settings: dict[str, Any] = field(default_factory=dict)
+    needs: dict[str, float | None] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         result: dict[str, Any] = _finite(asdict(self))
         return result
+
+
+@dataclass(frozen=True)
+class MetricDefinition:
+    """One judged metric: a new metric is one of these appended to `METRICS`.
+
+    Attributes
+    ----------
+    name : str
+        The metric's name in the evidence and reasons.
+    evidence : callable
+        Snapshot -> Evidence (its tests, with always-valid p-values).
+    required : callable
+        Analysis settings -> whether promotion needs the metric shown non-inferior.
+    effect : {"harm", "change"}
+        What a rejected test shows: harm (rollback when critical) or a change.
+    severity : callable
+        Analysis settings -> "critical" (in the Holm family, can roll back) or "warning".
+    harm_reason, ok_reason : callable
+        Evidence -> the one-line reason of a rollback or of a promotion.
+    row : callable
+        (Evidence, arm values, samples) -> the arm's cell in the evidence table.
+    """
+
+    name: str
+    evidence: Callable[[Snapshot], Evidence]
+    required: Callable[[Analysis], bool]
+    effect: Literal["harm", "change"]
+    severity: Callable[[Analysis], Severity]
+    harm_reason: Callable[[Evidence], str]
+    ok_reason: Callable[[Evidence], str]
+    row: Callable[[Evidence, dict[str, float], float], str]
 
 
 def judge(snapshot: dict[str, Any] | Snapshot, source: str = "snapshot") -> Decision:
@@ -227,15 +354,15 @@ def judge(snapshot: dict[str, Any] | Snapshot, source: str = "snapshot") -> Deci
     ----------
     snapshot : dict or Snapshot
         The metrics of the baseline and canary arms, their analysis settings and the time taken
-        (the JSON form `modelctl canary judge` reads).
+        (the JSON form `modelctl judge --snapshot` reads; schema in analysis/snapshot.schema.json).
     source : str
         What to name in errors (a file path).
 
     Returns
     -------
     Decision
-        The action ("promote", "hold" or "rollback"), its reasons, warnings, and the evidence per
-        metric with raw and Holm-adjusted always-valid p-values.
+        The action ("promote", "hold" or "rollback"), its reasons, warnings, what a hold needs,
+        and the evidence per metric with raw and Holm-adjusted always-valid p-values.
 
     Raises
     ------
@@ -244,13 +371,16 @@ def judge(snapshot: dict[str, Any] | Snapshot, source: str = "snapshot") -> Deci
     """
     snap = snapshot if isinstance(snapshot, Snapshot) else parse_snapshot(snapshot, source)
     settings = snap.analysis
-    evidence = _correct([_errors(snap), _latency(snap), _scores(snap)], settings.alpha)
-    action, reasons = _decide(snap, evidence)
+    evidence = _assess(snap)
+    action, reasons, needs = _decide(snap, evidence)
     warnings = [
-        f"score: the predicted-score distribution differs from the baseline's (always-valid p = {e.p_value:.3g})"
+        f"{e.metric}: the distribution differs from the baseline's (always-valid p = {e.p_value:.3g})"
         for e in evidence
         if e.severity == "warning" and e.p_value is not None and e.p_value <= settings.alpha
     ]
+    if snap.canary.requests == 0:
+        warnings.append(_no_traffic_warning(snap))
+    action, reasons, warnings = _past_max_duration(snap, action, reasons, warnings)
     return Decision(
         action=action,
         reasons=reasons,
@@ -264,18 +394,34 @@ def judge(snapshot: dict[str, Any] | Snapshot, source: str = "snapshot") -> Deci
         alpha=settings.alpha,
         snapshot_sha256=snapshot_digest(snap),
         settings=settings.model_dump(),
+        needs=needs if action == "hold" else None,
     )
 
 
+def definition(metric: str) -> MetricDefinition:
+    """The definition of a metric by name.
+
+    Raises
+    ------
+    KeyError
+        No metric has that name.
+    """
+    return _BY_NAME[metric]
+
+
+def _assess(snap: Snapshot) -> list[Evidence]:
+    return _correct([d.evidence(snap) for d in METRICS], snap.analysis.alpha)
+
+
 def _correct(evidence: list[Evidence], alpha: float) -> list[Evidence]:
-    """Holm across the critical harm tests: rollback when any adjusted p-value is <= alpha."""
+    """Holm across the critical tests: rollback when any adjusted p-value is <= alpha."""
     family = [i for i, e in enumerate(evidence) if e.severity == "critical" and e.p_value is not None]
     adjusted = adjust_pvalues([evidence[i].p_value or 0.0 for i in family], "holm")
     corrected = list(evidence)
     for i, p_adj in zip(family, map(float, adjusted), strict=True):
         outcome = evidence[i].outcome
         if p_adj <= alpha:
-            outcome = "changed" if evidence[i].metric == "score" else "harm"
+            outcome = "changed" if definition(evidence[i].metric).effect == "change" else "harm"
         corrected[i] = replace(evidence[i], p_adjusted=p_adj, outcome=outcome)
     return corrected
 
@@ -286,7 +432,9 @@ def snapshot_digest(snapshot: Snapshot) -> str:
     return hashlib.sha256(canonical).hexdigest()
 
 
-def _decide(snap: Snapshot, evidence: list[Evidence]) -> tuple[Action, list[str]]:
+def _decide(
+    snap: Snapshot, evidence: list[Evidence]
+) -> tuple[Action, list[str], dict[str, float | None] | None]:
     minimum = snap.analysis.min_requests
     short = [
         f"{name} has {arm.requests:g} of the {minimum} requests needed to judge"
@@ -294,58 +442,121 @@ def _decide(snap: Snapshot, evidence: list[Evidence]) -> tuple[Action, list[str]
         if arm.requests < minimum
     ]
     if short:
-        return "hold", ["not enough data: " + "; ".join(short)]
+        needs = _needs_for_minimum(snap)
+        return "hold", ["not enough data: " + "; ".join(short) + _needs_text(needs)], needs
     harmful = [e for e in evidence if e.outcome in ("harm", "changed") and e.severity == "critical"]
     if harmful:
-        return "rollback", [_harm_reason(e) for e in harmful]
-    required = [e for e in evidence if e.metric in ("errors", "latency")]
+        return "rollback", [definition(e.metric).harm_reason(e) for e in harmful], None
+    required = [e for e in evidence if definition(e.metric).required(snap.analysis)]
     pending = [e for e in required if e.outcome != "non-inferior"]
     if not pending:
-        return "promote", [_promote_reason(e, snap.analysis) for e in required]
-    return "hold", [_pending_reason(e, snap.analysis) for e in pending]
-
-
-def _harm_reason(e: Evidence) -> str:
-    if e.metric == "score":
-        return (
-            f"score: the predicted-score distribution changed (adjusted always-valid p = {e.p_adjusted:.3g})"
-        )
-    what = {"errors": "error rate", "latency": "share of requests slower than the pooled p99"}[e.metric]
-    return (
-        f"{e.metric}: the canary's {what} is higher than the baseline's "
-        f"({_pct(e.canary['rate'])} vs {_pct(e.baseline['rate'])}; adjusted always-valid p = {e.p_adjusted:.3g})"
-    )
-
-
-def _promote_reason(e: Evidence, settings: Analysis) -> str:
-    if e.metric == "errors":
-        return (
-            f"errors: canary error rate is within {_pct(e.estimate['margin'])} of the baseline's "
-            f"({_pct(e.canary['rate'])} vs {_pct(e.baseline['rate'])}; p = {_p(e.p_noninferior)})"
-        )
-    return (
-        f"latency: canary p99 is within {settings.latency_margin:.0%} of the baseline's "
-        f"({_seconds(e.canary['p99'])} vs {_seconds(e.baseline['p99'])}; p = {_p(e.p_noninferior)})"
-    )
+        return "promote", [definition(e.metric).ok_reason(e) for e in required], None
+    needs = _needs_for_tests(snap, [e.metric for e in pending])
+    reasons = [_pending_reason(e, snap.analysis) for e in pending]
+    reasons[-1] += _needs_text(needs)
+    return "hold", reasons, needs
 
 
 def _pending_reason(e: Evidence, settings: Analysis) -> str:
     if e.outcome == "no data":
         return f"{e.metric}: no data yet"
-    margin = _pct(e.estimate["margin"]) if e.metric == "errors" else f"{settings.latency_margin:.0%}"
     return (
-        f"{e.metric}: not yet shown within the {margin} margin "
+        f"{e.metric}: not yet shown within the {e.margin} margin "
         f"(non-inferiority p = {_p(e.p_noninferior)}, needs <= {settings.alpha:g})"
     )
 
 
-# ---------------------------------------------------------------- metrics
+def _no_traffic_warning(snap: Snapshot) -> str:
+    since = f" since {snap.window_start.isoformat()}" if snap.window_start else ""
+    return (
+        f"no traffic: canary {snap.canary.version} received no requests{since}; "
+        "check its route and pods (never promoted without data)"
+    )
 
 
-def error_margin(settings: Analysis, baseline_rate: float) -> float:
-    """The non-inferiority margin on the error rate: absolute, widened in proportion to a high
-    baseline rate (half a point is a tenth of a 5% rate: too little data would ever show it)."""
-    return max(settings.error_margin, settings.error_margin_relative * baseline_rate)
+def _past_max_duration(
+    snap: Snapshot, action: Action, reasons: list[str], warnings: list[str]
+) -> tuple[Action, list[str], list[str]]:
+    settings = snap.analysis
+    if action != "hold" or settings.max_duration is None or snap.canary_started is None:
+        return action, reasons, warnings
+    elapsed = (snap.taken_at - snap.canary_started).total_seconds()
+    if elapsed < duration_seconds(settings.max_duration):
+        return action, reasons, warnings
+    why = f"inconclusive after {_duration(elapsed)} (max_duration {settings.max_duration}): {reasons[0]}"
+    enough = min(snap.canary.requests, snap.baseline.requests) >= settings.min_requests
+    if settings.on_inconclusive == "promote" and not enough:
+        return action, reasons, [*warnings, f"{why}; not promoted without {settings.min_requests} requests"]
+    return settings.on_inconclusive, [why], warnings
+
+
+# ---------------------------------------------------------------- what a hold needs
+
+
+def _needs_for_minimum(snap: Snapshot) -> dict[str, float | None]:
+    minimum = snap.analysis.min_requests
+    factors = [minimum / arm.requests for arm in (snap.canary, snap.baseline) if arm.requests > 0]
+    if snap.canary.requests == 0 or snap.baseline.requests == 0:
+        more = (
+            None if snap.canary.requests == 0 else max(factors) * snap.canary.requests - snap.canary.requests
+        )
+    else:
+        more = max(max(factors) - 1, 0.0) * snap.canary.requests
+    return _with_time(snap, more)
+
+
+def _needs_for_tests(snap: Snapshot, metrics: list[str]) -> dict[str, float | None]:
+    """The smallest growth factor of all counts (from `PROJECTION`) at which every pending test
+    would pass with the proportions as they are; bisection, the tests passing more as data grow."""
+
+    def passes(factor: float) -> bool:
+        grown = _scaled(snap, factor)
+        return all(definition(m).evidence(grown).outcome == "non-inferior" for m in metrics)
+
+    low, high = 0, len(PROJECTION) - 1
+    if not passes(PROJECTION[high]):
+        return _with_time(snap, None)
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if passes(PROJECTION[middle]) else (middle + 1, high)
+    return _with_time(snap, (PROJECTION[low] - 1) * snap.canary.requests)
+
+
+def _with_time(snap: Snapshot, more: float | None) -> dict[str, float | None]:
+    seconds = snap.window_seconds()
+    rate = snap.canary.requests / seconds if seconds and snap.canary.requests else None
+    eta = more / rate if more is not None and rate else None
+    return {"canary_requests": None if more is None else math.ceil(round(more, 6)), "seconds": eta}
+
+
+def _needs_text(needs: dict[str, float | None]) -> str:
+    more, seconds = needs["canary_requests"], needs["seconds"]
+    if more is None:
+        return "; not expected to pass at the current estimates (more data will not help unless they change)"
+    when = f", about {_duration(seconds)} at the current rate" if seconds is not None else ""
+    return f"; needs about {more:,.0f} more canary requests{when}"
+
+
+def _scaled(snap: Snapshot, factor: float) -> Snapshot:
+    def arm(a: Arm) -> Arm:
+        return a.model_copy(
+            update={
+                "requests": a.requests * factor,
+                "errors": a.errors * factor,
+                "latency_seconds": _scaled_histogram(a.latency_seconds, factor),
+                "score": None if a.score is None else _scaled_histogram(a.score, factor),
+                "feedback": [f.model_copy(update={"count": f.count * factor}) for f in a.feedback],
+            }
+        )
+
+    return snap.model_copy(update={"canary": arm(snap.canary), "baseline": arm(snap.baseline)})
+
+
+def _scaled_histogram(histogram: Histogram, factor: float) -> Histogram:
+    return histogram.model_copy(update={"counts": [c * factor for c in histogram.counts]})
+
+
+# ---------------------------------------------------------------- errors
 
 
 def _errors(snap: Snapshot) -> Evidence:
@@ -354,35 +565,59 @@ def _errors(snap: Snapshot) -> Evidence:
     samples = {"baseline": base.requests, "canary": can.requests}
     if base.requests == 0 or can.requests == 0:
         return _no_data("errors", "critical", samples)
-    share = can.requests / (can.requests + base.requests)
-    log_harm = origin_log_evalue(can.errors, base.errors, share, HARM_RATIOS, HARM_WEIGHTS)
-    rate_c, rate_b = can.errors / can.requests, base.errors / base.requests
-    margin = error_margin(settings, rate_b)
-    z, log_ok = difference_noninferiority(can.errors, can.requests, base.errors, base.requests, margin)
-    low, high = difference_confidence(
-        can.errors,
-        can.requests,
-        base.errors,
-        base.requests,
-        margin=margin,
-        alpha=settings.alpha,
+    margin = error_margin(settings, base.errors / base.requests)
+    return _rate_evidence(
+        "errors", can.errors, can.requests, base.errors, base.requests, margin=margin, alpha=settings.alpha
     )
+
+
+def _rate_evidence(
+    metric: str, bad_c: float, n_c: float, bad_b: float, n_b: float, *, margin: float, alpha: float
+) -> Evidence:
+    """Harm and non-inferiority on the rate of bad outcomes (errors, wrong predictions)."""
+    share = n_c / (n_c + n_b)
+    log_harm = origin_log_evalue(bad_c, bad_b, share, HARM_RATIOS, HARM_WEIGHTS)
+    rate_c, rate_b = bad_c / n_c, bad_b / n_b
+    z, log_ok = difference_noninferiority(bad_c, n_c, bad_b, n_b, margin)
+    low, high = difference_confidence(bad_c, n_c, bad_b, n_b, margin=margin, alpha=alpha)
     p_ok = _p_from_log_e(log_ok)
     return Evidence(
-        metric="errors",
+        metric=metric,
         severity="critical",
-        outcome="non-inferior" if p_ok <= settings.alpha else "inconclusive",
-        test="harm: mixture SPRT on which arm each error came from; non-inferiority: normal-mixture mSPRT",
-        baseline={"rate": rate_b, "errors": base.errors},
-        canary={"rate": rate_c, "errors": can.errors},
+        outcome="non-inferior" if p_ok <= alpha else "inconclusive",
+        test="harm: mixture SPRT on which arm each bad outcome came from; non-inferiority: normal-mixture mSPRT",
+        baseline={"rate": rate_b, "count": bad_b},
+        canary={"rate": rate_c, "count": bad_c},
         estimate={"difference": rate_c - rate_b, "canary_share": share, "margin": margin},
-        confidence={"lower": low, "upper": high, "level": 1 - settings.alpha},
+        confidence={"lower": low, "upper": high, "level": 1 - alpha},
         statistic=z,
         p_value=_p_from_log_e(log_harm),
         p_adjusted=None,
         p_noninferior=p_ok,
-        samples=samples,
+        samples={"baseline": n_b, "canary": n_c},
+        margin=_pct(margin),
     )
+
+
+def _errors_harm(e: Evidence) -> str:
+    return (
+        f"errors: the canary's error rate is higher than the baseline's "
+        f"({_pct(e.canary['rate'])} vs {_pct(e.baseline['rate'])}; adjusted always-valid p = {e.p_adjusted:.3g})"
+    )
+
+
+def _errors_ok(e: Evidence) -> str:
+    return (
+        f"errors: canary error rate is within {e.margin} of the baseline's "
+        f"({_pct(e.canary['rate'])} vs {_pct(e.baseline['rate'])}; p = {_p(e.p_noninferior)})"
+    )
+
+
+def _errors_row(e: Evidence, values: dict[str, float], n: float) -> str:
+    return f"{values['rate']:.2%} of {n:,.0f}"
+
+
+# ---------------------------------------------------------------- latency
 
 
 def _latency(snap: Snapshot) -> Evidence:
@@ -393,34 +628,40 @@ def _latency(snap: Snapshot) -> Evidence:
     samples = {"baseline": float(base[-1]), "canary": float(can[-1])}
     if base[-1] == 0 or can[-1] == 0 or bounds.size < 2:
         return _no_data("latency", "critical", samples)
-    t = threshold_index(base + can, LATENCY_QUANTILE)
+    pooled = base + can
+    t = threshold_index(pooled, LATENCY_QUANTILE)
     relaxed = margin_index(bounds, t, settings.latency_margin)
+    rho, slope = exceedance_margin(bounds, pooled, t, relaxed, settings.latency_margin)
     over_b, over_c, over_c_relaxed = base[-1] - base[t], can[-1] - can[t], can[-1] - can[relaxed]
     share = can[-1] / (can[-1] + base[-1])
     log_harm = origin_log_evalue(over_c, over_b, share, HARM_RATIOS, HARM_WEIGHTS)
-    note = ""
+    note = _latency_note(bounds, pooled, t, relaxed, rho=rho, slope=slope, margin=settings.latency_margin)
     if over_b == 0 and over_c == 0:
         # Every request of both arms is within t: the histogram cannot tell the tails apart,
-        # and both p99s are at most t, the resolution it offers.
-        p_ok, note = 0.0, f"both arms' p99 are within the bucket bound {bounds[t]:g}s"
+        # and both tails are within t, the resolution it offers.
+        p_ok, note = 0.0, f"every request of both arms is within the bucket bound {bounds[t]:g}s"
     else:
-        p_ok = _p_from_log_e(origin_log_evalue(over_c_relaxed, over_b, share, BETTER_RATIOS, BETTER_WEIGHTS))
-    if relaxed == t and settings.latency_margin > 0:
-        note = note or "buckets coarser than the margin: non-inferiority is tested with no margin"
+        log_ok = origin_log_evalue(
+            over_c_relaxed, over_b, share, rho * BETTER_RATIOS, BETTER_WEIGHTS, null_ratio=rho
+        )
+        p_ok = _p_from_log_e(log_ok)
     p99_b, p99_c = histogram_quantile(bounds, base, 0.99), histogram_quantile(bounds, can, 0.99)
     rate_b, rate_c = over_b / base[-1], over_c / can[-1]
     return Evidence(
         metric="latency",
         severity="critical",
         outcome="non-inferior" if p_ok <= settings.alpha else "inconclusive",
-        test="mixture SPRTs on which arm each request slower than the pooled p99 bound came from",
+        test="mixture SPRTs on which arm each request slower than the threshold bound came from",
         baseline={"p99": p99_b, "rate": rate_b, "slow": over_b},
         canary={"p99": p99_c, "rate": rate_c, "slow": over_c, "slow_at_margin": over_c_relaxed},
         estimate={
             "p99_ratio": p99_c / p99_b if p99_b > 0 else math.nan,
             "threshold_seconds": float(bounds[t]),
+            "threshold_quantile": float(pooled[t] / pooled[-1]),
             "margin_threshold_seconds": float(bounds[relaxed]),
             "rate_ratio": rate_c / rate_b if rate_b > 0 else math.nan,
+            "allowed_ratio": rho,
+            "tail_slope": slope,
         },
         confidence=None,
         statistic=log_harm,
@@ -429,13 +670,148 @@ def _latency(snap: Snapshot) -> Evidence:
         p_noninferior=p_ok,
         samples=samples,
         note=note,
+        margin=f"{settings.latency_margin:.0%}",
     )
+
+
+def exceedance_margin(
+    bounds: Floats, cumulative: Floats, t: int, relaxed: int, margin: float
+) -> tuple[float, float]:
+    """(rho, k): how many times the baseline's rate above bounds[t] the canary's rate above
+    bounds[relaxed] may be, for the canary's tail to be within (1 + margin) of the baseline's.
+
+    The part of the margin the buckets cannot place, g = (1 + margin) bounds[t] / bounds[relaxed]
+    >= 1, is covered at the local power-law slope k of the pooled survival function S
+    (k = -dlog S / dlog x, `tail_slope`): a tail stretched by g has rate g^k above a bound.
+    rho = 1 when a bound sits at the margin; k = NaN then.
+    """
+    gap = (1 + margin) * float(bounds[t]) / float(bounds[relaxed])
+    if gap <= 1 + BOUND_TOLERANCE:
+        return 1.0, math.nan
+    slope = tail_slope(bounds, cumulative, t)
+    return float(gap**slope), slope
+
+
+def tail_slope(bounds: Floats, cumulative: Floats, t: int) -> float:
+    """-dlog S / dlog x between the bound below t and t (else t and the one above), from counts.
+
+    0 (no allowance: stricter than asked, never laxer) where no pair of positive bounds with
+    requests above both gives a slope.
+    """
+    survival = cumulative[-1] - cumulative
+    for low, high in ((t - 1, t), (t, t + 1)):
+        if low < 0 or high > bounds.size - 2 or bounds[low] <= 0:
+            continue
+        if survival[high] > 0 and survival[low] > survival[high]:
+            return float(np.log(survival[low] / survival[high]) / np.log(bounds[high] / bounds[low]))
+    return 0.0
+
+
+def _latency_note(
+    bounds: Floats, pooled: Floats, t: int, relaxed: int, *, rho: float, slope: float, margin: float
+) -> str:
+    quantile = pooled[t] / pooled[-1]
+    at = f"tested at {bounds[t]:g}s, the bucket bound at p{100 * quantile:.3g} of the pooled requests"
+    if rho == 1.0:
+        return at
+    if relaxed == t:
+        return (
+            f"buckets around {bounds[t]:g}s are coarser than the {margin:.0%} margin: {at}; non-inferiority is "
+            f"the canary's rate of requests slower than {bounds[t]:g}s at most {rho:.3g}x the baseline's "
+            f"(the margin at the tail's local slope {slope:.3g})"
+        )
+    return (
+        f"{at}; the canary is compared at {bounds[relaxed]:g}s, and the rest of the {margin:.0%} margin "
+        f"is allowed as a ratio of {rho:.3g} (the tail's local slope {slope:.3g})"
+    )
+
+
+def _latency_harm(e: Evidence) -> str:
+    return (
+        f"latency: the canary's share of requests slower than {e.estimate['threshold_seconds']:g}s is higher "
+        f"than the baseline's ({_pct(e.canary['rate'])} vs {_pct(e.baseline['rate'])}; "
+        f"adjusted always-valid p = {e.p_adjusted:.3g})"
+    )
+
+
+def _latency_ok(e: Evidence) -> str:
+    if e.note.startswith("buckets around"):
+        return (
+            f"latency: the canary's share of requests slower than {e.estimate['threshold_seconds']:g}s is within "
+            f"{e.estimate['allowed_ratio']:.3g}x the baseline's ({_pct(e.canary['rate'])} vs "
+            f"{_pct(e.baseline['rate'])}; p = {_p(e.p_noninferior)}; the buckets cannot resolve a {e.margin} p99 margin)"
+        )
+    return (
+        f"latency: canary p99 is within {e.margin} of the baseline's "
+        f"({_seconds(e.canary['p99'])} vs {_seconds(e.baseline['p99'])}; p = {_p(e.p_noninferior)})"
+    )
+
+
+def _latency_row(e: Evidence, values: dict[str, float], n: float) -> str:
+    return f"p99 {values['p99'] * 1000:,.0f}ms of {n:,.0f}"
+
+
+# ---------------------------------------------------------------- accuracy
+
+
+def _accuracy(snap: Snapshot) -> Evidence:
+    (labelled_b, wrong_b), (labelled_c, wrong_c) = snap.baseline.labels(), snap.canary.labels()
+    coverage = {
+        "baseline_coverage": labelled_b / snap.baseline.requests if snap.baseline.requests else 0.0,
+        "canary_coverage": labelled_c / snap.canary.requests if snap.canary.requests else 0.0,
+    }
+    if labelled_b == 0 or labelled_c == 0:
+        return replace(
+            _no_data("accuracy", "critical", {"baseline": labelled_b, "canary": labelled_c}),
+            estimate=coverage,
+        )
+    settings = snap.analysis
+    rated = _rate_evidence(
+        "accuracy",
+        wrong_c,
+        labelled_c,
+        wrong_b,
+        labelled_b,
+        margin=settings.accuracy_margin,
+        alpha=settings.alpha,
+    )
+    return replace(
+        rated,
+        test="on labelled predictions: " + rated.test,
+        baseline={**rated.baseline, "accuracy": 1 - rated.baseline["rate"]},
+        canary={**rated.canary, "accuracy": 1 - rated.canary["rate"]},
+        estimate={**rated.estimate, **coverage},
+        note=f"label coverage {coverage['canary_coverage']:.1%} (canary), {coverage['baseline_coverage']:.1%} (baseline)",
+    )
+
+
+def _accuracy_harm(e: Evidence) -> str:
+    return (
+        f"accuracy: the canary's accuracy on labelled requests is lower than the baseline's "
+        f"({_pct(e.canary['accuracy'])} vs {_pct(e.baseline['accuracy'])}; adjusted always-valid p = {e.p_adjusted:.3g})"
+    )
+
+
+def _accuracy_ok(e: Evidence) -> str:
+    return (
+        f"accuracy: canary accuracy is within {e.margin} of the baseline's "
+        f"({_pct(e.canary['accuracy'])} vs {_pct(e.baseline['accuracy'])}; p = {_p(e.p_noninferior)}; {e.note})"
+    )
+
+
+def _accuracy_row(e: Evidence, values: dict[str, float], n: float) -> str:
+    return f"{values['accuracy']:.2%} of {n:,.0f} labelled"
+
+
+# ---------------------------------------------------------------- predicted scores
+
+
+def _score_severity(settings: Analysis) -> Severity:
+    return "critical" if settings.score_shift == "critical" else "warning"
 
 
 def _scores(snap: Snapshot) -> Evidence:
-    severity: Literal["critical", "warning"] = (
-        "critical" if snap.analysis.score_shift == "critical" else "warning"
-    )
+    severity = _score_severity(snap.analysis)
     if snap.baseline.score is None or snap.canary.score is None:
         return _no_data("score", severity, {"baseline": 0.0, "canary": 0.0})
     base = np.diff(np.r_[0.0, snap.baseline.score.cumulative()])
@@ -467,8 +843,61 @@ def _scores(snap: Snapshot) -> Evidence:
     )
 
 
-def _no_data(metric: str, severity: Literal["critical", "warning"], samples: dict[str, float]) -> Evidence:
+def _score_harm(e: Evidence) -> str:
+    return f"score: the predicted-score distribution changed (adjusted always-valid p = {e.p_adjusted:.3g})"
+
+
+def _score_ok(e: Evidence) -> str:
+    return "score: the predicted-score distribution shows no change"
+
+
+def _score_row(e: Evidence, values: dict[str, float], n: float) -> str:
+    return f"mean {values['mean']:.3f} of {n:,.0f}"
+
+
+def _no_data(metric: str, severity: Severity, samples: dict[str, float]) -> Evidence:
     return Evidence(metric, severity, "no data", "", {}, {}, {}, None, None, None, None, None, samples)
+
+
+def _always(settings: Analysis) -> bool:
+    return True
+
+
+def _never(settings: Analysis) -> bool:
+    return False
+
+
+def _critical(settings: Analysis) -> Severity:
+    return "critical"
+
+
+METRICS: tuple[MetricDefinition, ...] = (
+    MetricDefinition("errors", _errors, _always, "harm", _critical, _errors_harm, _errors_ok, _errors_row),
+    MetricDefinition(
+        "latency", _latency, _always, "harm", _critical, _latency_harm, _latency_ok, _latency_row
+    ),
+    MetricDefinition(
+        "accuracy",
+        _accuracy,
+        lambda s: s.require_accuracy,
+        "harm",
+        _critical,
+        _accuracy_harm,
+        _accuracy_ok,
+        _accuracy_row,
+    ),
+    MetricDefinition("score", _scores, _never, "change", _score_severity, _score_harm, _score_ok, _score_row),
+)
+_BY_NAME = {d.name: d for d in METRICS}
+
+
+def describe(e: Evidence, arm: Literal["canary", "baseline"]) -> str:
+    """One arm's cell of the evidence table ("1.00% of 5,000", "p99 320ms of 5,000")."""
+    values = e.canary if arm == "canary" else e.baseline
+    n = e.samples.get(arm, 0.0)
+    if e.outcome == "no data" or not values:
+        return f"n={n:,.0f}"
+    return definition(e.metric).row(e, values, n)
 
 
 # ---------------------------------------------------------------- sequential tests
@@ -480,19 +909,29 @@ def origin_log_evalue(
     share: float,
     ratios: Floats,
     weights: Floats,
+    *,
+    null_ratio: float = 1.0,
 ) -> float:
-    """log E for "the canary's event rate / the baseline's is one of `ratios`" against ratio 1.
+    """log E for "the canary's event rate / the baseline's is one of `ratios`" against `null_ratio`.
 
-    Each event comes from the canary with probability q = s r / (s r + 1 - s) when the rate
-    ratio is r and the canary's traffic share is s. Under r = 1, q = s and the likelihood ratio
-    of every alternative is a martingale; under r on the other side of 1 than all `ratios`, a
-    supermartingale. Their `weights`-mixture is the e-value.
+    Each event comes from the canary with probability q(r) = s r / (s r + 1 - s) when the rate
+    ratio is r and the canary's traffic share is s (two Poisson streams thinned by origin).
+    Under r = `null_ratio` the likelihood ratio of every alternative is a martingale; under r on
+    the other side of `null_ratio` than all `ratios`, a supermartingale. Their
+    `weights`-mixture is the e-value (Wald's SPRT mixed over alternatives).
     """
     if not 0 < share < 1 or events_canary + events_baseline == 0:
         return 0.0
+    q0 = share * null_ratio / (share * null_ratio + 1 - share)
     q = share * ratios / (share * ratios + 1 - share)
-    log_lr = events_canary * np.log(q / share) + events_baseline * np.log((1 - q) / (1 - share))
-    return float(special.logsumexp(log_lr, b=weights))
+    log_lr = events_canary * np.log(q / q0) + events_baseline * np.log((1 - q) / (1 - q0))
+    return _log_mixture(log_lr, weights)
+
+
+def _log_mixture(log_values: Floats, weights: Floats) -> float:
+    """log sum(weights * exp(log_values)), without overflow (scipy's logsumexp costs 50x more)."""
+    top = float(log_values.max())
+    return top + math.log(float(weights @ np.exp(log_values - top)))
 
 
 def difference_noninferiority(
@@ -553,9 +992,13 @@ def independence_log_evalue(canary: Floats, baseline: Floats, prior_share: float
 
 
 def threshold_index(cumulative: Floats, quantile: float) -> int:
-    """Index of the first finite bound whose cumulative count reaches `quantile` of the total."""
-    reached = int(np.searchsorted(cumulative, quantile * cumulative[-1], side="left"))
-    return min(reached, cumulative.size - 2)
+    """Index of the last finite bound with at least 1 - `quantile` of the total above it.
+
+    At or below the pooled `quantile`, so the tests see at least that share of requests
+    (0 when even the first bound has fewer above it).
+    """
+    within = int(np.searchsorted(cumulative[:-1], quantile * cumulative[-1], side="right")) - 1
+    return max(within, 0)
 
 
 def margin_index(bounds: Floats, t: int, margin: float) -> int:
@@ -605,6 +1048,14 @@ def _pct(value: float) -> str:
 
 def _seconds(value: float) -> str:
     return f"{value * 1000:.0f}ms" if math.isfinite(value) else "n/a"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _p(value: float | None) -> str:

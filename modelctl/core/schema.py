@@ -477,6 +477,29 @@ class Receiver(Strict):
 
 class Monitoring(Strict):
     install: StrictBool = False
+    # Where `modelctl canary analyze` queries Prometheus (its HTTP API root), e.g. the
+    # in-cluster service http://prometheus-operated.monitoring:9090.
+    prometheus_url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = None
+
+
+class AnalysisJob(Strict):
+    """The in-cluster canary analysis: a CronJob running `modelctl canary analyze` (infra).
+
+    It clones `repository` with a deploy key (the Pulumi secret config key `deploy_key_secret`),
+    queries `monitoring.prometheus_url`, and pushes its commits to `branch`. Its NetworkPolicy
+    lets it reach only Prometheus, DNS and the git host (`git_cidrs`, port `git_port`).
+    """
+
+    schedule: Annotated[str, Field(pattern=r"^(\S+\s+){4}\S+$")] = "*/5 * * * *"
+    # Built from infra/Dockerfile.analysis (core, infra, policies, git, ssh; not the serving image).
+    image: Annotated[str, Field(min_length=1)]
+    repository: Annotated[str, Field(min_length=1)]
+    branch: Annotated[str, Field(min_length=1)] = "main"
+    # The git host's SSH host key line(s), as `ssh-keyscan` prints them: pushes verify it.
+    known_hosts: Annotated[str, Field(min_length=1)]
+    git_cidrs: list[Annotated[str, Field(pattern=r"^[0-9a-fA-F:.]+/\d{1,3}$")]] = Field(min_length=1)
+    git_port: Annotated[StrictInt, Field(ge=1, le=65535)] = 22
+    deploy_key_secret: SecretKey
 
 
 class Ingress(Strict):
@@ -497,6 +520,15 @@ class Environment(Strict):
     ingress: Ingress = Ingress()
     # On each model's ServiceAccount, e.g. eks.amazonaws.com/role-arn for reading the remote.
     service_account_annotations: dict[str, str] = {}
+    analysis: AnalysisJob | None = None
+
+    @model_validator(mode="after")
+    def _analysis_reads_prometheus(self) -> Environment:
+        if self.analysis is not None and self.monitoring.prometheus_url is None:
+            raise ValueError(
+                "analysis runs the canary analysis job, which needs monitoring.prometheus_url; set it"
+            )
+        return self
 
     @field_validator("image")
     @classmethod
@@ -557,6 +589,13 @@ class Analysis(Strict):
     latency_margin: Annotated[float, Field(ge=0)] = 0.10
     min_requests: Annotated[StrictInt, Field(ge=1)] = 500
     score_shift: Literal["warn", "critical"] = "warn"
+    # Live accuracy from feedback labels: the canary's may trail the baseline's by this much;
+    # judged when labels arrive, needed for promotion only when `require_accuracy`.
+    accuracy_margin: Annotated[float, Field(ge=0, lt=1)] = 0.01
+    require_accuracy: StrictBool = False
+    # An end: a canary still inconclusive this long after it started is rolled back (or promoted).
+    max_duration: Duration | None = None
+    on_inconclusive: Literal["rollback", "promote"] = "rollback"
 
     @field_validator("steps")
     @classmethod

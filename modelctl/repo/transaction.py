@@ -1,7 +1,8 @@
 """The release transaction: lock → validate → edit → policies → one commit, or nothing changes.
 
-Every change modelctl commits goes through `commit_file`: the release commands (one stack
-file, through `apply_release`) and the registry (one model file). A refused or failed change
+Every change modelctl commits goes through `commit_files`: the release commands (one stack
+file, with the analysis snapshot behind an automated decision, through `apply_release`) and
+the registry (one model file, `commit_file`). A refused or failed change
 leaves HEAD, the index and the working tree as they were.
 
 One writer at a time: every state-changing operation holds `repository_lock` from reading the
@@ -18,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -136,6 +137,8 @@ def apply_release(
     policies: PolicyCheck,
     dry_run: bool = False,
     commit: bool = True,
+    evidence: Mapping[str, str] | None = None,
+    message: Callable[[Proposal], str] | None = None,
     lock_timeout: float | None = None,
 ) -> ReleaseChange:
     """Validate, edit, check and commit one stack file, or change nothing at all.
@@ -156,6 +159,11 @@ def apply_release(
         Only compute the change and its diff.
     commit
         Commit the stack file (False: write it and leave it uncommitted).
+    evidence
+        New files (path -> text) committed with the stack file, such as the analysis snapshot
+        behind an automated decision.
+    message
+        The commit message from the proposal (default: the proposal's own).
     lock_timeout
         Seconds to wait for another writer (see `repository_lock`).
 
@@ -167,11 +175,30 @@ def apply_release(
         not passed.
     """
     with repository_lock(root, lock_timeout):
-        return _apply_release(root, model, stack, build, policies, dry_run=dry_run, commit=commit)
+        return _apply_release(
+            root,
+            model,
+            stack,
+            build,
+            policies,
+            dry_run=dry_run,
+            commit=commit,
+            evidence=evidence,
+            message=message,
+        )
 
 
 def _apply_release(
-    root: Path, model: str, stack: str, build: Build, policies: PolicyCheck, *, dry_run: bool, commit: bool
+    root: Path,
+    model: str,
+    stack: str,
+    build: Build,
+    policies: PolicyCheck,
+    *,
+    dry_run: bool,
+    commit: bool,
+    evidence: Mapping[str, str] | None,
+    message: Callable[[Proposal], str] | None,
 ) -> ReleaseChange:
     path = stack_file(stack)
     require_git_ready(root, [path, model_file(model)])
@@ -194,12 +221,14 @@ def _apply_release(
     policies(changed, stack)
     if not proposal.restores:
         _require_soak(root, state, target, before, proposal)
-    made = None if dry_run else commit_file(root, path, new_text, proposal.message, commit=commit)
+    text = message(proposal) if message else proposal.message
+    files = {path: new_text, **(evidence or {})}
+    made = None if dry_run else commit_files(root, files, text, commit=commit)
     return ReleaseChange(
         action=proposal.action,
         model=model,
         stack=stack,
-        message=proposal.message,
+        message=text,
         release=proposal.release,
         diff=unified_diff(path, old_text, new_text),
         commit=made,
@@ -209,26 +238,55 @@ def _apply_release(
 
 
 def commit_file(root: Path, path: str, text: str, message: str, *, commit: bool = True) -> str | None:
-    """Write `text` to `path` (atomically) and commit only that file, under the repository lock.
+    """Write `text` to `path` (atomically) and commit only that file (see `commit_files`)."""
+    return commit_files(root, {path: text}, message, commit=commit)
 
-    On any failure, the file and the index are put back as they were, and only where they still
-    hold what this call wrote: another writer's change is never undone. Returns the new commit's
-    hash, or None when `commit` is False (the file is then only written).
+
+def commit_files(
+    root: Path,
+    files: Mapping[str, str],
+    message: str,
+    *,
+    commit: bool = True,
+    lock_timeout: float | None = None,
+) -> str | None:
+    """Write each file (path -> text, atomically; new folders made) and commit only them, under
+    the repository lock (waiting up to `lock_timeout` seconds, see `repository_lock`).
+
+    On any failure, the files and the index are put back as they were (new files removed), and
+    each file only while it still holds what this call wrote: another writer's change is never
+    undone. Returns the new commit's hash, or None when `commit` is False (the files are then
+    only written).
+
+    Raises
+    ------
+    UserError
+        Another writer held the lock for longer than `lock_timeout`; nothing was written.
     """
-    file = root / path
-    with repository_lock(root):
-        before = file.read_text(encoding="utf-8")
-        yamlio.write_atomic(file, text)
+    with repository_lock(root, lock_timeout):
+        before = {path: _read(root / path) for path in files}
+        for path, text in files.items():
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            yamlio.write_atomic(root / path, text)
         if not commit:
             return None
         try:
-            return gitutil.commit_only(root, [path], message)
+            return gitutil.commit_only(root, list(files), message)
         except BaseException:
-            # The index entry is this command's; the file only while it still holds our text.
-            gitutil.git(root, "reset", "-q", "--", path, check=False)
-            if file.read_text(encoding="utf-8") == text:
-                yamlio.write_atomic(file, before)
+            # The index entries are this command's; each file only while it still holds our text.
+            gitutil.git(root, "reset", "-q", "--", *files, check=False)
+            for path, old in before.items():
+                if _read(root / path) != files[path]:
+                    continue
+                if old is None:
+                    (root / path).unlink(missing_ok=True)
+                else:
+                    yamlio.write_atomic(root / path, old)
             raise
+
+
+def _read(file: Path) -> str | None:
+    return file.read_text(encoding="utf-8") if file.exists() else None
 
 
 def require_git_ready(root: Path, paths: list[str]) -> None:

@@ -1,0 +1,95 @@
+"""`modelctl canary analyze`: Prometheus -> snapshot -> judge -> one commit with its evidence.
+
+Exit codes (the analysis job and CI branch on them), those of every command (modelctl.cli): 0 every
+canary stepped or promoted (or none to analyze), 2 at least one rolled back (a finding), 3 at
+least one holds (none rolled back), 1 an error (one line on stderr, such as a held version).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, TypeAlias
+
+from modelctl.cli import (
+    EXIT_FINDING,
+    EXIT_HOLD,
+    EXIT_OK,
+    Result,
+    add_command,
+    add_lock_timeout,
+    progress,
+    repo_root,
+)
+
+if TYPE_CHECKING:
+    from modelctl.api import Analysis
+
+SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+HELP = "judge each canary from Prometheus and commit the next step, promotion or rollback with its snapshot"
+
+
+def add(sub: SubParsers) -> argparse.ArgumentParser:
+    parser = add_command(sub, "analyze", run, HELP)
+    parser.add_argument("--stack", help="the stack to analyze (default: every stack)")
+    parser.add_argument("--model", help="only this model's canary")
+    parser.add_argument("--prometheus", metavar="URL", help="Prometheus' URL (default: the stack's setting)")
+    parser.add_argument("--dry-run", action="store_true", help="judge and show the change; commit nothing")
+    parser.add_argument("--record", action="store_true", help="commit the snapshot of a hold too")
+    add_lock_timeout(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> Result:
+    from modelctl import api
+    from modelctl.repo.state import read_state
+
+    root = repo_root(args)
+    stacks = [args.stack] if args.stack else sorted(read_state(root).stacks)
+    results: list[Analysis] = []
+    for stack in stacks:
+        progress(f"analyzing the canaries on {stack}")
+        results += api.canary_analyze(
+            root,
+            stack=stack,
+            model=args.model,
+            prometheus=args.prometheus,
+            dry_run=args.dry_run,
+            record=args.record,
+            lock_timeout=args.lock_timeout,
+        )
+    outcomes = {r.outcome for r in results}
+    code = EXIT_FINDING if "rollback" in outcomes else EXIT_HOLD if "hold" in outcomes else EXIT_OK
+    return Result([_data(r) for r in results], _text(results, args.dry_run), code)
+
+
+def _data(result: Analysis) -> dict[str, object]:
+    return {
+        "model": result.model,
+        "stack": result.stack,
+        "outcome": result.outcome,
+        "commit": result.commit,
+        "snapshot": result.snapshot_path,
+        "message": result.message,
+        "diff": result.change.diff if result.change else "",
+        "decision": result.decision.to_dict(),
+    }
+
+
+def _text(results: list[Analysis], dry_run: bool) -> str:
+    from modelctl.cli.judge import format_decision
+
+    if not results:
+        return "no canary to analyze"
+    blocks = []
+    for result in results:
+        done = (
+            f"committed {result.commit[:12]}"
+            if result.commit
+            else "dry run: nothing committed"
+            if dry_run
+            else "nothing committed"
+        )
+        head = f"{result.outcome.upper()} {result.model} on {result.stack}: {done} (snapshot {result.snapshot_path})"
+        diff = result.change.diff if result.change and dry_run else ""
+        blocks.append("\n".join(filter(None, [head, format_decision(result.decision), diff])))
+    return "\n\n".join(blocks)

@@ -1,0 +1,164 @@
+"""The canary analysis's queries, and the judge's snapshot built from Prometheus' answers.
+
+Pure: `queries` names the PromQL (from the contract's table) that one analysis runs;
+`build_snapshot` turns the answers (instant vectors, as Prometheus' HTTP API returns them)
+into a `modelctl.core.judge.Snapshot`. The reading itself is `modelctl.repo.prometheus`.
+
+Every count is `increase(...)` over the window since the current step's commit, summed across
+replicas; Prometheus extrapolates `increase` to the window's edges, so counts are real numbers
+and a histogram's buckets can come back a hair out of order: they are made cumulative again
+here (the running maximum), never trusted to be.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from modelctl.core import contract, releases
+from modelctl.core.judge import Snapshot, parse_snapshot
+from modelctl.core.schema import Analysis, Release
+
+# One instant-vector sample: its labels and its value.
+Sample = tuple[Mapping[str, str], float]
+# The window's counts the snapshot needs, by the contract's query name.
+WINDOW_QUERIES = (
+    "requests_in_window",
+    "server_errors_in_window",
+    "latency_buckets_in_window",
+    "score_buckets_in_window",
+    "feedback_in_window",
+)
+
+
+@dataclass(frozen=True)
+class Arms:
+    """The two versions compared and their configured weights (percent)."""
+
+    baseline: str
+    canary: str
+    baseline_weight: int
+    canary_weight: int
+
+
+def canary_arms(release: Release) -> Arms | None:
+    """The baseline and canary of a release in a canary state, else None.
+
+    A canary state: exactly two versions take traffic, without sticky sessions (an A/B
+    experiment), and the canary (the one with less traffic; on a tie the newer) has at most
+    half of it.
+    """
+    serving = release.serving()
+    if len(serving) != 2 or release.sticky is not None:
+        return None
+    stable = releases.stable_version(release)
+    canary = next(v for v in serving if v != stable)
+    weight = release.traffic[canary]
+    return Arms(stable, canary, release.traffic[stable], weight) if weight <= 50 else None
+
+
+def window(seconds: float) -> str:
+    """A PromQL range covering `seconds` (whole seconds, at least one)."""
+    return f"{max(math.ceil(seconds), 1)}s"
+
+
+def queries(model: str, seconds: float) -> dict[str, str]:
+    """The PromQL of each window query over every version of `model`, by name (per version)."""
+    return {
+        name: contract.query(name, {"model": model}, "version", window(seconds)) for name in WINDOW_QUERIES
+    }
+
+
+def build_snapshot(
+    *,
+    model: str,
+    stack: str,
+    arms: Arms,
+    analysis: Analysis,
+    taken_at: datetime,
+    window_start: datetime,
+    canary_started: datetime | None,
+    answers: Mapping[str, Sequence[Sample]],
+    source: Mapping[str, Any],
+) -> Snapshot:
+    """The judge's snapshot from the answers to `queries` (name -> samples).
+
+    Raises
+    ------
+    UserError, UserErrors
+        The counts do not make a valid snapshot (one line per problem).
+    """
+    requests = _by_version(answers.get("requests_in_window", ()))
+    errors = _by_version(answers.get("server_errors_in_window", ()))
+    latency = _histograms(answers.get("latency_buckets_in_window", ()))
+    scores = _histograms(answers.get("score_buckets_in_window", ()))
+
+    def arm(version: str, weight: int) -> dict[str, Any]:
+        total = requests.get(version, 0.0)
+        return {
+            "version": version,
+            "weight": weight,
+            "requests": total,
+            "errors": min(errors.get(version, 0.0), total),
+            "latency_seconds": _histogram(latency, version),
+            "score": _histogram(scores, version) if scores else None,
+            "feedback": _feedback(answers.get("feedback_in_window", ()), version),
+        }
+
+    data = {
+        "model": model,
+        "stack": stack,
+        "taken_at": taken_at.isoformat(),
+        "window_start": window_start.isoformat(),
+        "canary_started": canary_started.isoformat() if canary_started else None,
+        "baseline": arm(arms.baseline, arms.baseline_weight),
+        "canary": arm(arms.canary, arms.canary_weight),
+        "analysis": analysis.model_dump(mode="json"),
+        "source": dict(source),
+    }
+    return parse_snapshot(data, f"analysis of {model} on {stack}")
+
+
+def _by_version(samples: Sequence[Sample]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for labels, value in samples:
+        if "version" in labels and math.isfinite(value):
+            totals[labels["version"]] = totals.get(labels["version"], 0.0) + value
+    return totals
+
+
+def _histograms(samples: Sequence[Sample]) -> dict[str, dict[float, float]]:
+    """version -> bucket bound -> count."""
+    buckets: dict[str, dict[float, float]] = {}
+    for labels, value in samples:
+        if "version" in labels and "le" in labels and math.isfinite(value):
+            per = buckets.setdefault(labels["version"], {})
+            bound = float(labels["le"])
+            per[bound] = per.get(bound, 0.0) + value
+    return buckets
+
+
+def _histogram(buckets: Mapping[str, Mapping[float, float]], version: str) -> dict[str, Any]:
+    """Both arms on the same bounds (the union); counts made cumulative again."""
+    bounds = sorted({b for per in buckets.values() for b in per} | {math.inf})
+    counts, running = [], 0.0
+    for bound in bounds:
+        running = max(running, buckets.get(version, {}).get(bound, 0.0))
+        counts.append(running)
+    return {"le": [b if math.isfinite(b) else "+Inf" for b in bounds], "counts": counts}
+
+
+def _feedback(samples: Sequence[Sample], version: str) -> list[dict[str, Any]]:
+    actual, predicted = contract.FEEDBACK.labels
+    return [
+        {"actual": labels[actual], "predicted": labels[predicted], "count": value}
+        for labels, value in samples
+        if labels.get("version") == version
+        and labels.get(actual)
+        and labels.get(predicted)
+        and math.isfinite(value)
+        and value > 0
+    ]

@@ -1,0 +1,55 @@
+"""Reading Prometheus: instant queries over its HTTP API (`GET /api/v1/query`), through httpx.
+
+The answer format is Prometheus' documented one (https://prometheus.io/docs/prometheus/latest/
+querying/api/#instant-queries): `{"status": "success", "data": {"resultType": "vector",
+"result": [{"metric": {...labels}, "value": [time, "number"]}]}}`. Any failure (unreachable,
+an HTTP error, a PromQL error) is one UserError naming the URL and the query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from modelctl.core.collect import Sample
+from modelctl.core.errors import UserError
+
+TIMEOUT_SECONDS = 10.0
+
+
+def query_all(url: str, queries: Mapping[str, str], at: datetime) -> dict[str, list[Sample]]:
+    """Run each named PromQL at the instant `at`; name -> the vector's samples.
+
+    Raises
+    ------
+    UserError
+        Prometheus cannot be reached, answers with an error, or not with a vector.
+    """
+    import httpx  # loaded when a query runs: every other command starts without it
+
+    endpoint = url.rstrip("/") + "/api/v1/query"
+    with httpx.Client(timeout=TIMEOUT_SECONDS) as client:
+        return {name: _vector(client, endpoint, promql, at) for name, promql in queries.items()}
+
+
+def _vector(client: Any, endpoint: str, promql: str, at: datetime) -> list[Sample]:
+    import httpx
+
+    try:
+        response = client.get(endpoint, params={"query": promql, "time": f"{at.timestamp():.3f}"})
+        body = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise UserError(endpoint, f"Prometheus did not answer ({type(exc).__name__}: {exc})", _FIX) from None
+    if response.status_code != 200 or body.get("status") != "success":
+        detail = body.get("error") or f"HTTP {response.status_code}"
+        raise UserError(endpoint, f"the query {promql!r} failed: {detail}", _FIX)
+    data = body.get("data", {})
+    if data.get("resultType") != "vector":
+        raise UserError(
+            endpoint, f"the query {promql!r} returned a {data.get('resultType')}, not a vector", _FIX
+        )
+    return [(item["metric"], float(item["value"][1])) for item in data.get("result", [])]
+
+
+_FIX = "check the Prometheus URL (--prometheus, or monitoring.prometheus_url in the stack file)"

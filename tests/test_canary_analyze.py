@@ -1,0 +1,326 @@
+"""`modelctl canary analyze` against a real Prometheus scraping a real exposition endpoint: the
+snapshot it commits, the decision applied as one commit, the exit codes, and replay."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from modelctl import api
+from modelctl.core import contract
+from modelctl.repo import prometheus as prometheus_api
+from modelctl.repo.state import read_state
+from serving.metrics import LATENCY_BUCKETS, SCORE_BUCKETS
+from tests.conftest import Cli
+from tests.factories import run_git
+from tests.test_serving_helpers import free_port
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("prometheus") is None, reason="prometheus is not installed (make tools)"
+)
+
+MODEL = "fraud-detection"
+STACK = "staging"
+SCRAPE_SECONDS = 1
+WAIT_SECONDS = 30
+
+
+@dataclass
+class Exposition:
+    """The server's metrics (the contract's names and labels) for two versions, served over HTTP."""
+
+    registry: CollectorRegistry
+    url: str
+    requests: Counter
+    duration: Histogram
+    score: Histogram
+    feedback: Counter
+
+    def serve(self, version: str, n: int, *, error_rate: float, slower: float = 1.0, seed: int = 0) -> None:
+        """Record `n` requests of `version` as the server would."""
+        rng = np.random.default_rng(seed)
+        errors = round(n * error_rate)
+        labels = {"model": MODEL, "version": version}
+        self.requests.labels(**labels, code="200").inc(n - errors)
+        self.requests.labels(**labels, code="500").inc(errors)
+        for seconds in rng.lognormal(np.log(0.01 * slower), 0.5, size=n):
+            self.duration.labels(**labels).observe(seconds)
+        for score in rng.beta(2, 5, size=n):
+            self.score.labels(**labels).observe(score)
+        wrong = rng.random(n // 10) < 0.05
+        self.feedback.labels(**labels, actual="fraud", predicted="fraud").inc(int((~wrong).sum()))
+        self.feedback.labels(**labels, actual="fraud", predicted="legit").inc(int(wrong.sum()))
+
+
+@pytest.fixture
+def exposition() -> Iterator[Exposition]:
+    registry = CollectorRegistry()
+    served = contract.SERVED_BY
+    requests = Counter(
+        contract.REQUESTS.name, contract.REQUESTS.help, contract.REQUESTS.label_names, registry=registry
+    )
+    duration = Histogram(
+        contract.DURATION.name, contract.DURATION.help, served, registry=registry, buckets=LATENCY_BUCKETS
+    )
+    score = Histogram(
+        contract.SCORE.name, contract.SCORE.help, served, registry=registry, buckets=SCORE_BUCKETS
+    )
+    feedback = Counter(
+        contract.FEEDBACK.name,
+        contract.FEEDBACK.help,
+        (*served, *contract.FEEDBACK.labels),
+        registry=registry,
+    )
+    for version in ("v1.0.0", "v1.1.0"):
+        # Series exist at zero before any traffic, as the server's do once a version loads.
+        requests.labels(MODEL, version, "200")
+        requests.labels(MODEL, version, "500")
+        duration.labels(MODEL, version)
+        score.labels(MODEL, version)
+        for predicted in ("fraud", "legit"):
+            feedback.labels(MODEL, version, "fraud", predicted)
+    server, thread = start_http_server(0, "127.0.0.1", registry)
+    try:
+        yield Exposition(registry, f"127.0.0.1:{server.server_port}", requests, duration, score, feedback)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path, exposition: Exposition) -> Iterator[str]:
+    """A real Prometheus on a free port scraping the exposition every second; stopped by pid."""
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        f"global: {{scrape_interval: {SCRAPE_SECONDS}s, evaluation_interval: {SCRAPE_SECONDS}s}}\n"
+        f"scrape_configs:\n  - job_name: models\n    static_configs: [{{targets: ['{exposition.url}']}}]\n"
+    )
+    process = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(url, 'up{job="models"}', lambda value: value == 1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def wait_for(url: str, promql: str, ok: object) -> None:
+    """Poll an instant query until its first sample satisfies `ok` (bounded)."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            result = httpx.get(f"{url}/api/v1/query", params={"query": promql}, timeout=5).json()["data"][
+                "result"
+            ]
+        except (httpx.HTTPError, KeyError, ValueError):
+            result = []
+        if result and ok(float(result[0]["value"][1])):  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"Prometheus never answered {promql} as expected")
+
+
+def scraped(url: str, total: int) -> None:
+    """Wait until Prometheus holds every request fed so far, then one more scrape."""
+    wait_for(url, f'sum({contract.REQUESTS.name}{{model="{MODEL}"}})', lambda value: value >= total)
+    time.sleep(SCRAPE_SECONDS * 1.5)
+
+
+@pytest.fixture
+def canary_repo(repo: Path) -> Path:
+    """staging fully on v1.0.0, then a canary of v1.1.0 at the first step (5%), both committed."""
+    stack = repo / f"Pulumi.{STACK}.yaml"
+    stack.write_text(
+        stack.read_text().replace("v1.0.0: 90\n", "v1.0.0: 100\n").replace("      v1.1.0: 10\n", "")
+    )
+    run_git(repo, "commit", "-q", "-am", "staging on v1.0.0")
+    api.canary(repo, MODEL, "v1.1.0", stack=STACK)
+    return repo
+
+
+def analyze(cli: Cli, root: Path, url: str, *flags: str) -> tuple[int, list[dict[str, object]]]:
+    code, out, err = cli(root, "canary", "analyze", "--stack", STACK, "--prometheus", url, "--json", *flags)
+    assert "Traceback" not in err
+    return code, json.loads(out)
+
+
+def committed_files(root: Path) -> list[str]:
+    return run_git(root, "show", "--name-only", "--format=", "HEAD").split()
+
+
+def test_a_healthy_canary_steps_in_one_commit_with_its_snapshot(
+    canary_repo: Path, prometheus: str, exposition: Exposition, cli: Cli
+) -> None:
+    exposition.serve("v1.1.0", 6000, error_rate=0.005, seed=1)
+    exposition.serve("v1.0.0", 54000, error_rate=0.005, seed=2)
+    scraped(prometheus, 60000)
+    code, results = analyze(cli, canary_repo, prometheus)
+    assert code == 0, results
+    [result] = results
+    assert result["outcome"] == "step"
+    snapshot_path = str(result["snapshot"])
+    assert snapshot_path.startswith(f"analysis/{STACK}/{MODEL}/")
+    assert sorted(committed_files(canary_repo)) == sorted([snapshot_path, f"Pulumi.{STACK}.yaml"])
+    assert read_state(canary_repo).stack(STACK).config.releases[MODEL].traffic == {"v1.0.0": 90, "v1.1.0": 10}
+    message = run_git(canary_repo, "log", "-1", "--format=%B")
+    assert message.startswith(f"canary analyze step: {MODEL} v1.1.0 at 10% on {STACK}")
+    assert f"Analysis-Snapshot: {snapshot_path}" in message
+    assert "errors: canary error rate is within" in message.splitlines()[2]
+    snapshot = json.loads((canary_repo / snapshot_path).read_text())
+    assert snapshot["source"]["prometheus"] == prometheus
+    assert "increase(model_requests_total" in snapshot["source"]["queries"]["requests_in_window"]
+    # Counts as Prometheus extrapolates them over the window: close to what was fed.
+    assert snapshot["canary"]["requests"] == pytest.approx(6000, rel=0.5)
+    assert snapshot["canary"]["feedback"]
+    code, out, err = cli(canary_repo, "judge", "--replay", "HEAD")
+    assert code == 0, err
+    assert "matches" in out.splitlines()[0]
+    # A commit whose recorded decision is not what its snapshot gives: a finding (2).
+    forged = message.replace("Judge-Action: promote", "Judge-Action: rollback")
+    run_git(canary_repo, "commit", "-q", "--allow-empty", "-m", forged)
+    code, out, _ = cli(canary_repo, "judge", "--replay", "HEAD")
+    assert code == 2
+    assert "DIFFERS (committed rollback" in out.splitlines()[0]
+
+
+def test_a_canary_held_by_a_rollback_during_the_analysis_is_never_stepped(
+    canary_repo: Path, prometheus: str, exposition: Exposition, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exposition.serve("v1.1.0", 6000, error_rate=0.005, seed=1)
+    exposition.serve("v1.0.0", 54000, error_rate=0.005, seed=2)
+    scraped(prometheus, 60000)
+    query_all = prometheus_api.query_all
+
+    def rolled_back_meanwhile(*args: object, **kwargs: object) -> object:
+        # Another writer rolls the canary back while Prometheus answers this analysis.
+        answers = query_all(*args, **kwargs)  # type: ignore[arg-type]
+        api.rollback(canary_repo, MODEL, stack=STACK)
+        return answers
+
+    monkeypatch.setattr(prometheus_api, "query_all", rolled_back_meanwhile)
+    head = run_git(canary_repo, "rev-parse", "HEAD")
+    code, out, err = cli(canary_repo, "canary", "analyze", "--stack", STACK, "--prometheus", prometheus)
+    assert code == 1, out
+    [error] = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert "v1.1.0 of fraud-detection is held on staging" in error
+    assert "Traceback" not in err
+    # Only the rollback was committed; the analysis wrote nothing.
+    assert run_git(canary_repo, "rev-parse", "HEAD^") == head
+    assert read_state(canary_repo).stack(STACK).config.releases[MODEL].traffic == {"v1.0.0": 100}
+    assert run_git(canary_repo, "status", "--porcelain", "--untracked-files=all") == ""
+
+
+def test_a_failing_canary_is_rolled_back_and_replays(
+    canary_repo: Path, prometheus: str, exposition: Exposition, cli: Cli
+) -> None:
+    exposition.serve("v1.1.0", 2000, error_rate=0.08, seed=3)
+    exposition.serve("v1.0.0", 38000, error_rate=0.01, seed=4)
+    scraped(prometheus, 40000)
+    code, [result] = analyze(cli, canary_repo, prometheus)
+    assert code == 2  # a finding: the exit code convention's (modelctl.cli)
+    assert result["outcome"] == "rollback"
+    assert read_state(canary_repo).stack(STACK).config.releases[MODEL].traffic == {"v1.0.0": 100}
+    assert str(result["snapshot"]) in committed_files(canary_repo)
+    code, out, _ = cli(canary_repo, "judge", "--replay", "HEAD", "--json")
+    assert code == 0
+    assert json.loads(out)["matches"] is True
+    assert json.loads(out)["decision"]["action"] == "rollback"
+
+
+def test_no_canary_traffic_holds_with_a_warning_and_commits_only_when_recorded(
+    canary_repo: Path, prometheus: str, exposition: Exposition, cli: Cli
+) -> None:
+    exposition.serve("v1.0.0", 5000, error_rate=0.01, seed=5)
+    scraped(prometheus, 5000)
+    head = run_git(canary_repo, "rev-parse", "HEAD")
+    code, [result] = analyze(cli, canary_repo, prometheus)
+    assert code == 3
+    assert result["outcome"] == "hold"
+    assert any("no traffic" in w for w in result["decision"]["warnings"])  # type: ignore[index]
+    assert run_git(canary_repo, "rev-parse", "HEAD") == head
+    assert not (canary_repo / "analysis").exists()
+    code, [result] = analyze(cli, canary_repo, prometheus, "--record")
+    assert code == 3
+    assert committed_files(canary_repo) == [result["snapshot"]]
+    assert run_git(canary_repo, "log", "-1", "--format=%s").startswith("canary analyze hold:")
+
+
+def test_a_wrong_prometheus_url_is_one_line_error(canary_repo: Path, cli: Cli) -> None:
+    port = free_port()
+    code, _, err = cli(
+        canary_repo, "canary", "analyze", "--stack", STACK, "--prometheus", f"http://127.0.0.1:{port}"
+    )
+    assert code == 1
+    [error] = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert "Prometheus did not answer" in error
+    assert "Traceback" not in err
+
+
+def test_analyze_waits_for_the_repository_lock_then_refuses_writing_nothing(
+    canary_repo: Path, prometheus: str, exposition: Exposition, cli: Cli
+) -> None:
+    exposition.serve("v1.0.0", 5000, error_rate=0.01, seed=5)
+    scraped(prometheus, 5000)
+    head = run_git(canary_repo, "rev-parse", "HEAD")
+    # Another process holds the lock (within one process it is re-entrant).
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from modelctl.repo.transaction import repository_lock\n"
+            "with repository_lock(Path(sys.argv[1])):\n    print('held', flush=True); sys.stdin.read()",
+            str(canary_repo),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
+        code, out, err = cli(
+            canary_repo,
+            "canary",
+            "analyze",
+            "--stack",
+            STACK,
+            "--prometheus",
+            prometheus,
+            "--record",
+            "--lock-timeout",
+            "0.5",
+        )
+    finally:
+        holder.communicate(timeout=30)
+    assert code == 1, out
+    [error] = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert "another modelctl command is changing this repository" in error
+    assert run_git(canary_repo, "rev-parse", "HEAD") == head
+    assert not (canary_repo / "analysis").exists()
