@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypedDict, Unpack
 
 import orjson
 
@@ -42,6 +42,7 @@ from modelctl.repo.history import release_changes, stack_history
 from modelctl.repo.registry import Bump, Registered, Say
 from modelctl.repo.state import read_state
 from modelctl.repo.transaction import (
+    Build,
     PolicyCheck,
     ReleaseChange,
     apply_release,
@@ -57,6 +58,7 @@ __all__ = [
     "ReleaseChange",
     "Replay",
     "StatusChange",
+    "TransactionOptions",
     "ab",
     "bluegreen",
     "bluegreen_switch",
@@ -127,10 +129,36 @@ def check_policies(state: State, stack: str) -> int:
 
 
 # ---------------------------------------------------------------- release operations
-# Every one takes: root (the repository), stack (the stack file to change), dry_run (compute
-# the change and its diff only), commit (False: write the stack file, do not commit),
-# policies (the check run on the new state) and lock_timeout (seconds to wait for another
-# writer, see modelctl.repo.transaction.repository_lock); each returns a ReleaseChange.
+# Every one takes root (the repository), stack (the stack file to change) and the
+# TransactionOptions below, and returns a ReleaseChange.
+
+
+class TransactionOptions(TypedDict, total=False):
+    """What every release operation passes to the transaction (all optional).
+
+    dry_run: compute the change and its diff only (default False). commit: False writes the
+    stack file without committing (default True). policies: the check run on the new state
+    (default `check_policies`). lock_timeout: seconds to wait for another writer (default:
+    `modelctl.repo.transaction.repository_lock`'s).
+    """
+
+    dry_run: bool
+    commit: bool
+    policies: PolicyCheck
+    lock_timeout: float | None
+
+
+def _apply(root: Path, model: str, stack: str, build: Build, options: TransactionOptions) -> ReleaseChange:
+    return apply_release(
+        root,
+        model,
+        stack,
+        build,
+        policies=options.get("policies", check_policies),
+        dry_run=options.get("dry_run", False),
+        commit=options.get("commit", True),
+        lock_timeout=options.get("lock_timeout"),
+    )
 
 
 def canary(
@@ -140,10 +168,7 @@ def canary(
     *,
     stack: str,
     weight: int | None = None,
-    dry_run: bool = False,
-    commit: bool = True,
-    policies: PolicyCheck = check_policies,
-    lock_timeout: float | None = None,
+    **options: Unpack[TransactionOptions],
 ) -> ReleaseChange:
     """Start a canary of `version`, or move it to the next analysis step.
 
@@ -153,16 +178,7 @@ def canary(
         The canary's share of traffic in percent (1-99) instead of the next step of the
         release's analysis settings.
     """
-    return apply_release(
-        root,
-        model,
-        stack,
-        lambda t, r, _: releases.canary(t, r, version, weight),
-        policies=policies,
-        dry_run=dry_run,
-        commit=commit,
-        lock_timeout=lock_timeout,
-    )
+    return _apply(root, model, stack, lambda t, r, _: releases.canary(t, r, version, weight), options)
 
 
 def promote(
@@ -170,22 +186,10 @@ def promote(
     model: str,
     *,
     stack: str,
-    dry_run: bool = False,
-    commit: bool = True,
-    policies: PolicyCheck = check_policies,
-    lock_timeout: float | None = None,
+    **options: Unpack[TransactionOptions],
 ) -> ReleaseChange:
     """The canary takes 100% of traffic; the old stable version stays deployed at 0%."""
-    return apply_release(
-        root,
-        model,
-        stack,
-        lambda t, r, _: releases.promote(t, r),
-        policies=policies,
-        dry_run=dry_run,
-        commit=commit,
-        lock_timeout=lock_timeout,
-    )
+    return _apply(root, model, stack, lambda t, r, _: releases.promote(t, r), options)
 
 
 def ab(
@@ -195,10 +199,7 @@ def ab(
     stack: str,
     split: Mapping[str, int],
     sticky: bool = False,
-    dry_run: bool = False,
-    commit: bool = True,
-    policies: PolicyCheck = check_policies,
-    lock_timeout: float | None = None,
+    **options: Unpack[TransactionOptions],
 ) -> ReleaseChange:
     """Split traffic between versions for an A/B experiment.
 
@@ -209,16 +210,7 @@ def ab(
     sticky
         Keep each user on one version by cookie.
     """
-    return apply_release(
-        root,
-        model,
-        stack,
-        lambda t, r, _: releases.ab(t, r, split, sticky),
-        policies=policies,
-        dry_run=dry_run,
-        commit=commit,
-        lock_timeout=lock_timeout,
-    )
+    return _apply(root, model, stack, lambda t, r, _: releases.ab(t, r, split, sticky), options)
 
 
 def shadow(
@@ -228,22 +220,10 @@ def shadow(
     *,
     stack: str,
     percent: float,
-    dry_run: bool = False,
-    commit: bool = True,
-    policies: PolicyCheck = check_policies,
-    lock_timeout: float | None = None,
+    **options: Unpack[TransactionOptions],
 ) -> ReleaseChange:
     """Mirror `percent` (above 0, at most 100) of requests to `version`, discarding its responses."""
-    return apply_release(
-        root,
-        model,
-        stack,
-        lambda t, r, _: releases.shadow(t, r, version, percent),
-        policies=policies,
-        dry_run=dry_run,
-        commit=commit,
-        lock_timeout=lock_timeout,
-    )
+    return _apply(root, model, stack, lambda t, r, _: releases.shadow(t, r, version, percent), options)
 
 
 def shadow_off(
@@ -251,22 +231,10 @@ def shadow_off(
     model: str,
     *,
     stack: str,
-    dry_run: bool = False,
-    commit: bool = True,
-    policies: PolicyCheck = check_policies,
-    lock_timeout: float | None = None,
+    **options: Unpack[TransactionOptions],
 ) -> ReleaseChange:
     """Stop mirroring."""
-    return apply_release(
-        root,
-        model,
-        stack,
-        lambda t, r, _: releases.shadow_off(t, r),
-        policies=policies,
-        dry_run=dry_run,
-        commit=commit,
-        lock_timeout=lock_timeout,
-    )
+    return _apply(root, model, stack, lambda t, r, _: releases.shadow_off(t, r), options)
 
 
 def bluegreen(
@@ -276,22 +244,10 @@ def bluegreen(
     *,
     stack: str,
     mirror: float | None = None,
-    dry_run: bool = False,
-    commit: bool = True,
-    policies: PolicyCheck = check_policies,
-    lock_timeout: float | None = None,
+    **options: Unpack[TransactionOptions],
 ) -> ReleaseChange:
     """Deploy the green `version` at 0% next to the stable one, optionally mirroring `mirror` percent to it."""
-    return apply_release(
-        root,
-        model,
-        stack,
-        lambda t, r, _: releases.bluegreen(t, r, version, mirror),
-        policies=policies,
-        dry_run=dry_run,
-        commit=commit,
-        lock_timeout=lock_timeout,
-    )
+    return _apply(root, model, stack, lambda t, r, _: releases.bluegreen(t, r, version, mirror), options)
 
 
 def bluegreen_switch(
@@ -300,22 +256,10 @@ def bluegreen_switch(
     *,
     stack: str,
     version: str | None = None,
-    dry_run: bool = False,
-    commit: bool = True,
-    policies: PolicyCheck = check_policies,
-    lock_timeout: float | None = None,
+    **options: Unpack[TransactionOptions],
 ) -> ReleaseChange:
     """Move all traffic to the green version (default: the newest deployed at 0%)."""
-    return apply_release(
-        root,
-        model,
-        stack,
-        lambda t, r, _: releases.bluegreen_switch(t, r, version),
-        policies=policies,
-        dry_run=dry_run,
-        commit=commit,
-        lock_timeout=lock_timeout,
-    )
+    return _apply(root, model, stack, lambda t, r, _: releases.bluegreen_switch(t, r, version), options)
 
 
 def rollback(
@@ -325,10 +269,7 @@ def rollback(
     stack: str,
     to: str | None = None,
     reason: str | None = None,
-    dry_run: bool = False,
-    commit: bool = True,
-    policies: PolicyCheck = check_policies,
-    lock_timeout: float | None = None,
+    **options: Unpack[TransactionOptions],
 ) -> ReleaseChange:
     """All traffic back to the stable version the release started from; the versions it leaves
     are held on the stack. Already there: nothing changes (`changed` False), not an error.
@@ -341,16 +282,7 @@ def rollback(
         Recorded with each hold (default: "rolled back to <version>").
     """
     now = datetime.now(UTC).replace(microsecond=0)
-    return apply_release(
-        root,
-        model,
-        stack,
-        lambda t, r, _: releases.rollback(t, r, now, to, reason),
-        policies=policies,
-        dry_run=dry_run,
-        commit=commit,
-        lock_timeout=lock_timeout,
-    )
+    return _apply(root, model, stack, lambda t, r, _: releases.rollback(t, r, now, to, reason), options)
 
 
 def clear_hold(
@@ -360,25 +292,13 @@ def clear_hold(
     *,
     stack: str,
     reason: str,
-    dry_run: bool = False,
-    commit: bool = True,
-    policies: PolicyCheck = check_policies,
-    lock_timeout: float | None = None,
+    **options: Unpack[TransactionOptions],
 ) -> ReleaseChange:
     """Lift the hold a rollback put on `version` on `stack`, saying why (`reason`, required).
 
     Commit it through review: automation (the canary analysis) never calls this.
     """
-    return apply_release(
-        root,
-        model,
-        stack,
-        lambda t, r, _: releases.clear_hold(t, r, version, reason),
-        policies=policies,
-        dry_run=dry_run,
-        commit=commit,
-        lock_timeout=lock_timeout,
-    )
+    return _apply(root, model, stack, lambda t, r, _: releases.clear_hold(t, r, version, reason), options)
 
 
 # ---------------------------------------------------------------- canary analysis
