@@ -522,6 +522,12 @@ class Environment(Strict):
     service_account_annotations: dict[str, str] = {}
     analysis: AnalysisJob | None = None
 
+    def secret_keys(self) -> list[str]:
+        """The Pulumi secret config keys (without the namespace) this environment names: its
+        receivers' credentials and the analysis job's deploy key."""
+        keys = [key for receiver in self.receivers for key in receiver.secret_keys()]
+        return keys + ([self.analysis.deploy_key_secret] if self.analysis else [])
+
     @model_validator(mode="after")
     def _analysis_reads_prometheus(self) -> Environment:
         if self.analysis is not None and self.monitoring.prometheus_url is None:

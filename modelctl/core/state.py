@@ -267,7 +267,7 @@ def parse_stack(text: str, name: str) -> Stack:
     misspelt = [k for k in ours if k not in STRUCTURED_KEYS and difflib.get_close_matches(k, STRUCTURED_KEYS)]
     collect(_unknown_config_keys(display, doc, misspelt, STRUCTURED_KEYS) + _foreign_namespaces(display, doc))
     parsed: StackConfig = parse(StackConfig, structured, display, doc, prefix=("config",))
-    named = [key for receiver in parsed.environment.receivers for key in receiver.secret_keys()]
+    named = parsed.environment.secret_keys()
     unknown = set(ours) - set(STRUCTURED_KEYS) - set(named)
     collect(_unknown_config_keys(display, doc, unknown, [*STRUCTURED_KEYS, *named]))
     secure = {k for k, v in ours.items() if isinstance(v, dict) and set(v) == {"secure"}}
@@ -456,17 +456,16 @@ def _check_stack(state: State, stack: Stack) -> list[UserError]:
                 key=f"{base}environment.requires.stack",
             )
         )
-    for receiver in env.receivers:
-        for secret in receiver.secret_keys():
-            if secret in stack.plaintext_keys:
-                errors.append(
-                    UserError(
-                        stack.file,
-                        f"secret {CONFIG_NAMESPACE}:{secret} is stored in plain text",
-                        f"run 'pulumi config set --secret {CONFIG_NAMESPACE}:{secret}'",
-                        key=f"config.{CONFIG_NAMESPACE}:{secret}",
-                    )
+    for secret in env.secret_keys():
+        if secret in stack.plaintext_keys:
+            errors.append(
+                UserError(
+                    stack.file,
+                    f"secret {CONFIG_NAMESPACE}:{secret} is stored in plain text",
+                    f"run 'pulumi config set --secret {CONFIG_NAMESPACE}:{secret}'",
+                    key=f"config.{CONFIG_NAMESPACE}:{secret}",
                 )
+            )
     for model_name, release in stack.config.releases.items():
         key = f"{base}releases.{model_name}"
         if model_name not in state.models:
