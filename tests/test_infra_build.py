@@ -16,7 +16,7 @@ from modelctl.core.errors import UserError
 from modelctl.core.margins import error_margin, latency_ratio
 from modelctl.core.schema import ModelFile, StackConfig
 from modelctl.core.servingspec import ServingSpec
-from modelctl.core.state import Stack, State, cross_check, load_state
+from modelctl.core.state import Stack, State, cross_check, load_allow_list, load_state
 from policies.rules import check_objects
 from tests.factories import PROD_IMAGE, default_docs, full_docs, model_doc, stack_doc, write_repo
 
@@ -310,7 +310,9 @@ def test_any_valid_release_builds_routes_that_pass_the_policies(
     doc = stack_doc({}, production=production, image=PROD_IMAGE)["config"]
     doc["modelctl:releases"] = {model.name: release}
     stack = Stack(name="any", file="Pulumi.any.yaml", config=StackConfig.model_validate(doc))
-    state = State(root=Path("."), models={model.name: model}, stacks={"any": stack})
+    # The repository's reviewed allow-list, which the factory models' trusted types rely on.
+    trusted = load_allow_list(Path(__file__).resolve().parents[1])
+    state = State(root=Path("."), models={model.name: model}, stacks={"any": stack}, trusted=trusted)
     objects = build_stack(state, "any")
     deployed = [o["metadata"]["labels"]["version"] for o in objects if o["kind"] == "Deployment"]
     assert deployed == stack.config.releases[model.name].deployed()
