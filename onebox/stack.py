@@ -210,7 +210,13 @@ def up(
     try:
         with _locked(root, stack):
             state = RunState.load(run, stack)
-            _Reconcile(root, run, state, options, say).apply(objects, alertmanager)
+            fresh = not state.procs
+            try:
+                _Reconcile(root, run, state, options, say).apply(objects, alertmanager)
+            except BaseException:
+                if fresh:  # a first `up` that fails leaves nothing running; a reconcile keeps the old stack
+                    _stop_all(run, state)
+                raise
             return addresses(run, state)
     except Timeout:
         raise UserError(
@@ -521,15 +527,18 @@ def down(root: Path, stack: str) -> list[Obj]:
     if not (run / "state.json").exists():
         return []
     with _locked(root, stack):
-        state = RunState.load(run, stack)
-        order = {"gateway": 0, "server": 1, "prometheus": 2, "alertmanager": 3, "sinks": 4}
-        stopped = []
-        for proc in sorted(state.procs.values(), key=lambda p: order.get(p.kind, 0)):
-            was_running = processes.running(proc)
-            processes.stop(proc)
-            stopped.append({"name": proc.name, "pid": proc.pid, "was_running": was_running})
-        (run / "state.json").unlink()
-        return stopped
+        return _stop_all(run, RunState.load(run, stack))
+
+
+def _stop_all(run: Path, state: RunState) -> list[Obj]:
+    order = {"gateway": 0, "server": 1, "prometheus": 2, "alertmanager": 3, "sinks": 4}
+    stopped = []
+    for proc in sorted(state.procs.values(), key=lambda p: order.get(p.kind, 0)):
+        was_running = processes.running(proc)
+        processes.stop(proc)
+        stopped.append({"name": proc.name, "pid": proc.pid, "was_running": was_running})
+    (run / "state.json").unlink(missing_ok=True)
+    return stopped
 
 
 def ps(root: Path, stack: str) -> list[Obj]:

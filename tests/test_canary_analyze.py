@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 
 from modelctl import api
 from modelctl.core import contract
+from modelctl.core.collect import Arms, canary_arms
+from modelctl.core.schema import Release
 from modelctl.repo import prometheus as prometheus_api
 from modelctl.repo.state import read_state
 from serving.metrics import LATENCY_BUCKETS, SCORE_BUCKETS
@@ -324,3 +326,20 @@ def test_analyze_waits_for_the_repository_lock_then_refuses_writing_nothing(
     assert "another modelctl command is changing this repository" in error
     assert run_git(canary_repo, "rev-parse", "HEAD") == head
     assert not (canary_repo / "analysis").exists()
+
+
+@pytest.mark.parametrize(
+    ("traffic", "rollback_to", "expected"),
+    [
+        ({"v1.1.0": 95, "v1.0.0": 5}, "v1.1.0", Arms("v1.1.0", "v1.0.0", 95, 5)),
+        # At 50% the recorded start decides, whichever version is older.
+        ({"v1.1.0": 50, "v1.0.0": 50}, "v1.1.0", Arms("v1.1.0", "v1.0.0", 50, 50)),
+        ({"v1.0.0": 50, "v1.1.0": 50}, "v1.0.0", Arms("v1.0.0", "v1.1.0", 50, 50)),
+        ({"v1.0.0": 50, "v1.1.0": 50}, None, Arms("v1.0.0", "v1.1.0", 50, 50)),
+    ],
+)
+def test_the_baseline_is_the_version_the_release_started_from(
+    traffic: dict[str, int], rollback_to: str | None, expected: Arms
+) -> None:
+    release = Release.model_validate({"traffic": traffic, "rollback_to": rollback_to})
+    assert canary_arms(release) == expected

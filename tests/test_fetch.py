@@ -110,7 +110,7 @@ def test_fetch_names_the_stores_it_looked_in_when_the_object_is_missing(
     assert code == 1
     assert errors == [
         f"files/md5/11/{'1' * 30}: object not found in {empty}; "
-        "push it with 'dvc push' or 'modelctl reproduce <model> <version>'"
+        "rebuild and push it with 'modelctl reproduce --all' (or 'dvc push' from the clone that built it)"
     ]
 
 

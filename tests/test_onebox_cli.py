@@ -30,3 +30,12 @@ def test_commands_on_a_stack_that_is_not_up_say_so_in_one_line(repo: Path, cli: 
     code, out, _ = cli(repo, "down", "--stack", "staging")
     assert (code, out.strip()) == (0, "nothing of stack staging was running")
     assert not (repo / ".modelctl").exists() or not any((repo / ".modelctl").rglob("state.json"))
+
+
+def test_a_first_up_that_fails_leaves_nothing_running(repo: Path, cli: Cli) -> None:
+    # The factory's artifacts are in no remote: the mail sink starts, then the first fetch fails.
+    code, _, err = cli(repo, "up", "--stack", "staging", "--remote", str(repo / "empty-remote"))
+    assert code == 1
+    assert "object not found" in err, err
+    assert not any((repo / ".modelctl").rglob("state.json"))
+    assert cli(repo, "ps", "--stack", "staging")[1].strip() == "stack staging is not up"

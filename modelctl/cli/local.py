@@ -140,7 +140,9 @@ def run_traffic(args: argparse.Namespace) -> Result:
     state = read_state(root)
     name = local_stack(state, args.stack)
     running = status(root, name)
-    model: str = args.model or next(iter(running["models"]), "")
+    # The stack file's order, not the run state's: "first" means first as the user wrote them.
+    served = [m for m in state.stack(name).config.releases if m in running["models"]]
+    model: str = args.model or next(iter(served), "")
     if model not in running["models"]:
         raise UserError(
             f"stack {name}", f"model {model!r} is not served", f"use one of {list(running['models'])}"

@@ -48,13 +48,15 @@ def canary_arms(release: Release) -> Arms | None:
     """The baseline and canary of a release in a canary state, else None.
 
     A canary state: exactly two versions take traffic, without sticky sessions (an A/B
-    experiment), and the canary (the one with less traffic; on a tie the newer) has at most
-    half of it.
+    experiment), and the canary (the version other than the recorded `rollback_to`, else the one
+    with less traffic, on a tie the newer) has at most half of it.
     """
     serving = release.serving()
     if len(serving) != 2 or release.sticky is not None:
         return None
-    stable = releases.stable_version(release)
+    # The version the release started from, as recorded; a canary of an older version at 50%
+    # would otherwise be taken for the stable one.
+    stable = release.rollback_to if release.rollback_to in serving else releases.stable_version(release)
     canary = next(v for v in serving if v != stable)
     weight = release.traffic[canary]
     return Arms(stable, canary, release.traffic[stable], weight) if weight <= 50 else None

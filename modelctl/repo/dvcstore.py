@@ -275,7 +275,7 @@ def fetch(sources: list[Location], md5: str, sha256: str, out: Path, size: int |
     raise UserError(
         object_path(md5),
         f"object not found in {looked}",
-        "push it with 'dvc push' or 'modelctl reproduce <model> <version>'",
+        "rebuild and push it with 'modelctl reproduce --all' (or 'dvc push' from the clone that built it)",
     )
 
 
