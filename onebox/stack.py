@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -278,12 +279,30 @@ class _Reconcile:
         ]
         self.gateway(_routed(objects, plans, state))
         self.prometheus(objects, targets)
+        self.wait_scraped({target.address for target in targets})
         self.alertmanager(alertmanager)
         for proc in replaced:
             self.say(f"stopping {proc.name} (pid {proc.pid}): no longer rendered")
             processes.stop(proc)
         state.models = _models(objects, plans, state)
         state.save(self.run)
+
+    def wait_scraped(self, addresses: set[str]) -> None:
+        """Return once Prometheus has scraped every server: a counter's first sample must precede
+        the traffic, or rate() and increase() never count that traffic (they need two samples)."""
+        url = f"{_url(self.state.ports['prometheus'])}/api/v1/targets"
+        deadline = time.monotonic() + SERVICE_SECONDS
+        while True:
+            active = httpx.get(url, timeout=5.0).json()["data"]["activeTargets"]
+            scraped = {t["labels"].get("instance") for t in active if t["health"] == "up"}
+            if addresses <= scraped:
+                return
+            if time.monotonic() > deadline:
+                missing = ", ".join(sorted(addresses - scraped))
+                raise UserError(
+                    url, f"Prometheus has not scraped {missing} after {SERVICE_SECONDS:g} s", "see the log"
+                )
+            time.sleep(0.2)
 
     def ensure(self, proc: Proc) -> bool:
         """Start `proc` unless the same one runs; whether it was started."""

@@ -50,11 +50,15 @@ class LoopCounter:
     (which cost more than the rest of the counting).
     """
 
-    def __init__(self, metric: contract.Metric, values: tuple[str, ...]) -> None:
+    def __init__(
+        self, metric: contract.Metric, values: tuple[str, ...], initial: tuple[Any, ...] = ()
+    ) -> None:
         self.name, self.help, self.values = metric.name, metric.help, values
         self.labels = list(metric.label_names)
         self.split = len(metric.labels) == 1  # at most one label beyond model and version
-        self.counts: dict[Any, float] = {} if self.split else {"": 0.0}
+        # Series exported at 0 from the start: Prometheus' rate() and increase() cannot count the
+        # first increment of a series they have not seen before (its first sample is the baseline).
+        self.counts: dict[Any, float] = dict.fromkeys(initial, 0.0) if self.split else {"": 0.0}
 
     def inc(self, key: Any, amount: float = 1) -> None:
         self.counts[key] = self.counts.get(key, 0.0) + amount
@@ -106,7 +110,8 @@ class ServerMetrics:
         self._errors = self._metric(contract.ERRORS)
         self._errors_by_type: dict[str, Any] = {}
         values = (model, version)
-        self._requests = LoopCounter(contract.REQUESTS, values)
+        # The codes the error ratio divides: both exist before the first request, and the first error.
+        self._requests = LoopCounter(contract.REQUESTS, values, initial=(200, 500))
         self._predictions = LoopCounter(contract.PREDICTIONS, values)
         self._duration = LoopHistogram(contract.DURATION, values, LATENCY_BUCKETS)
         self._score = LoopHistogram(contract.SCORE, values, SCORE_BUCKETS)
