@@ -573,25 +573,8 @@ def register(
     say: Say = registry.quiet,
     lock_timeout: float | None = None,
 ) -> Registered:
-    """Record the committed, up-to-date pipeline run of `model` as a new version.
-
-    Parameters
-    ----------
-    version
-        The new version's name (default: the next by `bump`, or a minor bump).
-    bump
-        Which part of the newest version to increase: "major", "minor" or "patch".
-    commit
-        Commit the model file (False: write it only).
-    say
-        Progress callback, one line at a time.
-
-    Raises
-    ------
-    UserError
-        The pipeline run is not committed, not up to date with dvc.lock, or its artifact is
-        already registered; or the version name is taken.
-    """
+    """Record the committed, up-to-date pipeline run of `model` as a new version; the
+    parameters, result and errors are those of `modelctl.repo.registry.register`."""
     return registry.register(
         root, model, version=version, bump=bump, commit=commit, say=say, lock_timeout=lock_timeout
     )
