@@ -12,6 +12,8 @@ from infra.common import Obj, subset_name
 from modelctl.core.state import State
 
 NATIVE_ALERTMANAGER = "alertmanager/alertmanager.yml"
+# Plain Prometheus rule files (what `promtool check rules` and a Prometheus without the operator read).
+NATIVE_RULES = "prometheus/{model}.rules.yml"
 HEADER = "# Rendered by 'modelctl render' from the desired state; do not edit.\n"
 
 
@@ -49,15 +51,25 @@ def file_name(obj: Obj) -> str:
     return f"{labels['app']}/{kind}{suffix}.yaml"
 
 
+def rule_groups(rule: Obj) -> Obj:
+    """A PrometheusRule's groups as a Prometheus rule file (`{"groups": [...]}`), the form the
+    Prometheus Operator hands to Prometheus."""
+    return {"groups": rule["spec"]["groups"]}
+
+
 def render_files(state: State, stack_name: str) -> dict[str, str]:
-    """Relative file name -> YAML text for every object of the stack, plus the native
-    Alertmanager configuration when the stack has receivers."""
+    """Relative file name -> YAML text for every object of the stack, each PrometheusRule again as
+    a native rule file, and the native Alertmanager configuration when the stack has receivers."""
     files: dict[str, str] = {}
     for obj in build_stack(state, stack_name):
         name = file_name(obj)
         if name in files:
             raise RuntimeError(f"two rendered objects map to {name}")  # a naming bug, not a user error
         files[name] = HEADER + to_yaml(obj)
+        if obj["kind"] == "PrometheusRule":
+            files[NATIVE_RULES.format(model=obj["metadata"]["labels"]["app"])] = HEADER + to_yaml(
+                rule_groups(obj)
+            )
     stack = state.stack(stack_name)
     if stack.config.environment.receivers:
         files[NATIVE_ALERTMANAGER] = HEADER + to_yaml(alertmanager.native_config(stack))

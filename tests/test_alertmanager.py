@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from infra.build import build_stack
-from infra.render import NATIVE_ALERTMANAGER
+from infra.render import NATIVE_ALERTMANAGER, NATIVE_RULES
 from modelctl.core.contract import secret_file
 from modelctl.core.errors import UserError
 from modelctl.core.state import State, load_state
@@ -63,20 +63,22 @@ def run(*command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 @needs_promtool
 def test_promtool_accepts_the_rules_render_writes_for_every_stack(
-    rendered_stacks: list[RenderedStack], tmp_path: Path
+    rendered_stacks: list[RenderedStack],
 ) -> None:
-    """Each PrometheusRule file `modelctl render` wrote, its groups as the operator hands them to
-    Prometheus: one invalid rule would drop every alert of the file."""
+    """The plain rule files `modelctl render` wrote, checked as they are: one invalid rule would
+    drop every alert of the file. Each equals its PrometheusRule's groups (what the operator
+    hands to Prometheus)."""
     files = []
     for rendered in rendered_stacks:
         for path in sorted(rendered.out.glob("*/prometheusrule.yaml")):
-            groups = {"groups": yaml.safe_load(path.read_text())["spec"]["groups"]}
-            name = f"{rendered.label}-{rendered.stack}-{path.parent.name}.yml"
-            (tmp_path / name).write_text(yaml.safe_dump(groups))
-            files.append(name)
+            native = rendered.out / NATIVE_RULES.format(model=path.parent.name)
+            assert yaml.safe_load(native.read_text()) == {
+                "groups": yaml.safe_load(path.read_text())["spec"]["groups"]
+            }
+            files.append(str(native))
     assert len(files) >= len(rendered_stacks)
-    assert {f"repository-{s}-churn.yml" for s in ("dev", "staging", "prod")} <= set(files)
-    result = run("promtool", "check", "rules", *files, cwd=tmp_path)
+    assert any(f.endswith("dev/prometheus/churn.rules.yml") for f in files)
+    result = run("promtool", "check", "rules", *files, cwd=rendered_stacks[0].out)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
