@@ -67,6 +67,35 @@ def test_deprecated_version_may_not_gain_traffic(repo: Path, capsys: pytest.Capt
     ) in err
 
 
+def test_a_hold_is_lifted_in_a_change_of_its_own(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Deleting `held:` by hand in the same edit that gives the version traffic is refused; the
+    clearing alone passes, and so does the traffic once the clearing is merged."""
+    path = repo / "Pulumi.staging.yaml"
+    staging = yamlio.load(path)
+    release = staging["config"]["modelctl:releases"]["fraud-detection"]
+    release["traffic"] = {"v1.0.0": 100}
+    release["held"] = {"v1.1.0": {"reason": "INC-7 error rate", "since": "2026-11-01T00:00:00Z"}}
+    yamlio.dump_file(path, staging)
+    run_git(repo, "commit", "-qam", "roll back and hold v1.1.0")
+    del release["held"]
+    release["traffic"] = {"v1.0.0": 90, "v1.1.0": 10}
+    yamlio.dump_file(path, staging)
+    code, err = check(repo, capsys)
+    assert code == 1
+    assert (
+        "Pulumi.staging.yaml: config.modelctl:releases.fraud-detection.traffic.v1.1.0: v1.1.0 of fraud-detection "
+        "was held at main (INC-7 error rate) and this change both lifts the hold and routes requests to it"
+    ) in err
+    assert "modelctl release-hold clear fraud-detection v1.1.0 --stack staging" in err
+    release["traffic"] = {"v1.0.0": 100}
+    yamlio.dump_file(path, staging)
+    assert check(repo, capsys) == (0, "")
+    run_git(repo, "commit", "-qam", "clear the hold on v1.1.0")
+    release["traffic"] = {"v1.0.0": 90, "v1.1.0": 10}
+    yamlio.dump_file(path, staging)
+    assert check(repo, capsys) == (0, "")
+
+
 def test_revoked_is_final(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     doc = yamlio.load(repo / "models/fraud-detection/model.yaml")
     for stack in ("dev", "staging"):

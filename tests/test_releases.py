@@ -239,6 +239,9 @@ def test_held_versions_get_no_traffic_from_any_release_until_cleared() -> None:
     assert releases.canary(target(), cleared, "v1.1.0").release.traffic == {"v1.0.0": 95, "v1.1.0": 5}
     assert releases.clear_hold(target(), cleared, "v1.1.0", "again").idempotent
     assert "needs a reason" in refusal(lambda: releases.clear_hold(target(), held, "v1.1.0", " "))
+    assert "version v9.9.9 of fraud-detection is not registered" in refusal(
+        lambda: releases.clear_hold(target(), held, "v9.9.9", "typo")
+    ), "a mistyped version is an error, not 'nothing to clear'"
 
 
 def test_a_hand_edit_giving_a_held_version_traffic_is_invalid() -> None:

@@ -476,8 +476,12 @@ def clear_hold(target: Target, release: Release, version: str, reason: str) -> P
     Raises
     ------
     UserError
-        The reason is empty.
+        The reason is empty, or the version is not registered.
     """
+    if version not in target.model.versions:
+        raise unknown_version(
+            target.file, target.model.name, version, target.model.ordered_versions(), target.key
+        )
     if not reason.strip():
         raise target.refuse(
             "clearing a hold needs a reason", "say why the version is fit again with --reason"

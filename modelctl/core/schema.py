@@ -660,8 +660,8 @@ class Release(Strict):
                 f"rollback_to {self.rollback_to} is not deployed (not in traffic); "
                 f"keep it in traffic (weight 0 at least) or remove rollback_to"
             )
-        for path, version in self.referenced():
-            if version in self.held and (not path.startswith("traffic.") or self.traffic[version] > 0):
+        for path, version in self.routed():
+            if version in self.held:
                 raise ValueError(
                     f"{version} is held ({self.held[version].reason}) and may not take traffic at {path}; "
                     "clear the hold first with 'modelctl release-hold clear'"
@@ -686,6 +686,11 @@ class Release(Strict):
             refs.append(("shadow.version", self.shadow.version))
         refs += [(f"overrides.{h}", v) for h, v in self.overrides.items()]
         return refs
+
+    def routed(self) -> list[tuple[str, str]]:
+        """The places of `referenced()` that send requests to their version (a weight of 0
+        keeps a version deployed without routing to it)."""
+        return [(p, v) for p, v in self.referenced() if not p.startswith("traffic.") or self.traffic[v] > 0]
 
 
 class StackConfig(Strict):

@@ -1,10 +1,12 @@
-"""A merged version record never changes, except its status; revoked is final."""
+"""A merged version record never changes, except its status; revoked is final; a deprecated
+version never gains traffic; a hold is lifted in a change of its own."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from modelctl.core.errors import UserError
+from modelctl.core.releases import CLEAR_HOLD
 from modelctl.core.state import State, model_file, parse_model, parse_stack
 from modelctl.repo import gitutil
 from modelctl.repo.state import Revision
@@ -23,6 +25,33 @@ def changes_since(state: State, base_rev: str) -> list[UserError]:
         errors += _record_changes(base.versions, head.versions, model_file(name), base_rev)
     errors += _removed_models(state.root, commit, set(state.models), base_rev)
     errors += _deprecated_gaining_traffic(state, commit, base_rev)
+    errors += _holds_lifted_with_traffic(state, commit, base_rev)
+    return errors
+
+
+def _holds_lifted_with_traffic(state: State, commit: str, base_rev: str) -> list[UserError]:
+    """A hold lifted in the same change that routes requests to its version: the clearing (with
+    its reason) must be a reviewed change of its own, so nobody lifts a hold unnoticed."""
+    errors = []
+    for stack in state.stacks.values():
+        text = Revision(state.root, commit).read(stack.file)
+        base_releases = parse_stack(text, stack.name).config.releases if text else {}
+        for model_name, release in stack.config.releases.items():
+            base = base_releases.get(model_name)
+            if base is None:
+                continue
+            for path, version in release.routed():
+                if version in base.held and version not in release.held:
+                    errors.append(
+                        UserError(
+                            stack.file,
+                            f"{version} of {model_name} was held at {base_rev} ({base.held[version].reason}) "
+                            f"and this change both lifts the hold and routes requests to it at {path}",
+                            f"clear the hold in a change of its own first: "
+                            f"modelctl {CLEAR_HOLD} {model_name} {version} --stack {stack.name} --reason '...'",
+                            key=f"config.modelctl:releases.{model_name}.{path}",
+                        )
+                    )
     return errors
 
 
