@@ -172,8 +172,9 @@ def test_check_base_refuses_a_new_record_trusting_code(tmp_path: Path, cli: Cli,
     assert code != 0
     assert err.splitlines() == [
         f"error: models/fraud-detection/model.yaml: versions.v1.1.0.artifact.trusted_types.1: trusted type "
-        f"{name} {REVIEWED.refusal(name).removeprefix(f'trusted type {name} ')}; revoke it "  # type: ignore[union-attr]
-        "(modelctl revoke fraud-detection v1.1.0) and register a model without it"
+        f"{name} {REVIEWED.refusal(name).removeprefix(f'trusted type {name} ')}; if the record is merged, "  # type: ignore[union-attr]
+        "revoke it (modelctl revoke fraud-detection v1.1.0), if it is new in this change, delete it; then register "
+        "a model without that type"
     ]
 
 

@@ -429,7 +429,8 @@ def _check_trusted(model: ModelFile, trusted: AllowList) -> list[UserError]:
             trusted,
             model_file(model.name),
             f"versions.{version}.artifact.trusted_types",
-            f"revoke it (modelctl revoke {model.name} {version}) and register a model without it",
+            f"if the record is merged, revoke it (modelctl revoke {model.name} {version}), if it is new in "
+            "this change, delete it; then register a model without that type",
         )
     ]
 
