@@ -104,10 +104,10 @@ def test_top_level_help_lists_the_exit_codes(capsys: pytest.CaptureFixture[str])
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exited:
-        main(["--version"])
-    assert exited.value.code == 0
+    assert main(["--version"]) == 0
     assert re.fullmatch(r"modelctl \d+\.\d+\.\d+\S*\n", capsys.readouterr().out)
+    assert main(["--version", "--json"]) == 0
+    assert re.fullmatch(r"\d+\.\d+\.\d+\S*", json.loads(capsys.readouterr().out)["version"])
 
 
 @pytest.mark.parametrize(
@@ -141,13 +141,14 @@ def test_json_and_repo_go_before_or_after_the_command(
 def test_a_mistyped_command_or_flag_suggests_the_right_one(
     argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exited:
-        main(argv)
-    assert exited.value.code == 1
-    err = capsys.readouterr().err
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
     assert err.count("\n") == 1
     assert err.startswith("error: modelctl")
     assert expected.replace("'canary'", "'canery'") in err or expected in err
+    assert main([*argv, "--json"]) == 1
+    assert json.loads(capsys.readouterr().out) == {"errors": [err.removeprefix("error: ").strip()]}
 
 
 @pytest.mark.parametrize(

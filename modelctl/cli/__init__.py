@@ -70,13 +70,29 @@ class Result:
 Handler = Callable[[argparse.Namespace], Result]
 
 
+class UsageError(Exception):
+    """A command line argparse refuses, as one line that suggests the command or flag meant."""
+
+
+class ShowVersion(Exception):
+    """`--version` was given: main prints the version (as JSON with --json) and exits 0."""
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line usage errors (exit 1) that suggest the command or flag meant."""
+    """argparse whose usage errors are `UsageError`s, so `main` reports them like every other
+    error (one line, exit 1, JSON with --json)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(
-            EXIT_ERROR, f"error: {self.prog}: {_with_suggestion(self, message)} (see '{self.prog} --help')\n"
-        )
+        raise UsageError(f"{self.prog}: {_with_suggestion(self, message)} (see '{self.prog} --help')")
+
+
+class _VersionAction(argparse.Action):
+    def __call__(self, *_: Any) -> NoReturn:
+        raise ShowVersion
+
+
+def _version() -> str:
+    return f"modelctl {importlib.metadata.version('modelctl')}"
 
 
 def _with_suggestion(parser: argparse.ArgumentParser, message: str) -> str:
@@ -144,6 +160,14 @@ def to_json(data: Any) -> str:
     return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY, default=str).decode()
 
 
+def _report_errors(errors: list[str], as_json: bool) -> int:
+    if as_json:
+        print(to_json({"errors": errors}))
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    return EXIT_ERROR
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="modelctl",
@@ -151,9 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--version", action="version", version=f"modelctl {importlib.metadata.version('modelctl')}"
-    )
+    parser.add_argument("--version", action=_VersionAction, nargs=0, help="print the version and exit")
     add_common_options(parser, default=None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -162,19 +184,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Before parsing succeeds there are no args to ask; a usage error still honours --json.
+    wants_json = "--json" in argv
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    except UsageError as exc:
+        return _report_errors([str(exc)], wants_json)
+    except ShowVersion:
+        print(to_json({"version": _version().split()[1]}) if wants_json else _version())
+        return EXIT_OK
     try:
         result: Result = args.handler(args)
     except (UserError, UserErrors) as exc:
-        errors = as_list(exc)
-        if getattr(args, "json", False):
-            print(to_json({"errors": [str(e) for e in errors]}))
-        for error in errors:
-            print(f"error: {error}", file=sys.stderr)
-        return EXIT_ERROR
+        return _report_errors([str(e) for e in as_list(exc)], getattr(args, "json", False))
     except KeyboardInterrupt:
         return 130
     try:

@@ -17,7 +17,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from modelctl.cli import EXIT_FINDING, EXIT_HOLD, EXIT_OK, Handler, Result, add_command, progress, repo_root
+from modelctl.cli import (
+    EXIT_FINDING,
+    EXIT_HOLD,
+    EXIT_OK,
+    Handler,
+    Parser,
+    Result,
+    add_command,
+    progress,
+    repo_root,
+)
 from modelctl.core.errors import UserError
 
 if TYPE_CHECKING:
@@ -41,7 +51,7 @@ def register(sub: SubParsers) -> None:
     _add_judge(sub, run)
     release = sub.choices.get("canary")
     if release is not None:
-        holder = argparse.ArgumentParser(prog=release.prog).add_subparsers()
+        holder = Parser(prog=release.prog).add_subparsers()
         commands = {"judge": _add_judge(holder, run_deprecated), "analyze": analyze.add(holder)}
         sub.choices["canary"] = _CanaryDispatch(release, commands)
 
