@@ -15,7 +15,7 @@ import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from modelctl.cli import (
     EXIT_FINDING,
@@ -51,7 +51,8 @@ def register(sub: SubParsers) -> None:
     _add_judge(sub, run)
     release = sub.choices.get("canary")
     if release is not None:
-        holder = Parser(prog=release.prog).add_subparsers()
+        # Parser, so the old spelling's usage errors are one line and exit 1 like every command's.
+        holder = cast(SubParsers, Parser(prog=release.prog).add_subparsers())
         commands = {"judge": _add_judge(holder, run_deprecated), "analyze": analyze.add(holder)}
         sub.choices["canary"] = _CanaryDispatch(release, commands)
 
