@@ -168,6 +168,11 @@ def test_a_mistyped_command_or_flag_suggests_the_right_one(
         (["render", "--stack", "qa"], "no stack named 'qa'"),
         (["check", "--stack", "qa"], "no stack named 'qa'"),
         (["deprecate", "no-such-model", "v1.0.0"], "no-such-model"),
+        (["status", "--stack", "stagin"], "no stack named 'stagin'; did you mean 'staging'? (known: dev,"),
+        (
+            ["models", "show", "fraud-detecton"],
+            "did you mean 'fraud-detection'? (known: ",
+        ),
     ],
 )
 def test_unknown_model_and_stack_names_are_refused_everywhere(

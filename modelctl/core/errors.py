@@ -77,8 +77,16 @@ def revoked_version(where: str, model: str, version: str, fix: str, key: str = "
 
 
 def unknown_name(where: str, kind: str, name: str, known: Iterable[str], key: str = "") -> UserError:
-    """A model or stack (`kind`) that does not exist: "no model named 'x'; use one of: a, b"."""
-    return UserError(where, f"no {kind} named {name!r}", f"use one of: {one_of(known)}", key=key)
+    """A model or stack (`kind`) that does not exist: "no model named 'x'; did you mean 'y'? (known: a,
+    y)", the suggestion being difflib's closest match (ratio at least 0.6), or "use one of: a, b"."""
+    choices = list(known)
+    close = difflib.get_close_matches(name, choices, n=1)
+    fix = (
+        f"did you mean {close[0]!r}? (known: {one_of(choices)})"
+        if close
+        else f"use one of: {one_of(choices)}"
+    )
+    return UserError(where, f"no {kind} named {name!r}", fix, key=key)
 
 
 def unknown_key(where: str, key: str, name: str, known: Iterable[str], prefix: str = "") -> UserError:
