@@ -20,12 +20,13 @@ $(STAMP): pyproject.toml constraints.txt
 	@echo "install: creating the virtualenv $(VENV) with $(PYTHON)"
 	@$(PYTHON) -m venv $(VENV) || { echo "install: '$(PYTHON) -m venv' failed; install Python 3.11+ with venv (Debian: apt-get install python3-venv) and run 'make install' again" >&2; exit 1; }
 	@echo "install: resolving and downloading the pinned packages (constraints.txt; a few minutes the first time)"
-	@( i=0; while sleep 20; do i=$$((i + 20)); echo "install: still working ($$i s)"; done ) & ticker=$$!; \
+	@rm -f $(VENV)/.installed-packages; \
+	( i=0; while sleep 20 && [ ! -e $(VENV)/.installed-packages ]; do i=$$((i + 20)); echo "install: still working ($$i s)"; done ) & ticker=$$!; \
 	{ $(BIN)/pip install --disable-pip-version-check --progress-bar off -c constraints.txt -e '.[dev]' 2>&1; \
 	  echo "pip exit $$?"; } | tee $(VENV)/install.log | { n=0; while IFS= read -r line; do case "$$line" in \
 	    Collecting*) n=$$((n + 1)); [ $$((n % 25)) -ne 0 ] || echo "install: $$n packages resolved";; \
 	    "Installing collected"*) echo "install: every package downloaded; installing them (about a minute)";; \
-	    "Successfully installed"*) echo "install: installed";; \
+	    "Successfully installed"*) touch $(VENV)/.installed-packages; echo "install: installed";; \
 	  esac; done; }; \
 	kill $$ticker; \
 	tail -n 1 $(VENV)/install.log | grep -qx 'pip exit 0' || { \
