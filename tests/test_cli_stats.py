@@ -90,6 +90,27 @@ def test_drift_reads_npy(drift_repo: Path, capsys: pytest.CaptureFixture[str]) -
     assert json.loads(out)["rows_current"] == 500
 
 
+def test_drift_reads_a_folder_of_parquet_files(drift_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A partitioned dataset, as Spark, pandas or a DVC stage write it, is read as one table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = drift_repo / "current"
+    (folder / "day=1").mkdir(parents=True)
+    (folder / "day=2").mkdir()
+    data = np.random.default_rng(5).normal(size=(600, 4))
+    for part, rows in (("day=1", data[:250]), ("day=2", data[250:])):
+        table = pa.table({name: rows[:, i] for i, name in enumerate(FEATURES)})
+        pq.write_table(table, folder / part / "part-0.parquet")
+    code, out, _ = run(drift_repo, capsys, "drift", MODEL, "v1.0.0", "--current", str(folder), "--json")
+    assert code == 0
+    assert json.loads(out)["rows_current"] == 600
+    (drift_repo / "empty").mkdir()
+    code, out, err = run(drift_repo, capsys, "drift", MODEL, "v1.0.0", "--current", str(drift_repo / "empty"))
+    assert (code, out) == (1, "")
+    assert "empty: is a folder with no .parquet files; pass a .csv, .parquet or .npy file" in err
+
+
 @pytest.mark.parametrize(
     ("version", "setup", "message"),
     [

@@ -1,4 +1,4 @@
-"""`modelctl drift <model> <version> --current FILE`: current data against the version's profile.
+"""`modelctl drift <model> <version> --current FILE|FOLDER`: current data against the version's profile.
 
 Prints the per-feature table (or JSON with --json), writes an HTML report with --report, and
 exits with status 1 when drift is detected, so that scripts can branch on it.
@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--current",
         required=True,
         metavar="FILE",
-        help="rows to check: .csv or .parquet with a header, or .npy",
+        help="rows to check: .csv or .parquet with a header, .npy, or a folder of .parquet files",
     )
     parser.add_argument("--report", metavar="OUT.html", help="also write an HTML report with plots")
     parser.add_argument(
@@ -167,9 +167,19 @@ def _read_profile(path: Path, shown: str) -> Profile:
 
 def read_current(path: Path, profile: Profile, score_column: str | None) -> tuple[Floats, Floats | None]:
     """The feature matrix (profile order) and, with `score_column`, the scores of a data file."""
-    if not path.is_file():
+    if path.is_dir():
+        # A partitioned dataset (Spark, pandas, DVC outputs): pyarrow reads the folder's parquet files as one table.
+        if not any(path.rglob("*.parquet")):
+            raise UserError(
+                str(path),
+                "is a folder with no .parquet files",
+                "pass a .csv, .parquet or .npy file, or a folder of .parquet files",
+            )
+        suffix = ".parquet"
+    elif not path.is_file():
         raise UserError(str(path), "no such file", "pass the path of a .csv, .parquet or .npy file")
-    suffix = path.suffix.lower()
+    else:
+        suffix = path.suffix.lower()
     if suffix == ".npy":
         return _read_npy(path, profile, score_column), None
     if suffix not in FORMATS:
