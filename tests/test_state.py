@@ -83,7 +83,11 @@ def test_unregistered_version_is_refused(tmp_path: Path) -> None:
     models, stacks = docs()
     releases(stacks, "dev")["traffic"] = {"v9.0.0": 100}
     [line] = errors_for(tmp_path, models, stacks)
-    assert line.startswith("Pulumi.dev.yaml: config.modelctl:releases.fraud-detection.traffic.v9.0.0:")
+    lines = (tmp_path / "repo/Pulumi.dev.yaml").read_text().splitlines()
+    number = next(i for i, text in enumerate(lines, 1) if text.strip().startswith("v9.0.0:"))
+    assert line.startswith(
+        f"Pulumi.dev.yaml:{number}: config.modelctl:releases.fraud-detection.traffic.v9.0.0:"
+    )
     assert (
         "version v9.0.0 of fraud-detection is not registered; register it first or use one of: v1.0.0, v1.1.0"
         in line
@@ -115,8 +119,15 @@ def test_shadow_and_override_versions_must_exist(tmp_path: Path) -> None:
     release["shadow"] = {"version": "v2.0.0", "percent": 10}
     release["overrides"] = {"beta": "v3.0.0"}
     lines = errors_for(tmp_path, models, stacks)
-    assert any("shadow.version: version v2.0.0" in line for line in lines), lines
-    assert any("overrides.beta: version v3.0.0" in line for line in lines), lines
+    text = (tmp_path / "repo/Pulumi.dev.yaml").read_text().splitlines()
+    shadow = next(i for i, line in enumerate(text, 1) if line.strip() == "version: v2.0.0")
+    beta = next(i for i, line in enumerate(text, 1) if line.strip() == "beta: v3.0.0")
+    assert any(
+        f"Pulumi.dev.yaml:{shadow}: " in line and "shadow.version: version v2.0.0" in line for line in lines
+    )
+    assert any(
+        f"Pulumi.dev.yaml:{beta}: " in line and "overrides.beta: version v3.0.0" in line for line in lines
+    )
 
 
 def test_production_traffic_must_pass_the_gates(tmp_path: Path) -> None:

@@ -402,9 +402,19 @@ def load_state(where: Path | Source) -> State:
         errors += as_list(exc)
     state = State(root=source.root, models=models, stacks=stacks, trusted=trusted)
     if not errors:
-        errors += cross_check(state)
+        errors += [_with_line(source, error) for error in cross_check(state)]
     collect(errors)
     return state
+
+
+def _with_line(source: Source, error: UserError) -> UserError:
+    """`error` with the line of its key in its file (`Pulumi.dev.yaml:12`), as schema errors
+    have; unchanged when the file or key cannot be found."""
+    text = source.read(error.where) if error.key else None
+    line = yamlio.line_of_key(yamlio.loads(text, error.where), error.key) if text else None
+    if line is None:
+        return error
+    return UserError(f"{error.where}:{line}", error.problem, error.fix, key=error.key)
 
 
 def cross_check(state: State) -> list[UserError]:

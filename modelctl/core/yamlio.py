@@ -187,3 +187,23 @@ def line_of(data: Any, loc: tuple[int | str, ...]) -> int | None:
         else:
             break
     return line
+
+
+def line_of_key(data: Any, key: str) -> int | None:
+    """The 1-based line of a dotted key path such as `config.modelctl:releases.m.traffic.v1.2.0`,
+    where keys may themselves hold dots (versions): at each mapping the longest key that the
+    rest of the path starts with is taken."""
+    node, rest, line = data, key, None
+    while rest and isinstance(node, CommentedMap | CommentedSeq):
+        part = _longest_prefix(node, rest)
+        if part is None:
+            break
+        line = line_of(node, (part,))
+        node, rest = node[part], rest[len(str(part)) + 1 :]
+    return line
+
+
+def _longest_prefix(node: CommentedMap | CommentedSeq, path: str) -> str | int | None:
+    keys: list[str | int] = list(range(len(node))) if isinstance(node, CommentedSeq) else list(node)
+    matches = [k for k in keys if path == str(k) or path.startswith(f"{k}.")]
+    return max(matches, key=lambda k: len(str(k)), default=None)
