@@ -51,6 +51,11 @@ def file_name(obj: Obj) -> str:
     return f"{labels['app']}/{kind}{suffix}.yaml"
 
 
+def is_object_file(name: str) -> bool:
+    """Whether a rendered file holds a Kubernetes object (the native configurations are `.yml`)."""
+    return name.endswith(".yaml")
+
+
 def rule_groups(rule: Obj) -> Obj:
     """A PrometheusRule's groups as a Prometheus rule file (`{"groups": [...]}`), the form the
     Prometheus Operator hands to Prometheus."""

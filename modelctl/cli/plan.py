@@ -121,9 +121,12 @@ def _releases(state: State, name: str) -> dict[str, Release]:
 def destroy_refused(plan: StackPlan) -> UserError:
     """A plan taking down every model of a stack, most often a misspelt or deleted key: refused
     unless asked for with --allow-destroy."""
+    from infra.render import is_object_file
+
+    objects = [name for name in plan.removed if is_object_file(name)]
     return UserError(
         stack_file(plan.name),
-        f"this change removes every model of stack {plan.name} ({len(plan.removed)} objects deleted on deploy)",
+        f"this change removes every model of stack {plan.name} ({len(objects)} objects deleted on deploy)",
         "restore its modelctl:releases, or pass --allow-destroy if the stack is meant to go",
         key=f"config.{CONFIG_NAMESPACE}:releases",
     )
