@@ -170,8 +170,10 @@ def test_check_base_refuses_a_new_record_trusting_code(tmp_path: Path, cli: Cli,
     code, _, err = cli(root, "check", "--base", "HEAD")
 
     assert code != 0
+    lines = (root / "models/fraud-detection/model.yaml").read_text().splitlines()
+    line = next(i for i, text in enumerate(lines, 1) if text.strip() == f"- {name}")
     assert err.splitlines() == [
-        f"error: models/fraud-detection/model.yaml: versions.v1.1.0.artifact.trusted_types.1: trusted type "
+        f"error: models/fraud-detection/model.yaml:{line}: versions.v1.1.0.artifact.trusted_types.1: trusted type "
         f"{name} {REVIEWED.refusal(name).removeprefix(f'trusted type {name} ')}; if the record is merged, "  # type: ignore[union-attr]
         "revoke it (modelctl revoke fraud-detection v1.1.0), if it is new in this change, delete it; then register "
         "a model without that type"
