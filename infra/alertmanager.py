@@ -19,6 +19,13 @@ CONFIG_NAME = "modelctl-alerts"
 NULL_RECEIVER = "null"
 GROUP_BY = ["alertname", "model", "version"]
 TIMING = {"group_wait": "30s", "group_interval": "5m", "repeat_interval": "4h"}
+# Alertmanager's default Slack text (template "slack.default.text") is empty, so a message would
+# carry only its title; this one gives each alert's summary, description and runbook, the
+# annotations every rule has (infra/alert_rules.py). Go template syntax, checked by amtool.
+SLACK_TEXT = (
+    "{{ range .Alerts }}*{{ .Annotations.summary }}*\n{{ .Annotations.description }}\n"
+    "Runbook: {{ .Annotations.runbook_url }}\n{{ end }}"
+)
 
 
 def _labels(stack: Stack) -> dict[str, str]:
@@ -106,7 +113,12 @@ def _cr_email(email: EmailReceiver) -> Obj:
 
 
 def _cr_slack(slack: SlackReceiver) -> Obj:
-    return {"apiURL": _key_ref(slack.api_url_secret), "channel": slack.channel, "sendResolved": True}
+    return {
+        "apiURL": _key_ref(slack.api_url_secret),
+        "channel": slack.channel,
+        "text": SLACK_TEXT,
+        "sendResolved": True,
+    }
 
 
 def _cr_webhook(webhook: WebhookReceiver) -> Obj:
@@ -149,6 +161,7 @@ def _native_receiver(receiver: Receiver) -> Obj:
         config = {
             "channel": slack.channel,
             "api_url_file": secret_file(slack.api_url_secret),
+            "text": SLACK_TEXT,
             "send_resolved": True,
         }
         return {"name": receiver.name, "slack_configs": [config]}

@@ -321,6 +321,18 @@ def test_a_failing_version_fires_the_error_rate_alert_and_an_email_arrives(
     print(f"error-rate alert emailed {time.monotonic() - started:.1f} s after traffic began: {message.name}")
     assert "To: oncall@example.com" in message.read_text(encoding="utf-8", errors="replace")
 
+    def slack_text() -> str | None:
+        for path in sorted(mailbox.glob("*-ml-slack.json")):
+            post = json.loads(path.read_text(encoding="utf-8"))
+            texts = [a.get("text", "") for a in post.get("attachments", [])]
+            if any("ModelHighErrorRate" in a.get("title", "") for a in post.get("attachments", [])):
+                return "\n".join(texts)
+        return None
+
+    text = wait_for("the Slack message reaches its sink", slack_text, 30)
+    for part in (f"{BROKEN} fails", "of requests answered 5xx", "Runbook: ", "#modelhigherrorrate"):
+        assert part in text, text
+
 
 def test_shifted_feature_raises_its_drift_alert_and_unshifted_traffic_none(
     repo: Path, dev: dict[str, Any], staging: dict[str, Any]
