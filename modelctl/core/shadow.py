@@ -30,6 +30,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -176,8 +177,9 @@ def side(answers: Mapping[str, Sequence[collect.Sample]], versions: Sequence[str
     )
 
 
-def parse_log(lines: Iterable[bytes], model: str) -> list[Logged]:
-    """The prediction-log records of `model` among `lines` (other lines are skipped).
+def parse_log(lines: Iterable[bytes], model: str, since: datetime | None = None) -> list[Logged]:
+    """The prediction-log records of `model` among `lines` (other lines are skipped), those
+    timed at or after `since` only when given.
 
     Lines are JSON objects with the keys `contract.PREDICTION_LOG_KEYS` (see serving/predlog.py);
     anything else a log stream holds (the server's own log lines, `kubectl logs` of several
@@ -194,15 +196,19 @@ def parse_log(lines: Iterable[bytes], model: str) -> list[Logged]:
             continue
         if not isinstance(data, dict) or set(data) != set(PREDICTION_LOG_KEYS) or data["model"] != model:
             continue
-        records.append(
-            Logged(
+        try:
+            if since is not None and datetime.fromisoformat(data["time"]) < since:
+                continue
+            record = Logged(
                 str(data["request_id"]),
                 int(data["row"]),
                 str(data["version"]),
                 str(data["class"]),
                 float(data["score"]),
             )
-        )
+        except (TypeError, ValueError):  # a line that only looks like a record
+            continue
+        records.append(record)
     return records
 
 
