@@ -23,7 +23,7 @@ Example::
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -150,7 +150,16 @@ class TransactionOptions(TypedDict, total=False):
     lock_timeout: float | None
 
 
-def _apply(root: Path, model: str, stack: str, build: Build, options: TransactionOptions) -> ReleaseChange:
+def _apply(
+    root: Path,
+    model: str,
+    stack: str,
+    build: Build,
+    options: TransactionOptions,
+    *,
+    evidence: Mapping[str, str] | None = None,
+    message: Callable[[Proposal], str] | None = None,
+) -> ReleaseChange:
     return apply_release(
         root,
         model,
@@ -160,6 +169,8 @@ def _apply(root: Path, model: str, stack: str, build: Build, options: Transactio
         dry_run=options.get("dry_run", False),
         commit=options.get("commit", True),
         lock_timeout=options.get("lock_timeout"),
+        evidence=evidence,
+        message=message,
     )
 
 
@@ -170,6 +181,7 @@ def canary(
     *,
     stack: str,
     weight: int | None = None,
+    evidence: Path | None = None,
     **options: Unpack[TransactionOptions],
 ) -> ReleaseChange:
     """Start a canary of `version`, or move it to the next analysis step.
@@ -179,8 +191,25 @@ def canary(
     weight
         The canary's share of traffic in percent (1-99) instead of the next step of the
         release's analysis settings.
+    evidence
+        A shadow report of `version` on `stack` (`modelctl shadow report --json`), committed with
+        the change under analysis/<stack>/<model>/ and cited by a `Shadow-Report` trailer.
+
+    Raises
+    ------
+    UserError
+        The evidence is unreadable or reports on another model, version or stack.
     """
-    return _apply(root, model, stack, lambda t, r, _: releases.canary(t, r, version, weight), options)
+    files, message = _shadow_evidence(evidence, model, version, stack) if evidence else (None, None)
+    return _apply(
+        root,
+        model,
+        stack,
+        lambda t, r, _: releases.canary(t, r, version, weight),
+        options,
+        evidence=files,
+        message=message,
+    )
 
 
 def promote(
@@ -765,3 +794,30 @@ def _local_server_logs(root: Path, stack: str, model: str) -> list[Path]:
     return sorted(
         {Path(p.log) for p in state.procs.values() if p.kind == "server" and p.extra.get("model") == model}
     )
+
+
+def _shadow_evidence(
+    path: Path, model: str, version: str, stack: str
+) -> tuple[dict[str, str], Callable[[Proposal], str]]:
+    """The shadow report at `path` as a file to commit, and the commit message citing it."""
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise UserError(
+            str(path),
+            f"cannot read the shadow report ({exc})",
+            "pass the file 'modelctl shadow report --json' wrote",
+        ) from None
+    # The command's output holds one report per shadowed model; a single report is taken as is.
+    found = data.get("reports", [data]) if isinstance(data, dict) else []
+    report = next((r for r in found if isinstance(r, dict) and r.get("model") == model), None)
+    if report is None or report.get("shadow") != version or report.get("stack") != stack:
+        raise UserError(
+            str(path),
+            f"is not a shadow report of {model} {version} on {stack}",
+            f"run 'modelctl shadow report --stack {stack} --model {model} --json' while {version} is the shadow",
+        )
+    taken = datetime.fromisoformat(str(report["taken_at"])).astimezone(UTC)
+    stored = f"analysis/{stack}/{model}/shadow-{version}-{taken:%Y%m%dT%H%M%SZ}.json"
+    text = orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n"
+    return {stored: text}, lambda proposal: f"{proposal.message}\n\n{SHADOW_REPORT_TRAILER}: {stored}\n"
