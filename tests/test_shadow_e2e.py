@@ -1,6 +1,6 @@
 """The shadow report end to end on the local stack: a version trained on a deliberately weaker
 configuration mirrors 50% of the traffic of the registered stable version, with sticky users;
-both servers write the prediction log; `modelctl shadow report` shows how often they disagree,
+both servers write the prediction log (the stack file's `prediction_log`); `modelctl shadow report` shows how often they disagree,
 and the canary that takes the shadow out cites the report in its commit.
 
 Real git, dvc, model servers, nginx and Prometheus; every wait is bounded, and the stack is
@@ -61,7 +61,11 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     pipeline_repo.push_all(root)
     doc = stack_doc({STABLE: 100}, namespace="models-dev")
     doc["config"]["modelctl:releases"][MODEL].update(
-        {"sticky": {"cookie": "model-version"}, "shadow": {"version": WEAK, "percent": PERCENT}}
+        {
+            "sticky": {"cookie": "model-version"},
+            "shadow": {"version": WEAK, "percent": PERCENT},
+            "prediction_log": {"sample": 1},
+        }
     )
     yamlio.dump_file(root / "Pulumi.dev.yaml", doc)
     run_git(root, "add", "-A")
@@ -80,7 +84,6 @@ def stack(repo: Path) -> dict[str, Any]:
         "--json",
         "--scrape-interval=1s",
         "--evaluation-interval=1s",
-        "--server-arg=--prediction-log=-",
     )
     assert proc.returncode == 0, proc.stderr
     data: dict[str, Any] = json.loads(proc.stdout)
