@@ -420,13 +420,7 @@ def canary_analyze(
 
     state = read_state(root)
     config = state.stack(stack).config
-    url = prometheus or config.environment.monitoring.prometheus_url or _local_prometheus(root, stack)
-    if url is None:
-        raise UserError(
-            stack_file(stack),
-            "no Prometheus to query",
-            "pass --prometheus URL, set modelctl:environment.monitoring.prometheus_url, or run 'modelctl up'",
-        )
+    url = _prometheus_url(root, stack, state, prometheus)
     chosen = [name for name in config.releases if model is None or name == model]
     canaries = [name for name in chosen if canary_arms(config.releases[name]) is not None]
     if model is not None and not canaries:
@@ -540,6 +534,19 @@ def _outcome(action: str, release: Release, canary_weight: int) -> Outcome:
 
 def _serves(release: Release | None, version: str) -> bool:
     return release is not None and release.traffic.get(version, 0) > 0
+
+
+def _prometheus_url(root: Path, stack: str, state: State, given: str | None) -> str:
+    """`given`, else the stack's `monitoring.prometheus_url`, else the local stack's; UserError if none."""
+    config = state.stack(stack).config
+    url = given or config.environment.monitoring.prometheus_url or _local_prometheus(root, stack)
+    if url is None:
+        raise UserError(
+            stack_file(stack),
+            "no Prometheus to query",
+            "pass --prometheus URL, set modelctl:environment.monitoring.prometheus_url, or run 'modelctl up'",
+        )
+    return url
 
 
 def _local_prometheus(root: Path, stack: str) -> str | None:
@@ -683,13 +690,7 @@ def shadow_report(
     """
     state = read_state(root)
     config = state.stack(stack).config
-    url = prometheus or config.environment.monitoring.prometheus_url or _local_prometheus(root, stack)
-    if url is None:
-        raise UserError(
-            stack_file(stack),
-            "no Prometheus to query",
-            "pass --prometheus URL, set modelctl:environment.monitoring.prometheus_url, or run 'modelctl up'",
-        )
+    url = _prometheus_url(root, stack, state, prometheus)
     chosen = [name for name in config.releases if model is None or name == model]
     shadowed = [name for name in chosen if config.releases[name].shadow is not None]
     if model is not None and not shadowed:

@@ -12,6 +12,8 @@ from tests.conftest import Cli
 from tests.factories import full_docs, run_git, write_repo
 
 MODEL = "fraud-detection"
+# Port 9 (discard) is closed here: a report that gets as far as Prometheus fails to reach it.
+REPORT = ("shadow", "report", "--stack", "prod", "--prometheus", "http://127.0.0.1:9")
 
 
 def errors(err: str) -> list[str]:
@@ -26,17 +28,7 @@ def shadowed(tmp_path: Path) -> Path:
 
 
 def test_a_model_without_a_shadow_is_refused_in_one_line(shadowed: Path, cli: Cli) -> None:
-    code, _, err = cli(
-        shadowed,
-        "shadow",
-        "report",
-        "--stack",
-        "prod",
-        "--model",
-        "churn",
-        "--prometheus",
-        "http://127.0.0.1:9",
-    )
+    code, _, err = cli(shadowed, *REPORT, "--model", "churn")
     assert code == 1
     assert errors(err) == [
         "error: Pulumi.prod.yaml: churn mirrors no version on prod; "
@@ -45,17 +37,7 @@ def test_a_model_without_a_shadow_is_refused_in_one_line(shadowed: Path, cli: Cl
 
 
 def test_unreachable_prometheus_and_a_bad_window_are_one_line_errors(shadowed: Path, cli: Cli) -> None:
-    code, _, err = cli(
-        shadowed,
-        "shadow",
-        "report",
-        "--stack",
-        "prod",
-        "--prometheus",
-        "http://127.0.0.1:9",
-        "--window",
-        "1h",
-    )
+    code, _, err = cli(shadowed, *REPORT, "--window", "1h")
     assert code == 1
     assert len(errors(err)) == 1
     assert "Prometheus did not answer" in err

@@ -10,8 +10,6 @@ stopped by pid (`modelctl down`) at the end.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +25,7 @@ from modelctl.core.state import load_model
 from onebox.traffic import json_rows
 from tests import pipeline_repo
 from tests.factories import run_git, stack_doc
+from tests.test_local_stack import modelctl
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("local-stack")]
 
@@ -35,15 +34,6 @@ STABLE, WEAK = "v1.1.0", "v1.2.0"
 PERCENT = 50
 REQUESTS, USERS = 600, 20
 CONFIDENCE = 0.999
-
-
-def modelctl(root: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "modelctl", "-C", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from modelctl.core.contract import PREDICTION_LOG_KEYS
-from modelctl.core.shadow import Logged, Side, compare, parse_log
+from modelctl.core.shadow import Logged, ShadowReport, Side, compare, parse_log
 from serving.metrics import LATENCY_BUCKETS, SCORE_BUCKETS
 
 CLASSES = ("no", "yes")
@@ -32,6 +32,24 @@ def side(version: str, scores: np.ndarray, latencies: np.ndarray, threshold: flo
     )
 
 
+def report_of(
+    primary_scores: np.ndarray,
+    shadow_scores: np.ndarray,
+    latencies: tuple[np.ndarray, np.ndarray] | None = None,
+    logged: list[Logged] | None = None,
+) -> ShadowReport:
+    lat = latencies or (np.full(10, 0.004), np.full(10, 0.004))
+    return compare(
+        "churn",
+        side("v1", primary_scores, lat[0]),
+        side("v2", shadow_scores, lat[1]),
+        class_names=CLASSES,
+        positive_class="yes",
+        percent=25,
+        logged=logged,
+    )
+
+
 def bucketed(values: np.ndarray) -> np.ndarray:
     """Each value replaced by the upper bound of its bucket (what the histogram keeps of it)."""
     bounds = np.array(SCORE_LE[:-1])
@@ -46,15 +64,7 @@ def samples() -> tuple[np.ndarray, np.ndarray]:
 
 def test_class_rates_and_their_test_match_scipy(samples: tuple[np.ndarray, np.ndarray]) -> None:
     primary_scores, shadow_scores = samples
-    lat = np.full(10, 0.004)
-    report = compare(
-        "churn",
-        side("v1", primary_scores, lat),
-        side("v2", shadow_scores, lat),
-        class_names=CLASSES,
-        positive_class="yes",
-        percent=25,
-    )
+    report = report_of(primary_scores, shadow_scores)
     table = [[c.primary for c in report.classes], [c.shadow for c in report.classes]]
     chi2, p_value, _, _ = stats.chi2_contingency(table, correction=False)
     assert report.class_test.name == "chi2"
@@ -66,29 +76,14 @@ def test_class_rates_and_their_test_match_scipy(samples: tuple[np.ndarray, np.nd
 
 def test_the_score_test_is_ks_on_what_the_buckets_keep(samples: tuple[np.ndarray, np.ndarray]) -> None:
     primary_scores, shadow_scores = samples
-    lat = np.full(10, 0.004)
-    report = compare(
-        "churn",
-        side("v1", primary_scores, lat),
-        side("v2", shadow_scores, lat),
-        class_names=CLASSES,
-        positive_class="yes",
-        percent=25,
-    )
+    report = report_of(primary_scores, shadow_scores)
     expected = stats.ks_2samp(bucketed(primary_scores), bucketed(shadow_scores))
     assert report.score_test.statistic == pytest.approx(expected.statistic, abs=1e-12)
     assert report.score_test.p_value is not None
     assert report.score_test.p_value < 1e-6  # a real shift of the scores, 1000 rows
     # Bucketing never makes the distance larger than on the raw scores.
     assert report.score_test.statistic <= stats.ks_2samp(primary_scores, shadow_scores).statistic + 1e-12
-    same = compare(
-        "churn",
-        side("v1", primary_scores[:2000], lat),
-        side("v2", primary_scores[2000:], lat),
-        class_names=CLASSES,
-        positive_class="yes",
-        percent=25,
-    )
+    same = report_of(primary_scores[:2000], primary_scores[2000:])
     assert same.score_test.p_value is not None
     assert same.score_test.p_value > 0.01
 
@@ -96,14 +91,7 @@ def test_the_score_test_is_ks_on_what_the_buckets_keep(samples: tuple[np.ndarray
 def test_latency_quantiles_interpolate_like_prometheus() -> None:
     scores = np.full(100, 0.3)
     latencies = np.r_[np.full(50, 0.0015), np.full(50, 0.004)]
-    report = compare(
-        "churn",
-        side("v1", scores, latencies),
-        side("v2", scores, latencies * 2),
-        class_names=CLASSES,
-        positive_class="yes",
-        percent=100,
-    )
+    report = report_of(scores, scores, (latencies, latencies * 2))
     # Half the requests are at or below the 0.002 bound, all of the rest under 0.005.
     assert report.latency["primary"]["p50"] == pytest.approx(0.002)
     assert report.latency["primary"]["p99"] == pytest.approx(0.003 + 0.002 * 0.98)
@@ -118,16 +106,7 @@ def test_agreement_confusion_and_mcnemar_on_the_same_requests() -> None:
     primary = ["yes"] * 30 + ["no"] * 60 + ["yes"] * 10
     shadow = ["yes"] * 30 + ["no"] * 60 + ["no"] * 10  # the shadow says "no" where 10 said "yes"
     records = logged("v1", primary, [0.8] * 100) + logged("v2", shadow, [0.6] * 100)[20:]
-    empty = side("v1", np.zeros(0), np.zeros(0))
-    report = compare(
-        "churn",
-        empty,
-        side("v2", np.zeros(0), np.zeros(0)),
-        class_names=CLASSES,
-        positive_class="yes",
-        percent=80,
-        logged=records,
-    )
+    report = report_of(np.zeros(0), np.zeros(0), (np.zeros(0), np.zeros(0)), records)
     agreement = report.agreement
     assert agreement is not None
     # Only the 80 requests the shadow logged (the last 80) are paired; of those 10 disagree.
