@@ -20,8 +20,8 @@ file on the pod's volume would need a sidecar to leave the pod; a URL to POST to
 payload logger does, needs a receiver running beside the cluster.) Locally, `modelctl up` keeps
 each server's output in its log file, where `modelctl shadow report` reads it.
 
-Writes leave the event loop's hot path: a sampled request appends one tuple to a buffer;
-a task serializes the buffer and writes it from a worker thread once per `interval_s`. If the
+Writes leave the event loop's hot path: a sampled request appends one tuple to a buffer; once
+per `interval_s` a task takes the buffer, and a worker thread serializes and writes it. If the
 destination falls behind by `max_buffered` rows, newer rows are dropped and counted in the log.
 """
 
@@ -36,7 +36,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-import numpy as np
 import orjson
 
 from modelctl.core.contract import PREDICTION_LOG_KEYS
@@ -112,24 +111,34 @@ class PredictionLog:
         self._pending.append((request_id, result))
         self._rows += rows
 
-    def lines(self) -> bytes:
-        """The JSON lines of every row kept since the last call (the buffer is emptied)."""
+    def take(self) -> list[tuple[str, Predictions]]:
+        """What was kept since the last call (the buffer is emptied; on the event loop's thread)."""
         pending, self._pending, self._rows = self._pending, [], 0
+        return pending
+
+    def lines(self, pending: list[tuple[str, Predictions]]) -> bytes:
+        """The JSON lines of `pending`'s rows (pure: it may run in a worker thread)."""
+        time, request, row, model, version, predicted, score = PREDICTION_LOG_KEYS
         out = []
         for request_id, result in pending:
-            scores = np.asarray(result.probabilities)[:, self.positive_index].tolist()
-            for row, (index, score) in enumerate(zip(result.classes.tolist(), scores, strict=True)):
-                values = (
-                    result.timestamp,
-                    request_id,
-                    row,
-                    self.model,
-                    self.version,
-                    self.classes[index],
-                    score,
-                )
-                out.append(orjson.dumps(dict(zip(PREDICTION_LOG_KEYS, values, strict=True))))
-        return b"".join(line + b"\n" for line in out)
+            scores = result.probabilities[:, self.positive_index].tolist()
+            for index, (kind, value) in enumerate(zip(result.classes.tolist(), scores, strict=True)):
+                line = {
+                    time: result.timestamp,
+                    request: request_id,
+                    row: index,
+                    model: self.model,
+                    version: self.version,
+                    predicted: self.classes[kind],
+                    score: value,
+                }
+                out.append(orjson.dumps(line))
+        out.append(b"")
+        return b"\n".join(out)
+
+    def flush(self, pending: list[tuple[str, Predictions]]) -> None:
+        """Serialize and write `pending` (blocking: call it from a worker thread)."""
+        self.write(self.lines(pending))
 
     def write(self, data: bytes) -> None:
         """Append `data` to the destination and flush it (blocking: call it from a worker thread)."""
@@ -154,14 +163,14 @@ class PredictionLog:
         try:
             while True:
                 await asyncio.sleep(self.interval_s)
-                await asyncio.to_thread(self.write, self.lines())
+                await asyncio.to_thread(self.flush, self.take())
                 self._report_drops()
         finally:
             self.close()
 
     def close(self) -> None:
         """Write what is left, and close a file this log opened."""
-        self.write(self.lines())
+        self.flush(self.take())
         self._report_drops()
         with self._lock:
             if self._file is not None and self._file is not sys.stdout.buffer:

@@ -153,6 +153,7 @@ def test_the_shadow_report_shows_how_the_weaker_version_disagrees(
     assert report["score_test"]["p_value"] < 0.001  # its scores are far from the stable version's
     text = modelctl(repo, "shadow", "report", "--stack", "dev")
     assert text.returncode == 0, text.stderr
+    print(text.stdout)
     assert f"disagreement {100 * (1 - agreement['agreement']):.1f}%" in text.stdout
     assert page.read_text(encoding="utf-8").count("<svg") == 2
 

@@ -111,10 +111,15 @@ def _ms(seconds: float | None) -> str:
     return "n/a" if seconds is None or not math.isfinite(seconds) else f"{seconds * 1000:.3g} ms"
 
 
+def _p(p_value: float) -> str:
+    # Below double precision's resolution near 1, scipy's survival functions return 0.
+    return "p < 1e-16" if p_value < 1e-16 else f"p = {p_value:.3g}"
+
+
 def _test(test: Test) -> str:
     if test.p_value is None or test.statistic is None:
         return f"{test.name}: not enough data"
-    return f"{test.name} {test.statistic:.3g}, p = {test.p_value:.3g}"
+    return f"{test.name} {test.statistic:.3g}, {_p(test.p_value)}"
 
 
 def _rows(report: ShadowReport) -> list[tuple[str, str, str]]:
@@ -149,9 +154,12 @@ def _findings(report: ShadowReport) -> list[str]:
             f"agreement: {_pct(agreement.agreement)} of {agreement.pairs:,} requests both logged "
             f"(95% interval {_pct(low)} to {_pct(high)}); disagreement {_pct(1 - agreement.agreement)}"
         )
+        more = agreement.positive_test.statistic or 0.0
         lines.append(
-            f"positive class on the same requests: {_test(agreement.positive_test)} "
-            f"(shadow minus primary); mean score difference {agreement.mean_score_difference:+.3g}"
+            f"on the same requests the shadow predicts {report.positive_class} {abs(more):.0f} times "
+            f"{'more' if more >= 0 else 'less'} often than the primary (McNemar "
+            f"{_p(agreement.positive_test.p_value or 1.0)}); mean score difference "
+            f"{agreement.mean_score_difference:+.3g}"
         )
     lines += [f"note: {note}" for note in report.notes]
     return lines

@@ -121,6 +121,7 @@ class ShadowReport:
     primary: tuple[str, ...]
     shadow: str
     percent: float
+    positive_class: str
     requests: dict[str, float]
     rows: dict[str, float]
     classes: list[ClassRate]
@@ -271,6 +272,7 @@ def compare(
         primary=primary.versions,
         shadow=shadow.versions[0],
         percent=percent,
+        positive_class=positive_class,
         requests={"primary": primary.requests, "shadow": shadow.requests},
         rows=rows,
         classes=classes,
