@@ -39,6 +39,7 @@ from typing import BinaryIO
 import orjson
 
 from modelctl.core.contract import PREDICTION_LOG_KEYS
+from modelctl.core.errors import UserError
 from serving.batcher import Predictions
 
 log = logging.getLogger("serving")
@@ -65,6 +66,11 @@ class PredictionLog:
     ----------
     destination
         A file path (appended to, created with its folder) or `-` for standard output.
+
+    Raises
+    ------
+    UserError
+        The destination cannot be opened for appending.
     fraction
         The share of requests logged, 0 to 1, decided by `sampled`.
     model, version, classes, positive_index
@@ -97,8 +103,23 @@ class PredictionLog:
         self._pending: list[tuple[str, Predictions]] = []
         self._rows = 0
         self.dropped = 0
-        self._file: BinaryIO | None = None
         self._lock = threading.Lock()  # the final write may overlap a cancelled thread's
+        self._file: BinaryIO | None = self._open()
+
+    def _open(self) -> BinaryIO:
+        """The destination, opened now so that an unusable path stops the server at start."""
+        if self.destination == STDOUT:
+            return sys.stdout.buffer
+        path = Path(self.destination)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return path.open("ab")
+        except OSError as exc:
+            raise UserError(
+                self.destination,
+                f"cannot append to the prediction log ({exc.strerror})",
+                "pass a writable --prediction-log path, or '-' for standard output",
+            ) from None
 
     def record(self, request_id: str, result: Predictions) -> None:
         """Keep `result`'s rows for the next write if `request_id` is in the sample (hot path)."""
@@ -149,14 +170,12 @@ class PredictionLog:
 
     def _write(self, data: bytes) -> None:
         if self._file is None:
-            if self.destination == STDOUT:
-                self._file = sys.stdout.buffer
-            else:
-                path = Path(self.destination)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = path.open("ab")
-        self._file.write(data)
-        self._file.flush()
+            self._file = self._open()
+        try:
+            self._file.write(data)
+            self._file.flush()
+        except OSError as exc:  # a full disk loses log lines, never predictions
+            log.error("prediction log: %d bytes not written to %s: %s", len(data), self.destination, exc)
 
     async def run(self) -> None:
         """Write what was kept every `interval_s` until cancelled, then write the rest."""

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import orjson
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 with warnings.catch_warnings():
@@ -15,6 +16,7 @@ with warnings.catch_warnings():
     from starlette.testclient import TestClient
 
 from modelctl.core.contract import PREDICTED_CLASS, PREDICTION_LOG_KEYS
+from modelctl.core.errors import UserError
 from serving.app import create_app
 from serving.options import Settings
 from serving.predlog import sampled
@@ -83,3 +85,12 @@ def test_predicted_classes_are_counted_per_class(served: Version) -> None:
 
     assert counts(before) == {"legit": 0.0, "fraud": 0.0}  # exported from the start
     assert counts(after) == {c: float(predictions.count(c)) for c in ("legit", "fraud")}
+
+
+def test_an_unwritable_log_stops_the_server_at_start(served: Version, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    settings = Settings(prediction_log=str(tmp_path / "file" / "predictions.jsonl"))
+    with pytest.raises(UserError) as error:
+        build(served.spec, settings)
+    assert "cannot append to the prediction log" in str(error.value)
+    assert "\n" not in str(error.value)
