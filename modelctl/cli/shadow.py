@@ -156,8 +156,8 @@ def _findings(report: ShadowReport) -> list[str]:
         )
         more = agreement.positive_test.statistic or 0.0
         lines.append(
-            f"on the same requests the shadow predicts {report.positive_class} {abs(more):.0f} times "
-            f"{'more' if more >= 0 else 'less'} often than the primary (McNemar "
+            f"the shadow predicts {report.positive_class} on {abs(more):.0f} "
+            f"{'more' if more >= 0 else 'fewer'} of the same requests than the primary (McNemar "
             f"{_p(agreement.positive_test.p_value or 1.0)}); mean score difference "
             f"{agreement.mean_score_difference:+.3g}"
         )
