@@ -45,7 +45,10 @@ def virtual_service(target: ModelTarget) -> Obj:
     if external:
         spec["hosts"].append(external)
         spec["gateways"] = [target.env.ingress.gateway, "mesh"]
-    spec["http"] = [*_override_routes(target), *_sticky_routes(target), _weighted_route(target)]
+    spec["http"] = [
+        *_override_routes(target),
+        *_mirrored([*_sticky_routes(target), _weighted_route(target)], target),
+    ]
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
@@ -103,11 +106,18 @@ def _weighted_route(target: ModelTarget) -> Obj:
                 "response": {"add": {"set-cookie": _set_cookie(release.sticky, version)}}
             }
         destinations.append(destination)
-    route: Obj = {"name": "weighted", "route": destinations, "timeout": REQUEST_TIMEOUT, "retries": RETRIES}
-    if release.shadow:
-        route["mirror"] = _destination(target, release.shadow.version)
-        route["mirrorPercentage"] = {"value": release.shadow.percent}
-    return route
+    return {"name": "weighted", "route": destinations, "timeout": REQUEST_TIMEOUT, "retries": RETRIES}
+
+
+def _mirrored(routes: list[Obj], target: ModelTarget) -> list[Obj]:
+    """The user routes, each mirroring to the shadow: Istio mirrors only the requests of the route
+    holding `mirror`, so on the weighted route alone returning users (sticky cookie) would never
+    reach the shadow. Header overrides pin one version on purpose and are not mirrored."""
+    shadow = target.release.shadow
+    if shadow is None:
+        return routes
+    mirror = {"mirror": _destination(target, shadow.version), "mirrorPercentage": {"value": shadow.percent}}
+    return [{**route, **mirror} for route in routes]
 
 
 def _set_cookie(sticky: Sticky, version: str) -> str:

@@ -150,6 +150,7 @@ def _server_container(target: ModelTarget, spec: ServingSpec) -> Obj:
         "name": "server",
         "image": target.env.image,
         "command": ["python", "-m", "serving"],
+        **_prediction_log_args(target),
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "env": [{"name": key, "value": value} for key, value in spec.to_env().items()],
         "resources": {
@@ -166,6 +167,15 @@ def _server_container(target: ModelTarget, spec: ServingSpec) -> Obj:
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
+
+
+def _prediction_log_args(target: ModelTarget) -> Obj:
+    """The server's prediction-log flags: standard output, which the cluster's log pipeline
+    collects with the pod's labels and `kubectl logs` reads (see serving/predlog.py)."""
+    settings = target.release.prediction_log
+    if settings is None:
+        return {}
+    return {"args": ["--prediction-log", "-", "--prediction-log-sample", f"{settings.sample:g}"]}
 
 
 def _probe(path: str, period: int, failures: int) -> Obj:

@@ -23,7 +23,7 @@ Example::
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,6 +52,7 @@ from modelctl.repo.transaction import (
 
 if TYPE_CHECKING:
     from modelctl.core.judge import Decision, Snapshot
+    from modelctl.core.shadow import Logged, ShadowReport
 
 __all__ = [
     "Analysis",
@@ -74,6 +75,7 @@ __all__ = [
     "rollback",
     "shadow",
     "shadow_off",
+    "shadow_report",
 ]
 
 
@@ -148,7 +150,16 @@ class TransactionOptions(TypedDict, total=False):
     lock_timeout: float | None
 
 
-def _apply(root: Path, model: str, stack: str, build: Build, options: TransactionOptions) -> ReleaseChange:
+def _apply(
+    root: Path,
+    model: str,
+    stack: str,
+    build: Build,
+    options: TransactionOptions,
+    *,
+    evidence: Mapping[str, str] | None = None,
+    message: Callable[[Proposal], str] | None = None,
+) -> ReleaseChange:
     return apply_release(
         root,
         model,
@@ -158,6 +169,8 @@ def _apply(root: Path, model: str, stack: str, build: Build, options: Transactio
         dry_run=options.get("dry_run", False),
         commit=options.get("commit", True),
         lock_timeout=options.get("lock_timeout"),
+        evidence=evidence,
+        message=message,
     )
 
 
@@ -168,6 +181,7 @@ def canary(
     *,
     stack: str,
     weight: int | None = None,
+    evidence: Path | None = None,
     **options: Unpack[TransactionOptions],
 ) -> ReleaseChange:
     """Start a canary of `version`, or move it to the next analysis step.
@@ -177,8 +191,25 @@ def canary(
     weight
         The canary's share of traffic in percent (1-99) instead of the next step of the
         release's analysis settings.
+    evidence
+        A shadow report of `version` on `stack` (`modelctl shadow report --json`), committed with
+        the change under analysis/<stack>/<model>/ and cited by a `Shadow-Report` trailer.
+
+    Raises
+    ------
+    UserError
+        The evidence is unreadable or reports on another model, version or stack.
     """
-    return _apply(root, model, stack, lambda t, r, _: releases.canary(t, r, version, weight), options)
+    files, message = _shadow_evidence(evidence, model, version, stack) if evidence else (None, None)
+    return _apply(
+        root,
+        model,
+        stack,
+        lambda t, r, _: releases.canary(t, r, version, weight),
+        options,
+        evidence=files,
+        message=message,
+    )
 
 
 def promote(
@@ -389,13 +420,7 @@ def canary_analyze(
 
     state = read_state(root)
     config = state.stack(stack).config
-    url = prometheus or config.environment.monitoring.prometheus_url or _local_prometheus(root, stack)
-    if url is None:
-        raise UserError(
-            stack_file(stack),
-            "no Prometheus to query",
-            "pass --prometheus URL, set modelctl:environment.monitoring.prometheus_url, or run 'modelctl up'",
-        )
+    url = _prometheus_url(root, stack, state, prometheus)
     chosen = [name for name in config.releases if model is None or name == model]
     canaries = [name for name in chosen if canary_arms(config.releases[name]) is not None]
     if model is not None and not canaries:
@@ -511,6 +536,19 @@ def _serves(release: Release | None, version: str) -> bool:
     return release is not None and release.traffic.get(version, 0) > 0
 
 
+def _prometheus_url(root: Path, stack: str, state: State, given: str | None) -> str:
+    """`given`, else the stack's `monitoring.prometheus_url`, else the local stack's; UserError if none."""
+    config = state.stack(stack).config
+    url = given or config.environment.monitoring.prometheus_url or _local_prometheus(root, stack)
+    if url is None:
+        raise UserError(
+            stack_file(stack),
+            "no Prometheus to query",
+            "pass --prometheus URL, set modelctl:environment.monitoring.prometheus_url, or run 'modelctl up'",
+        )
+    return url
+
+
 def _local_prometheus(root: Path, stack: str) -> str | None:
     """The Prometheus of the stack running on this machine (`modelctl up`), None when it is not up."""
     from onebox.stack import status
@@ -600,3 +638,187 @@ def revoke(
     """
     made = registry.set_status(root, model, version, "revoked", commit=commit, lock_timeout=lock_timeout)
     return StatusChange(model, version, "revoked", made)
+
+
+# ---------------------------------------------------------------- shadow report
+
+SHADOW_REPORT_TRAILER = "Shadow-Report"
+
+
+@dataclass(frozen=True)
+class ShadowResult:
+    """One shadow report with where it came from: the window, Prometheus and its queries, the logs."""
+
+    stack: str
+    window_start: datetime
+    taken_at: datetime
+    report: ShadowReport
+    source: dict[str, object]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "stack": self.stack,
+            "window_start": self.window_start.isoformat(),
+            "taken_at": self.taken_at.isoformat(),
+            **self.report.to_json(),
+            "source": self.source,
+        }
+
+
+def shadow_report(
+    root: Path,
+    *,
+    stack: str,
+    model: str | None = None,
+    prometheus: str | None = None,
+    prediction_logs: list[Path] | None = None,
+    window: float | None = None,
+    now: datetime | None = None,
+) -> list[ShadowResult]:
+    """How each shadow on `stack` (or only `model`'s) predicts compared with the versions it mirrors.
+
+    The window starts when the release began mirroring its current shadow version (from git),
+    or `window` seconds before `now`. Counters come from Prometheus (see `canary_analyze` for
+    the default URL); the prediction log from `prediction_logs` (JSON-lines files such as
+    `kubectl logs` of the model's pods), else, for a stack running on this machine, the
+    servers' own logs.
+
+    Raises
+    ------
+    UserError
+        No Prometheus URL, Prometheus failing, an unreadable log, or `model` has no shadow.
+    """
+    state = read_state(root)
+    config = state.stack(stack).config
+    url = _prometheus_url(root, stack, state, prometheus)
+    chosen = [name for name in config.releases if model is None or name == model]
+    shadowed = [name for name in chosen if config.releases[name].shadow is not None]
+    if model is not None and not shadowed:
+        state.model(model)
+        raise UserError(
+            stack_file(stack),
+            f"{model} mirrors no version on {stack}",
+            f"start one with 'modelctl shadow {model} VERSION --percent 100 --stack {stack}'",
+        )
+    taken_at = now or datetime.now(UTC)
+    history = stack_history(root, stack) if window is None else []
+    return [
+        _shadow_report(
+            root,
+            state,
+            stack,
+            name,
+            url=url,
+            taken_at=taken_at,
+            history=history,
+            window=window,
+            prediction_logs=prediction_logs,
+        )
+        for name in shadowed
+    ]
+
+
+def _shadow_report(
+    root: Path,
+    state: State,
+    stack: str,
+    model: str,
+    *,
+    url: str,
+    taken_at: datetime,
+    history: list[HistorySnapshot],
+    window: float | None,
+    prediction_logs: list[Path] | None,
+) -> ShadowResult:
+    from datetime import timedelta
+
+    from modelctl.core import shadow
+    from modelctl.repo.prometheus import query_all
+
+    release = state.stack(stack).config.releases[model]
+    assert release.shadow is not None  # shadow_report chose only shadowed releases
+    mirrored = release.shadow.version
+    if window is None:
+        same = itertools.takewhile(
+            lambda c: (
+                (r := c.release(model)) is not None and r.shadow is not None and r.shadow.version == mirrored
+            ),
+            release_changes(history, model),
+        )
+        starts = [c.date for c in same]
+        window_start = starts[-1] if starts else taken_at - timedelta(hours=1)
+    else:
+        window_start = taken_at - timedelta(seconds=window)
+    queries = shadow.queries(model, (taken_at - window_start).total_seconds())
+    answers = query_all(url, queries, taken_at)
+    primary = [v for v in release.serving() if v != mirrored]
+    files = prediction_logs if prediction_logs is not None else _local_server_logs(root, stack, model)
+    logged = _read_logs(files, model, window_start) if files else None
+    output = state.model(model).output
+    report = shadow.compare(
+        model,
+        shadow.side(answers, primary),
+        shadow.side(answers, [mirrored]),
+        class_names=output.classes,
+        positive_class=output.positive_class,
+        percent=release.shadow.percent,
+        logged=logged,
+    )
+    source: dict[str, object] = {
+        "prometheus": url,
+        "queries": queries,
+        "prediction_logs": [str(f) for f in files],
+    }
+    return ShadowResult(stack, window_start, taken_at, report, source)
+
+
+def _read_logs(files: list[Path], model: str, since: datetime) -> list[Logged]:
+    from modelctl.core.shadow import parse_log
+
+    records: list[Logged] = []
+    for path in files:
+        try:
+            with path.open("rb") as lines:
+                records += parse_log(lines, model, since=since)
+        except OSError as exc:
+            raise UserError(
+                str(path), f"cannot read the prediction log ({exc.strerror})", "check the path"
+            ) from None
+    return records
+
+
+def _local_server_logs(root: Path, stack: str, model: str) -> list[Path]:
+    """The log files of `model`'s servers on a stack running here (`modelctl up`), else none."""
+    from onebox.stack import RunState, run_dir
+
+    state = RunState.load(run_dir(root, stack), stack)
+    return sorted(
+        {Path(p.log) for p in state.procs.values() if p.kind == "server" and p.extra.get("model") == model}
+    )
+
+
+def _shadow_evidence(
+    path: Path, model: str, version: str, stack: str
+) -> tuple[dict[str, str], Callable[[Proposal], str]]:
+    """The shadow report at `path` as a file to commit, and the commit message citing it."""
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise UserError(
+            str(path),
+            f"cannot read the shadow report ({exc})",
+            "pass the file 'modelctl shadow report --json' wrote",
+        ) from None
+    # The command's output holds one report per shadowed model; a single report is taken as is.
+    found = data.get("reports", [data]) if isinstance(data, dict) else []
+    report = next((r for r in found if isinstance(r, dict) and r.get("model") == model), None)
+    if report is None or report.get("shadow") != version or report.get("stack") != stack:
+        raise UserError(
+            str(path),
+            f"is not a shadow report of {model} {version} on {stack}",
+            f"run 'modelctl shadow report --stack {stack} --model {model} --json' while {version} is the shadow",
+        )
+    taken = datetime.fromisoformat(str(report["taken_at"])).astimezone(UTC)
+    stored = f"analysis/{stack}/{model}/shadow-{version}-{taken:%Y%m%dT%H%M%SZ}.json"
+    text = orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n"
+    return {stored: text}, lambda proposal: f"{proposal.message}\n\n{SHADOW_REPORT_TRAILER}: {stored}\n"

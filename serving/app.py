@@ -49,6 +49,7 @@ from serving.metrics import CONTENT_TYPE, ServerMetrics
 from serving.model import LoadedModel
 from serving.monitor import DriftMonitor
 from serving.options import Settings
+from serving.predlog import PredictionLog
 
 log = logging.getLogger("serving")
 # The binary tensor data extension's header: the length of the JSON before the tensor bytes.
@@ -93,6 +94,14 @@ class ModelServer:
             model.predict_proba, self._observe, settings.max_batch_rows, settings.max_wait_ms / 1000
         )
         self.memory = PredictionMemory(settings.feedback_capacity, settings.feedback_ttl_s)
+        self.predlog = (
+            PredictionLog(
+                settings.prediction_log, settings.prediction_log_sample, model=spec.model,
+                version=spec.version, classes=model.classes, positive_index=model.positive_index,
+            )
+            if settings.prediction_log
+            else None
+        )  # fmt: skip
         self._classes = np.array(model.classes, dtype=object)
         # BYTES elements in binary form: a 4-byte little-endian length, then the UTF-8 bytes.
         self._class_bytes = [struct.pack("<I", len(name.encode())) + name.encode() for name in model.classes]
@@ -200,6 +209,8 @@ class ModelServer:
     async def predict_once(self, rows: Rows, request_id: str) -> Predictions:
         result = await self.batcher.submit(rows.rows)
         self.memory.remember(request_id, result.classes.tolist())
+        if self.predlog is not None:
+            self.predlog.record(request_id, result)
         return result
 
     def answer(self, rows: Rows, result: Predictions, request_id: str) -> dict[str, Any]:
@@ -427,10 +438,14 @@ class ModelServer:
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.metrics.watch_gc()
         drift_task = asyncio.create_task(self.drift.run(self.settings.drift_interval_s, self.metrics.drift))
+        log_task = asyncio.create_task(self.predlog.run()) if self.predlog else None
         try:
             yield
         finally:
             drift_task.cancel()
+            if log_task is not None:
+                log_task.cancel()
+                await asyncio.gather(log_task, return_exceptions=True)
             self.metrics.unwatch_gc()
 
 

@@ -113,10 +113,14 @@ class ServerMetrics:
         # The codes the error ratio divides: both exist before the first request, and the first error.
         self._requests = LoopCounter(contract.REQUESTS, values, initial=(200, 500))
         self._predictions = LoopCounter(contract.PREDICTIONS, values)
+        self._classes = classes
+        self._predicted_class = LoopCounter(contract.PREDICTED_CLASS, values, initial=tuple(classes))
         self._duration = LoopHistogram(contract.DURATION, values, LATENCY_BUCKETS)
         self._score = LoopHistogram(contract.SCORE, values, SCORE_BUCKETS)
         self._batch_size = LoopHistogram(contract.BATCH_SIZE, values, BATCH_BUCKETS)
-        for collector in (self._requests, self._predictions, self._duration, self._score, self._batch_size):
+        for collector in (
+            self._requests, self._predictions, self._predicted_class, self._duration, self._score, self._batch_size,
+        ):  # fmt: skip
             self.registry.register(collector)
         out_of_distribution = self._metric(contract.OUT_OF_DISTRIBUTION)
         self._out_of_distribution = [out_of_distribution.labels(model, version, name) for name in features]
@@ -163,6 +167,9 @@ class ServerMetrics:
         size = len(probabilities)
         self._batch_size.observe(size)
         self._predictions.inc("", size)
+        by_class = np.bincount(probabilities.argmax(axis=1), minlength=len(self._classes))
+        for index in np.flatnonzero(by_class).tolist():
+            self._predicted_class.inc(self._classes[index], int(by_class[index]))
         for index in np.flatnonzero(out_of_distribution).tolist():
             self._out_of_distribution[index].inc(int(out_of_distribution[index]))
         self._score.observe_all(probabilities[:, positive_index])

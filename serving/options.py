@@ -23,6 +23,8 @@ class Settings:
     drift_window: int = 10_000
     drift_interval_s: float = 30.0
     parity_tolerance: float = PARITY_TOLERANCE
+    prediction_log: str = ""
+    prediction_log_sample: float = 1.0
 
 
 def positive(text: str) -> int:
@@ -46,8 +48,16 @@ def above_zero(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction from 0 to 1")
+    return value
+
+
 def add_server_options(parser: argparse.ArgumentParser, host: str) -> None:
-    """Listening address, batching, limits, feedback memory, drift, parity, shutdown, access log."""
+    """Listening address, batching, limits, feedback memory, drift, parity, prediction log, shutdown,
+    access log."""
     d = Settings()
     parser.add_argument("--host", default=host, help=f"address to listen on (default: {host})")
     parser.add_argument("--port", type=int, default=HTTP_PORT, help="port for the API, health and metrics")
@@ -82,6 +92,14 @@ def add_server_options(parser: argparse.ArgumentParser, host: str) -> None:
     parser.add_argument(
         "--parity-tolerance", type=not_negative, default=d.parity_tolerance,
         help="largest probability difference allowed between a compiled engine and scikit-learn",
+    )  # fmt: skip
+    parser.add_argument(
+        "--prediction-log", default=d.prediction_log, metavar="FILE",
+        help="append sampled predictions as JSON lines to FILE ('-': standard output; see serving/predlog.py)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--prediction-log-sample", type=fraction, default=d.prediction_log_sample,
+        help="share of requests in the prediction log, chosen by a hash of the request id (default: all)",
     )  # fmt: skip
     parser.add_argument(
         "--grace-s", type=positive, default=25, help="longest drain of in-flight requests on SIGTERM"

@@ -213,6 +213,7 @@ def full_docs() -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
         ingress={"gateway": "istio-system/public", "domain": "models.example.com"},
     )
     prod["config"]["modelctl:releases"]["fraud-detection"]["shadow"] = {"version": "v1.2.0", "percent": 10}
+    prod["config"]["modelctl:releases"]["fraud-detection"]["prediction_log"] = {"sample": 0.1}
     prod["config"]["modelctl:releases"]["churn"] = {"traffic": {"v2.0.0": 100}}
     for key in ("smtpPassword", "slackUrl", "pagerToken"):
         prod["config"][f"modelctl:{key}"] = {"secure": "v1:" + fake_hex(key, 24)}

@@ -55,6 +55,7 @@ COMMAND_MODULES = [
     "modelctl.cli.drift",
     "modelctl.cli.judge",
     "modelctl.cli.local",
+    "modelctl.cli.shadow",
 ]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeAlias
 
 from modelctl import api
@@ -93,6 +94,11 @@ def _register_canary(sub: SubParsers) -> None:
     canary.add_argument("model", help=MODEL_HELP)
     canary.add_argument("version", help="the canary version")
     canary.add_argument("--weight", type=int, help="this weight (1-99) instead of the next analysis step")
+    canary.add_argument(
+        "--evidence",
+        metavar="REPORT.json",
+        help="a shadow report of the version ('modelctl shadow report --json'), committed with the change",
+    )
 
 
 def _register_hold(sub: SubParsers) -> None:
@@ -134,7 +140,14 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_canary(args: argparse.Namespace) -> Result:
     return _applied(
-        api.canary(repo_root(args), args.model, args.version, weight=args.weight, **_options(args))
+        api.canary(
+            repo_root(args),
+            args.model,
+            args.version,
+            weight=args.weight,
+            evidence=Path(args.evidence) if args.evidence else None,
+            **_options(args),
+        )
     )
 
 

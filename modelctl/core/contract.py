@@ -76,6 +76,10 @@ SERVED_BY = ("model", "version")
 REQUESTS = Metric("model_requests_total", "counter", "Prediction requests by HTTP status code.", ("code",))
 ERRORS = Metric("model_errors_total", "counter", "Refused or failed requests by error type.", ("type",))
 PREDICTIONS = Metric("model_predictions_total", "counter", "Rows predicted.")
+# Per predicted class, so a shadow's class rates compare with its primary's on the same traffic.
+PREDICTED_CLASS = Metric(
+    "model_predicted_class_total", "counter", "Rows predicted, by predicted class.", ("class",)
+)
 DURATION = Metric(
     "model_prediction_duration_seconds",
     "histogram",
@@ -135,6 +139,10 @@ LIVE_QUALITY = {
 }
 LIVE_QUALITY_ALIASES = {f"model_{name}": recorded for name, recorded in LIVE_QUALITY.items()}
 
+# The prediction log's JSON-lines records (the server writes them, `shadow report` reads them):
+# one line per predicted row, `score` being the positive class's probability as in SCORE.
+PREDICTION_LOG_KEYS = ("time", "request_id", "row", "model", "version", "class", "score")
+
 # ---------------------------------------------------------------- PromQL
 
 # The `code` matcher of server errors (5xx answers).
@@ -160,6 +168,9 @@ QUERIES: dict[str, str] = {
     "requests_in_window": f"sum by ({{by}}) (increase({REQUESTS.name}{{selector}}[{{window}}]))",
     "server_errors_in_window": f"sum by ({{by}}) (increase({REQUESTS.name}{{server_errors}}[{{window}}]))",
     "latency_buckets_in_window": f"sum by ({{by}}, le) (increase({DURATION.name}_bucket{{selector}}[{{window}}]))",
+    "predicted_class_in_window": (
+        f"sum by ({{by}}, {PREDICTED_CLASS.labels[0]}) (increase({PREDICTED_CLASS.name}{{selector}}[{{window}}]))"
+    ),
     "score_buckets_in_window": f"sum by ({{by}}, le) (increase({SCORE.name}_bucket{{selector}}[{{window}}]))",
     "feedback_in_window": (
         f"sum by ({{by}}, {', '.join(FEEDBACK.labels)}) (increase({FEEDBACK.name}{{selector}}[{{window}}]))"

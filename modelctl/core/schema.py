@@ -557,6 +557,14 @@ class Shadow(Strict):
     percent: Annotated[float, Field(gt=0, le=100)]
 
 
+class PredictionLog(Strict):
+    """Every served version of the model writes the prediction log (serving/predlog.py) to its
+    standard output, for the cluster's log pipeline. One `sample` (the share of requests, chosen by
+    a hash of the request id) for all versions, so a primary and its shadow log the same requests."""
+
+    sample: Annotated[float, Field(gt=0, le=1)] = 1.0
+
+
 class Sticky(Strict):
     cookie: Annotated[str, _matches(COOKIE_NAME, "a cookie name", "use letters, digits and '-'")] = (
         "model-version"
@@ -637,6 +645,7 @@ class Release(Strict):
 
     traffic: dict[VersionName, Weight] = Field(min_length=1)
     shadow: Shadow | None = None
+    prediction_log: PredictionLog | None = None
     sticky: Sticky | None = None
     overrides: dict[Annotated[str, Field(min_length=1)], VersionName] = {}
     rollback_to: VersionName | None = None

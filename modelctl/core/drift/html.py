@@ -144,7 +144,10 @@ def _category_shares(categories: Floats, counts: Floats, current: Floats) -> tup
     return labels, reference, shares.astype(np.float64)
 
 
-def _frame(x_labels: tuple[str, str], top: float) -> list[str]:
+LEGEND = ("reference", "current")
+
+
+def _frame(x_labels: tuple[str, str], top: float, legend: tuple[str, str] = LEGEND) -> list[str]:
     left, right, bottom = PAD, WIDTH - 8, HEIGHT - PAD
     return [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
@@ -154,12 +157,12 @@ def _frame(x_labels: tuple[str, str], top: float) -> list[str]:
         f'<text x="{left}" y="{bottom + 16}" font-size="11">{html.escape(x_labels[0])}</text>',
         f'<text x="{right}" y="{bottom + 16}" font-size="11" text-anchor="end">{html.escape(x_labels[1])}</text>',
         f'<text x="4" y="16" font-size="11">{top:.1%}</text>',
-        f'<text x="{right}" y="18" font-size="11" text-anchor="end" fill="{REFERENCE_COLOUR}">reference</text>',
-        f'<text x="{right}" y="32" font-size="11" text-anchor="end" fill="{CURRENT_COLOUR}">current</text>',
+        f'<text x="{right}" y="18" font-size="11" text-anchor="end" fill="{REFERENCE_COLOUR}">{html.escape(legend[0])}</text>',
+        f'<text x="{right}" y="32" font-size="11" text-anchor="end" fill="{CURRENT_COLOUR}">{html.escape(legend[1])}</text>',
     ]
 
 
-def _steps(edges: Floats, reference: Floats, current: Floats) -> str:
+def _steps(edges: Floats, reference: Floats, current: Floats, legend: tuple[str, str] = LEGEND) -> str:
     """Both distributions as step outlines of their share per bin."""
     top = max(float(reference.max(initial=0)), float(current.max(initial=0)), 1e-12)
     x = PAD + (edges - edges[0]) / (edges[-1] - edges[0]) * (WIDTH - 8 - PAD)
@@ -172,16 +175,16 @@ def _steps(edges: Floats, reference: Floats, current: Floats) -> str:
         points.append(f"{x[-1]:.1f},{HEIGHT - PAD}")
         return f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{" ".join(points)}"/>'
 
-    parts = _frame((f"{edges[0]:.4g}", f"{edges[-1]:.4g}"), top)
+    parts = _frame((f"{edges[0]:.4g}", f"{edges[-1]:.4g}"), top, legend)
     parts += [outline(reference, REFERENCE_COLOUR), outline(current, CURRENT_COLOUR), "</svg>"]
     return "".join(parts)
 
 
-def _bars(labels: list[str], reference: Floats, current: Floats) -> str:
+def _bars(labels: list[str], reference: Floats, current: Floats, legend: tuple[str, str] = LEGEND) -> str:
     """Side-by-side bars per category."""
     top = max(float(reference.max(initial=0)), float(current.max(initial=0)), 1e-12)
     slot = (WIDTH - 8 - PAD) / max(len(labels), 1)
-    parts = _frame(("", ""), top)
+    parts = _frame(("", ""), top, legend)
     for i, label in enumerate(labels):
         for k, (share, colour) in enumerate(((reference[i], REFERENCE_COLOUR), (current[i], CURRENT_COLOUR))):
             height = share / top * (HEIGHT - PAD - 24)
