@@ -40,10 +40,43 @@ RECENT = 16
 
 
 @dataclass(frozen=True)
-class Predictions:
-    probabilities: Matrix
-    classes: npt.NDArray[np.intp]
+class BatchResult:
+    """One model call's answers, as arrays and as the Python values JSON answers are made of."""
+
+    probabilities: Matrix  # (rows, classes)
+    classes: npt.NDArray[np.intp]  # (rows,) the argmax
     timestamp: str
+    class_list: list[int]
+    probability_rows: list[list[float]]
+
+
+class Predictions:
+    """One request's rows of a batch: rows `start` to `end` of `batch` (sliced only when asked)."""
+
+    __slots__ = ("batch", "end", "start")
+
+    def __init__(self, batch: BatchResult, start: int, end: int) -> None:
+        self.batch, self.start, self.end = batch, start, end
+
+    @property
+    def probabilities(self) -> Matrix:
+        return self.batch.probabilities[self.start : self.end]
+
+    @property
+    def classes(self) -> npt.NDArray[np.intp]:
+        return self.batch.classes[self.start : self.end]
+
+    @property
+    def class_indices(self) -> list[int]:
+        return self.batch.class_list[self.start : self.end]
+
+    @property
+    def probability_rows(self) -> list[list[float]]:
+        return self.batch.probability_rows[self.start : self.end]
+
+    @property
+    def timestamp(self) -> str:
+        return self.batch.timestamp
 
 
 class Batcher:
@@ -101,10 +134,12 @@ class Batcher:
     @staticmethod
     def _resolve(batch: list[tuple[list[Row], asyncio.Future[Predictions]]], probabilities: Matrix) -> None:
         classes = probabilities.argmax(axis=1)
-        timestamp = datetime.now(UTC).isoformat()
+        result = BatchResult(
+            probabilities, classes, datetime.now(UTC).isoformat(), classes.tolist(), probabilities.tolist()
+        )
         start = 0
         for rows, future in batch:
             end = start + len(rows)
             if not future.done():
-                future.set_result(Predictions(probabilities[start:end], classes[start:end], timestamp))
+                future.set_result(Predictions(result, start, end))
             start = end
