@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from scipy.special import expit
 
 from serving.loader import Matrix
 
@@ -197,8 +198,11 @@ class TreeTables:
 
     def predict_proba(self, rows: Matrix) -> Matrix:
         """(n, 2): the sigmoid of the margins for the positive class, its complement first."""
-        positive = 1.0 / (1.0 + np.exp(-self.margins(rows)))
-        return np.column_stack((1.0 - positive, positive))
+        margins = self.margins(rows)
+        proba = np.empty((len(margins), 2))
+        expit(margins, out=proba[:, 1])  # as scikit-learn's binomial loss computes it
+        np.subtract(1.0, proba[:, 1], out=proba[:, 0])
+        return proba
 
 
 def tree_tables(model: Any) -> TreeTables | None:
