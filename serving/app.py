@@ -208,7 +208,7 @@ class ModelServer:
 
     async def predict_once(self, rows: Rows, request_id: str) -> Predictions:
         result = await self.batcher.submit(rows.rows)
-        self.memory.remember(request_id, result.classes.tolist())
+        self.memory.remember(request_id, result.class_indices)
         if self.predlog is not None:
             self.predlog.record(request_id, result)
         return result
@@ -221,8 +221,9 @@ class ModelServer:
             "request_id": request_id,
         }
         if rows.single:
-            answer["prediction"] = self.model.classes[result.classes[0]]
-            answer["probability"] = result.probabilities[0]
+            row = result.start
+            answer["prediction"] = self.model.classes[result.batch.class_list[row]]
+            answer["probability"] = result.batch.probability_rows[row]
             if rows.flagged[0]:
                 answer["out_of_range"] = rows.flagged[0]
         else:

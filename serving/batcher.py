@@ -7,17 +7,21 @@ what scikit-learn's own `predict` returns, so the model is never called twice.
 
 Clients answered together send their next requests together, but these arrive spread over
 a few hundred microseconds, so an eager flush splits each wave in two and pays for two
-model calls. So a batch waits until it holds as many requests as the previous one: the
-request that completes it schedules the flush for the end of that event-loop turn (so
-requests read in the same turn join too). When load drops, a timer flushes after `max_wait`
-seconds (uvloop rounds it up to the millisecond) and the next batch expects the smaller size.
-(Turning the event loop until the batch filled, as before, cost ~1 µs of CPU per turn for
-hundreds of turns per wave: ~30 µs per request at 8 clients.)
+model calls. So a batch waits until it holds as many requests as the largest of the last
+`RECENT` batches: the request that completes it schedules the flush for the end of that
+event-loop turn (so requests read in the same turn join too). When load drops, a timer
+flushes after `max_wait` seconds (uvloop rounds it up to the millisecond); once the larger
+batches are older than the last `RECENT`, batches expect the smaller size.
+(Expecting only the previous batch's size let one straggler flushed alone by the timer set
+the expectation to 1, and it rarely grew back: 8 clients were served in batches of ~3.
+Turning the event loop until the batch filled, as before that, cost ~1 µs of CPU per turn
+for hundreds of turns per wave: ~30 µs per request at 8 clients.)
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,13 +35,48 @@ from serving.loader import Matrix
 Predictor = Callable[[Matrix], Matrix]
 # Called with every batch's rows and probabilities, for metrics and the drift window.
 Observer = Callable[[Matrix, Matrix], None]
+# Batches whose largest size a new batch waits for (each at most `max_wait` once load drops).
+RECENT = 16
 
 
 @dataclass(frozen=True)
-class Predictions:
-    probabilities: Matrix
-    classes: npt.NDArray[np.intp]
+class BatchResult:
+    """One model call's answers, as arrays and as the Python values JSON answers are made of."""
+
+    probabilities: Matrix  # (rows, classes)
+    classes: npt.NDArray[np.intp]  # (rows,) the argmax
     timestamp: str
+    class_list: list[int]
+    probability_rows: list[list[float]]
+
+
+class Predictions:
+    """One request's rows of a batch: rows `start` to `end` of `batch` (sliced only when asked)."""
+
+    __slots__ = ("batch", "end", "start")
+
+    def __init__(self, batch: BatchResult, start: int, end: int) -> None:
+        self.batch, self.start, self.end = batch, start, end
+
+    @property
+    def probabilities(self) -> Matrix:
+        return self.batch.probabilities[self.start : self.end]
+
+    @property
+    def classes(self) -> npt.NDArray[np.intp]:
+        return self.batch.classes[self.start : self.end]
+
+    @property
+    def class_indices(self) -> list[int]:
+        return self.batch.class_list[self.start : self.end]
+
+    @property
+    def probability_rows(self) -> list[list[float]]:
+        return self.batch.probability_rows[self.start : self.end]
+
+    @property
+    def timestamp(self) -> str:
+        return self.batch.timestamp
 
 
 class Batcher:
@@ -50,7 +89,8 @@ class Batcher:
         self._pending_rows = 0
         self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self._flush_soon = False  # the handle is this turn's flush, not the max_wait timer
-        self._last_batch = 0
+        self._recent: deque[int] = deque(maxlen=RECENT)  # the last batches' sizes, in requests
+        self._expected = 0  # the largest of them
 
     def submit(self, rows: list[Row]) -> asyncio.Future[Predictions]:
         """A future for these rows' predictions, made in the next batch."""
@@ -60,7 +100,7 @@ class Batcher:
         self._pending_rows += len(rows)
         if self._pending_rows >= self.max_rows:
             self.flush()
-        elif len(self._pending) >= self._last_batch:
+        elif len(self._pending) >= self._expected:
             if not self._flush_soon:
                 if self._flush_handle is not None:
                     self._flush_handle.cancel()
@@ -78,7 +118,8 @@ class Batcher:
         batch, self._pending, self._pending_rows = self._pending, [], 0
         if not batch:
             return
-        self._last_batch = len(batch)
+        self._recent.append(len(batch))
+        self._expected = max(self._recent)
         rows = np.array([row for rows, _ in batch for row in rows], dtype=np.float64)
         try:
             probabilities = self._predict_proba(rows)
@@ -93,10 +134,12 @@ class Batcher:
     @staticmethod
     def _resolve(batch: list[tuple[list[Row], asyncio.Future[Predictions]]], probabilities: Matrix) -> None:
         classes = probabilities.argmax(axis=1)
-        timestamp = datetime.now(UTC).isoformat()
+        result = BatchResult(
+            probabilities, classes, datetime.now(UTC).isoformat(), classes.tolist(), probabilities.tolist()
+        )
         start = 0
         for rows, future in batch:
             end = start + len(rows)
             if not future.done():
-                future.set_result(Predictions(probabilities[start:end], classes[start:end], timestamp))
+                future.set_result(Predictions(result, start, end))
             start = end

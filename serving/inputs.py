@@ -222,6 +222,8 @@ class RowChecker:
 
 def predict_rows(body: Any, checker: RowChecker) -> Rows:
     """The rows of a /predict body: `{"features": row}` (one) or `{"instances": [rows]}`."""
+    if type(body) is dict and len(body) == 1 and "features" in body:  # the common case, first
+        return checker.one(body["features"], "features")
     if type(body) is not dict or ("features" in body) == ("instances" in body):
         raise invalid('send a JSON object with either "features" (one row) or "instances" (a list of rows)')
     unknown = sorted(set(body) - {"features", "instances"})

@@ -70,9 +70,14 @@ class LoopCounter:
         yield family
 
 
+# Batches of observations a LoopHistogram holds before counting them into its buckets.
+FOLD_EVERY = 256
+
+
 class LoopHistogram:
-    """A histogram of one version updated from the event loop only (see LoopCounter); a batch of
-    observations is one vectorized bucket count."""
+    """A histogram of one version updated from the event loop only (see LoopCounter); batches of
+    observations are kept as they come and counted into buckets together, at the scrape or
+    every FOLD_EVERY batches (one vectorized count instead of five array operations a batch)."""
 
     def __init__(self, metric: contract.Metric, values: tuple[str, ...], bounds: Sequence[float]) -> None:
         self.name, self.help = metric.name, metric.help
@@ -81,18 +86,29 @@ class LoopHistogram:
         self._edges = np.array(self.bounds)
         self.counts = [0] * (len(self.bounds) + 1)  # the last is above every bound
         self.sum = 0.0
+        self._pending: list[npt.NDArray[np.float64]] = []
 
     def observe(self, value: float) -> None:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.sum += value
 
     def observe_all(self, values: npt.NDArray[np.float64]) -> None:
+        self._pending.append(values)
+        if len(self._pending) >= FOLD_EVERY:
+            self._fold()
+
+    def _fold(self) -> None:
+        if not self._pending:
+            return
+        values = np.concatenate(self._pending)
+        self._pending.clear()
         found = np.bincount(np.searchsorted(self._edges, values, side="left"), minlength=len(self.counts))
         for index in np.flatnonzero(found).tolist():
             self.counts[index] += int(found[index])
         self.sum += float(values.sum())
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
+        self._fold()
         cumulative = list(itertools.accumulate(self.counts))
         buckets = [(repr(b), c) for b, c in zip(self.bounds, cumulative, strict=False)]
         family = HistogramMetricFamily(self.name, self.help, labels=self.names)
@@ -170,8 +186,9 @@ class ServerMetrics:
         by_class = np.bincount(probabilities.argmax(axis=1), minlength=len(self._classes))
         for index in np.flatnonzero(by_class).tolist():
             self._predicted_class.inc(self._classes[index], int(by_class[index]))
-        for index in np.flatnonzero(out_of_distribution).tolist():
-            self._out_of_distribution[index].inc(int(out_of_distribution[index]))
+        if out_of_distribution.any():
+            for index in np.flatnonzero(out_of_distribution).tolist():
+                self._out_of_distribution[index].inc(int(out_of_distribution[index]))
         self._score.observe_all(probabilities[:, positive_index])
 
     def feedback(self, pairs: list[tuple[int, int]], value: float | None) -> None:

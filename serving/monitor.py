@@ -46,8 +46,14 @@ class DriftMonitor:
 
     def __init__(self, profile: Profile, signature: Signature, window_size: int) -> None:
         self.profile = profile
-        self._low = np.array([-np.inf if f.min is None else f.min for f in signature.features])
-        self._high = np.array([np.inf if f.max is None else f.max for f in signature.features])
+        low = np.array([-np.inf if f.min is None else f.min for f in signature.features])
+        high = np.array([np.inf if f.max is None else f.max for f in signature.features])
+        self._categorical = [j for j, kind in enumerate(profile.kinds) if kind == "categorical"]
+        numeric = np.array([kind != "categorical" for kind in profile.kinds])
+        # Outside either range is outside the narrower of the two: two comparisons per batch, not
+        # four (fmax/fmin: a feature the profile saw no value of keeps the signature's bounds).
+        self._low = np.where(numeric, np.fmax(profile.minimum, low), low)
+        self._high = np.where(numeric, np.fmin(profile.maximum, high), high)
         self.window = DriftWindow(profile, window_size)
         # At most one window's worth of rows waits for the timer; older rows would be dropped anyway.
         self._parked: deque[Matrix] = deque()
@@ -60,7 +66,9 @@ class DriftMonitor:
         self._parked_rows += len(rows)
         while self._parked_rows - len(self._parked[0]) >= self._window_size:
             self._parked_rows -= len(self._parked.popleft())
-        outside = outside_reference(self.profile, rows) | (rows < self._low) | (rows > self._high)
+        outside = (rows < self._low) | (rows > self._high)
+        if self._categorical:  # unseen categories: outside_reference's own test, on those columns
+            outside[:, self._categorical] |= outside_reference(self.profile, rows)[:, self._categorical]
         counts: Counts = np.count_nonzero(outside, axis=0)
         return counts
 

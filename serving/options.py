@@ -66,7 +66,7 @@ def add_server_options(parser: argparse.ArgumentParser, host: str) -> None:
     )
     parser.add_argument(
         "--max-wait-ms", type=not_negative, default=d.max_wait_ms,
-        help="longest wait for a batch to reach the previous batch's size (0: one event-loop turn)",
+        help="longest wait for a batch to reach the size of the largest of the last 16 (0: one event-loop turn)",
     )  # fmt: skip
     parser.add_argument("--max-rows", type=positive, default=d.max_rows, help="rows allowed in one request")
     parser.add_argument(

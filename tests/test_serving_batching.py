@@ -78,6 +78,24 @@ def test_a_batch_waits_for_as_many_requests_as_the_previous_one(served: Version)
     assert model.batch_sizes == [4, 4]
 
 
+def test_a_straggler_flushed_alone_does_not_shrink_the_next_wave(served: Version) -> None:
+    rows = reference_rows(9, seed=7).tolist()
+    model = CountingModel(served)
+    batcher = Batcher(model.predict_proba, lambda x, p: None, max_rows=64, max_wait=0.05)
+
+    async def scenario() -> None:
+        await asyncio.gather(*(batcher.submit([row]) for row in rows[:4]))
+        await batcher.submit([rows[4]])  # alone: the timer flushes it
+        futures = []
+        for row in rows[5:9]:  # the next wave of four trickles in
+            futures.append(batcher.submit([row]))
+            await asyncio.sleep(0)
+        await asyncio.gather(*futures)
+
+    asyncio.run(scenario())
+    assert model.batch_sizes == [4, 1, 4]
+
+
 def test_a_batch_that_cannot_catch_up_goes_at_the_bound(served: Version) -> None:
     rows = reference_rows(5, seed=8).tolist()
     model = CountingModel(served)

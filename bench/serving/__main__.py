@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import make_classification
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.model_selection import train_test_split
+from threadpoolctl import threadpool_limits
 
 from modelctl.core.drift import fit_profile
 from modelctl.core.schema import Feature, Output, Signature
@@ -137,6 +138,45 @@ def train(folder: Path) -> tuple[ServingSpec, npt.NDArray[np.float64]]:
         profile_sha256=hashlib.sha256((folder / "profile.npz").read_bytes()).hexdigest(),
     )
     return spec, test_rows
+
+
+@dataclass(frozen=True)
+class OneRow:
+    """CPU µs of one-row scikit-learn calls in this process, with one OpenMP thread."""
+
+    predict_proba: float
+    validation: float  # HistGradientBoosting's input checks (check_array, dataframe checks)
+    trees: int
+    python: float  # sum(range(1000)): how fast this machine runs plain Python now
+
+    @property
+    def per_tree(self) -> float:
+        return (self.predict_proba - self.validation) / self.trees
+
+
+def cpu_us(call: Callable[[], object], repeat: int) -> float:
+    """The least CPU µs per call over three rounds of `repeat` calls (this thread's CPU time)."""
+    call()
+    rounds = []
+    for _ in range(3):
+        started = time.thread_time()
+        for _ in range(repeat):
+            call()
+        rounds.append((time.thread_time() - started) / repeat * 1e6)
+    return min(rounds)
+
+
+def one_row_cost(spec: ServingSpec, row: npt.NDArray[np.float64]) -> OneRow:
+    """Where the baseline's time per request goes: one `predict_proba` on one row."""
+    model = skops.io.load(spec.artifact_path, trusted=list(spec.trusted_types))
+    rows = row.reshape(1, -1)
+    with threadpool_limits(limits=1, user_api="openmp"):
+        return OneRow(
+            predict_proba=cpu_us(lambda: model.predict_proba(rows), 200),
+            validation=cpu_us(lambda: model._preprocess_X(rows, reset=False), 1000),
+            trees=len(model._predictors),
+            python=cpu_us(lambda: sum(range(1000)), 3000),
+        )
 
 
 def free_port() -> int:
@@ -351,7 +391,31 @@ def verdicts(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
-def report(runs: list[Run], args: argparse.Namespace, load_before: float) -> str:
+def one_row_section(cost: OneRow) -> str:
+    return f"""## One-row scikit-learn `predict_proba`: where the baseline's time goes
+
+Measured in the benchmark process before the runs, CPU time per call, one OpenMP thread:
+{cost.predict_proba:,.0f} µs per one-row `predict_proba`, of which {cost.validation:,.0f} µs are
+HistGradientBoosting's input checks (scikit-learn's `check_array`, feature names, narwhals'
+dataframe checks) and the other {cost.predict_proba - cost.validation:,.0f} µs are
+{cost.trees} trees × {cost.per_tree:.1f} µs. This machine ran `sum(range(1000))` in
+{cost.python:.1f} µs meanwhile.
+
+HistGradientBoosting predicts one tree at a time: per tree a few Python calls
+(`functools.partial`, `TreePredictor.predict`, `np.empty`, an in-place add) and a Cython call
+that opens an OpenMP parallel region even for one thread and one row. So a one-row call costs
+the number of trees times a per-call overhead that follows the CPU's single-thread speed and
+the contention on it; the rows cost almost nothing. The issue's ~420 µs per call (~2.8 µs a
+tree) was measured on a quiet machine; here a tree costs {cost.per_tree:.1f} µs. scikit-learn
+1.9's input checks, narwhals' included, are {cost.validation / cost.predict_proba:.0%} of the
+call (skipping what can be skipped with `sklearn.config_context(assume_finite=True,
+skip_parameter_validation=True)` does not change the total measurably). Without
+`OMP_NUM_THREADS=1`, each tree's parallel region starts a thread per core, which costs far
+more than the tree (the reason every server here runs with one OpenMP thread).
+"""
+
+
+def report(runs: list[Run], args: argparse.Namespace, load_before: float, cost: OneRow) -> str:
     return f"""# Serving benchmark
 
 `python -m bench.serving` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {os.cpu_count()} cores
@@ -369,7 +433,8 @@ counts every answer that is not a 2xx, plus connection errors and timeouts.
 
 - baseline: the seed's Flask app under gunicorn, 2 sync workers, `predict` + `predict_proba` per request.
 - serving: `python -m serving` (one process: Starlette on uvicorn with uvloop/httptools, orjson,
-  batching, treelite's GTIL for the trees, metrics, the drift window and the feedback memory on,
+  batching, the trees as bitvector tables from treelite's import, metrics, the drift window and
+  the feedback memory on,
   drift recomputed every 10 s).
 - ceiling: a bare ASGI app on the same uvicorn stack (one process) that parses the same JSON body
   and returns a fixed answer: the most a Python server can do here.
@@ -377,7 +442,8 @@ counts every answer that is not a 2xx, plus connection errors and timeouts.
 {table(runs)}
 
 {verdicts(runs)}
-"""
+
+{one_row_section(cost)}"""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -402,6 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         folder = Path(tmp)
         spec, rows = train(folder)
+        cost = one_row_cost(spec, rows[0])
         bodies = folder / "bodies.jsonl"
         bodies.write_bytes(
             b"\n".join(orjson.dumps({"features": row.tolist()}) for row in rows[:1024]) + b"\n"
@@ -420,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if set(args.servers) != set(order):  # a development run: the table only
         print(table(runs))
         return 1 if any(run.errors for run in runs) else 0
-    text = report(runs, args, load_before)
+    text = report(runs, args, load_before, cost)
     print(text)
     args.output.write_text(text, encoding="utf-8")
     return 1 if any(run.errors for run in runs) else 0
