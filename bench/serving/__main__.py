@@ -433,8 +433,7 @@ counts every answer that is not a 2xx, plus connection errors and timeouts.
 
 - baseline: the seed's Flask app under gunicorn, 2 sync workers, `predict` + `predict_proba` per request.
 - serving: `python -m serving` (one process: Starlette on uvicorn with uvloop/httptools, orjson,
-  batching, the trees as bitvector tables from treelite's import, metrics, the drift window and
-  the feedback memory on,
+  batching, treelite's GTIL for the trees, metrics, the drift window and the feedback memory on,
   drift recomputed every 10 s).
 - ceiling: a bare ASGI app on the same uvicorn stack (one process) that parses the same JSON body
   and returns a fixed answer: the most a Python server can do here.
