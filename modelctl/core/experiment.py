@@ -52,15 +52,17 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from modelctl.core import contract
 from modelctl.core.errors import UserError, collect
-from modelctl.core.judge import Feedback, Source, definition, normal_mixture_radius
+from modelctl.core.judge import Arm, Feedback, Source, definition, normal_mixture_radius
 from modelctl.core.judge import Snapshot as Counts
 from modelctl.core.judge import _finite as finite
-from modelctl.core.releases import format_duration
+from modelctl.core.releases import format_duration, stable_version
 from modelctl.core.schema import (
     EXPERIMENT_METRICS,
     Experiment,
     ModelName,
+    Release,
     Strict,
     VersionName,
     duration_seconds,
@@ -701,6 +703,50 @@ def _continue_text(r: MetricResult, effect: float) -> str:
         f"{r.metric}: the interval [{r.lower:+.4g}, {r.upper:+.4g}] of treatment - control holds zero "
         f"and reaches past +-{effect:g}"
     )
+
+
+def ab_arms(release: Release) -> tuple[str, str] | None:
+    """(control, treatment) of a release running an A/B experiment, else None.
+
+    An experiment: `experiment` settings and exactly two versions taking traffic. The control is
+    the version the split started from (the recorded `rollback_to`), else the stable one.
+    """
+    serving = release.serving()
+    if release.experiment is None or len(serving) != 2:
+        return None
+    control = release.rollback_to if release.rollback_to in serving else stable_version(release)
+    (treatment,) = (v for v in serving if v != control)
+    return control, treatment
+
+
+def value_queries(model: str, window: str) -> dict[str, str]:
+    """The PromQL of the business value's sum and count per version over `window`."""
+    return {
+        name: contract.query(name, {"model": model}, "version", window)
+        for name in ("feedback_value_in_window", "feedback_values_in_window")
+    }
+
+
+def look(
+    at: datetime, counts: Counts, answers: Mapping[str, Sequence[tuple[Mapping[str, str], float]]]
+) -> Look:
+    """One look from the judge's counts and the answers to `value_queries` (per version)."""
+
+    def per_version(name: str) -> dict[str, float]:
+        return {labels["version"]: value for labels, value in answers.get(name, ()) if "version" in labels}
+
+    total, count = per_version("feedback_value_in_window"), per_version("feedback_values_in_window")
+
+    def arm(counted: Arm) -> ArmCounts:
+        version = counted.version
+        return ArmCounts(
+            requests=counted.requests,
+            feedback=counted.feedback,
+            value_sum=max(total.get(version, 0.0), 0.0),
+            value_count=max(count.get(version, 0.0), 0.0),
+        )
+
+    return Look(at=at, control=arm(counts.baseline), treatment=arm(counts.canary))
 
 
 def looks_at(times: Sequence[datetime], count: int) -> list[datetime]:
