@@ -54,6 +54,7 @@ COMMAND_MODULES = [
     "modelctl.cli.serve",
     "modelctl.cli.drift",
     "modelctl.cli.judge",
+    "modelctl.cli.experiment",
     "modelctl.cli.local",
 ]
 
