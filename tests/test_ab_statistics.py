@@ -156,6 +156,13 @@ def test_analysis_is_a_pure_function_of_the_snapshot() -> None:
     assert len(first.snapshot_sha256) == 64
 
 
+def test_a_look_without_a_time_zone_is_refused() -> None:
+    data = snapshot((10, 9), (10, 9))
+    data["looks"][0]["at"] = "2026-11-24T12:00:00"
+    with pytest.raises(UserError, match="no time zone"):
+        experiment.analyze(data, "s.json")
+
+
 def test_bad_snapshots_are_one_line_per_problem() -> None:
     data = snapshot((10, 9), (10, 9), metric="value")
     data["looks"][0]["at"] = "2026-11-24T12:00:00"

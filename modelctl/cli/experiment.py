@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 from modelctl.cli import EXIT_HOLD, EXIT_OK, Result, add_command, add_lock_timeout, progress, repo_root
 from modelctl.core.errors import UserError
@@ -83,6 +83,7 @@ def _add_plan(sub: SubParsers) -> argparse.ArgumentParser:
 
 def run_analyze(args: argparse.Namespace) -> Result:
     from modelctl import api
+    from modelctl.cli.analyze import applied_data
     from modelctl.repo.state import read_state
 
     root = repo_root(args)
@@ -101,7 +102,7 @@ def run_analyze(args: argparse.Namespace) -> Result:
     if args.html:
         _write_html(Path(args.html), results)
     code = EXIT_HOLD if any(r.outcome == "continue" for r in results) else EXIT_OK
-    return Result([_data(r) for r in results], _text(results, args.dry_run), code)
+    return Result([applied_data(r) for r in results], _text(results, args.dry_run), code)
 
 
 def _write_html(path: Path, results: list[Experiment]) -> None:
@@ -112,33 +113,14 @@ def _write_html(path: Path, results: list[Experiment]) -> None:
     progress(f"wrote {path}")
 
 
-def _data(result: Experiment) -> dict[str, Any]:
-    return {
-        "model": result.model,
-        "stack": result.stack,
-        "outcome": result.outcome,
-        "commit": result.commit,
-        "snapshot": result.snapshot_path,
-        "message": result.message,
-        "diff": result.change.diff if result.change else "",
-        "decision": result.decision.to_dict(),
-    }
-
-
 def _text(results: list[Experiment], dry_run: bool) -> str:
+    from modelctl.cli.analyze import applied_head
+
     if not results:
         return "no A/B experiment to analyze"
     blocks = []
     for result in results:
-        done = (
-            f"committed {result.commit[:12]}"
-            if result.commit
-            else "dry run: nothing committed"
-            if dry_run
-            else "nothing committed"
-        )
-        head = f"{result.outcome.upper()} {result.model} on {result.stack}: {done} (snapshot {result.snapshot_path})"
-        blocks.append(f"{head}\n{format_experiment(result.decision)}")
+        blocks.append(f"{applied_head(result, dry_run)}\n{format_experiment(result.decision)}")
     return "\n\n".join(blocks)
 
 

@@ -50,10 +50,10 @@ from statistics import NormalDist
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from modelctl.core import contract
-from modelctl.core.errors import UserError, collect
+from modelctl.core.errors import UserError
 from modelctl.core.judge import Arm, Feedback, Source, definition, normal_mixture_radius
 from modelctl.core.judge import Snapshot as Counts
 from modelctl.core.judge import _finite as finite
@@ -67,7 +67,7 @@ from modelctl.core.schema import (
     VersionName,
     duration_seconds,
 )
-from modelctl.core.state import pydantic_errors
+from modelctl.core.state import parse
 
 EXPERIMENT_VERSION = 1
 Outcome = Literal["winner", "equivalent", "continue"]
@@ -133,6 +133,8 @@ class ExperimentSnapshot(Strict):
             raise ValueError(f"control and treatment are both {self.control}; compare two versions")
         if (self.counts.baseline.version, self.counts.canary.version) != (self.control, self.treatment):
             raise ValueError("counts must hold the control as baseline and the treatment as canary")
+        if any(look.at.tzinfo is None for look in self.looks):
+            raise ValueError("a look's time has no time zone; write it in UTC like 2026-01-31T12:00:00Z")
         if any(b.at < a.at for a, b in zip(self.looks, self.looks[1:], strict=False)):
             raise ValueError("looks are out of order; list them oldest first")
         return self
@@ -148,11 +150,8 @@ def parse_experiment_snapshot(data: Any, source: str = "snapshot") -> Experiment
     """
     if not isinstance(data, dict):
         raise UserError(source, "the snapshot is not a JSON object", "pass a snapshot 'ab analyze' wrote")
-    try:
-        return ExperimentSnapshot.model_validate(data)
-    except ValidationError as exc:
-        collect(pydantic_errors(exc, source, data))
-        raise  # unreachable: collect raises for a non-empty list
+    snapshot: ExperimentSnapshot = parse(ExperimentSnapshot, data, source, data)
+    return snapshot
 
 
 # ---------------------------------------------------------------- estimates
@@ -167,7 +166,7 @@ class Estimate:
     labels: float
 
 
-# Per (actual is positive, predicted is positive, correct): (X, Y) of each metric's ratio.
+# (X, Y) of a metric's ratio sum(X) / sum(Y) for one labelled request of class `actual`.
 def _ratio_terms(metric: str, actual: str, predicted: str, positive: str) -> tuple[float, float]:
     tp = actual == positive and predicted == positive
     fp = predicted == positive and actual != positive
@@ -622,6 +621,8 @@ def _guardrail(
             f"{name}: {winner} {'worse' if harmed else 'not shown worse'} (always-valid p = {p})",
         )
     result = metrics[name]
+    if not math.isfinite(result.difference):
+        return Guardrail(name, False, f"{name}: no labels towards it yet in one arm or both")
     # The interval of winner - other arm: worse when all of it is below zero.
     sign = 1 if winner == snap.treatment else -1
     low, high = sorted((sign * result.lower, sign * result.upper))
