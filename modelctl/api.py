@@ -23,7 +23,7 @@ Example::
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -391,17 +391,15 @@ def canary_analyze(
     """
     from modelctl.core.collect import canary_arms
 
-    state = read_state(root)
-    config = state.stack(stack).config
     url = _prometheus_url(root, stack, prometheus)
-    chosen = [name for name in config.releases if model is None or name == model]
-    canaries = [name for name in chosen if canary_arms(config.releases[name]) is not None]
-    if model is not None and not canaries:
-        raise UserError(
-            stack_file(stack),
-            f"{model} has no canary on {stack}",
-            f"start one with 'modelctl canary {model} VERSION --stack {stack}'",
-        )
+    canaries = _analyzed(
+        root,
+        stack,
+        model,
+        canary_arms,
+        problem=f"has no canary on {stack}",
+        fix=f"start one with 'modelctl canary {model} VERSION --stack {stack}'",
+    )
     taken_at = now or datetime.now(UTC)
     history = stack_history(root, stack)
     return [
@@ -507,6 +505,27 @@ def _outcome(action: str, release: Release, canary_weight: int) -> Outcome:
 
 def _serves(release: Release | None, version: str) -> bool:
     return release is not None and release.traffic.get(version, 0) > 0
+
+
+def _analyzed(
+    root: Path, stack: str, model: str | None, arms: Callable[[Release], object], *, problem: str, fix: str
+) -> list[str]:
+    """The models on `stack` (only `model`, when given) whose release has `arms` (not None).
+
+    Raises
+    ------
+    UserError
+        `model` is given and its release has none: "<model> <problem>; <fix>".
+    """
+    config = read_state(root).stack(stack).config
+    chosen = [
+        name
+        for name, release in config.releases.items()
+        if (model is None or name == model) and arms(release) is not None
+    ]
+    if model is not None and not chosen:
+        raise UserError(stack_file(stack), f"{model} {problem}", fix)
+    return chosen
 
 
 def _prometheus_url(root: Path, stack: str, given: str | None) -> str:
@@ -629,17 +648,16 @@ def ab_analyze(
     """
     from modelctl.core.experiment import ab_arms
 
-    config = read_state(root).stack(stack).config
     url = _prometheus_url(root, stack, prometheus)
-    chosen = [name for name in config.releases if model is None or name == model]
-    running = [name for name in chosen if ab_arms(config.releases[name]) is not None]
-    if model is not None and not running:
-        raise UserError(
-            stack_file(stack),
-            f"{model} has no A/B experiment on {stack} (two versions with traffic and experiment settings)",
-            f"split it with 'modelctl ab {model} --split V1=50,V2=50 --stack {stack}' and add "
-            f"modelctl:releases.{model}.experiment",
-        )
+    running = _analyzed(
+        root,
+        stack,
+        model,
+        ab_arms,
+        problem=f"has no A/B experiment on {stack} (two versions with traffic and experiment settings)",
+        fix=f"split it with 'modelctl ab {model} --split V1=50,V2=50 --stack {stack}' and add "
+        f"modelctl:releases.{model}.experiment",
+    )
     taken_at = now or datetime.now(UTC)
     history = stack_history(root, stack)
     return [
