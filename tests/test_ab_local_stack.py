@@ -35,7 +35,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """v1.0.0 (10 boosting rounds, about 97% accurate on the held-out rows) and v1.2.0 (one
     round at a tiny learning rate: it flags too much as fraud, about 90%), the weak one serving
     dev, then split 50/50 with it by 'modelctl ab'."""
-    root = pipeline_repo.copy(pipeline_repo.template(tmp_path_factory), tmp_path_factory.mktemp("ab") / "repo")
+    root = pipeline_repo.copy(
+        pipeline_repo.template(tmp_path_factory), tmp_path_factory.mktemp("ab") / "repo"
+    )
     with pytest.MonkeyPatch.context() as patch:
         for key, value in pipeline_repo.GIT_ENV.items():
             patch.setenv(key, value)
