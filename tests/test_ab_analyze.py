@@ -82,6 +82,13 @@ def test_a_better_treatment_takes_all_traffic_in_one_commit(
     assert (code, out.strip()) == (0, "no A/B experiment to analyze")
 
 
+def test_canary_analyze_leaves_an_experiment_alone(ab_repo: Path, cli: Cli) -> None:
+    """A 50/50 split without sticky sessions is a canary shape; its experiment settings keep
+    `canary analyze` from stepping it."""
+    code, out, _ = cli(ab_repo, "canary", "analyze", "--stack", STACK, "--prometheus", "http://127.0.0.1:9")
+    assert (code, out.strip()) == (0, "no canary to analyze")
+
+
 def test_a_model_without_an_experiment_is_one_line(repo: Path, cli: Cli) -> None:
     code, _, err = cli(
         repo, "ab", "analyze", "--stack", STACK, "--model", MODEL, "--prometheus", "http://127.0.0.1:9"
