@@ -91,6 +91,7 @@ bench: install tools
 	$(BIN)/python -m bench.render
 	$(BIN)/python -m bench.drift.bench
 	$(BIN)/python -m bench.judge.bench
+	$(BIN)/python -m bench.ab.bench
 	$(BIN)/python -m bench.serving
 
 clean:

@@ -51,16 +51,20 @@ from modelctl.repo.transaction import (
 )
 
 if TYPE_CHECKING:
+    from modelctl.core.experiment import ExperimentDecision, ExperimentSnapshot
     from modelctl.core.judge import Decision, Snapshot
     from modelctl.core.shadow import Logged, ShadowReport
 
 __all__ = [
     "Analysis",
+    "Experiment",
     "ReleaseChange",
     "Replay",
     "StatusChange",
     "TransactionOptions",
     "ab",
+    "ab_analyze",
+    "ab_traffic",
     "bluegreen",
     "bluegreen_switch",
     "canary",
@@ -418,17 +422,15 @@ def canary_analyze(
     """
     from modelctl.core.collect import canary_arms
 
-    state = read_state(root)
-    config = state.stack(stack).config
-    url = _prometheus_url(root, stack, state, prometheus)
-    chosen = [name for name in config.releases if model is None or name == model]
-    canaries = [name for name in chosen if canary_arms(config.releases[name]) is not None]
-    if model is not None and not canaries:
-        raise UserError(
-            stack_file(stack),
-            f"{model} has no canary on {stack}",
-            f"start one with 'modelctl canary {model} VERSION --stack {stack}'",
-        )
+    url = _prometheus_url(root, stack, prometheus)
+    canaries = _analyzed(
+        root,
+        stack,
+        model,
+        canary_arms,
+        problem=f"has no canary on {stack}",
+        fix=f"start one with 'modelctl canary {model} VERSION --stack {stack}'",
+    )
     taken_at = now or datetime.now(UTC)
     history = stack_history(root, stack)
     return [
@@ -536,10 +538,40 @@ def _serves(release: Release | None, version: str) -> bool:
     return release is not None and release.traffic.get(version, 0) > 0
 
 
-def _prometheus_url(root: Path, stack: str, state: State, given: str | None) -> str:
-    """`given`, else the stack's `monitoring.prometheus_url`, else the local stack's; UserError if none."""
+def _analyzed(
+    root: Path, stack: str, model: str | None, arms: Callable[[Release], object], *, problem: str, fix: str
+) -> list[str]:
+    """The models on `stack` (only `model`, when given) whose release has `arms` (not None).
+
+    Raises
+    ------
+    UserError
+        `model` is given and is not registered, or its release has none: "<model> <problem>; <fix>".
+    """
+    state = read_state(root)
     config = state.stack(stack).config
-    url = given or config.environment.monitoring.prometheus_url or _local_prometheus(root, stack)
+    if model is not None:
+        state.model(model)
+    chosen = [
+        name
+        for name, release in config.releases.items()
+        if (model is None or name == model) and arms(release) is not None
+    ]
+    if model is not None and not chosen:
+        raise UserError(stack_file(stack), f"{model} {problem}", fix)
+    return chosen
+
+
+def _prometheus_url(root: Path, stack: str, given: str | None) -> str:
+    """`given`, else the stack's monitoring.prometheus_url, else the local stack's.
+
+    Raises
+    ------
+    UserError
+        None of them.
+    """
+    configured = read_state(root).stack(stack).config.environment.monitoring.prometheus_url
+    url = given or configured or _local_prometheus(root, stack)
     if url is None:
         raise UserError(
             stack_file(stack),
@@ -586,6 +618,217 @@ def replay(root: Path, rev: str) -> Replay:
 def _trailers(message: str) -> dict[str, str]:
     pairs = (line.split(": ", 1) for line in message.splitlines() if ": " in line)
     return {key: value.strip() for key, value in pairs if key.replace("-", "").isalnum()}
+
+
+# ---------------------------------------------------------------- A/B experiments
+
+# Instants at which an experiment's counts are read, evenly from its start (the report's plots).
+EXPERIMENT_LOOKS = 12
+ExperimentOutcome = Literal["winner", "equivalent", "continue"]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One A/B experiment's analysis and what was done with it.
+
+    `outcome` is "winner", "equivalent" (both conclude the experiment: the winner, or on no
+    meaningful difference the control, takes 100% by one commit) or "continue" (nothing
+    committed); `commit` is None on a dry run or a continue.
+    """
+
+    model: str
+    stack: str
+    outcome: ExperimentOutcome
+    decision: ExperimentDecision
+    snapshot: ExperimentSnapshot
+    snapshot_path: str
+    commit: str | None
+    change: ReleaseChange | None
+    message: str
+
+
+def ab_analyze(
+    root: Path,
+    *,
+    stack: str,
+    model: str | None = None,
+    prometheus: str | None = None,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    policies: PolicyCheck = check_policies,
+    lock_timeout: float | None = None,
+) -> list[Experiment]:
+    """Analyze every A/B experiment on `stack` (or only `model`'s) from Prometheus; conclude by commit.
+
+    An experiment: a release with `experiment` settings and two versions taking traffic. Its
+    counts (feedback confusion, value, requests; errors and latency for the guardrails) are
+    read with the contract's window queries since the split began, at `EXPERIMENT_LOOKS`
+    instants; `modelctl.core.experiment.analyze` decides. A winner (or, on no meaningful
+    difference, the control) takes 100% and the other arm stays at 0% for rollback, in one
+    commit with the snapshot at `analysis/<stack>/<model>/<UTC time>.json`; a continue commits
+    nothing.
+
+    Parameters
+    ----------
+    prometheus
+        Prometheus' URL; default the stack's `monitoring.prometheus_url`, then the local stack's.
+    now
+        The instant the queries are evaluated at (default: the current time).
+
+    Raises
+    ------
+    UserError, UserErrors
+        No Prometheus URL, Prometheus failing, `model` with no experiment, or the change refused.
+    """
+    from modelctl.core.experiment import ab_arms
+
+    url = _prometheus_url(root, stack, prometheus)
+    running = _analyzed(
+        root,
+        stack,
+        model,
+        ab_arms,
+        problem=f"has no A/B experiment on {stack} (two versions with traffic and experiment settings)",
+        fix=f"split it with 'modelctl ab {model} --split V1=50,V2=50 --stack {stack}' and add "
+        f"modelctl:releases.{model}.experiment",
+    )
+    taken_at = now or datetime.now(UTC)
+    history = stack_history(root, stack)
+    return [
+        _experiment(
+            root,
+            stack,
+            name,
+            url=url,
+            taken_at=taken_at,
+            history=history,
+            options={"dry_run": dry_run, "policies": policies, "lock_timeout": lock_timeout},
+        )
+        for name in running
+    ]
+
+
+def _experiment(
+    root: Path,
+    stack: str,
+    model: str,
+    *,
+    url: str,
+    taken_at: datetime,
+    history: list[HistorySnapshot],
+    options: TransactionOptions,
+) -> Experiment:
+    from modelctl.core import experiment
+
+    snapshot = _experiment_snapshot(root, stack, model, url=url, taken_at=taken_at, history=history)
+    decision = experiment.analyze(snapshot)
+    path = f"analysis/{stack}/{model}/{taken_at.astimezone(UTC):%Y%m%dT%H%M%SZ}.json"
+    if decision.outcome == "continue":
+        text = f"ab analyze continue: {model} on {stack}\n\n{'; '.join(decision.reasons)}"
+        return Experiment(model, stack, "continue", decision, snapshot, path, None, None, text)
+    keep = decision.winner or snapshot.control
+    files = {path: orjson.dumps(snapshot.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode() + "\n"}
+
+    def message(proposal: Proposal) -> str:
+        return (
+            f"ab analyze {decision.outcome}: {proposal.summary}\n\n{'; '.join(decision.reasons)}\n\n"
+            f"{DECISION_TRAILER}: {decision.outcome}\n{SNAPSHOT_TRAILER}: {path}\n"
+            f"{DIGEST_TRAILER}: {decision.snapshot_sha256}\n"
+        )
+
+    change = apply_release(
+        root,
+        model,
+        stack,
+        lambda t, r, _: releases.conclude(t, r, keep),
+        policies=options.get("policies", check_policies),
+        dry_run=options.get("dry_run", False),
+        evidence=files,
+        message=message,
+        lock_timeout=options.get("lock_timeout"),
+    )
+    return Experiment(
+        model, stack, decision.outcome, decision, snapshot, path, change.commit, change, change.message
+    )
+
+
+def _experiment_snapshot(
+    root: Path, stack: str, model: str, *, url: str, taken_at: datetime, history: list[HistorySnapshot]
+) -> ExperimentSnapshot:
+    """The experiment's counts since its split began, read at `EXPERIMENT_LOOKS` instants."""
+    from modelctl.core import collect, experiment
+    from modelctl.core.judge import Source
+    from modelctl.repo.prometheus import query_all
+
+    state = read_state(root)
+    release = state.stack(stack).config.releases[model]
+    settings = release.experiment
+    arms = experiment.ab_arms(release)
+    assert arms is not None
+    assert settings is not None
+    control, treatment = arms
+    both = itertools.takewhile(
+        lambda c: _serves(c.release(model), control) and _serves(c.release(model), treatment),
+        release_changes(history, model),
+    )
+    started = ([c.date for c in both] or [taken_at])[-1]
+    weights = collect.Arms(control, treatment, release.traffic[control], release.traffic[treatment])
+    looks, counts, source = [], None, {}
+    for at in experiment.looks_at([started, taken_at], EXPERIMENT_LOOKS + 1)[-EXPERIMENT_LOOKS:]:
+        seconds = (at - started).total_seconds()
+        queries = {
+            **collect.queries(model, seconds),
+            **experiment.value_queries(model, collect.window(seconds)),
+        }
+        answers = query_all(url, queries, at)
+        counts = collect.build_snapshot(
+            model=model,
+            stack=stack,
+            arms=weights,
+            analysis=release.analysis,
+            taken_at=at,
+            window_start=started,
+            canary_started=started,
+            answers=answers,
+            source={"prometheus": url, "queries": queries},
+        )
+        looks.append(experiment.look(at, counts, answers))
+        source = {"prometheus": url, "queries": queries}
+    assert counts is not None
+    return experiment.ExperimentSnapshot(
+        model=model,
+        stack=stack,
+        taken_at=taken_at,
+        started=started,
+        control=control,
+        treatment=treatment,
+        positive_class=state.model(model).output.positive_class,
+        experiment=settings,
+        looks=looks,
+        counts=counts,
+        source=Source.model_validate(source),
+    )
+
+
+def ab_traffic(root: Path, stack: str, model: str, prometheus: str | None = None) -> dict[str, float]:
+    """The model's current rates on `stack` over the last hour: requests and labels per second.
+
+    Raises
+    ------
+    UserError
+        No Prometheus to query, or Prometheus failing.
+    """
+    from modelctl.core import contract
+    from modelctl.repo.prometheus import query_all
+
+    url = _prometheus_url(root, stack, prometheus)
+    matchers = {"model": model}
+    queries = {
+        "requests": contract.query("request_rate", matchers, "model", "1h"),
+        "labels": contract.query("feedback_rate", matchers, window="1h"),
+    }
+    answers = query_all(url, queries, datetime.now(UTC))
+    return {name: sum(value for _, value in samples) for name, samples in answers.items()}
 
 
 # ---------------------------------------------------------------- registry operations
@@ -689,17 +932,15 @@ def shadow_report(
         No Prometheus URL, Prometheus failing, an unreadable log, or `model` has no shadow.
     """
     state = read_state(root)
-    config = state.stack(stack).config
-    url = _prometheus_url(root, stack, state, prometheus)
-    chosen = [name for name in config.releases if model is None or name == model]
-    shadowed = [name for name in chosen if config.releases[name].shadow is not None]
-    if model is not None and not shadowed:
-        state.model(model)
-        raise UserError(
-            stack_file(stack),
-            f"{model} mirrors no version on {stack}",
-            f"start one with 'modelctl shadow {model} VERSION --percent 100 --stack {stack}'",
-        )
+    url = _prometheus_url(root, stack, prometheus)
+    shadowed = _analyzed(
+        root,
+        stack,
+        model,
+        lambda release: release.shadow,
+        problem=f"mirrors no version on {stack}",
+        fix=f"start one with 'modelctl shadow {model} VERSION --percent 100 --stack {stack}'",
+    )
     taken_at = now or datetime.now(UTC)
     history = stack_history(root, stack) if window is None else []
     return [

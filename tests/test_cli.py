@@ -79,7 +79,7 @@ def parser_for(command: tuple[str, ...]) -> argparse.ArgumentParser:
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
 def test_every_option_and_argument_has_help(command: tuple[str, ...]) -> None:
     parser = parser_for(command)
-    if hasattr(parser, "release"):  # `canary`: the release parser behind the judge's old spelling
+    if hasattr(parser, "release"):  # `canary`, `ab`, `shadow`: the release parser behind their subcommands
         parser = parser.release
     missing = [a.dest for a in parser._actions if not a.help or not a.help.strip()]
     assert missing == []

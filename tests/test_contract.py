@@ -89,4 +89,5 @@ def test_every_query_reads_only_exported_metrics() -> None:
         text = contract.query(name, matchers, "version", "5m", aggregation="avg", metric=contract.INFO.name)
         used = set(re.findall(r"\bmodel_[a-z_]+", text)) - {"model_names"}
         assert used, (name, template)
-        assert {u.removesuffix("_bucket") for u in used} <= names, text
+        # A histogram's series end in _bucket, a summary's in _sum and _count.
+        assert {re.sub(r"_(bucket|sum|count)$", "", u) for u in used} <= names, text

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import orjson
 
@@ -54,6 +54,7 @@ COMMAND_MODULES = [
     "modelctl.cli.serve",
     "modelctl.cli.drift",
     "modelctl.cli.judge",
+    "modelctl.cli.experiment",
     "modelctl.cli.local",
     "modelctl.cli.shadow",
 ]
@@ -126,6 +127,58 @@ def add_command(
     add_common_options(parser, default=argparse.SUPPRESS)
     parser.set_defaults(handler=handler, parser=parser)
     return parser
+
+
+Builder = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], argparse.ArgumentParser]
+
+
+def add_subcommands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, builders: dict[str, Builder]
+) -> None:
+    """Give the release command `name` (`canary`, `ab`, `shadow`) subcommands (`canary analyze`,
+    `ab plan`, `shadow report`) built by `builders`, keeping its positional form
+    (`canary MODEL VERSION`).
+
+    argparse cannot give one parser both a positional and a subcommand, so the release parser
+    is wrapped: arguments starting with a subcommand's name go to its parser, all others to the
+    release parser, unchanged. Nothing happens when `name` is not registered."""
+    release = sub.choices.get(name)
+    if release is None:
+        return
+    holder = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]", Parser(prog=release.prog).add_subparsers()
+    )
+    sub.choices[name] = Dispatch(release, {command: build(holder) for command, build in builders.items()})
+
+
+class Dispatch(argparse.ArgumentParser):
+    """`<release> <subcommand> ...` to the subcommand's parser; every other `<release> ...` to the
+    release parser (`release`)."""
+
+    def __init__(
+        self, release: argparse.ArgumentParser, commands: dict[str, argparse.ArgumentParser]
+    ) -> None:
+        super().__init__(prog=release.prog, add_help=False)
+        self.release = release
+        self.commands = commands
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        arguments = list(args or [])
+        if arguments[:1] in (["-h"], ["--help"]):
+            self.print_help()
+            self.exit()
+        if arguments[:1] and arguments[0] in self.commands:
+            return self.commands[arguments[0]].parse_known_args(arguments[1:], namespace)
+        return self.release.parse_known_args(arguments, namespace)
+
+    def format_help(self) -> str:
+        also = "".join(
+            f"\nalso: {parser.format_usage().strip()}\n  {parser.description}\n"
+            for parser in self.commands.values()
+        )
+        return self.release.format_help() + also
 
 
 def add_common_options(parser: argparse.ArgumentParser, default: Any) -> None:

@@ -8,7 +8,7 @@ least one holds (none rolled back), 1 an error (one line on stderr, such as a he
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from modelctl.cli import (
     EXIT_FINDING,
@@ -23,6 +23,7 @@ from modelctl.cli import (
 
 if TYPE_CHECKING:
     from modelctl.api import Analysis
+    from modelctl.repo.transaction import ReleaseChange
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 HELP = "judge each canary from Prometheus and commit the next step, promotion or rollback with its snapshot"
@@ -59,10 +60,36 @@ def run(args: argparse.Namespace) -> Result:
         )
     outcomes = {r.outcome for r in results}
     code = EXIT_FINDING if "rollback" in outcomes else EXIT_HOLD if "hold" in outcomes else EXIT_OK
-    return Result([_data(r) for r in results], _text(results, args.dry_run), code)
+    return Result([applied_data(r) for r in results], _text(results, args.dry_run), code)
 
 
-def _data(result: Analysis) -> dict[str, object]:
+class _Decision(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class Applied(Protocol):
+    """What an analysis did with its decision: a canary's `api.Analysis`, an experiment's `api.Experiment`."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def stack(self) -> str: ...
+    @property
+    def outcome(self) -> str: ...
+    @property
+    def commit(self) -> str | None: ...
+    @property
+    def snapshot_path(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def change(self) -> ReleaseChange | None: ...
+    @property
+    def decision(self) -> _Decision: ...
+
+
+def applied_data(result: Applied) -> dict[str, object]:
+    """An analysis result as --json prints it."""
     return {
         "model": result.model,
         "stack": result.stack,
@@ -75,6 +102,20 @@ def _data(result: Analysis) -> dict[str, object]:
     }
 
 
+def applied_head(result: Applied, dry_run: bool) -> str:
+    """The first line of an analysis result: the outcome, and the commit made or why none."""
+    done = (
+        f"committed {result.commit[:12]}"
+        if result.commit
+        else "dry run: nothing committed"
+        if dry_run
+        else "nothing committed"
+    )
+    return (
+        f"{result.outcome.upper()} {result.model} on {result.stack}: {done} (snapshot {result.snapshot_path})"
+    )
+
+
 def _text(results: list[Analysis], dry_run: bool) -> str:
     from modelctl.cli.judge import format_decision
 
@@ -82,14 +123,7 @@ def _text(results: list[Analysis], dry_run: bool) -> str:
         return "no canary to analyze"
     blocks = []
     for result in results:
-        done = (
-            f"committed {result.commit[:12]}"
-            if result.commit
-            else "dry run: nothing committed"
-            if dry_run
-            else "nothing committed"
-        )
-        head = f"{result.outcome.upper()} {result.model} on {result.stack}: {done} (snapshot {result.snapshot_path})"
+        head = applied_head(result, dry_run)
         diff = result.change.diff if result.change and dry_run else ""
         blocks.append("\n".join(filter(None, [head, format_decision(result.decision), diff])))
     return "\n\n".join(blocks)

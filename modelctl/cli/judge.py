@@ -3,28 +3,25 @@
 
 The old spelling `modelctl canary judge` works for one more release, with a deprecation line on
 stderr. `canary` is also the release command `modelctl canary <model> <version>`
-(modelctl.cli.release), and argparse cannot give one parser both a positional and a subcommand,
-so the release parser is wrapped: arguments starting with `judge` or `analyze` go to those
-parsers (`modelctl canary analyze`: modelctl.cli.analyze), all others to the release parser,
-unchanged.
+(modelctl.cli.release); `canary judge` and `canary analyze` (modelctl.cli.analyze) are its
+subcommands (`add_subcommands`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from modelctl.cli import (
     EXIT_FINDING,
     EXIT_HOLD,
     EXIT_OK,
     Handler,
-    Parser,
     Result,
     add_command,
+    add_subcommands,
     progress,
     repo_root,
 )
@@ -49,12 +46,7 @@ def register(sub: SubParsers) -> None:
     from modelctl.cli import analyze
 
     _add_judge(sub, run)
-    release = sub.choices.get("canary")
-    if release is not None:
-        # Parser, so the old spelling's usage errors are one line and exit 1 like every command's.
-        holder = cast(SubParsers, Parser(prog=release.prog).add_subparsers())
-        commands = {"judge": _add_judge(holder, run_deprecated), "analyze": analyze.add(holder)}
-        sub.choices["canary"] = _CanaryDispatch(release, commands)
+    add_subcommands(sub, "canary", {"judge": lambda s: _add_judge(s, run_deprecated), "analyze": analyze.add})
 
 
 def _add_judge(sub: SubParsers, handler: Handler) -> argparse.ArgumentParser:
@@ -69,35 +61,6 @@ def _add_judge(sub: SubParsers, handler: Handler) -> argparse.ArgumentParser:
         help="recompute the decision of an analysis commit from its snapshot; exit 2 (a finding) if it differs",
     )
     return parser
-
-
-class _CanaryDispatch(argparse.ArgumentParser):
-    """`canary judge|analyze ...` to those parsers; every other `canary ...` to the release parser."""
-
-    def __init__(
-        self, release: argparse.ArgumentParser, commands: dict[str, argparse.ArgumentParser]
-    ) -> None:
-        super().__init__(prog=release.prog, add_help=False)
-        self.release = release
-        self.commands = commands
-
-    def parse_known_args(  # type: ignore[override]
-        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> tuple[argparse.Namespace, list[str]]:
-        arguments = list(args or [])
-        if arguments[:1] in (["-h"], ["--help"]):
-            self.print_help()
-            self.exit()
-        if arguments[:1] and arguments[0] in self.commands:
-            return self.commands[arguments[0]].parse_known_args(arguments[1:], namespace)
-        return self.release.parse_known_args(arguments, namespace)
-
-    def format_help(self) -> str:
-        also = "".join(
-            f"\nalso: {parser.format_usage().strip()}\n  {parser.description}\n"
-            for parser in self.commands.values()
-        )
-        return self.release.format_help() + also
 
 
 def run_deprecated(args: argparse.Namespace) -> Result:

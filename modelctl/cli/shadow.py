@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 
-from modelctl.cli import Result, add_command, progress, repo_root
-from modelctl.cli.judge import _CanaryDispatch
+from modelctl.cli import Result, add_command, add_subcommands, progress, repo_root
 from modelctl.cli.local import local_stack
 from modelctl.core.errors import UserError
 from modelctl.core.schema import duration_seconds
@@ -32,11 +31,7 @@ HELP = "compare each shadow's predictions with its primary's on the mirrored tra
 
 
 def register(sub: SubParsers) -> None:
-    release = sub.choices.get("shadow")
-    if release is None:
-        return
-    holder = argparse.ArgumentParser(prog=release.prog).add_subparsers()
-    sub.choices["shadow"] = _CanaryDispatch(release, {"report": _add_report(holder)})
+    add_subcommands(sub, "shadow", {"report": _add_report})
 
 
 def _add_report(sub: SubParsers) -> argparse.ArgumentParser:

@@ -47,12 +47,12 @@ class Arms:
 def canary_arms(release: Release) -> Arms | None:
     """The baseline and canary of a release in a canary state, else None.
 
-    A canary state: exactly two versions take traffic, without sticky sessions (an A/B
-    experiment), and the canary (the version other than the recorded `rollback_to`, else the one
+    A canary state: exactly two versions take traffic, without sticky sessions or `experiment`
+    settings (an A/B experiment, for `ab analyze`), and the canary (the version other than the recorded `rollback_to`, else the one
     with less traffic, on a tie the newer) has at most half of it.
     """
     serving = release.serving()
-    if len(serving) != 2 or release.sticky is not None:
+    if len(serving) != 2 or release.sticky is not None or release.experiment is not None:
         return None
     # The version the release started from, as recorded; a canary of an older version at 50%
     # would otherwise be taken for the stable one.

@@ -172,6 +172,9 @@ QUERIES: dict[str, str] = {
         f"sum by ({{by}}, {PREDICTED_CLASS.labels[0]}) (increase({PREDICTED_CLASS.name}{{selector}}[{{window}}]))"
     ),
     "score_buckets_in_window": f"sum by ({{by}}, le) (increase({SCORE.name}_bucket{{selector}}[{{window}}]))",
+    # The business value sent with the labels, and how many labels carried one (A/B analysis).
+    "feedback_value_in_window": f"sum by ({{by}}) (increase({FEEDBACK_VALUE.name}_sum{{selector}}[{{window}}]))",
+    "feedback_values_in_window": f"sum by ({{by}}) (increase({FEEDBACK_VALUE.name}_count{{selector}}[{{window}}]))",
     "feedback_in_window": (
         f"sum by ({{by}}, {', '.join(FEEDBACK.labels)}) (increase({FEEDBACK.name}{{selector}}[{{window}}]))"
     ),

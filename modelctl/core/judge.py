@@ -960,10 +960,23 @@ def difference_confidence(
     """An always-valid (1 - alpha) confidence interval for p_c - p_b (normal mixture boundary)."""
     smooth_c, smooth_b = (errors_c + 1) / (n_c + 2), (errors_b + 1) / (n_b + 2)
     variance = smooth_c * (1 - smooth_c) / n_c + smooth_b * (1 - smooth_b) / n_b
-    ratio = max(margin, MIN_ERROR_SCALE) ** 2 / variance
-    radius = math.sqrt(variance * (1 + ratio) / ratio * (2 * math.log(1 / alpha) + math.log1p(ratio)))
+    radius = normal_mixture_radius(variance, max(margin, MIN_ERROR_SCALE), alpha)
     centre = errors_c / n_c - errors_b / n_b
     return centre - radius, centre + radius
+
+
+def normal_mixture_radius(variance: float, scale: float, alpha: float) -> float:
+    """Half-width of the two-sided (1 - alpha) normal-mixture confidence sequence.
+
+    For an estimate with (asymptotically normal) `variance`, mixing the Gaussian likelihood
+    ratio over a N(0, `scale`^2) prior on the true value (the mSPRT of Johari, Pekelis and Walsh,
+    "Always valid inference", 2017; Howard, Ramdas, McAuliffe and Sekhon, "Time-uniform,
+    nonparametric, nonasymptotic confidence sequences", Annals of Statistics 2021, eq. (14)):
+    the estimate's distance from the truth exceeds the radius at any look with probability at
+    most alpha. Tightest when the variance is near `scale`^2.
+    """
+    ratio = scale**2 / variance
+    return math.sqrt(variance * (1 + ratio) / ratio * (2 * math.log(1 / alpha) + math.log1p(ratio)))
 
 
 def _one_sided_normal_log_evalue(z: float, ratio: float) -> float:

@@ -299,6 +299,21 @@ def ab(target: Target, release: Release, split: Mapping[str, int], sticky: bool)
     return Proposal("ab", new, f"{target.model.name} {describe_traffic(split)} on {target.stack}{cookie}")
 
 
+def conclude(target: Target, release: Release, keep: str) -> Proposal:
+    """An A/B experiment's end: `keep` takes all traffic, the other arm stays at 0% for a rollback."""
+    (other,) = (v for v in release.serving() if v != keep)
+    require_registered(target, keep)
+    new = _with(
+        release,
+        traffic=_ordered(release, {**dict.fromkeys(release.traffic, 0), keep: 100}),
+        shadow=_unless_shadowing(release, keep),
+        sticky=None,
+        rollback_to=other,
+    )
+    summary = f"{target.model.name} {keep} to 100% on {target.stack} ({other} kept at 0% for rollback)"
+    return Proposal("ab conclude", new, summary)
+
+
 def shadow(target: Target, release: Release, version: str, percent: float) -> Proposal:
     """Mirror `percent` of the live requests to `version`; its responses are discarded."""
     require_releasable(target, release, version)

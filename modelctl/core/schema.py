@@ -619,6 +619,49 @@ class Analysis(Strict):
         return steps
 
 
+# What an A/B experiment can be judged on: the feedback counters' quality metrics (the positive
+# class is the model's output.positive_class) and the business value sent with the labels.
+EXPERIMENT_METRICS = ("accuracy", "precision", "recall", "f1", "value")
+ExperimentMetric = Literal["accuracy", "precision", "recall", "f1", "value"]
+
+
+class Experiment(Strict):
+    """How an A/B experiment is decided (`modelctl ab analyze`, modelctl.core.experiment).
+
+    `effect` is the smallest difference worth detecting, in the metric's own unit (0.01 is one
+    point of accuracy); `guardrails` must not get worse for the winner (`errors` and `latency` as
+    the canary judge tests them, or any of the feedback metrics).
+    """
+
+    metric: ExperimentMetric = "accuracy"
+    guardrails: list[Literal["errors", "latency", "accuracy", "precision", "recall", "f1", "value"]] = [
+        "errors",
+        "latency",
+    ]
+    alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.05
+    effect: Annotated[float, Field(gt=0)] = 0.01
+    # The value counters keep sums, not squares: the spread of `value` per labelled request.
+    value_sd: Annotated[float, Field(gt=0)] | None = None
+    # Whole weekly cycles are common: no decision before this long after the split began.
+    min_duration: Duration = "7d"
+    max_duration: Duration | None = None
+
+    @model_validator(mode="after")
+    def _value_needs_spread(self) -> Experiment:
+        if "value" in (self.metric, *self.guardrails) and self.value_sd is None:
+            raise ValueError(
+                "the value metric needs value_sd (the counters keep sums, not squares); "
+                "set it to the standard deviation of value per labelled request"
+            )
+        if self.max_duration is not None and duration_seconds(self.max_duration) < duration_seconds(
+            self.min_duration
+        ):
+            raise ValueError(
+                f"max_duration {self.max_duration} is shorter than min_duration {self.min_duration}; raise it"
+            )
+        return self
+
+
 class Hold(Strict):
     """A version rolled back from on a stack: no command gives it traffic there until the hold
     is cleared (`modelctl release-hold clear`, a reviewed commit)."""
@@ -653,6 +696,7 @@ class Release(Strict):
     replicas: Replicas = Replicas()
     resources: Resources = Resources()
     analysis: Analysis = Analysis()
+    experiment: Experiment | None = None
 
     @field_validator("traffic")
     @classmethod

@@ -1,0 +1,114 @@
+"""`modelctl ab analyze` against a real Prometheus scraping a real exposition endpoint: continue
+(exit 3, nothing committed), a winner concluded by one commit, one-line errors; and the stack
+file's experiment settings refused in one line when incomplete."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from modelctl import api
+from modelctl.core import yamlio
+from tests.conftest import Cli
+from tests.factories import run_git
+from tests.test_canary_analyze import MODEL, STACK, Exposition, exposition, prometheus, scraped
+
+__all__ = ["exposition", "prometheus"]  # the fixtures, used by name
+
+EXPERIMENT = {"metric": "accuracy", "effect": 0.05, "min_duration": "0s", "guardrails": ["errors", "recall"]}
+
+
+def set_experiment(root: Path, settings: dict[str, object]) -> None:
+    path = root / f"Pulumi.{STACK}.yaml"
+    doc = yamlio.load(path)
+    doc["config"]["modelctl:releases"][MODEL]["experiment"] = settings
+    yamlio.dump_file(path, doc)
+
+
+@pytest.fixture
+def ab_repo(repo: Path) -> Path:
+    """staging split 50/50 between v1.0.0 (the control) and v1.1.0, with experiment settings."""
+    api.ab(repo, MODEL, stack=STACK, split={"v1.0.0": 50, "v1.1.0": 50})
+    set_experiment(repo, EXPERIMENT)
+    run_git(repo, "commit", "-q", "-am", "staging: the experiment's settings")
+    return repo
+
+
+def label(exposition: Exposition, version: str, right: int, wrong: int) -> None:
+    """`right + wrong` answered requests of `version`, every one labelled."""
+    exposition.requests.labels(MODEL, version, "200").inc(right + wrong)
+    exposition.feedback.labels(MODEL, version, "fraud", "fraud").inc(right)
+    exposition.feedback.labels(MODEL, version, "fraud", "legit").inc(wrong)
+
+
+def analyze(cli: Cli, root: Path, url: str, *flags: str) -> tuple[int, list[dict[str, object]], str]:
+    code, out, err = cli(root, "ab", "analyze", "--stack", STACK, "--prometheus", url, "--json", *flags)
+    assert "Traceback" not in err
+    return code, json.loads(out), err
+
+
+def test_too_few_labels_continue_commit_nothing_and_say_what_is_needed(
+    ab_repo: Path, exposition: Exposition, prometheus: str, cli: Cli
+) -> None:
+    label(exposition, "v1.0.0", 90, 10)
+    label(exposition, "v1.1.0", 95, 5)
+    scraped(prometheus, 200)
+    head = run_git(ab_repo, "rev-parse", "HEAD")
+    code, (result,), _ = analyze(cli, ab_repo, prometheus)
+    assert code == 3
+    assert result["outcome"] == "continue"
+    assert result["commit"] is None
+    assert result["decision"]["needs"]["labels"] > 0  # type: ignore[index]
+    assert run_git(ab_repo, "rev-parse", "HEAD") == head
+
+
+def test_a_better_treatment_takes_all_traffic_in_one_commit(
+    ab_repo: Path, exposition: Exposition, prometheus: str, cli: Cli
+) -> None:
+    label(exposition, "v1.0.0", 1600, 400)
+    label(exposition, "v1.1.0", 1950, 50)
+    scraped(prometheus, 4000)
+    code, (result,), _ = analyze(cli, ab_repo, prometheus)
+    assert code == 0
+    assert (result["outcome"], result["decision"]["winner"]) == ("winner", "v1.1.0")  # type: ignore[index]
+    release = yamlio.load(ab_repo / f"Pulumi.{STACK}.yaml")["config"]["modelctl:releases"][MODEL]
+    assert release["traffic"] == {"v1.0.0": 0, "v1.1.0": 100}
+    assert release["experiment"] == EXPERIMENT  # the settings stay, for the record
+    files = run_git(ab_repo, "show", "--name-only", "--format=", "HEAD").split()
+    assert sorted(files) == sorted([f"Pulumi.{STACK}.yaml", str(result["snapshot"])])
+    code, out, _ = cli(ab_repo, "ab", "analyze", "--stack", STACK, "--prometheus", prometheus)
+    assert (code, out.strip()) == (0, "no A/B experiment to analyze")
+
+
+def test_canary_analyze_leaves_an_experiment_alone(ab_repo: Path, cli: Cli) -> None:
+    """A 50/50 split without sticky sessions is a canary shape; its experiment settings keep
+    `canary analyze` from stepping it."""
+    code, out, _ = cli(ab_repo, "canary", "analyze", "--stack", STACK, "--prometheus", "http://127.0.0.1:9")
+    assert (code, out.strip()) == (0, "no canary to analyze")
+
+
+def test_a_model_without_an_experiment_is_one_line(repo: Path, cli: Cli) -> None:
+    code, _, err = cli(
+        repo, "ab", "analyze", "--stack", STACK, "--model", MODEL, "--prometheus", "http://127.0.0.1:9"
+    )
+    assert code == 1
+    assert [line.startswith("error: ") for line in err.splitlines()].count(True) == 1
+    assert f"{MODEL} has no A/B experiment on {STACK}" in err
+
+
+def test_an_unreachable_prometheus_is_one_line(ab_repo: Path, cli: Cli) -> None:
+    code, _, err = cli(ab_repo, "ab", "analyze", "--stack", STACK, "--prometheus", "http://127.0.0.1:9")
+    assert code == 1
+    assert [line.startswith("error: ") for line in err.splitlines()].count(True) == 1
+    assert "Prometheus did not answer" in err
+
+
+def test_value_without_its_spread_is_refused_in_one_line(repo: Path, cli: Cli) -> None:
+    set_experiment(repo, {"metric": "value"})
+    code, _, err = cli(repo, "check", "--stack", STACK)
+    assert code == 1
+    line = next(line for line in err.splitlines() if "value_sd" in line)
+    assert f"Pulumi.{STACK}.yaml" in line
+    assert f"modelctl:releases.{MODEL}.experiment" in line
