@@ -1,5 +1,8 @@
 """`modelctl canary analyze`: Prometheus -> snapshot -> judge -> one commit with its evidence.
 
+`--json` prints {"analyses": [one object per canary judged], "skipped": [{"stack", "reason"}]}:
+a stack with no release in a canary state is skipped without querying Prometheus.
+
 Exit codes (the analysis job and CI branch on them), those of every command (modelctl.cli): 0 every
 canary stepped or promoted (or none to analyze), 2 at least one rolled back (a finding), 3 at
 least one holds (none rolled back), 1 an error (one line on stderr, such as a held version).
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
     from modelctl.api import Analysis
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+NO_CANARY = "no release in a canary state"
 HELP = "judge each canary from Prometheus and commit the next step, promotion or rollback with its snapshot"
 
 
@@ -46,9 +50,10 @@ def run(args: argparse.Namespace) -> Result:
     root = repo_root(args)
     stacks = [args.stack] if args.stack else sorted(read_state(root).stacks)
     results: list[Analysis] = []
+    skipped: list[str] = []
     for stack in stacks:
         progress(f"analyzing the canaries on {stack}")
-        results += api.canary_analyze(
+        found = api.canary_analyze(
             root,
             stack=stack,
             model=args.model,
@@ -57,30 +62,39 @@ def run(args: argparse.Namespace) -> Result:
             record=args.record,
             lock_timeout=args.lock_timeout,
         )
+        results += found
+        skipped += [] if found else [stack]
     outcomes = {r.outcome for r in results}
     code = EXIT_FINDING if "rollback" in outcomes else EXIT_HOLD if "hold" in outcomes else EXIT_OK
-    return Result([_data(r) for r in results], _text(results, args.dry_run), code)
+    data = {
+        "analyses": [_data(r, args.dry_run) for r in results],
+        "skipped": [{"stack": stack, "reason": NO_CANARY} for stack in skipped],
+    }
+    return Result(data, _text(results, skipped, args.dry_run), code)
 
 
-def _data(result: Analysis) -> dict[str, object]:
+def _data(result: Analysis, dry_run: bool) -> dict[str, object]:
     return {
         "model": result.model,
         "stack": result.stack,
         "outcome": result.outcome,
         "commit": result.commit,
-        "snapshot": result.snapshot_path,
+        "snapshot": _kept(result, dry_run),
         "message": result.message,
         "diff": result.change.diff if result.change else "",
         "decision": result.decision.to_dict(),
     }
 
 
-def _text(results: list[Analysis], dry_run: bool) -> str:
+def _kept(result: Analysis, dry_run: bool) -> str | None:
+    """The snapshot's path in the repository: committed, or where a dry run would commit it."""
+    return result.snapshot_path if result.commit or (dry_run and result.outcome != "hold") else None
+
+
+def _text(results: list[Analysis], skipped: list[str], dry_run: bool) -> str:
     from modelctl.cli.judge import format_decision
 
-    if not results:
-        return "no canary to analyze"
-    blocks = []
+    blocks = [f"skipped {', '.join(skipped)}: {NO_CANARY}"] if skipped else []
     for result in results:
         done = (
             f"committed {result.commit[:12]}"
@@ -89,7 +103,9 @@ def _text(results: list[Analysis], dry_run: bool) -> str:
             if dry_run
             else "nothing committed"
         )
-        head = f"{result.outcome.upper()} {result.model} on {result.stack}: {done} (snapshot {result.snapshot_path})"
+        kept = _kept(result, dry_run)
+        where = f"snapshot {kept}" if kept else "snapshot not committed on a hold; --record commits it"
+        head = f"{result.outcome.upper()} {result.model} on {result.stack}: {done} ({where})"
         diff = result.change.diff if result.change and dry_run else ""
         blocks.append("\n".join(filter(None, [head, format_decision(result.decision), diff])))
     return "\n\n".join(blocks)

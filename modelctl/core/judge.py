@@ -437,7 +437,9 @@ def _decide(
 ) -> tuple[Action, list[str], dict[str, float | None] | None]:
     minimum = snap.analysis.min_requests
     short = [
-        f"{name} has {arm.requests:g} of the {minimum} requests needed to judge"
+        # Prometheus extrapolates counts to the window's edges: shown as whole requests, rounded
+        # down so that a short arm never reads as having the minimum.
+        f"{name} has {math.floor(arm.requests):,} of the {minimum:,} requests needed to judge"
         for name, arm in (("canary", snap.canary), ("baseline", snap.baseline))
         if arm.requests < minimum
     ]
@@ -483,7 +485,7 @@ def _past_max_duration(
     elapsed = (snap.taken_at - snap.canary_started).total_seconds()
     if elapsed < duration_seconds(settings.max_duration):
         return action, reasons, warnings
-    why = f"inconclusive after {_duration(elapsed)} (max_duration {settings.max_duration}): {reasons[0]}"
+    why = f"inconclusive after {duration_text(elapsed)} (max_duration {settings.max_duration}): {reasons[0]}"
     enough = min(snap.canary.requests, snap.baseline.requests) >= settings.min_requests
     if settings.on_inconclusive == "promote" and not enough:
         return action, reasons, [*warnings, f"{why}; not promoted without {settings.min_requests} requests"]
@@ -533,7 +535,7 @@ def _needs_text(needs: dict[str, float | None]) -> str:
     more, seconds = needs["canary_requests"], needs["seconds"]
     if more is None:
         return "; not expected to pass at the current estimates (more data will not help unless they change)"
-    when = f", about {_duration(seconds)} at the current rate" if seconds is not None else ""
+    when = f", about {duration_text(seconds)} at the current rate" if seconds is not None else ""
     return f"; needs about {more:,.0f} more canary requests{when}"
 
 
@@ -1050,7 +1052,8 @@ def _seconds(value: float) -> str:
     return f"{value * 1000:.0f}ms" if math.isfinite(value) else "n/a"
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """A duration in the unit a person reads it in: "45s", "12 min", "2.5 h"."""
     if seconds < 90:
         return f"{seconds:.0f}s"
     if seconds < 5400:
