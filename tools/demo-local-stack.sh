@@ -7,6 +7,7 @@
 # Usage: tools/demo-local-stack.sh BIN REPO REMOTE MODEL VERSION STACK
 set -euo pipefail
 bin=$1 repo=$2 remote=$3 model=$4 version=$5 stack=$6
+bin=$(cd "$bin" && pwd)  # absolute: the broken build is registered from inside the clone
 broken=v1.2.0  # tests/faults.py's broken build
 # Demo timings: scrape and evaluate every 2 s, alerts after 6 s instead of minutes.
 timing=(--scrape-interval=2s --evaluation-interval=2s --alert-for=6s --group-wait=2s --group-interval=5s)
