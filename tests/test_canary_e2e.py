@@ -44,14 +44,15 @@ STABLE, HEALTHY = "v1.0.0", "v1.1.0"
 # - error_margin 2 points: these models return no errors, and non-inferiority with zero errors
 #   needs about 8 (1 - m) / m canary requests, so ~400 at 2 points (the default 0.5 point would
 #   need ~1,600 per step, minutes of this traffic for no better test of the loop);
-# - latency_margin 50%: the servers' own buckets around their few-millisecond p99 are 50% apart
-#   (2, 3, 5, 7.5 ms), so a 50% margin is one the buckets resolve directly, and the scheduling
-#   noise of a shared machine stays inside it.
+# - latency_margin 100% (p99 within 2x): the servers' own buckets around their few-millisecond
+#   p99 are 50% apart (2, 3, 5, 7.5 ms), and under a full parallel test run on a shared machine
+#   the p99 of two near-identical versions was not shown within 50% in two minutes at 50% weight
+#   (p between 0.15 and 0.8), while within 2x it is shown in seconds; make demo uses the same.
 ANALYSIS: dict[str, Any] = {
     "steps": [20, 50],
     "min_requests": 200,
     "error_margin": 0.02,
-    "latency_margin": 0.5,
+    "latency_margin": 1.0,
 }
 RATE = 250  # requests per second through the gateway
 DECISION_SECONDS = 120  # the longest any one decision may take before the test fails
