@@ -65,7 +65,8 @@ unit: install tools
 
 test: lint typecheck unit
 
-# The release shown at the end of the demo: the staging canary's next step.
+# The canary the demo's automatic analysis promotes (staging's running canary), before it
+# rolls back a broken build's.
 DEMO_MODEL   ?= fraud-detection
 DEMO_VERSION ?= v1.1.0
 DEMO_STACK   ?= staging
@@ -76,7 +77,8 @@ demo: install system-tools
 	$(BIN)/modelctl models show $(DEMO_MODEL)
 	$(BIN)/modelctl doctor
 	$(BIN)/modelctl render --stack prod
-	@# The local stack and a canary commit, in a throwaway clone: your branch and tree stay as they are.
+	@# The local stack, its automatic promote and rollback commits, in a throwaway clone: your branch
+	@# and tree stay as they are.
 	@scratch=$$(mktemp -d) && trap 'rm -rf "$$scratch"' EXIT && \
 	git clone -q . "$$scratch/repo" && \
 	git -C "$$scratch/repo" checkout -q -b demo/canary && \

@@ -403,7 +403,8 @@ def canary_analyze(
     snapshot, run the judge and commit, as one commit, the snapshot at
     `analysis/<stack>/<model>/<UTC time>.json` with the stack file's next state: the next
     weight of analysis.steps, promotion after the last, rollback on harm. A hold commits
-    nothing unless `record` (then the snapshot alone).
+    nothing unless `record` (then the snapshot alone). A stack with no canary (and no `model`)
+    gives an empty list without querying anything.
 
     Parameters
     ----------
@@ -422,7 +423,6 @@ def canary_analyze(
     """
     from modelctl.core.collect import canary_arms
 
-    url = _prometheus_url(root, stack, prometheus)
     canaries = _analyzed(
         root,
         stack,
@@ -431,6 +431,10 @@ def canary_analyze(
         problem=f"has no canary on {stack}",
         fix=f"start one with 'modelctl canary {model} VERSION --stack {stack}'",
     )
+    if not canaries:
+        # Nothing to judge: a stack without canaries needs no Prometheus (prod may have none).
+        return []
+    url = _prometheus_url(root, stack, prometheus)
     taken_at = now or datetime.now(UTC)
     history = stack_history(root, stack)
     return [
@@ -490,11 +494,13 @@ def _analyze(
     files = {path: orjson.dumps(snapshot.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode() + "\n"}
     outcome = _outcome(decision.action, release, arms.canary_weight)
 
-    def message(proposal: Proposal | None) -> str:
+    def message(proposal: Proposal | None, committed: bool = True) -> str:
         subject = proposal.message.partition(": ")[2] if proposal else f"{model} {arms.canary} on {stack}"
+        head = f"canary analyze {outcome}: {subject}\n\n{'; '.join(decision.reasons)}\n"
+        if not committed:
+            return head
         return (
-            f"canary analyze {outcome}: {subject}\n\n{'; '.join(decision.reasons)}\n\n"
-            f"{DECISION_TRAILER}: {outcome}\n{SNAPSHOT_TRAILER}: {path}\n"
+            f"{head}\n{DECISION_TRAILER}: {outcome}\n{SNAPSHOT_TRAILER}: {path}\n"
             f"{ACTION_TRAILER}: {decision.action}\n{DIGEST_TRAILER}: {decision.snapshot_sha256}\n"
         )
 
@@ -503,7 +509,10 @@ def _analyze(
         if record and not dry_run:
             require_git_ready(root, [path])
             made = commit_files(root, files, message(None), lock_timeout=lock_timeout)
-        return Analysis(model, stack, outcome, decision, snapshot, path, made, None, message(None))
+        # Unrecorded, the hold's message names no snapshot: none is committed.
+        return Analysis(
+            model, stack, outcome, decision, snapshot, path, made, None, message(None, made is not None)
+        )
 
     def next_release(target: Target, current: Release, _: Path) -> Proposal:
         if outcome == "rollback":

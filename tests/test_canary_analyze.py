@@ -170,7 +170,7 @@ def canary_repo(repo: Path) -> Path:
 def analyze(cli: Cli, root: Path, url: str, *flags: str) -> tuple[int, list[dict[str, object]]]:
     code, out, err = cli(root, "canary", "analyze", "--stack", STACK, "--prometheus", url, "--json", *flags)
     assert "Traceback" not in err
-    return code, json.loads(out)
+    return code, json.loads(out)["analyses"]
 
 
 def committed_files(root: Path) -> list[str]:
@@ -268,10 +268,40 @@ def test_no_canary_traffic_holds_with_a_warning_and_commits_only_when_recorded(
     assert any("no traffic" in w for w in result["decision"]["warnings"])  # type: ignore[index]
     assert run_git(canary_repo, "rev-parse", "HEAD") == head
     assert not (canary_repo / "analysis").exists()
+    # Nothing committed, so nothing names a snapshot path; counts are whole requests.
+    assert result["snapshot"] is None
+    assert "analysis/" not in str(result["message"])
+    _, out, _ = cli(canary_repo, "canary", "analyze", "--stack", STACK, "--prometheus", prometheus)
+    assert "analysis/" not in out
+    assert "snapshot not committed on a hold; --record commits it" in out.splitlines()[0]
+    assert "not enough data: canary has 0 of the 500 requests needed" in out
     code, [result] = analyze(cli, canary_repo, prometheus, "--record")
     assert code == 3
     assert committed_files(canary_repo) == [result["snapshot"]]
     assert run_git(canary_repo, "log", "-1", "--format=%s").startswith("canary analyze hold:")
+
+
+def test_stacks_without_a_canary_are_skipped_without_a_prometheus(repo: Path, cli: Cli) -> None:
+    """prod and staging have no Prometheus setting; with no canary anywhere every stack is
+    skipped, in one line, and nothing is queried."""
+    stack = repo / f"Pulumi.{STACK}.yaml"
+    stack.write_text(
+        stack.read_text().replace("v1.0.0: 90\n", "v1.0.0: 100\n").replace("      v1.1.0: 10\n", "")
+    )
+    run_git(repo, "commit", "-q", "-am", "staging on v1.0.0")
+    head = run_git(repo, "rev-parse", "HEAD")
+    code, out, err = cli(repo, "canary", "analyze")
+    assert code == 0, err
+    assert out.strip() == "skipped dev, prod, staging: no release in a canary state"
+    code, out, err = cli(repo, "canary", "analyze", "--json")
+    assert code == 0, err
+    assert json.loads(out) == {
+        "analyses": [],
+        "skipped": [
+            {"stack": s, "reason": "no release in a canary state"} for s in ("dev", "prod", "staging")
+        ],
+    }
+    assert run_git(repo, "rev-parse", "HEAD") == head
 
 
 def test_a_wrong_prometheus_url_is_one_line_error(canary_repo: Path, cli: Cli) -> None:

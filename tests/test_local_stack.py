@@ -10,7 +10,6 @@ Test settings shorten scrape and evaluation intervals, every rule's `for`, and g
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import socket
@@ -25,24 +24,19 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import skops.io
 from scipy.stats import binom
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OneHotEncoder
 
 from infra.alert_rules import DRIFT_P_VALUE
 from modelctl.core import contract, yamlio
 from modelctl.core.state import load_model
-from modelctl.repo import dvcstore
 from onebox.traffic import json_rows, no_cookie_jar
 from tests import pipeline_repo
 from tests.factories import full_docs, run_git, stack_doc
+from tests.faults import BROKEN, add_broken_version
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("local-stack")]
 
 MODEL = pipeline_repo.MODEL
-BROKEN = "v1.2.0"
 SHADOW_PERCENT = 25
 TEST_TIMING = [
     "--scrape-interval=1s",
@@ -74,31 +68,6 @@ def up(root: Path, stack: str) -> dict[str, Any]:
     return data
 
 
-def add_broken_version(root: Path) -> None:
-    """Register a version whose model was fitted on one row only, with an encoder that refuses
-    unseen values: it loads and passes the server's warm-up, then fails (500) on real rows."""
-    model_file = root / "models" / MODEL / "model.yaml"
-    doc = yamlio.load(model_file)
-    middle = [
-        (f["min"] + f["max"]) / 2 if "min" in f and "max" in f else 0.0 for f in doc["signature"]["features"]
-    ]
-    estimator = make_pipeline(OneHotEncoder(handle_unknown="error"), LogisticRegression())
-    estimator.fit(np.array([middle, middle]), np.array([0, 1]))
-    data = skops.io.dumps(estimator)
-    artifact = root.parent / "broken.skops"
-    artifact.write_bytes(data)
-    md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
-    sha256 = hashlib.sha256(data).hexdigest()
-    remote = dvcstore.Location.of(str(pipeline_repo.remote(root)))
-    dvcstore.push(artifact, remote, md5, sha256)
-    record = json.loads(json.dumps(doc["versions"]["v1.1.0"]))
-    record["artifact"].update(
-        md5=md5, sha256=sha256, size=len(data), trusted_types=skops.io.get_untrusted_types(data=data)
-    )
-    doc["versions"][BROKEN] = record
-    yamlio.dump_file(model_file, doc)
-
-
 def write_stack(root: Path, name: str, release: dict[str, Any]) -> None:
     doc = stack_doc({}, namespace=f"models-{name}", receivers=RECEIVERS)
     doc["config"]["modelctl:releases"][MODEL] = release
@@ -124,7 +93,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         pipeline_repo.template(tmp_path_factory), tmp_path_factory.mktemp("local") / "repo"
     )
     pipeline_repo.push_all(root)
-    add_broken_version(root)
+    add_broken_version(root, pipeline_repo.remote(root))
     write_stack(root, "staging", STAGING)
     write_stack(root, "dev", DEV)
     run_git(root, "add", "-A")

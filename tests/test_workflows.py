@@ -141,6 +141,16 @@ def test_deploys_go_one_stack_at_a_time_with_production_behind_reviewers() -> No
     assert pulumi["env"]["PULUMI_CONFIG_PASSPHRASE"] == "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"
 
 
+def test_deploy_builds_every_image_the_stacks_run() -> None:
+    """The serving image and the canary analysis CronJob's image, each from its Dockerfile."""
+    image = load(ROOT / ".github" / "workflows" / "deploy.yaml")["jobs"]["image"]
+    files = [entry["file"] for entry in image["strategy"]["matrix"]["include"]]
+    assert files == ["serving/Dockerfile", "infra/Dockerfile.analysis"]
+    assert all((ROOT / file).is_file() for file in files)
+    build = next(s for s in image["steps"] if "docker/build-push-action" in s.get("uses", ""))
+    assert build["with"]["file"] == "${{ matrix.file }}"
+
+
 def test_canary_analysis_is_scheduled_serialized_and_sends_production_steps_to_review() -> None:
     workflow = load(ROOT / ".github" / "workflows" / "canary.yaml")
     assert workflow["on"]["schedule"]

@@ -1,5 +1,8 @@
 """`modelctl canary analyze`: Prometheus -> snapshot -> judge -> one commit with its evidence.
 
+`--json` prints {"analyses": [one object per canary judged], "skipped": [{"stack", "reason"}]}:
+a stack with no release in a canary state is skipped without querying Prometheus.
+
 Exit codes (the analysis job and CI branch on them), those of every command (modelctl.cli): 0 every
 canary stepped or promoted (or none to analyze), 2 at least one rolled back (a finding), 3 at
 least one holds (none rolled back), 1 an error (one line on stderr, such as a held version).
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
     from modelctl.repo.transaction import ReleaseChange
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+NO_CANARY = "no release in a canary state"
 HELP = "judge each canary from Prometheus and commit the next step, promotion or rollback with its snapshot"
 
 
@@ -47,9 +51,10 @@ def run(args: argparse.Namespace) -> Result:
     root = repo_root(args)
     stacks = [args.stack] if args.stack else sorted(read_state(root).stacks)
     results: list[Analysis] = []
+    skipped: list[str] = []
     for stack in stacks:
         progress(f"analyzing the canaries on {stack}")
-        results += api.canary_analyze(
+        found = api.canary_analyze(
             root,
             stack=stack,
             model=args.model,
@@ -58,9 +63,15 @@ def run(args: argparse.Namespace) -> Result:
             record=args.record,
             lock_timeout=args.lock_timeout,
         )
+        results += found
+        skipped += [] if found else [stack]
     outcomes = {r.outcome for r in results}
     code = EXIT_FINDING if "rollback" in outcomes else EXIT_HOLD if "hold" in outcomes else EXIT_OK
-    return Result([applied_data(r) for r in results], _text(results, args.dry_run), code)
+    data = {
+        "analyses": [applied_data(r, args.dry_run) for r in results],
+        "skipped": [{"stack": stack, "reason": NO_CANARY} for stack in skipped],
+    }
+    return Result(data, _text(results, skipped, args.dry_run), code)
 
 
 class _Decision(Protocol):
@@ -88,14 +99,14 @@ class Applied(Protocol):
     def decision(self) -> _Decision: ...
 
 
-def applied_data(result: Applied) -> dict[str, object]:
+def applied_data(result: Applied, dry_run: bool) -> dict[str, object]:
     """An analysis result as --json prints it."""
     return {
         "model": result.model,
         "stack": result.stack,
         "outcome": result.outcome,
         "commit": result.commit,
-        "snapshot": result.snapshot_path,
+        "snapshot": _kept(result, dry_run),
         "message": result.message,
         "diff": result.change.diff if result.change else "",
         "decision": result.decision.to_dict(),
@@ -111,17 +122,21 @@ def applied_head(result: Applied, dry_run: bool) -> str:
         if dry_run
         else "nothing committed"
     )
-    return (
-        f"{result.outcome.upper()} {result.model} on {result.stack}: {done} (snapshot {result.snapshot_path})"
-    )
+    kept = _kept(result, dry_run)
+    where = f"snapshot {kept}" if kept else "snapshot not committed; canary analyze --record commits a hold's"
+    return f"{result.outcome.upper()} {result.model} on {result.stack}: {done} ({where})"
 
 
-def _text(results: list[Analysis], dry_run: bool) -> str:
+def _kept(result: Applied, dry_run: bool) -> str | None:
+    """The snapshot's path in the repository: committed, or where a dry run would commit it (a
+    hold or a continuing experiment changes no release, and commits no snapshot unless recorded)."""
+    return result.snapshot_path if result.commit or (dry_run and result.change is not None) else None
+
+
+def _text(results: list[Analysis], skipped: list[str], dry_run: bool) -> str:
     from modelctl.cli.judge import format_decision
 
-    if not results:
-        return "no canary to analyze"
-    blocks = []
+    blocks = [f"skipped {', '.join(skipped)}: {NO_CANARY}"] if skipped else []
     for result in results:
         head = applied_head(result, dry_run)
         diff = result.change.diff if result.change and dry_run else ""

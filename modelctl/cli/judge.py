@@ -143,12 +143,14 @@ def _row(e: Evidence) -> str:
 
 
 def _needs(decision: Decision) -> list[str]:
+    from modelctl.core.judge import duration_text
+
     if not decision.needs:
         return []
     more, seconds = decision.needs["canary_requests"], decision.needs["seconds"]
     if more is None:
         return ["  needs: not expected to pass at the current estimates"]
-    eta = f" (about {seconds / 60:,.0f} min at the current rate)" if seconds is not None else ""
+    eta = f" (about {duration_text(seconds)} at the current rate)" if seconds is not None else ""
     return [f"  needs: about {more:,.0f} more canary requests{eta}"]
 
 

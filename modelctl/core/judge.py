@@ -24,8 +24,7 @@ table row. Canary against baseline:
   canary with no errors yet is not promoted on zero variance.
 - latency (required), from the histograms, on what the buckets can resolve. t is the largest
   bucket bound with at least 1% of the pooled requests above it (at or below the pooled p99:
-  the tail the data show, never a bound few requests reach). Harm: the canary exceeds t more
-  often than the baseline (the origin test, as for errors). Non-inferiority of "canary p99
+  the tail the data show, never a bound few requests reach). Non-inferiority of "canary p99
   within (1 + latency_margin) of the baseline's", read as: the canary exceeds T, the largest
   bound at most (1 + margin) t, at most rho times as often as the baseline exceeds t, where rho
   covers the part of the margin between T and (1 + margin) t at the tail's local slope k
@@ -33,7 +32,10 @@ table row. Canary against baseline:
   pooled histogram: the survival function taken as a power law within a bucket). With buckets
   finer than the margin T = (1 + margin) t and rho = 1: the direct comparison. With buckets
   coarser than the margin T = t and rho = (1 + margin)^k: a non-inferiority margin on the
-  exceedance rate at t, which the evidence says.
+  exceedance rate at t, which the evidence says. Harm is the same comparison the other way:
+  the canary exceeds T more than rho times as often as the baseline exceeds t (the origin test,
+  as for errors, against the null ratio rho), so a canary slower than its baseline but within
+  the margin is never rolled back for it.
 - accuracy (required when `require_accuracy`), when feedback labels have arrived for both
   arms: harm is the origin test on wrong predictions among labelled requests; non-inferiority
   is the errors' test on the rate of wrong predictions with `accuracy_margin`. Label coverage
@@ -437,7 +439,9 @@ def _decide(
 ) -> tuple[Action, list[str], dict[str, float | None] | None]:
     minimum = snap.analysis.min_requests
     short = [
-        f"{name} has {arm.requests:g} of the {minimum} requests needed to judge"
+        # Prometheus extrapolates counts to the window's edges: shown as whole requests, rounded
+        # down so that a short arm never reads as having the minimum.
+        f"{name} has {math.floor(arm.requests):,} of the {minimum:,} requests needed to judge"
         for name, arm in (("canary", snap.canary), ("baseline", snap.baseline))
         if arm.requests < minimum
     ]
@@ -483,7 +487,7 @@ def _past_max_duration(
     elapsed = (snap.taken_at - snap.canary_started).total_seconds()
     if elapsed < duration_seconds(settings.max_duration):
         return action, reasons, warnings
-    why = f"inconclusive after {_duration(elapsed)} (max_duration {settings.max_duration}): {reasons[0]}"
+    why = f"inconclusive after {duration_text(elapsed)} (max_duration {settings.max_duration}): {reasons[0]}"
     enough = min(snap.canary.requests, snap.baseline.requests) >= settings.min_requests
     if settings.on_inconclusive == "promote" and not enough:
         return action, reasons, [*warnings, f"{why}; not promoted without {settings.min_requests} requests"]
@@ -533,7 +537,7 @@ def _needs_text(needs: dict[str, float | None]) -> str:
     more, seconds = needs["canary_requests"], needs["seconds"]
     if more is None:
         return "; not expected to pass at the current estimates (more data will not help unless they change)"
-    when = f", about {_duration(seconds)} at the current rate" if seconds is not None else ""
+    when = f", about {duration_text(seconds)} at the current rate" if seconds is not None else ""
     return f"; needs about {more:,.0f} more canary requests{when}"
 
 
@@ -634,7 +638,11 @@ def _latency(snap: Snapshot) -> Evidence:
     rho, slope = exceedance_margin(bounds, pooled, t, relaxed, settings.latency_margin)
     over_b, over_c, over_c_relaxed = base[-1] - base[t], can[-1] - can[t], can[-1] - can[relaxed]
     share = can[-1] / (can[-1] + base[-1])
-    log_harm = origin_log_evalue(over_c, over_b, share, HARM_RATIOS, HARM_WEIGHTS)
+    # Harm is a tail beyond the margin, not any slower tail: a canary within the margin that
+    # its non-inferiority test cannot show yet holds; it is not rolled back.
+    log_harm = origin_log_evalue(
+        over_c_relaxed, over_b, share, rho * HARM_RATIOS, HARM_WEIGHTS, null_ratio=rho
+    )
     note = _latency_note(bounds, pooled, t, relaxed, rho=rho, slope=slope, margin=settings.latency_margin)
     if over_b == 0 and over_c == 0:
         # Every request of both arms is within t: the histogram cannot tell the tails apart,
@@ -653,7 +661,13 @@ def _latency(snap: Snapshot) -> Evidence:
         outcome="non-inferior" if p_ok <= settings.alpha else "inconclusive",
         test="mixture SPRTs on which arm each request slower than the threshold bound came from",
         baseline={"p99": p99_b, "rate": rate_b, "slow": over_b},
-        canary={"p99": p99_c, "rate": rate_c, "slow": over_c, "slow_at_margin": over_c_relaxed},
+        canary={
+            "p99": p99_c,
+            "rate": rate_c,
+            "slow": over_c,
+            "slow_at_margin": over_c_relaxed,
+            "rate_at_margin": over_c_relaxed / can[-1],
+        },
         estimate={
             "p99_ratio": p99_c / p99_b if p99_b > 0 else math.nan,
             "threshold_seconds": float(bounds[t]),
@@ -728,9 +742,10 @@ def _latency_note(
 
 def _latency_harm(e: Evidence) -> str:
     return (
-        f"latency: the canary's share of requests slower than {e.estimate['threshold_seconds']:g}s is higher "
-        f"than the baseline's ({_pct(e.canary['rate'])} vs {_pct(e.baseline['rate'])}; "
-        f"adjusted always-valid p = {e.p_adjusted:.3g})"
+        f"latency: the canary's tail is beyond the {e.margin} margin: "
+        f"{_pct(e.canary['rate_at_margin'])} of its requests slower than {e.estimate['margin_threshold_seconds']:g}s "
+        f"against {_pct(e.baseline['rate'])} of the baseline's slower than {e.estimate['threshold_seconds']:g}s, "
+        f"more than the {e.estimate['allowed_ratio']:.3g}x allowed (adjusted always-valid p = {e.p_adjusted:.3g})"
     )
 
 
@@ -1063,7 +1078,8 @@ def _seconds(value: float) -> str:
     return f"{value * 1000:.0f}ms" if math.isfinite(value) else "n/a"
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """A duration in the unit a person reads it in: "45s", "12 min", "2.5 h"."""
     if seconds < 90:
         return f"{seconds:.0f}s"
     if seconds < 5400:
