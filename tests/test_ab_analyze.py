@@ -86,7 +86,7 @@ def test_canary_analyze_leaves_an_experiment_alone(ab_repo: Path, cli: Cli) -> N
     """A 50/50 split without sticky sessions is a canary shape; its experiment settings keep
     `canary analyze` from stepping it."""
     code, out, _ = cli(ab_repo, "canary", "analyze", "--stack", STACK, "--prometheus", "http://127.0.0.1:9")
-    assert (code, out.strip()) == (0, "no canary to analyze")
+    assert (code, out.strip()) == (0, "skipped staging: no release in a canary state")
 
 
 def test_a_model_without_an_experiment_is_one_line(repo: Path, cli: Cli) -> None:

@@ -123,7 +123,12 @@ def applied_head(result: Applied, dry_run: bool) -> str:
         else "nothing committed"
     )
     kept = _kept(result, dry_run)
-    where = f"snapshot {kept}" if kept else "snapshot not committed; canary analyze --record commits a hold's"
+    unkept = (
+        "snapshot not committed on a hold; --record commits it"
+        if result.outcome == "hold"
+        else "snapshot not committed"
+    )
+    where = f"snapshot {kept}" if kept else unkept
     return f"{result.outcome.upper()} {result.model} on {result.stack}: {done} ({where})"
 
 
