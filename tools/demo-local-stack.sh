@@ -2,8 +2,8 @@
 # The story `make demo` tells, in a scratch clone: a stack runs on this machine and takes traffic;
 # while traffic runs, `modelctl canary analyze` judges the canary from Prometheus and takes it
 # through every step to promotion, one commit each with the snapshot it decided on; a broken
-# build's canary is rolled back by the same analysis, its error-rate alert reaches the local
-# mailbox, and everything stops.
+# build's canary is rolled back by the same analysis, its error-rate alert is emailed to the
+# local SMTP sink, and everything stops.
 # Usage: tools/demo-local-stack.sh BIN REPO REMOTE MODEL VERSION STACK
 set -euo pipefail
 bin=$1 repo=$2 remote=$3 model=$4 version=$5 stack=$6
@@ -67,9 +67,14 @@ doc = yamlio.load(path)
 doc["config"]["modelctl:releases"][model]["analysis"].update(
     steps=[20, 50], min_requests=200, error_margin=0.02, latency_margin=1.0
 )
+# On-call email for critical alerts, beside the stack's Slack channel (locally: the SMTP sink).
+doc["config"]["modelctl:environment"]["receivers"].append(
+    {"name": "oncall-email", "severities": ["critical"],
+     "email": {"to": "oncall@example.com", "from": "alerts@example.com", "smarthost": "smtp.example.com:587"}}
+)
 yamlio.dump_file(path, doc)
 PY
-git -C "$repo" commit -qam "demo: analysis settings for a local stack's traffic"
+git -C "$repo" commit -qam "demo: analysis settings for a local stack's traffic; on-call email for critical alerts"
 git -C "$repo" log -1 -p --format='%h %s' | grep '^[-+] ' || true
 settings=$(git -C "$repo" rev-parse HEAD)
 
@@ -111,27 +116,31 @@ modelctl up --stack "$stack" --remote "$remote" "${timing[@]}" >/dev/null
 analyze_until rollback
 git -C "$repo" log -1 --stat --format='%n%h %s%n%b' "$last..HEAD"
 
-step "the error-rate alert, delivered to the mailbox"
+step "the error-rate alert, emailed to on-call (the local SMTP sink's mailbox)"
 mailbox=$(field mailbox)
-printf 'waiting for ModelHighErrorRate on %s' "$broken"
+printf 'waiting for the ModelHighErrorRate email on %s' "$broken"
 found=""
 for _ in $(seq 60); do
-  found=$(grep -l "ModelHighErrorRate" "$mailbox"/* 2>/dev/null | xargs -r grep -l "$broken" | head -1 || true)
+  found=$(grep -l "ModelHighErrorRate" "$mailbox"/*.eml 2>/dev/null | xargs -r grep -l "$broken" | head -1 || true)
   [ -n "$found" ] && break
   printf '.'; sleep 1
 done
 echo
-[ -n "$found" ] || { echo "no error-rate alert for $broken arrived within 60 s" >&2; exit 1; }
+[ -n "$found" ] || { echo "no error-rate email for $broken arrived within 60 s" >&2; exit 1; }
 stop_traffic
 echo "delivered: $found"
-"$bin/python" -c '
-import json, sys
-text = open(sys.argv[1]).read()
-try:
-    text = json.dumps(json.loads(text), indent=2)
-except ValueError:
-    pass
-print(text[:1500])' "$found"
+"$bin/python" - "$found" <<'PY'
+import email, email.policy, html, re, sys
+
+message = email.message_from_bytes(open(sys.argv[1], "rb").read(), policy=email.policy.default)
+for header in ("From", "To", "Subject", "Date"):
+    print(f"{header}: {message[header]}")
+body = message.get_body(("plain", "html"))
+text = body.get_content() if body is not None else ""
+# Alertmanager's default email is HTML: its words, without the markup, are what a reader sees.
+words = " ".join(html.unescape(re.sub(r"<style.*?</style>|<[^>]+>", " ", text, flags=re.S)).split())
+print(words[:700])
+PY
 
 step "modelctl down: everything stops"
 modelctl down --stack "$stack"
