@@ -606,7 +606,8 @@ def replay(root: Path, rev: str) -> Replay:
     Raises
     ------
     UserError
-        `rev` is not a commit, or not an analysis commit (no snapshot trailer).
+        `rev` is not a commit, not an analysis commit (no snapshot trailer), or an A/B
+        experiment's commit.
     """
     from modelctl.core.judge import judge
 
@@ -620,7 +621,14 @@ def replay(root: Path, rev: str) -> Replay:
             "is not an analysis commit (no Analysis-Snapshot trailer naming a committed file)",
             "pass a commit made by 'modelctl canary analyze'",
         )
-    decision = judge(orjson.loads(text), source=f"{commit[:12]}:{path}")
+    snapshot = orjson.loads(text)
+    if isinstance(snapshot, dict) and snapshot.get("kind") == "ab":
+        raise UserError(
+            rev,
+            f"is an A/B experiment's commit ({path}); replay recomputes canary decisions only",
+            f"read the experiment's decision and snapshot with 'git show {commit[:12]}'",
+        )
+    decision = judge(snapshot, source=f"{commit[:12]}:{path}")
     return Replay(commit, path, trailers.get(ACTION_TRAILER, ""), trailers.get(DIGEST_TRAILER, ""), decision)
 
 
@@ -941,7 +949,6 @@ def shadow_report(
         No Prometheus URL, Prometheus failing, an unreadable log, or `model` has no shadow.
     """
     state = read_state(root)
-    url = _prometheus_url(root, stack, prometheus)
     shadowed = _analyzed(
         root,
         stack,
@@ -950,6 +957,9 @@ def shadow_report(
         problem=f"mirrors no version on {stack}",
         fix=f"start one with 'modelctl shadow {model} VERSION --percent 100 --stack {stack}'",
     )
+    if not shadowed:
+        return []  # nothing mirrored: no Prometheus needed, as for canary analyze
+    url = _prometheus_url(root, stack, prometheus)
     taken_at = now or datetime.now(UTC)
     history = stack_history(root, stack) if window is None else []
     return [

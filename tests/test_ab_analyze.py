@@ -46,7 +46,7 @@ def label(exposition: Exposition, version: str, right: int, wrong: int) -> None:
 def analyze(cli: Cli, root: Path, url: str, *flags: str) -> tuple[int, list[dict[str, object]], str]:
     code, out, err = cli(root, "ab", "analyze", "--stack", STACK, "--prometheus", url, "--json", *flags)
     assert "Traceback" not in err
-    return code, json.loads(out), err
+    return code, json.loads(out)["analyses"], err
 
 
 def test_too_few_labels_continue_commit_nothing_and_say_what_is_needed(
@@ -80,6 +80,11 @@ def test_a_better_treatment_takes_all_traffic_in_one_commit(
     assert sorted(files) == sorted([f"Pulumi.{STACK}.yaml", str(result["snapshot"])])
     code, out, _ = cli(ab_repo, "ab", "analyze", "--stack", STACK, "--prometheus", prometheus)
     assert (code, out.strip()) == (0, "no A/B experiment to analyze")
+    code, out, err = cli(ab_repo, "judge", "--replay", str(result["commit"]))
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1
+    assert "is an A/B experiment's commit" in err
+    assert "replay recomputes canary decisions only" in err
 
 
 def test_canary_analyze_leaves_an_experiment_alone(ab_repo: Path, cli: Cli) -> None:

@@ -115,7 +115,7 @@ def test_analyze_concludes_for_the_better_version_by_one_commit(repo: Path, labe
     before = run_git(repo, "rev-parse", "HEAD")
     proc = modelctl(repo, "ab", "analyze", "--stack", STACK, "--json")
     assert proc.returncode == 0, proc.stderr
-    (result,) = json.loads(proc.stdout)
+    (result,) = json.loads(proc.stdout)["analyses"]
     decision = result["decision"]
     assert (result["outcome"], decision["winner"], decision["loser"]) == ("winner", STRONG, WEAK)
     assert decision["primary"]["lower"] > 0

@@ -39,3 +39,10 @@ def test_a_first_up_that_fails_leaves_nothing_running(repo: Path, cli: Cli) -> N
     assert "object not found" in err, err
     assert not any((repo / ".modelctl").rglob("state.json"))
     assert cli(repo, "ps", "--stack", "staging")[1].strip() == "stack staging is not up"
+
+
+def test_down_and_ps_refuse_a_mistyped_stack(repo: Path, cli: Cli) -> None:
+    for command in ("down", "ps"):
+        code, out, err = cli(repo, command, "--stack", "stagin")
+        assert (code, out) == (1, "")
+        assert "no stack named 'stagin'; did you mean 'staging'?" in err

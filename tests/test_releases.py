@@ -108,10 +108,13 @@ def test_promote_without_a_canary_is_refused() -> None:
     assert "promote needs a canary" in refusal(lambda: releases.promote(target(), release({"v1.0.0": 100})))
 
 
-def test_promote_drops_a_shadow_of_the_promoted_version_and_stickiness() -> None:
-    canary = release({"v1.0.0": 90, "v1.1.0": 10}, shadow={"version": "v1.1.0", "percent": 20}, sticky={})
+def test_promote_drops_stickiness_and_a_shadow_never_mirrors_a_serving_version() -> None:
+    canary = release({"v1.0.0": 90, "v1.1.0": 10}, sticky={})
     promoted = releases.promote(target(), canary).release
     assert (promoted.shadow, promoted.sticky) == (None, None)
+    # What `modelctl shadow` refuses, a hand edit may not write either.
+    with pytest.raises(ValueError, match=r"shadow v1\.1\.0 already serves live traffic \(10%\)"):
+        release({"v1.0.0": 90, "v1.1.0": 10}, shadow={"version": "v1.1.0", "percent": 20})
 
 
 def test_parse_split() -> None:

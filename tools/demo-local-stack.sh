@@ -30,7 +30,8 @@ analyze_until() {
     line=$("$bin/python" -c '
 import json, sys
 [a] = json.loads(sys.argv[1])["analyses"]
-print(a["outcome"], a["decision"]["canary_version"], a["decision"]["reasons"][-1][:160], sep="\t")' "$answer")
+reason = a["decision"]["reasons"][-1]
+print(a["outcome"], a["decision"]["canary_version"], reason if len(reason) <= 200 else reason[:199] + "…", sep="\t")' "$answer")
     outcome=${line%%$'\t'*}
     printf '  %-8s %s\n' "$outcome" "$(cut -f2- <<< "$line" | tr '\t' ' ')"
     case $outcome in
@@ -60,12 +61,16 @@ step "analysis settings for one machine's traffic (a few hundred requests a seco
 "$bin/python" - "$repo/Pulumi.$stack.yaml" "$model" <<'PY'
 import sys
 from pathlib import Path
+from ruamel.yaml.comments import CommentedSeq
+
 from modelctl.core import yamlio
 
 path, model = Path(sys.argv[1]), sys.argv[2]
 doc = yamlio.load(path)
+steps = CommentedSeq([20, 50])
+steps.fa.set_flow_style()  # as the file writes its steps: [10, 25, 50]
 doc["config"]["modelctl:releases"][model]["analysis"].update(
-    steps=[20, 50], min_requests=200, error_margin=0.02, latency_margin=1.0
+    steps=steps, min_requests=200, error_margin=0.02, latency_margin=1.0
 )
 # On-call email for critical alerts, beside the stack's Slack channel (locally: the SMTP sink).
 doc["config"]["modelctl:environment"]["receivers"].append(
@@ -128,7 +133,7 @@ done
 echo
 [ -n "$found" ] || { echo "no error-rate email for $broken arrived within 60 s" >&2; exit 1; }
 stop_traffic
-echo "delivered: $found"
+echo "delivered: $(basename "$found") (in the stack's mailbox, removed with the demo's clone)"
 "$bin/python" - "$found" <<'PY'
 import email, email.policy, html, re, sys
 

@@ -128,7 +128,7 @@ def applied_head(result: Applied, dry_run: bool) -> str:
         if result.outcome == "hold"
         else "snapshot not committed"
     )
-    where = f"snapshot {kept}" if kept else unkept
+    where = (f"would commit snapshot {kept}" if dry_run else f"snapshot {kept}") if kept else unkept
     return f"{result.outcome.upper()} {result.model} on {result.stack}: {done} ({where})"
 
 

@@ -105,7 +105,10 @@ def run_analyze(args: argparse.Namespace) -> Result:
     if args.html:
         _write_html(Path(args.html), results)
     code = EXIT_HOLD if any(r.outcome == "continue" for r in results) else EXIT_OK
-    return Result([applied_data(r, args.dry_run) for r in results], _text(results, args.dry_run), code)
+    # The shape of `canary analyze --json`: one object per release analyzed, under "analyses".
+    return Result(
+        {"analyses": [applied_data(r, args.dry_run) for r in results]}, _text(results, args.dry_run), code
+    )
 
 
 def _write_html(path: Path, results: list[Experiment]) -> None:

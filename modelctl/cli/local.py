@@ -113,8 +113,11 @@ def run_down(args: argparse.Namespace) -> Result:
     from onebox.stack import down
 
     root = repo_root(args)
-    name = local_stack(read_state(root), args.stack)
+    state = read_state(root)
+    name = local_stack(state, args.stack)
     stopped = down(root, name)
+    if not stopped:
+        state.stack(name)  # a mistyped name is an error; a stack removed from git may still be stopped
     text = "\n".join(f"stopped {s['name']} (pid {s['pid']})" for s in stopped if s["was_running"])
     return Result({"stack": name, "stopped": stopped}, text or f"nothing of stack {name} was running")
 
@@ -123,8 +126,11 @@ def run_ps(args: argparse.Namespace) -> Result:
     from onebox.stack import ps
 
     root = repo_root(args)
-    name = local_stack(read_state(root), args.stack)
+    state = read_state(root)
+    name = local_stack(state, args.stack)
     rows = ps(root, name)
+    if not rows:
+        state.stack(name)
     lines = [f"{'NAME':<28}{'PID':>8}  {'PORT':>6}  STATE"]
     for row in rows:
         health = "healthy" if row["healthy"] else ("running, not ready" if row["running"] else "stopped")

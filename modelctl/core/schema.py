@@ -719,6 +719,12 @@ class Release(Strict):
                     f"{version} is held ({self.held[version].reason}) and may not take traffic at {path}; "
                     "clear the hold first with 'modelctl release-hold clear'"
                 )
+        if self.shadow is not None and self.traffic.get(self.shadow.version, 0) > 0:
+            raise ValueError(
+                f"shadow {self.shadow.version} already serves live traffic "
+                f"({self.traffic[self.shadow.version]}%); a mirror copies requests to a version that "
+                "serves none: remove the shadow, or give the version weight 0"
+            )
         if self.rollback_to in self.held:
             raise ValueError(f"rollback_to {self.rollback_to} is held; roll back to a version that is not")
         return self
