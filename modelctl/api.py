@@ -699,7 +699,6 @@ def ab_analyze(
     """
     from modelctl.core.experiment import ab_arms
 
-    url = _prometheus_url(root, stack, prometheus)
     running = _analyzed(
         root,
         stack,
@@ -709,6 +708,9 @@ def ab_analyze(
         fix=f"split it with 'modelctl ab {model} --split V1=50,V2=50 --stack {stack}' and add "
         f"modelctl:releases.{model}.experiment",
     )
+    if not running:
+        return []  # as for canaries: a stack without experiments needs no Prometheus
+    url = _prometheus_url(root, stack, prometheus)
     taken_at = now or datetime.now(UTC)
     history = stack_history(root, stack)
     return [

@@ -117,3 +117,9 @@ def test_value_without_its_spread_is_refused_in_one_line(repo: Path, cli: Cli) -
     line = next(line for line in err.splitlines() if "value_sd" in line)
     assert f"Pulumi.{STACK}.yaml" in line
     assert f"modelctl:releases.{MODEL}.experiment" in line
+
+
+def test_stacks_without_an_experiment_need_no_prometheus(repo: Path, cli: Cli) -> None:
+    """Every stack by default, and none runs an experiment or names a Prometheus: nothing to do."""
+    code, out, err = cli(repo, "ab", "analyze")
+    assert (code, out.strip()) == (0, "no A/B experiment to analyze"), err
