@@ -285,14 +285,16 @@ VERSIONS = ("v1.0.0", "v1.1.0", "v1.2.0", "v2.0.0")
 
 @st.composite
 def releases(draw: st.DrawFn) -> dict[str, Any]:
-    """Any release of the model that parses: weights summing to 100, optional shadow, sticky and
-    overrides (to any version, deployed or not)."""
+    """Any release of the model that parses: weights summing to 100, optional shadow (of a version
+    without live traffic), sticky and overrides (to any version, deployed or not)."""
     versions = draw(st.lists(st.sampled_from(VERSIONS), min_size=1, max_size=4, unique=True))
     cuts = sorted(draw(st.lists(st.integers(0, 100), min_size=len(versions) - 1, max_size=len(versions) - 1)))
     weights = [b - a for a, b in zip([0, *cuts], [*cuts, 100], strict=True)]
     release: dict[str, Any] = {"traffic": dict(zip(versions, weights, strict=True))}
-    if draw(st.booleans()):
-        release["shadow"] = {"version": draw(st.sampled_from(VERSIONS)), "percent": draw(st.integers(1, 100))}
+    # A shadow mirrors a version that serves no live traffic (weight 0 or not deployed).
+    idle = [v for v in VERSIONS if release["traffic"].get(v, 0) == 0]
+    if idle and draw(st.booleans()):
+        release["shadow"] = {"version": draw(st.sampled_from(idle)), "percent": draw(st.integers(1, 100))}
     if draw(st.booleans()):
         release["sticky"] = {"cookie": "model-version"}
     release["overrides"] = draw(
