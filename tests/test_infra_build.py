@@ -293,7 +293,8 @@ def releases(draw: st.DrawFn) -> dict[str, Any]:
     release: dict[str, Any] = {"traffic": dict(zip(versions, weights, strict=True))}
     # A shadow mirrors a version that serves no live traffic (weight 0 or not deployed).
     idle = [v for v in VERSIONS if release["traffic"].get(v, 0) == 0]
-    if idle and draw(st.booleans()):
+    mirrored = draw(st.booleans())
+    if idle and mirrored:
         release["shadow"] = {"version": draw(st.sampled_from(idle)), "percent": draw(st.integers(1, 100))}
     if draw(st.booleans()):
         release["sticky"] = {"cookie": "model-version"}
