@@ -6,15 +6,22 @@ server predicts everything pending at once, at the next turn of the event loop, 
 what scikit-learn's own `predict` returns, so the model is never called twice.
 
 Clients answered together send their next requests together, but these arrive spread over
-a few hundred microseconds, so an eager flush splits each wave in two and pays for two
-model calls. So a batch waits until it holds as many requests as the largest of the last
-`RECENT` batches: the request that completes it schedules the flush for the end of that
-event-loop turn (so requests read in the same turn join too). When load drops, a timer
-flushes after `max_wait` seconds (uvloop rounds it up to the millisecond); once the larger
-batches are older than the last `RECENT`, batches expect the smaller size.
-(Expecting only the previous batch's size let one straggler flushed alone by the timer set
-the expectation to 1, and it rarely grew back: 8 clients were served in batches of ~3.
-Turning the event loop until the batch filled, as before that, cost ~1 µs of CPU per turn
+the time the server takes to read them (about its CPU per request times the wave's size), so an
+eager flush splits each wave and pays for several model calls. So a batch waits until it holds as
+many requests as the largest of the last `RECENT` batches: the request that completes it schedules
+the flush for the end of that event-loop turn (so requests read in the same turn join too). When
+load drops, a batch goes once no request has come for `max_wait` seconds, and at the latest
+`MAX_WAITS` × `max_wait` after its first request; once the larger batches are older than the last
+`RECENT`, batches expect the smaller size.
+
+The wait is measured on a real clock, not by one timer: uvloop's timers count whole
+milliseconds (`call_later` rounds the delay, so 0.5 ms is 0, the next turn; and its clock is cut
+to the millisecond, so a 1 ms timer may fire at once). That flushed the first request of every
+wave alone at 8 clients, and batches of one or two at 64. A timer that fires before the batch is
+due is set again for what is left, at least `TIMER_RESOLUTION`: a batch may go up to 1 ms after
+it is due, never before.
+(Expecting only the previous batch's size let one straggler flushed alone set the expectation to
+1, and it rarely grew back. Turning the event loop until the batch filled cost ~1 µs of CPU per turn
 for hundreds of turns per wave: ~30 µs per request at 8 clients.)
 """
 
@@ -25,6 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from time import perf_counter
 
 import numpy as np
 import numpy.typing as npt
@@ -35,8 +43,12 @@ from serving.loader import Matrix
 Predictor = Callable[[Matrix], Matrix]
 # Called with every batch's rows and probabilities, for metrics and the drift window.
 Observer = Callable[[Matrix, Matrix], None]
-# Batches whose largest size a new batch waits for (each at most `max_wait` once load drops).
+# Batches whose largest size a new batch waits for.
 RECENT = 16
+# A batch's longest wait, in multiples of `max_wait`, when requests keep trickling in.
+MAX_WAITS = 4
+# uvloop's timers count whole milliseconds (seconds).
+TIMER_RESOLUTION = 0.001
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,7 @@ class Batcher:
         self._flush_soon = False  # the handle is this turn's flush, not the max_wait timer
         self._recent: deque[int] = deque(maxlen=RECENT)  # the last batches' sizes, in requests
         self._expected = 0  # the largest of them
+        self._first_arrival = self._last_arrival = 0.0  # perf_counter() seconds, of the pending batch
 
     def submit(self, rows: list[Row]) -> asyncio.Future[Predictions]:
         """A future for these rows' predictions, made in the next batch."""
@@ -98,6 +111,7 @@ class Batcher:
         future: asyncio.Future[Predictions] = loop.create_future()
         self._pending.append((rows, future))
         self._pending_rows += len(rows)
+        self._last_arrival = perf_counter()
         if self._pending_rows >= self.max_rows:
             self.flush()
         elif len(self._pending) >= self._expected:
@@ -107,8 +121,19 @@ class Batcher:
                 self._flush_handle = loop.call_soon(self.flush)
                 self._flush_soon = True
         elif self._flush_handle is None:
-            self._flush_handle = loop.call_later(self.max_wait, self.flush)
+            self._first_arrival = self._last_arrival
+            self._flush_handle = loop.call_later(self.max_wait, self._waited)
         return future
+
+    def _waited(self) -> None:
+        """The timer: flush once no request came for `max_wait` or the first has waited its longest."""
+        now = perf_counter()
+        due = min(self._last_arrival + self.max_wait, self._first_arrival + MAX_WAITS * self.max_wait)
+        if now >= due:
+            self.flush()
+        else:
+            loop = asyncio.get_running_loop()
+            self._flush_handle = loop.call_later(max(due - now, TIMER_RESOLUTION), self._waited)
 
     def flush(self) -> None:
         if self._flush_handle is not None:

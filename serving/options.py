@@ -15,7 +15,7 @@ PARITY_TOLERANCE = 1e-9
 @dataclass(frozen=True)
 class Settings:
     max_batch_rows: int = 64
-    max_wait_ms: float = 0.5
+    max_wait_ms: float = 1.0
     max_rows: int = 1000
     max_body_bytes: int = 1 << 20
     feedback_capacity: int = 100_000
@@ -66,7 +66,7 @@ def add_server_options(parser: argparse.ArgumentParser, host: str) -> None:
     )
     parser.add_argument(
         "--max-wait-ms", type=not_negative, default=d.max_wait_ms,
-        help="longest wait for a batch to reach the size of the largest of the last 16 (0: one event-loop turn)",
+        help="while a batch holds fewer requests than the largest of the last 16: the longest gap it waits for the next one (4x in all; 0: one event-loop turn)",
     )  # fmt: skip
     parser.add_argument("--max-rows", type=positive, default=d.max_rows, help="rows allowed in one request")
     parser.add_argument(

@@ -6,6 +6,7 @@ import asyncio
 
 import numpy as np
 import numpy.typing as npt
+import uvloop
 
 from serving.batcher import Batcher, Predictions
 from tests.test_serving_helpers import Version, reference_rows, served
@@ -130,3 +131,22 @@ def test_a_model_fault_fails_only_its_batch(served: Version) -> None:
     failed, succeeded = asyncio.run(scenario())
     assert isinstance(failed, RuntimeError)
     assert succeeded.probabilities.shape == (1, 2)
+
+
+def test_a_wait_shorter_than_uvloops_timer_resolution_still_waits(served: Version) -> None:
+    """uvloop's timers count whole milliseconds: `call_later(0.0004)` rounds to 0 and runs at once,
+    which used to flush the first request of every wave alone."""
+    rows = reference_rows(8, seed=9).tolist()
+    model = CountingModel(served)
+    batcher = Batcher(model.predict_proba, lambda x, p: None, max_rows=64, max_wait=0.0004)
+
+    async def scenario() -> None:
+        await asyncio.gather(*(batcher.submit([row]) for row in rows[:4]))
+        futures = []
+        for row in rows[4:8]:  # the next wave, one request a turn
+            futures.append(batcher.submit([row]))
+            await asyncio.sleep(0)
+        await asyncio.gather(*futures)
+
+    uvloop.run(scenario())
+    assert model.batch_sizes == [4, 4]

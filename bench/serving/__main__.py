@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -44,6 +45,8 @@ from modelctl.core.schema import Feature, Output, Signature
 from modelctl.core.servingspec import ServingSpec
 from modelctl.core.state import load_allow_list
 from modelctl.core.trusted import reviewed
+from serving.compiled import compile_estimator
+from serving.options import PARITY_TOLERANCE
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -177,6 +180,30 @@ def one_row_cost(spec: ServingSpec, row: npt.NDArray[np.float64]) -> OneRow:
             trees=len(model._predictors),
             python=cpu_us(lambda: sum(range(1000)), 3000),
         )
+
+
+# Batch sizes whose compiled-engine cost the report gives (1 row, 8 clients' wave, the largest batch).
+ENGINE_BATCHES = (1, 8, 64)
+
+
+@dataclass(frozen=True)
+class EngineCost:
+    """CPU µs per row of the engine the server predicts with, per batch size in ENGINE_BATCHES."""
+
+    name: str
+    per_row: dict[int, float]
+
+
+def engine_cost(spec: ServingSpec, rows: npt.NDArray[np.float64]) -> EngineCost:
+    """What a request costs the server's engine (treelite's GTIL for this model) before any HTTP
+    or Python work, measured in this process."""
+    model = skops.io.load(spec.artifact_path, trusted=list(spec.trusted_types))
+    engine = compile_estimator(model, rows[:256], PARITY_TOLERANCE)
+    per_row = {}
+    for size in ENGINE_BATCHES:
+        batch = np.ascontiguousarray(rows[:size])
+        per_row[size] = cpu_us(partial(engine.predict_proba, batch), 200) / size
+    return EngineCost(engine.name, per_row)
 
 
 def free_port() -> int:
@@ -415,7 +442,25 @@ more than the tree (the reason every server here runs with one OpenMP thread).
 """
 
 
-def report(runs: list[Run], args: argparse.Namespace, load_before: float, cost: OneRow) -> str:
+def floor_section(runs: list[Run], engine: EngineCost) -> str:
+    ceiling = max((r for r in runs if r.server == CEILING), key=lambda r: r.concurrency)
+    largest = max(engine.per_row)
+    floor = ceiling.cpu_us + engine.per_row[largest]
+    costs = ", ".join(f"{engine.per_row[size]:.1f} µs in a batch of {size}" for size in ENGINE_BATCHES)
+    return f"""## The floor on this machine
+
+The engine alone ({engine.name}, measured in the benchmark process with warm caches) costs
+{costs}, per row. A request that did nothing but what the ceiling app does (HTTP, JSON in, an
+answer out: {ceiling.cpu_us:.0f} µs at {ceiling.concurrency} clients) and one row of the largest
+batch would cost {floor:.0f} µs, against the {CPU_TARGET_US:g} µs target: it leaves
+{CPU_TARGET_US - floor:.0f} µs for checking the row, batching, the answer, metrics, the drift window
+and the feedback memory.
+"""
+
+
+def report(
+    runs: list[Run], args: argparse.Namespace, load_before: float, cost: OneRow, engine: EngineCost
+) -> str:
     return f"""# Serving benchmark
 
 `python -m bench.serving` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {os.cpu_count()} cores
@@ -442,6 +487,7 @@ counts every answer that is not a 2xx, plus connection errors and timeouts.
 
 {verdicts(runs)}
 
+{floor_section(runs, engine)}
 {one_row_section(cost)}"""
 
 
@@ -467,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         folder = Path(tmp)
         spec, rows = train(folder)
-        cost = one_row_cost(spec, rows[0])
+        cost, engine = one_row_cost(spec, rows[0]), engine_cost(spec, rows)
         bodies = folder / "bodies.jsonl"
         bodies.write_bytes(
             b"\n".join(orjson.dumps({"features": row.tolist()}) for row in rows[:1024]) + b"\n"
@@ -486,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if set(args.servers) != set(order):  # a development run: the table only
         print(table(runs))
         return 1 if any(run.errors for run in runs) else 0
-    text = report(runs, args, load_before, cost)
+    text = report(runs, args, load_before, cost, engine)
     print(text)
     args.output.write_text(text, encoding="utf-8")
     return 1 if any(run.errors for run in runs) else 0
