@@ -486,7 +486,7 @@ def _analyze(
         taken_at=taken_at,
         window_start=window_start,
         canary_started=started[-1] if started else window_start,
-        answers=query_all(url, queries, taken_at),
+        answers=collect.window_counts(query_all(url, queries, taken_at)),
         source={"prometheus": url, "queries": queries},
     )
     decision = judge(snapshot)
@@ -795,11 +795,8 @@ def _experiment_snapshot(
     looks, counts, source = [], None, {}
     for at in experiment.looks_at([started, taken_at], EXPERIMENT_LOOKS + 1)[-EXPERIMENT_LOOKS:]:
         seconds = (at - started).total_seconds()
-        queries = {
-            **collect.queries(model, seconds),
-            **experiment.value_queries(model, collect.window(seconds)),
-        }
-        answers = query_all(url, queries, at)
+        queries = collect.queries(model, seconds, (*collect.WINDOW_QUERIES, *experiment.VALUE_QUERIES))
+        answers = collect.window_counts(query_all(url, queries, at))
         counts = collect.build_snapshot(
             model=model,
             stack=stack,
@@ -994,7 +991,7 @@ def _shadow_report(
 ) -> ShadowResult:
     from datetime import timedelta
 
-    from modelctl.core import shadow
+    from modelctl.core import collect, shadow
     from modelctl.repo.prometheus import query_all
 
     release = state.stack(stack).config.releases[model]
@@ -1012,7 +1009,7 @@ def _shadow_report(
     else:
         window_start = taken_at - timedelta(seconds=window)
     queries = shadow.queries(model, (taken_at - window_start).total_seconds())
-    answers = query_all(url, queries, taken_at)
+    answers = collect.window_counts(query_all(url, queries, taken_at))
     primary = [v for v in release.serving() if v != mirrored]
     files = prediction_logs if prediction_logs is not None else _local_server_logs(root, stack, model)
     logged = _read_logs(files, model, window_start) if files else None

@@ -197,10 +197,12 @@ def test_a_healthy_canary_steps_in_one_commit_with_its_snapshot(
     assert "errors: canary error rate is within" in message.splitlines()[2]
     snapshot = json.loads((canary_repo / snapshot_path).read_text())
     assert snapshot["source"]["prometheus"] == prometheus
-    assert "increase(model_requests_total" in snapshot["source"]["queries"]["requests_in_window"]
-    # Counts as Prometheus extrapolates them over the window: close to what was fed.
-    assert snapshot["canary"]["requests"] == pytest.approx(6000, rel=0.5)
-    assert snapshot["canary"]["feedback"]
+    queries = snapshot["source"]["queries"]
+    assert queries["requests_in_window/end"].startswith("last_over_time(model_requests_total")
+    # Exactly what was fed (PromQL's increase() would extrapolate the sampled span to the window).
+    assert (snapshot["canary"]["requests"], snapshot["canary"]["errors"]) == (6000, 30)
+    assert snapshot["baseline"]["requests"] == 54000
+    assert sum(cell["count"] for cell in snapshot["canary"]["feedback"]) == 600
     code, out, err = cli(canary_repo, "judge", "--replay", "HEAD")
     assert code == 0, err
     assert "matches" in out.splitlines()[0]

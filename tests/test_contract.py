@@ -91,3 +91,12 @@ def test_every_query_reads_only_exported_metrics() -> None:
         assert used, (name, template)
         # A histogram's series end in _bucket, a summary's in _sum and _count.
         assert {re.sub(r"_(bucket|sum|count)$", "", u) for u in used} <= names, text
+
+
+def test_every_window_count_reads_an_exported_series_by_its_labels() -> None:
+    by_name = {m.name: m for m in METRICS}
+    for name, count in contract.WINDOW_COUNTS.items():
+        metric = by_name[re.sub(r"_(bucket|sum|count)$", "", count.series)]
+        assert set(count.labels) - {"le"} <= set(metric.label_names), name
+        for promql in contract.window_queries(name, {"model": "fraud-detection"}, "90s").values():
+            assert f'{count.series}{{model="fraud-detection"' in promql, promql

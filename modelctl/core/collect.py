@@ -4,9 +4,10 @@ Pure: `queries` names the PromQL (from the contract's table) that one analysis r
 `build_snapshot` turns the answers (instant vectors, as Prometheus' HTTP API returns them)
 into a `modelctl.core.judge.Snapshot`. The reading itself is `modelctl.repo.prometheus`.
 
-Every count is `increase(...)` over the window since the current step's commit, summed across
-replicas; Prometheus extrapolates `increase` to the window's edges, so counts are real numbers
-and a histogram's buckets can come back a hair out of order: they are made cumulative again
+Every count is a counter's increase over the window since the current step's commit, summed
+across replicas, and exact (`window_counts`): each series' last value in the window less its value
+at the window's start. A series reset within the window (a restarted process) falls back to
+PromQL's `increase()`, which extrapolates, so a histogram's buckets are still made cumulative again
 here (the running maximum), never trusted to be.
 """
 
@@ -67,10 +68,48 @@ def window(seconds: float) -> str:
     return f"{max(math.ceil(seconds), 1)}s"
 
 
-def queries(model: str, seconds: float) -> dict[str, str]:
-    """The PromQL of each window query over every version of `model`, by name (per version)."""
+def queries(model: str, seconds: float, names: Sequence[str] = WINDOW_QUERIES) -> dict[str, str]:
+    """The PromQL of the window counts `names` (keys of `contract.WINDOW_COUNTS`) over every
+    version of `model` and the last `seconds`: the parts `window_counts` reads, by part name."""
+    span = window(seconds)
     return {
-        name: contract.query(name, {"model": model}, "version", window(seconds)) for name in WINDOW_QUERIES
+        part: promql
+        for name in names
+        for part, promql in contract.window_queries(name, {"model": model}, span).items()
+    }
+
+
+def window_counts(answers: Mapping[str, Sequence[Sample]]) -> dict[str, list[Sample]]:
+    """Each window count in `answers` (the parts of `queries`, by part name), by count name:
+    samples labelled by version and the count's own labels, summed across series (replicas).
+
+    Per series: the last value in the window less the value at its start (0 for a series born in
+    the window: counters start at 0), or, if the counter was reset within the window, PromQL's
+    extrapolated `increase()`. Exact, so counts of requests are whole numbers.
+    """
+    counts: dict[str, list[Sample]] = {}
+    for name, count in contract.WINDOW_COUNTS.items():
+        if f"{name}/end" not in answers:
+            continue
+        parts = {part: _by_series(answers.get(f"{name}/{part}", ())) for part in contract.WINDOW_PARTS}
+        grouped: dict[tuple[str, ...], float] = {}
+        group = ("version", *count.labels)
+        for series, end in parts["end"].items():
+            start = parts["start"].get(series, 0.0)
+            reset = parts["resets"].get(series, 0.0) > 0 or end < start
+            value = parts["increase"].get(series, 0.0) if reset else end - start
+            labels = dict(series)
+            if all(label in labels for label in group) and math.isfinite(value):
+                key = tuple(labels[label] for label in group)
+                grouped[key] = grouped.get(key, 0.0) + value
+        counts[name] = [(dict(zip(group, key, strict=True)), value) for key, value in grouped.items()]
+    return counts
+
+
+def _by_series(samples: Sequence[Sample]) -> dict[frozenset[tuple[str, str]], float]:
+    """Values by series (their labels, without the metric name some functions drop)."""
+    return {
+        frozenset((k, v) for k, v in labels.items() if k != "__name__"): value for labels, value in samples
     }
 
 

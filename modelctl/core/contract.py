@@ -164,21 +164,56 @@ QUERIES: dict[str, str] = {
     "model_names": f"label_values({REQUESTS.name}{{selector}}, model)",
     # A gauge (live quality, or a metric named by a model owner) aggregated per group.
     "gauge": "{aggregation} by ({by}) ({metric}{selector})",
-    # Counts over a canary analysis window (the canary analysis job's snapshot).
-    "requests_in_window": f"sum by ({{by}}) (increase({REQUESTS.name}{{selector}}[{{window}}]))",
-    "server_errors_in_window": f"sum by ({{by}}) (increase({REQUESTS.name}{{server_errors}}[{{window}}]))",
-    "latency_buckets_in_window": f"sum by ({{by}}, le) (increase({DURATION.name}_bucket{{selector}}[{{window}}]))",
-    "predicted_class_in_window": (
-        f"sum by ({{by}}, {PREDICTED_CLASS.labels[0]}) (increase({PREDICTED_CLASS.name}{{selector}}[{{window}}]))"
-    ),
-    "score_buckets_in_window": f"sum by ({{by}}, le) (increase({SCORE.name}_bucket{{selector}}[{{window}}]))",
-    # The business value sent with the labels, and how many labels carried one (A/B analysis).
-    "feedback_value_in_window": f"sum by ({{by}}) (increase({FEEDBACK_VALUE.name}_sum{{selector}}[{{window}}]))",
-    "feedback_values_in_window": f"sum by ({{by}}) (increase({FEEDBACK_VALUE.name}_count{{selector}}[{{window}}]))",
-    "feedback_in_window": (
-        f"sum by ({{by}}, {', '.join(FEEDBACK.labels)}) (increase({FEEDBACK.name}{{selector}}[{{window}}]))"
-    ),
 }
+
+
+@dataclass(frozen=True)
+class WindowCount:
+    """A counter's increase over a window, per series, summed by version and `labels`.
+
+    `series` is the sample name (a histogram's `_bucket`, `_sum` or `_count`); `server_errors`
+    keeps only SERVER_ERRORS. The count is exact, not PromQL's `increase()`, which extrapolates
+    the sampled span to the window's edges (689 requests for 600 sent in a short window): it is
+    computed from the instant queries of WINDOW_PARTS by `modelctl.core.collect.window_counts`.
+    """
+
+    series: str
+    labels: tuple[str, ...] = ()
+    server_errors: bool = False
+
+
+# Counts over an analysis window (canary snapshots, A/B looks, shadow reports), by name.
+WINDOW_COUNTS: dict[str, WindowCount] = {
+    "requests_in_window": WindowCount(REQUESTS.name),
+    "server_errors_in_window": WindowCount(REQUESTS.name, server_errors=True),
+    "latency_buckets_in_window": WindowCount(f"{DURATION.name}_bucket", ("le",)),
+    "predicted_class_in_window": WindowCount(PREDICTED_CLASS.name, PREDICTED_CLASS.labels),
+    "score_buckets_in_window": WindowCount(f"{SCORE.name}_bucket", ("le",)),
+    # The business value sent with the labels, and how many labels carried one (A/B analysis).
+    "feedback_value_in_window": WindowCount(f"{FEEDBACK_VALUE.name}_sum"),
+    "feedback_values_in_window": WindowCount(f"{FEEDBACK_VALUE.name}_count"),
+    "feedback_in_window": WindowCount(FEEDBACK.name, FEEDBACK.labels),
+}
+# The instant queries (at the window's end) each window count is computed from, per series: the
+# last value in the window, the value at its start, the counter resets within it, and PromQL's
+# own estimate (used only for a series that was reset).
+WINDOW_PARTS: dict[str, str] = {
+    "end": "last_over_time({series}{selector}[{window}])",
+    "start": "{series}{selector} offset {window}",
+    "resets": "resets({series}{selector}[{window}])",
+    "increase": "increase({series}{selector}[{window}])",
+}
+
+
+def window_queries(name: str, matchers: Mapping[str, str], window: str) -> dict[str, str]:
+    """The PromQL of each part of the window count `name` (a key of WINDOW_COUNTS) over the
+    series matching `matchers`, keyed `<name>/<part>`; `window` is a Prometheus duration."""
+    count = WINDOW_COUNTS[name]
+    matching = selector(matchers, SERVER_ERRORS) if count.server_errors else selector(matchers)
+    return {
+        f"{name}/{part}": template.format(series=count.series, selector=matching, window=window)
+        for part, template in WINDOW_PARTS.items()
+    }
 
 
 def selector(matchers: Mapping[str, str], *raw: str) -> str:

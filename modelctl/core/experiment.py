@@ -52,7 +52,6 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import Field, field_validator, model_validator
 
-from modelctl.core import contract
 from modelctl.core.errors import UserError
 from modelctl.core.judge import Arm, Feedback, Source, definition, normal_mixture_radius
 from modelctl.core.judge import Snapshot as Counts
@@ -720,23 +719,19 @@ def ab_arms(release: Release) -> tuple[str, str] | None:
     return control, treatment
 
 
-def value_queries(model: str, window: str) -> dict[str, str]:
-    """The PromQL of the business value's sum and count per version over `window`."""
-    return {
-        name: contract.query(name, {"model": model}, "version", window)
-        for name in ("feedback_value_in_window", "feedback_values_in_window")
-    }
+# The window counts of the business value sent with labels: its sum, and how many labels carried one.
+VALUE_QUERIES = ("feedback_value_in_window", "feedback_values_in_window")
 
 
 def look(
     at: datetime, counts: Counts, answers: Mapping[str, Sequence[tuple[Mapping[str, str], float]]]
 ) -> Look:
-    """One look from the judge's counts and the answers to `value_queries` (per version)."""
+    """One look from the judge's counts and the window counts of VALUE_QUERIES (per version)."""
 
     def per_version(name: str) -> dict[str, float]:
         return {labels["version"]: value for labels, value in answers.get(name, ()) if "version" in labels}
 
-    total, count = per_version("feedback_value_in_window"), per_version("feedback_values_in_window")
+    total, count = (per_version(name) for name in VALUE_QUERIES)
 
     def arm(counted: Arm) -> ArmCounts:
         version = counted.version

@@ -141,9 +141,9 @@ class ShadowReport:
 
 
 def queries(model: str, seconds: float) -> dict[str, str]:
-    """The PromQL of each of `QUERIES` over every version of `model` for the last `seconds`."""
-    window = collect.window(seconds)
-    return {name: contract.query(name, {"model": model}, "version", window) for name in QUERIES}
+    """The PromQL of each of `QUERIES` over every version of `model` for the last `seconds`
+    (their parts: the answers go through `collect.window_counts`)."""
+    return collect.queries(model, seconds, QUERIES)
 
 
 def side(answers: Mapping[str, Sequence[collect.Sample]], versions: Sequence[str]) -> Side:
