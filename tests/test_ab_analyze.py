@@ -75,7 +75,10 @@ def test_a_better_treatment_takes_all_traffic_in_one_commit(
     assert (result["outcome"], result["decision"]["winner"]) == ("winner", "v1.1.0")  # type: ignore[index]
     release = yamlio.load(ab_repo / f"Pulumi.{STACK}.yaml")["config"]["modelctl:releases"][MODEL]
     assert release["traffic"] == {"v1.0.0": 0, "v1.1.0": 100}
-    assert release["experiment"] == EXPERIMENT  # the settings stay, for the record
+    # The experiment ends with its split (its settings are in the snapshot), so the next
+    # canary is a canary that 'canary analyze' judges.
+    assert "experiment" not in release
+    assert json.loads((ab_repo / str(result["snapshot"])).read_text())["experiment"]["metric"] == "accuracy"
     files = run_git(ab_repo, "show", "--name-only", "--format=", "HEAD").split()
     assert sorted(files) == sorted([f"Pulumi.{STACK}.yaml", str(result["snapshot"])])
     code, out, _ = cli(ab_repo, "ab", "analyze", "--stack", STACK, "--prometheus", prometheus)
@@ -123,3 +126,17 @@ def test_stacks_without_an_experiment_need_no_prometheus(repo: Path, cli: Cli) -
     """Every stack by default, and none runs an experiment or names a Prometheus: nothing to do."""
     code, out, err = cli(repo, "ab", "analyze")
     assert (code, out.strip()) == (0, "no A/B experiment to analyze"), err
+
+
+def test_a_canary_is_refused_while_experiment_settings_would_make_it_an_experiment(
+    repo: Path, cli: Cli
+) -> None:
+    set_experiment(repo, EXPERIMENT)
+    run_git(repo, "commit", "-q", "-am", "staging: experiment settings ahead of an experiment")
+    head = run_git(repo, "rev-parse", "HEAD")
+    code, _, err = cli(repo, "canary", MODEL, "v1.1.0", "--stack", STACK)
+    assert code == 1
+    assert err.count("\n") == 1
+    assert f"releases.{MODEL}.experiment" in err
+    assert "'canary analyze' never judges" in err
+    assert run_git(repo, "rev-parse", "HEAD") == head

@@ -38,7 +38,7 @@ from modelctl.core.state import CONFIG_NAMESPACE, stack_file
 # The release fields a release command may change; replicas, resources and analysis settings
 # are edited by hand and survive every command. Overrides change only when a rollback holds
 # the version they name.
-RELEASE_FIELDS = ("traffic", "shadow", "sticky", "overrides", "rollback_to", "held")
+RELEASE_FIELDS = ("traffic", "shadow", "sticky", "experiment", "overrides", "rollback_to", "held")
 CLEAR_HOLD = "release-hold clear"
 
 
@@ -176,10 +176,17 @@ def canary(target: Target, release: Release, version: str, weight: int | None = 
     Raises
     ------
     UserError
-        The version is unknown or revoked, the weight is out of range, or the release has no
-        single stable version for the canary (or the canary already leads it).
+        The version is unknown or revoked, the weight is out of range, the release has
+        experiment settings, or it has no single stable version for the canary (or the canary
+        already leads it).
     """
     require_releasable(target, release, version)
+    if release.experiment is not None:
+        raise target.refuse(
+            "its experiment settings make a two-version split an A/B experiment, which 'canary analyze' never judges",
+            f"remove them, or compare the versions with 'modelctl ab {target.model.name} --split ...'",
+            key="experiment",
+        )
     if weight is not None and not 1 <= weight <= 99:
         raise target.refuse(
             f"canary weight {weight} is outside 1-99",
@@ -252,6 +259,7 @@ def promote(target: Target, release: Release) -> Proposal:
         traffic=traffic,
         shadow=_unless_shadowing(release, new_stable),
         sticky=None,
+        experiment=None,
         rollback_to=stable,
     )
     summary = f"{target.model.name} {new_stable} to 100% on {target.stack} ({stable} kept at 0% for rollback)"
@@ -308,6 +316,7 @@ def conclude(target: Target, release: Release, keep: str) -> Proposal:
         traffic=_ordered(release, {**dict.fromkeys(release.traffic, 0), keep: 100}),
         shadow=_unless_shadowing(release, keep),
         sticky=None,
+        experiment=None,  # kept in the concluding snapshot; left here, the next canary would be an experiment
         rollback_to=other,
     )
     summary = f"{target.model.name} {keep} to 100% on {target.stack} ({other} kept at 0% for rollback)"
@@ -372,6 +381,7 @@ def bluegreen_switch(target: Target, release: Release, version: str | None = Non
         traffic=_ordered(release, {green: 100, blue: 0}),
         shadow=_unless_shadowing(release, green),
         sticky=None,
+        experiment=None,
         rollback_to=blue,
     )
     summary = (
@@ -461,6 +471,7 @@ def rollback(
         traffic={stable: 100},
         shadow=None,
         sticky=None,
+        experiment=None if len(release.serving()) > 1 else release.experiment,
         overrides={h: v for h, v in release.overrides.items() if v not in held},
         rollback_to=None,
         held=held,
