@@ -131,3 +131,18 @@ def test_the_log_reader_keeps_only_records_of_the_model() -> None:
         b"",
     ]
     assert parse_log(lines, "churn") == [Logged("r1", 0, "v1", "yes", 0.9)]
+
+
+@pytest.mark.parametrize(
+    ("primary", "shadow", "note"),
+    [
+        (0, 0, "no predictions in the window on either side yet"),
+        (20, 0, "the shadow predicted nothing in the window; is it mirrored (25%) and up?"),
+    ],
+    ids=["before the first scrape", "shadow silent"],
+)
+def test_an_empty_side_is_explained(primary: int, shadow: int, note: str) -> None:
+    rng = np.random.default_rng(11)
+    report = report_of(rng.random(primary), rng.random(shadow))
+    [window_note] = [n for n in report.notes if "in the window" in n]
+    assert window_note.startswith(note)

@@ -244,7 +244,11 @@ def compare(
         for name, p, s in zip(class_names, p_counts, s_counts, strict=True)
     ]
     notes = []
-    if rows["shadow"] == 0:
+    if rows["primary"] == 0:
+        notes.append(
+            "no predictions in the window on either side yet; send traffic, or wait for Prometheus' next scrape"
+        )
+    elif rows["shadow"] == 0:
         notes.append(f"the shadow predicted nothing in the window; is it mirrored ({percent:g}%) and up?")
     if all(rows.values()):
         name, statistic, p_value = category_test(np.r_[p_counts, 0.0], np.r_[s_counts, 0.0])
