@@ -149,7 +149,7 @@ def _needs(decision: Decision) -> list[str]:
         return []
     more, seconds = decision.needs["canary_requests"], decision.needs["seconds"]
     if more is None:
-        return ["  needs: not expected to pass at the current estimates"]
+        return ["  needs: better estimates; more requests alone would not pass them (early ones often move)"]
     eta = f" (about {duration_text(seconds)} at the current rate)" if seconds is not None else ""
     return [f"  needs: about {more:,.0f} more canary requests{eta}"]
 

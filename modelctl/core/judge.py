@@ -536,7 +536,7 @@ def _with_time(snap: Snapshot, more: float | None) -> dict[str, float | None]:
 def _needs_text(needs: dict[str, float | None]) -> str:
     more, seconds = needs["canary_requests"], needs["seconds"]
     if more is None:
-        return "; not expected to pass at the current estimates (more data will not help unless they change)"
+        return "; more requests alone would not pass it at the current estimates (early estimates often move: look again)"
     when = f", about {duration_text(seconds)} at the current rate" if seconds is not None else ""
     return f"; needs about {more:,.0f} more canary requests{when}"
 
