@@ -281,8 +281,8 @@ class _Reconcile:
         self.prometheus(objects, targets)
         self.wait_scraped({target.address for target in targets})
         self.alertmanager(alertmanager)
-        for proc in replaced:
-            self.say(f"stopping {proc.name} (pid {proc.pid}): no longer rendered")
+        for proc, why in replaced:
+            self.say(f"stopping {proc.name} (pid {proc.pid}): {why}")
             processes.stop(proc)
         state.models = _models(objects, plans, state)
         state.save(self.run)
@@ -319,17 +319,21 @@ class _Reconcile:
         processes.wait_until_healthy(proc, SERVICE_SECONDS)
         return True
 
-    def start_servers(self, plans: list[ServerPlan]) -> list[Proc]:
-        """Start every server not already running as planned; the old processes to stop after the reload."""
+    def start_servers(self, plans: list[ServerPlan]) -> list[tuple[Proc, str]]:
+        """Start every server not already running as planned; the old processes to stop after the
+        reload, each with why."""
         state, options = self.state, self.options
-        replaced = []
+        replaced: list[tuple[Proc, str]] = []
         for plan in plans:
             fingerprint = _fingerprint(plan.fingerprint, options.server_args)
             current = state.procs.get(plan.name)
             if current and current.fingerprint == fingerprint and processes.running(current):
                 continue
             if current:
-                replaced.append(current)
+                running = processes.running(current)
+                replaced.append(
+                    (current, "its settings changed" if running else "it had exited; started again")
+                )
             self.say(f"fetching {plan.name}'s artifacts from {options.remote}")
             for argv in plan.init:
                 Path(argv[argv.index("-o") + 1]).parent.mkdir(parents=True, exist_ok=True)
@@ -351,8 +355,12 @@ class _Reconcile:
             state.save(self.run)
             processes.wait_until_healthy(proc, plan.ready_seconds)
         wanted = {p.name for p in plans}
-        replaced += [p for name, p in state.procs.items() if p.kind == "server" and name not in wanted]
-        for proc in replaced:
+        replaced += [
+            (p, "no longer rendered")
+            for name, p in state.procs.items()
+            if p.kind == "server" and name not in wanted
+        ]
+        for proc, _ in replaced:
             if state.procs.get(proc.name) is proc:
                 del state.procs[proc.name]
         return replaced
