@@ -136,6 +136,16 @@ def test_json_and_repo_go_before_or_after_the_command(
         (["models", "lsit"], "did you mean 'list'?"),
         (["plan", "--bsae", "HEAD"], "did you mean --base?"),
         (["staus"], "did you mean 'status'?"),
+        # A mistyped required flag: argparse would report the flag missing, not the typo.
+        (
+            ["canary", "m", "v1.0.0", "--stak", "s"],
+            "modelctl canary: unrecognized arguments: --stak; did you mean --stack?",
+        ),
+        (["promote", "m", "--stak", "s"], "did you mean --stack?"),
+        (
+            ["canary", "analyze", "--stak", "s"],
+            "modelctl canary analyze: unrecognized arguments: --stak; did you",
+        ),
     ],
 )
 def test_a_mistyped_command_or_flag_suggests_the_right_one(

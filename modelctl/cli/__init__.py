@@ -119,6 +119,28 @@ def _with_suggestion(parser: argparse.ArgumentParser, message: str) -> str:
     return message
 
 
+def _mistyped_flag(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """The usage error for an unknown `--flag` in `argv`, with the flag meant, or None if all are
+    known. argparse reports a missing required flag before unknown ones, so `--stak dev` read as
+    "--stack is required"."""
+    command = parser
+    for word in argv:
+        if isinstance(command, Dispatch):
+            command = command.commands.get(word, command.release)
+            continue
+        sub = next((a for a in command._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is not None and word in sub.choices:
+            command = sub.choices[word]
+    if isinstance(command, Dispatch):
+        command = command.release
+    flags = {o for a in command._actions for o in a.option_strings}
+    unknown = [w for w in argv if w.startswith("--") and w.split("=")[0] not in flags]
+    if not unknown:
+        return None
+    message = _with_suggestion(command, f"unrecognized arguments: {' '.join(unknown)}")
+    return f"{command.prog}: {message} (see '{command.prog} --help')"
+
+
 def add_command(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, handler: Handler, help: str
 ) -> argparse.ArgumentParser:
@@ -247,7 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if extra:
             getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     except UsageError as exc:
-        return _report_errors([str(exc)], wants_json)
+        missing = "the following arguments are required" in str(exc)
+        return _report_errors([(missing and _mistyped_flag(parser, argv)) or str(exc)], wants_json)
     except ShowVersion:
         print(to_json({"version": _version().split()[1]}) if wants_json else _version())
         return EXIT_OK
