@@ -144,7 +144,7 @@ def test_json_and_repo_go_before_or_after_the_command(
         (["promote", "m", "--stak", "s"], "did you mean --stack?"),
         (
             ["canary", "analyze", "--stak", "s"],
-            "modelctl canary analyze: unrecognized arguments: --stak; did you",
+            "did you mean --stack?",
         ),
     ],
 )
