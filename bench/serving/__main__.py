@@ -443,18 +443,30 @@ more than the tree (the reason every server here runs with one OpenMP thread).
 
 
 def floor_section(runs: list[Run], engine: EngineCost) -> str:
-    ceiling = max((r for r in runs if r.server == CEILING), key=lambda r: r.concurrency)
-    largest = max(engine.per_row)
-    floor = ceiling.cpu_us + engine.per_row[largest]
-    costs = ", ".join(f"{engine.per_row[size]:.1f} µs in a batch of {size}" for size in ENGINE_BATCHES)
+    """What one request costs before any of the server's own work: the ceiling app's CPU per
+    request plus one row of a batch as large as the clients can make (one-row requests)."""
+    lines = [
+        "| clients | ceiling µs/req | engine µs/row (batch) | floor µs/req | target | left for the server's own work |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for ceiling in sorted((r for r in runs if r.server == CEILING), key=lambda r: r.concurrency):
+        batch = max(size for size in ENGINE_BATCHES if size <= ceiling.concurrency)
+        floor = ceiling.cpu_us + engine.per_row[batch]
+        lines.append(
+            f"| {ceiling.concurrency} | {ceiling.cpu_us:.0f} | {engine.per_row[batch]:.1f} ({batch}) | "
+            f"{floor:.0f} | {CPU_TARGET_US:g} | {CPU_TARGET_US - floor:.0f} |"
+        )
+    costs = ", ".join(f"{engine.per_row[size]:.1f} µs a row in a batch of {size}" for size in ENGINE_BATCHES)
+    table = "\n".join(lines)
     return f"""## The floor on this machine
 
-The engine alone ({engine.name}, measured in the benchmark process with warm caches) costs
-{costs}, per row. A request that did nothing but what the ceiling app does (HTTP, JSON in, an
-answer out: {ceiling.cpu_us:.0f} µs at {ceiling.concurrency} clients) and one row of the largest
-batch would cost {floor:.0f} µs, against the {CPU_TARGET_US:g} µs target: it leaves
-{CPU_TARGET_US - floor:.0f} µs for checking the row, batching, the answer, metrics, the drift window
-and the feedback memory.
+The engine alone ({engine.name}, in the benchmark process, warm caches) costs {costs}.
+A request that did only what the ceiling app does (HTTP, JSON in, an answer out) plus its row
+of the largest batch its clients can make would cost the floor below; what is left of the CPU
+target must pay for checking the row, batching, the answer, metrics, the drift window and the
+feedback memory.
+
+{table}
 """
 
 
