@@ -27,29 +27,44 @@ class Settings:
     prediction_log_sample: float = 1.0
 
 
+def _number(text: str, kind: type[float] = float) -> float:
+    try:
+        return kind(text)
+    except ValueError:
+        whole = " whole" if kind is int else ""
+        raise argparse.ArgumentTypeError(f"{text!r} is not a{whole} number") from None
+
+
 def positive(text: str) -> int:
-    value = int(text)
+    value = int(_number(text, int))
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
     return value
 
 
+def port(text: str) -> int:
+    value = int(_number(text, int))
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (0-65535; 0: any free one)")
+    return value
+
+
 def not_negative(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not value >= 0:  # also refuses NaN
         raise argparse.ArgumentTypeError(f"{text} is not a number of at least 0")
     return value
 
 
 def above_zero(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text} is not a number above 0")
     return value
 
 
 def fraction(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"{text} is not a fraction from 0 to 1")
     return value
@@ -59,8 +74,8 @@ def add_server_options(parser: argparse.ArgumentParser, host: str) -> None:
     """Listening address, batching, limits, feedback memory, drift, parity, prediction log, shutdown,
     access log."""
     d = Settings()
-    parser.add_argument("--host", default=host, help=f"address to listen on (default: {host})")
-    parser.add_argument("--port", type=int, default=HTTP_PORT, help="port for the API, health and metrics")
+    parser.add_argument("--host", default=host, help="address to listen on")
+    parser.add_argument("--port", type=port, default=HTTP_PORT, help="port for the API, health and metrics")
     parser.add_argument(
         "--max-batch-rows", type=positive, default=d.max_batch_rows, help="rows per model call"
     )
@@ -99,12 +114,19 @@ def add_server_options(parser: argparse.ArgumentParser, host: str) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--prediction-log-sample", type=fraction, default=d.prediction_log_sample,
-        help="share of requests in the prediction log, chosen by a hash of the request id (default: all)",
+        help="share of requests in the prediction log, chosen by a hash of the request id (1: all)",
     )  # fmt: skip
     parser.add_argument(
         "--grace-s", type=positive, default=25, help="longest drain of in-flight requests on SIGTERM"
     )
     parser.add_argument("--access-log", action="store_true", help="log every request (off: it costs CPU)")
+    for action in parser._actions:
+        if (
+            action.default not in (None, False, argparse.SUPPRESS)
+            and action.help
+            and "%(default)" not in action.help
+        ):
+            action.help += " (default: %(default)s)"
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import httpx
@@ -20,7 +23,6 @@ from tests.test_serving_helpers import (
     ROOT,
     Version,
     as_json_row,
-    free_port,
     reference_rows,
     served,
     wait_ready,
@@ -66,39 +68,58 @@ def registered(root: Path, version: Version, status: str = "active") -> Path:
 def test_serve_fetches_verifies_and_serves_a_registered_version(served: Version, tmp_path: Path) -> None:
     root = tmp_path / "repo"
     remote = registered(root, served)
-    port = free_port()
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "modelctl",
-            "-C",
-            str(root),
-            "serve",
-            MODEL,
-            "v1.2.0",
-            "--port",
-            str(port),
-            "--remote",
-            str(remote),
-        ],
+        [sys.executable, "-m", "modelctl", "-C", str(root), "serve", MODEL, "v1.2.0", "--port", "0",
+         "--remote", str(remote)],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    )  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+    stderr = process.stderr
+    assert stderr is not None
+
+    def read() -> None:
+        for line in stderr:
+            lines.put(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    log: list[str] = []
     try:
+        while not (address := re.search(r"serving on (http://127\.0\.0\.1:(\d+))", "".join(log))):
+            log.append(lines.get(timeout=120))
+        url = address[1]
+        assert int(address[2]) > 0  # --port 0: the port bound, not 0
         wait_ready(process, url)
         assert httpx.get(f"{url}/version").json()["sha256"] == served.spec.sha256
         row = as_json_row(reference_rows(1, seed=9)[0])
         assert httpx.post(f"{url}/predict", json={"features": row}).status_code == 200
     finally:
         process.terminate()
-        out, log = process.communicate(timeout=30)
-    assert process.returncode == 0, log
-    assert "fetched and verified fraud-detection v1.2.0" in log
+        out, _ = process.communicate(timeout=30)
+    reader.join(timeout=30)
+    assert process.returncode == 0, "".join(log)
+    assert "fetched and verified fraud-detection v1.2.0" in "".join(log)
     assert "stopped serving" in out
+
+
+@pytest.mark.parametrize(
+    ("given", "problem"),
+    [
+        ("70000", "70000 is not a TCP port"),
+        ("-1", "-1 is not a TCP port"),
+        ("x", "'x' is not a whole number"),
+    ],
+)
+def test_a_port_that_is_not_one_is_one_usage_line(
+    given: str, problem: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", MODEL, "v1.2.0", f"--port={given}"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"argument --port: {problem}" in err
 
 
 REFUSALS = [

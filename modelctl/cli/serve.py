@@ -41,6 +41,7 @@ def run_serve(args: argparse.Namespace) -> Result:
     if record.status == "revoked":
         raise revoked_version(model_file(args.model), args.model, args.version, "serve another")
     listening = bind(args.host, args.port)  # a taken port is one error line, before anything else
+    port = listening.getsockname()[1]  # the one bound, for --port 0
     with listening, tempfile.TemporaryDirectory(prefix="modelctl-serve-") as folder:
         registry.fetch_version(
             root,
@@ -51,14 +52,12 @@ def run_serve(args: argparse.Namespace) -> Result:
             remote=args.remote,
         )
         spec = ServingSpec.from_record(model, args.version, folder)
-        progress(
-            f"fetched and verified {args.model} {args.version}; serving on http://{args.host}:{args.port}"
-        )
+        progress(f"fetched and verified {args.model} {args.version}; serving on http://{args.host}:{port}")
         code = serve(
             spec,
             settings_from(args),
             args.host,
-            args.port,
+            port,
             args.grace_s,
             listening=listening,
             access_log=args.access_log,
