@@ -68,12 +68,14 @@ def test_drift_found_exits_two_and_writes_json_and_html(
     scores = rng.beta(2, 5, 3000)
     current = write_csv(tmp_path / "current.csv", np.column_stack([data, scores]), [*FEATURES, "score"])
     report = tmp_path / "report.html"
-    code, out, _ = run(
+    code, out, err = run(
         drift_repo, capsys, "drift", MODEL, "v1.0.0", "--current", str(current),
         "--score-column", "score", "--report", str(report), "--json",
     )  # fmt: skip
     result = json.loads(out)
     assert code == 2
+    assert f"wrote {report}" in err
+    assert report.stat().st_mode & 0o777 == 0o644  # readable like the other reports
     assert result["drift_detected"] is True
     assert result["drifted"] == ["hour"]
     assert result["prediction"]["drifted"] is False

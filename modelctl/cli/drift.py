@@ -17,10 +17,20 @@ from typing import TYPE_CHECKING, Any, get_args
 import numpy as np
 import numpy.typing as npt
 
-from modelctl.cli import EXIT_FINDING, EXIT_OK, MODEL_HELP, VERSION_HELP, Result, add_command, repo_root
+from modelctl.cli import (
+    EXIT_FINDING,
+    EXIT_OK,
+    MODEL_HELP,
+    VERSION_HELP,
+    Result,
+    add_command,
+    progress,
+    repo_root,
+)
 from modelctl.core.errors import UserError, unknown_version
 from modelctl.core.schema import Correction
 from modelctl.core.state import load_model, model_file
+from modelctl.core.yamlio import write_atomic
 from modelctl.repo import registry
 
 if TYPE_CHECKING:
@@ -100,7 +110,8 @@ def run(args: argparse.Namespace) -> Result:
             scores=scores,
             title=f"Drift: {args.model} {args.version} vs {args.current}",
         )
-        _write_atomically(Path(args.report), page)
+        write_atomic(Path(args.report), page)
+        progress(f"wrote {args.report}")
     data = {"model": args.model, "version": args.version, "current": args.current, **report.to_dict()}
     if args.report:
         data["report"] = args.report
@@ -118,14 +129,6 @@ def _require_folder(report: Path) -> None:
             f"folder {str(folder)!r} does not exist",
             "create it first or pass another --report path",
         )
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, delete=False, suffix=".tmp"
-    ) as tmp:
-        tmp.write(text)
-    Path(tmp.name).replace(path)
 
 
 def load_profile(root: Path, model: str, version: str) -> Profile:
