@@ -23,6 +23,7 @@ from modelctl.core.judge import (
     histogram_quantile,
     judge,
     origin_log_evalue,
+    parse_snapshot,
     snapshot_schema,
 )
 
@@ -352,7 +353,12 @@ def test_no_traffic_is_a_hold_with_a_warning_even_past_max_duration_when_promoti
     decision = judge(snap)
     assert decision.action == "hold"
     assert any(w.startswith("no traffic: canary v1.1.0 received no requests") for w in decision.warnings)
-    assert decision.needs == {"canary_requests": None, "seconds": None}
+    # At least the minimum, at a rate nobody knows yet.
+    assert decision.needs == {
+        "canary_requests": parse_snapshot(snap, "t").analysis.min_requests,
+        "seconds": None,
+    }
+    assert "needs about" in decision.reasons[0]
 
 
 @pytest.mark.parametrize("on_inconclusive", ["rollback", "promote"])

@@ -41,7 +41,8 @@ EXIT_CODES = f"""exit codes (every command):
   {EXIT_ERROR}  error: refused or failed, nothing was changed
   {EXIT_FINDING}  a finding to act on: plan has changes, drift found, doctor found missing
      objects, the judge decided rollback
-  {EXIT_HOLD}  the judge decided hold: not enough evidence yet, look again later
+  {EXIT_HOLD}  not decided yet: the judge held a canary, or an A/B experiment continues;
+     look again later
 
 --json and -C/--repo may be given before or after the command."""
 

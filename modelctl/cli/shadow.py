@@ -85,7 +85,8 @@ def _window(text: str) -> float:
     try:
         return duration_seconds(text)
     except ValueError as exc:
-        raise UserError("--window", str(exc), "write a Prometheus duration such as 30m or 2h") from None
+        problem, _, fix = str(exc).rpartition("; ")  # the duration's own message ends with its fix
+        raise UserError("--window", problem, fix) from None
 
 
 def _logs(paths: list[str] | None) -> list[Path] | None:

@@ -439,8 +439,8 @@ def _decide(
 ) -> tuple[Action, list[str], dict[str, float | None] | None]:
     minimum = snap.analysis.min_requests
     short = [
-        # Prometheus extrapolates counts to the window's edges: shown as whole requests, rounded
-        # down so that a short arm never reads as having the minimum.
+        # Counts of a reset counter are PromQL's extrapolated estimates: shown as whole requests,
+        # rounded down so that a short arm never reads as having the minimum.
         f"{name} has {math.floor(arm.requests):,} of the {minimum:,} requests needed to judge"
         for name, arm in (("canary", snap.canary), ("baseline", snap.baseline))
         if arm.requests < minimum
@@ -501,8 +501,11 @@ def _needs_for_minimum(snap: Snapshot) -> dict[str, float | None]:
     minimum = snap.analysis.min_requests
     factors = [minimum / arm.requests for arm in (snap.canary, snap.baseline) if arm.requests > 0]
     if snap.canary.requests == 0 or snap.baseline.requests == 0:
+        # An arm without requests gives no growth factor: the canary needs at least the minimum.
         more = (
-            None if snap.canary.requests == 0 else max(factors) * snap.canary.requests - snap.canary.requests
+            minimum
+            if snap.canary.requests == 0
+            else max(factors) * snap.canary.requests - snap.canary.requests
         )
     else:
         more = max(max(factors) - 1, 0.0) * snap.canary.requests

@@ -219,7 +219,7 @@ def _canary_stable(target: Target, release: Release, version: str) -> str:
             )
         raise target.refuse(
             f"{', '.join(others)} of {target.model.name} all serve on {target.stack}, but a canary needs one stable version",
-            "finish the experiment first with 'modelctl promote', 'modelctl ab' or 'modelctl rollback'",
+            "finish the canary or experiment first with 'modelctl promote' or 'modelctl rollback'",
         )
     stable = others[0]
     if release.traffic.get(version, 0) > release.traffic[stable]:
