@@ -126,6 +126,8 @@ def test_no_decision_before_min_duration() -> None:
     decision = experiment.analyze(snapshot((10_000, 9_000), (10_000, 9_400), hours=24, min_duration="7d"))
     assert decision.outcome == "continue"
     assert "min_duration 7d" in decision.reasons[0]
+    # Decided on the labels: what it needs is the rest of its min_duration, 6 days.
+    assert decision.needs == {"labels": 0.0, "seconds": 6 * 86400}
 
 
 def test_a_winner_worse_on_a_guardrail_is_no_winner() -> None:

@@ -169,6 +169,8 @@ def _needs(decision: ExperimentDecision) -> list[str]:
     more, seconds = decision.needs["labels"], decision.needs["seconds"]
     if more is None:
         return ["  needs: unknown until both arms have labels"]
+    if more == 0 and seconds is not None:
+        return [f"  needs: no more labels; about {_days(seconds)} more of its min_duration"]
     eta = f" (about {_days(seconds)} at the current label rate)" if seconds is not None else ""
     return [f"  needs: about {more:,.0f} more labelled requests{eta}"]
 

@@ -499,12 +499,14 @@ def analyze(snapshot: dict[str, Any] | ExperimentSnapshot, source: str = "snapsh
     primary = metrics[settings.metric]
     outcome, winner, reasons, warnings, guardrails = _decide(snap, primary, metrics)
     elapsed = (snap.taken_at - snap.started).total_seconds()
-    if outcome != "continue" and elapsed < duration_seconds(settings.min_duration):
+    waiting = duration_seconds(settings.min_duration) - elapsed
+    needs: dict[str, float | None] | None = None
+    if outcome != "continue" and waiting > 0:
         reasons = [
             f"{_outcome_text(outcome, winner, primary)}, but the experiment has run "
             f"{format_duration(elapsed)} of its min_duration {settings.min_duration}; continue"
         ]
-        outcome, winner = "continue", None
+        outcome, winner, needs = "continue", None, {"labels": 0.0, "seconds": waiting}
     if outcome == "continue" and settings.max_duration and elapsed > duration_seconds(settings.max_duration):
         warnings.append(
             f"the experiment has run past its max_duration {settings.max_duration} without a decision; "
@@ -531,7 +533,7 @@ def analyze(snapshot: dict[str, Any] | ExperimentSnapshot, source: str = "snapsh
         label_delay_seconds=_label_delay(snap),
         series={m: [_point(snap, look, m) for look in snap.looks] for m in metrics},
         snapshot_sha256=experiment_digest(snap),
-        needs=_needs(snap, primary) if outcome == "continue" else None,
+        needs=needs or (_needs(snap, primary) if outcome == "continue" else None),
         settings=settings.model_dump(),
     )
 
