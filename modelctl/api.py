@@ -555,7 +555,8 @@ def _analyzed(
     Raises
     ------
     UserError
-        `model` is given and is not registered, or its release has none: "<model> <problem>; <fix>".
+        `model` is given and is not registered, or its release has none: "<model> <problem>; <fix>";
+        or the stack file has uncommitted changes.
     """
     state = read_state(root)
     config = state.stack(stack).config
@@ -568,6 +569,13 @@ def _analyzed(
     ]
     if model is not None and not chosen:
         raise UserError(stack_file(stack), f"{model} {problem}", fix)
+    if chosen and gitutil.dirty_paths(root, stack_file(stack)):
+        # The release is read from the file, but its window from the commits that changed it.
+        raise UserError(
+            stack_file(stack),
+            "has uncommitted changes, and an analysis window starts at the commit that changed the release",
+            "commit the change first (release commands commit unless --no-commit), or discard it",
+        )
     return chosen
 
 

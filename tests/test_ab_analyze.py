@@ -140,3 +140,16 @@ def test_a_canary_is_refused_while_experiment_settings_would_make_it_an_experime
     assert f"releases.{MODEL}.experiment" in err
     assert "'canary analyze' never judges" in err
     assert run_git(repo, "rev-parse", "HEAD") == head
+
+
+def test_an_uncommitted_split_is_refused_in_one_line(repo: Path, cli: Cli) -> None:
+    """The window starts at the commit that changed the release: an uncommitted split has none."""
+    code, _, err = cli(repo, "ab", MODEL, "--split", "v1.0.0=50,v1.1.0=50", "--stack", STACK, "--no-commit")
+    assert code == 0, err
+    set_experiment(repo, EXPERIMENT)
+    code, out, err = cli(
+        repo, "ab", "analyze", "--stack", STACK, "--prometheus", "http://127.0.0.1:9", "--dry-run"
+    )
+    assert (code, out) == (1, "")
+    [error] = [line for line in err.splitlines() if line.startswith("error:")]
+    assert error.startswith(f"error: Pulumi.{STACK}.yaml: has uncommitted changes")
