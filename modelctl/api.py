@@ -469,7 +469,6 @@ def _analyze(
 ) -> Analysis:
     from modelctl.core import collect
     from modelctl.core.judge import judge
-    from modelctl.repo.prometheus import query_all
 
     release = read_state(root).stack(stack).config.releases[model]
     arms = collect.canary_arms(release)
@@ -477,7 +476,8 @@ def _analyze(
     changes = release_changes(history, model)
     window_start = changes[0].date if changes else taken_at
     started = [c.date for c in itertools.takewhile(lambda c: _serves(c.release(model), arms.canary), changes)]
-    queries = collect.queries(model, (taken_at - window_start).total_seconds())
+    seconds = (taken_at - window_start).total_seconds()
+    queries = collect.queries(model, seconds)
     snapshot = collect.build_snapshot(
         model=model,
         stack=stack,
@@ -486,7 +486,7 @@ def _analyze(
         taken_at=taken_at,
         window_start=window_start,
         canary_started=started[-1] if started else window_start,
-        answers=collect.window_counts(query_all(url, queries, taken_at)),
+        answers=_window_counts(url, queries, taken_at, seconds),
         source={"prometheus": url, "queries": queries},
     )
     decision = judge(snapshot)
@@ -577,6 +577,19 @@ def _analyzed(
             "commit the change first (release commands commit unless --no-commit), or discard it",
         )
     return chosen
+
+
+def _window_counts(
+    url: str, queries: dict[str, str], at: datetime, seconds: float
+) -> dict[str, list[tuple[Mapping[str, str], float]]]:
+    """The window counts of `queries` (from `collect.queries`) over the `seconds` before `at`,
+    exact: the samples of each series reset within the window are read too."""
+    from modelctl.core import collect
+    from modelctl.repo.prometheus import query_all, query_samples
+
+    answers = query_all(url, queries, at)
+    reset = {key: collect.sample_query(*key, seconds) for key in collect.resets(answers)}
+    return collect.window_counts(answers, query_samples(url, reset, at) if reset else None)
 
 
 def _prometheus_url(root: Path, stack: str, given: str | None) -> str:
@@ -785,7 +798,6 @@ def _experiment_snapshot(
     """The experiment's counts since its split began, read at `EXPERIMENT_LOOKS` instants."""
     from modelctl.core import collect, experiment
     from modelctl.core.judge import Source
-    from modelctl.repo.prometheus import query_all
 
     state = read_state(root)
     release = state.stack(stack).config.releases[model]
@@ -804,7 +816,7 @@ def _experiment_snapshot(
     for at in experiment.looks_at([started, taken_at], EXPERIMENT_LOOKS + 1)[-EXPERIMENT_LOOKS:]:
         seconds = (at - started).total_seconds()
         queries = collect.queries(model, seconds, (*collect.WINDOW_QUERIES, *experiment.VALUE_QUERIES))
-        answers = collect.window_counts(query_all(url, queries, at))
+        answers = _window_counts(url, queries, at, seconds)
         counts = collect.build_snapshot(
             model=model,
             stack=stack,
@@ -999,8 +1011,7 @@ def _shadow_report(
 ) -> ShadowResult:
     from datetime import timedelta
 
-    from modelctl.core import collect, shadow
-    from modelctl.repo.prometheus import query_all
+    from modelctl.core import shadow
 
     release = state.stack(stack).config.releases[model]
     assert release.shadow is not None  # shadow_report chose only shadowed releases
@@ -1016,8 +1027,9 @@ def _shadow_report(
         window_start = starts[-1] if starts else taken_at - timedelta(hours=1)
     else:
         window_start = taken_at - timedelta(seconds=window)
-    queries = shadow.queries(model, (taken_at - window_start).total_seconds())
-    answers = collect.window_counts(query_all(url, queries, taken_at))
+    seconds = (taken_at - window_start).total_seconds()
+    queries = shadow.queries(model, seconds)
+    answers = _window_counts(url, queries, taken_at, seconds)
     primary = [v for v in release.serving() if v != mirrored]
     files = prediction_logs if prediction_logs is not None else _local_server_logs(root, stack, model)
     logged = _read_logs(files, model, window_start) if files else None

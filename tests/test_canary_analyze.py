@@ -214,6 +214,30 @@ def test_a_healthy_canary_steps_in_one_commit_with_its_snapshot(
     assert "DIFFERS (committed rollback" in out.splitlines()[0]
 
 
+def test_counts_stay_exact_across_a_restarted_servers_reset_counters(
+    canary_repo: Path, prometheus: str, exposition: Exposition, cli: Cli
+) -> None:
+    """A container restarted in its pod keeps its series and counts from 0 again: the count adds
+    its increases sample by sample (PromQL's increase() would extrapolate them)."""
+    exposition.serve("v1.1.0", 6000, error_rate=0.005, seed=1)
+    exposition.serve("v1.0.0", 54000, error_rate=0.005, seed=2)
+    scraped(prometheus, 60000)
+    exposition.registry.unregister(exposition.requests)
+    exposition.requests = Counter(
+        contract.REQUESTS.name, contract.REQUESTS.help, contract.REQUESTS.label_names,
+        registry=exposition.registry,
+    )  # fmt: skip
+    exposition.serve("v1.1.0", 1000, error_rate=0.005, seed=3)
+    exposition.serve("v1.0.0", 9000, error_rate=0.005, seed=4)
+    wait_for(prometheus, f'sum({contract.REQUESTS.name}{{model="{MODEL}"}})', lambda value: value == 10000)
+    time.sleep(SCRAPE_SECONDS * 1.5)
+    code, [result] = analyze(cli, canary_repo, prometheus)
+    assert code == 0, result
+    snapshot = json.loads((canary_repo / str(result["snapshot"])).read_text())
+    assert (snapshot["canary"]["requests"], snapshot["canary"]["errors"]) == (7000, 35)
+    assert (snapshot["baseline"]["requests"], snapshot["baseline"]["errors"]) == (63000, 315)
+
+
 def test_a_canary_held_by_a_rollback_during_the_analysis_is_never_stepped(
     canary_repo: Path, prometheus: str, exposition: Exposition, cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:

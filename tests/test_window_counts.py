@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from modelctl.core.collect import Sample, queries, window_counts
+from modelctl.core.collect import Sample, queries, resets, window_counts
 
 REQUESTS = "requests_in_window"
 
@@ -18,8 +18,7 @@ def series(pod: str, version: str = "v1", code: str = "200") -> dict[str, str]:
 def answers(
     end: Mapping[str, float],
     start: Mapping[str, float] | None = None,
-    resets: Mapping[str, float] | None = None,
-    increase: Mapping[str, float] | None = None,
+    reset: Mapping[str, float] | None = None,
 ) -> dict[str, list[Sample]]:
     """The parts of the requests count, per pod of version v1 (the start part keeps the metric name,
     as an instant selector does)."""
@@ -30,8 +29,7 @@ def answers(
     return {
         f"{REQUESTS}/end": part(end),
         f"{REQUESTS}/start": part(start, __name__="model_requests_total"),
-        f"{REQUESTS}/resets": part(resets),
-        f"{REQUESTS}/increase": part(increase),
+        f"{REQUESTS}/resets": part(reset),
     }
 
 
@@ -52,20 +50,28 @@ def test_a_pod_gone_during_the_window_keeps_what_it_served() -> None:
 
 
 @pytest.mark.parametrize(
-    ("end", "start", "resets"),
-    [(30.0, 400.0, 1.0), (30.0, 400.0, 0.0), (900.0, 400.0, 1.0)],
-    ids=["reset inside", "reset before the first sample in the window", "reset, then past the start"],
+    ("end", "reset"),
+    [(80.0, 1.0), (80.0, 0.0)],
+    ids=["reset within the window", "reset before its first sample in the window"],
 )
-def test_a_reset_counter_falls_back_to_prometheus_estimate(end: float, start: float, resets: float) -> None:
-    counted = window_counts(
-        answers(end={"a": end}, start={"a": start}, resets={"a": resets}, increase={"a": 512.5})
-    )
-    assert counted[REQUESTS] == [({"version": "v1"}, 512.5)]
+def test_a_reset_series_counts_its_increases_sample_by_sample(end: float, reset: float) -> None:
+    raw = answers(end={"a": end, "b": 700}, start={"a": 400, "b": 100}, reset={"a": reset})
+    [(name, series)] = resets(raw)
+    assert (name, dict(series)["pod"]) == (REQUESTS, "a")
+    samples = {(name, series): [450.0, 30.0, end]} if reset else {(name, series): [30.0, end]}
+    # a: 400 -> 450 (+50), restart, 30 (+30), 80 (+50); b: 600.
+    expected = 130.0 + 600 if reset else 80.0 + 600
+    assert window_counts(raw, samples)[REQUESTS] == [({"version": "v1"}, expected)]
+
+
+def test_a_reset_series_without_its_samples_counts_its_last_value() -> None:
+    raw = answers(end={"a": 80}, start={"a": 400}, reset={"a": 2})
+    assert window_counts(raw)[REQUESTS] == [({"version": "v1"}, 80.0)]
 
 
 def test_counts_are_grouped_by_version_and_the_counts_labels() -> None:
     parts = queries("m", 90, ["feedback_in_window"])
-    assert set(parts) == {f"feedback_in_window/{p}" for p in ("end", "start", "resets", "increase")}
+    assert set(parts) == {f"feedback_in_window/{p}" for p in ("end", "start", "resets")}
     cell = {"model": "m", "version": "v2", "actual": "fraud", "predicted": "legit"}
     raw: dict[str, list[Sample]] = {name: [] for name in parts} | {
         "feedback_in_window/end": [({**cell, "pod": "a"}, 5.0), ({**cell, "pod": "b"}, 7.0)]

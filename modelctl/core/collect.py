@@ -6,9 +6,9 @@ into a `modelctl.core.judge.Snapshot`. The reading itself is `modelctl.repo.prom
 
 Every count is a counter's increase over the window since the current step's commit, summed
 across replicas, and exact (`window_counts`): each series' last value in the window less its value
-at the window's start. A series reset within the window (a restarted process) falls back to
-PromQL's `increase()`, which extrapolates, so a histogram's buckets are still made cumulative again
-here (the running maximum), never trusted to be.
+at the window's start, or, for a series reset within the window (a restarted process), the sum of
+its increases sample by sample. A histogram's buckets are still made cumulative again here (the
+running maximum), never trusted to be.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from modelctl.core.schema import Analysis, Release
 
 # One instant-vector sample: its labels and its value.
 Sample = tuple[Mapping[str, str], float]
+# A series, by its labels (without the metric name some functions drop).
+Series = frozenset[tuple[str, str]]
 # The window's counts the snapshot needs, by the contract's query name.
 WINDOW_QUERIES = (
     "requests_in_window",
@@ -79,25 +81,55 @@ def queries(model: str, seconds: float, names: Sequence[str] = WINDOW_QUERIES) -
     }
 
 
-def window_counts(answers: Mapping[str, Sequence[Sample]]) -> dict[str, list[Sample]]:
+def resets(answers: Mapping[str, Sequence[Sample]]) -> list[tuple[str, Series]]:
+    """(window count, series) of each series reset within its window, in `answers` (the parts of
+    `queries`): their counts need every sample (`sample_query`)."""
+    found = []
+    for name in contract.WINDOW_COUNTS:
+        end, start, reset = (
+            _by_series(answers.get(f"{name}/{part}", ())) for part in ("end", "start", "resets")
+        )
+        found += [
+            (name, series)
+            for series, last in end.items()
+            if reset.get(series, 0.0) > 0 or last < start.get(series, 0.0)
+        ]
+    return found
+
+
+def sample_query(name: str, series: Series, seconds: float) -> str:
+    """The PromQL of the samples of `series` (of the window count `name`) over the last `seconds`."""
+    return contract.series_samples(name, dict(series), window(seconds))
+
+
+def window_counts(
+    answers: Mapping[str, Sequence[Sample]],
+    samples: Mapping[tuple[str, Series], Sequence[float]] | None = None,
+) -> dict[str, list[Sample]]:
     """Each window count in `answers` (the parts of `queries`, by part name), by count name:
     samples labelled by version and the count's own labels, summed across series (replicas).
 
     Per series: the last value in the window less the value at its start (0 for a series born in
-    the window: counters start at 0), or, if the counter was reset within the window, PromQL's
-    extrapolated `increase()`. Exact, so counts of requests are whole numbers.
+    the window: counters start at 0). A series reset within the window (see `resets`) counts its
+    increases sample by sample from `samples` (its values in the window, oldest first), a value
+    below the one before it being a restart from 0, as PromQL's `increase()` counts them but
+    without extrapolating to the window's edges; without its samples it counts its last value.
+    Exact either way: counts of requests are whole numbers.
     """
+    reset = set(resets(answers))
     counts: dict[str, list[Sample]] = {}
     for name, count in contract.WINDOW_COUNTS.items():
         if f"{name}/end" not in answers:
             continue
-        parts = {part: _by_series(answers.get(f"{name}/{part}", ())) for part in contract.WINDOW_PARTS}
+        end, start = (_by_series(answers.get(f"{name}/{part}", ())) for part in ("end", "start"))
         grouped: dict[tuple[str, ...], float] = {}
         group = ("version", *count.labels)
-        for series, end in parts["end"].items():
-            start = parts["start"].get(series, 0.0)
-            reset = parts["resets"].get(series, 0.0) > 0 or end < start
-            value = parts["increase"].get(series, 0.0) if reset else end - start
+        for series, last in end.items():
+            first = start.get(series, 0.0)
+            if (name, series) in reset:
+                value = _through_resets(first, (samples or {}).get((name, series), [last]))
+            else:
+                value = last - first
             labels = dict(series)
             if all(label in labels for label in group) and math.isfinite(value):
                 key = tuple(labels[label] for label in group)
@@ -106,7 +138,15 @@ def window_counts(answers: Mapping[str, Sequence[Sample]]) -> dict[str, list[Sam
     return counts
 
 
-def _by_series(samples: Sequence[Sample]) -> dict[frozenset[tuple[str, str]], float]:
+def _through_resets(first: float, values: Sequence[float]) -> float:
+    total, previous = 0.0, first
+    for value in values:
+        total += value - previous if value >= previous else value
+        previous = value
+    return total
+
+
+def _by_series(samples: Sequence[Sample]) -> dict[Series, float]:
     """Values by series (their labels, without the metric name some functions drop)."""
     return {
         frozenset((k, v) for k, v in labels.items() if k != "__name__"): value for labels, value in samples

@@ -174,7 +174,8 @@ class WindowCount:
     `series` is the sample name (a histogram's `_bucket`, `_sum` or `_count`); `server_errors`
     keeps only SERVER_ERRORS. The count is exact, not PromQL's `increase()`, which extrapolates
     the sampled span to the window's edges (689 requests for 600 sent in a short window): it is
-    computed from the instant queries of WINDOW_PARTS by `modelctl.core.collect.window_counts`.
+    computed from the instant queries of WINDOW_PARTS (and, for a series reset within the window,
+    its samples: `series_samples`) by `modelctl.core.collect.window_counts`.
     """
 
     series: str
@@ -195,13 +196,11 @@ WINDOW_COUNTS: dict[str, WindowCount] = {
     "feedback_in_window": WindowCount(FEEDBACK.name, FEEDBACK.labels),
 }
 # The instant queries (at the window's end) each window count is computed from, per series: the
-# last value in the window, the value at its start, the counter resets within it, and PromQL's
-# own estimate (used only for a series that was reset).
+# last value in the window, the value at its start, and the counter resets within it.
 WINDOW_PARTS: dict[str, str] = {
     "end": "last_over_time({series}{selector}[{window}])",
     "start": "{series}{selector} offset {window}",
     "resets": "resets({series}{selector}[{window}])",
-    "increase": "increase({series}{selector}[{window}])",
 }
 
 
@@ -214,6 +213,12 @@ def window_queries(name: str, matchers: Mapping[str, str], window: str) -> dict[
         f"{name}/{part}": template.format(series=count.series, selector=matching, window=window)
         for part, template in WINDOW_PARTS.items()
     }
+
+
+def series_samples(name: str, labels: Mapping[str, str], window: str) -> str:
+    """The PromQL of one series' samples over `window` (a range vector): the series of the window
+    count `name` with exactly `labels`."""
+    return f"{WINDOW_COUNTS[name].series}{selector(labels)}[{window}]"
 
 
 def selector(matchers: Mapping[str, str], *raw: str) -> str:

@@ -439,8 +439,8 @@ def _decide(
 ) -> tuple[Action, list[str], dict[str, float | None] | None]:
     minimum = snap.analysis.min_requests
     short = [
-        # Counts of a reset counter are PromQL's extrapolated estimates: shown as whole requests,
-        # rounded down so that a short arm never reads as having the minimum.
+        # A snapshot written by hand may hold fractional counts: shown as whole requests, rounded
+        # down so that a short arm never reads as having the minimum.
         f"{name} has {math.floor(arm.requests):,} of the {minimum:,} requests needed to judge"
         for name, arm in (("canary", snap.canary), ("baseline", snap.baseline))
         if arm.requests < minimum

@@ -2,20 +2,22 @@
 
 The answer format is Prometheus' documented one (https://prometheus.io/docs/prometheus/latest/
 querying/api/#instant-queries): `{"status": "success", "data": {"resultType": "vector",
-"result": [{"metric": {...labels}, "value": [time, "number"]}]}}`. Any failure (unreachable,
+"result": [{"metric": {...labels}, "value": [time, "number"]}]}}`, or for a range selector a
+"matrix" whose items carry `"values": [[time, "number"], ...]`. Any failure (unreachable,
 an HTTP error, a PromQL error) is one UserError naming the URL and the query.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from modelctl.core.collect import Sample
 from modelctl.core.errors import UserError
 
 TIMEOUT_SECONDS = 10.0
+Key = TypeVar("Key", bound=Hashable)
 
 
 def query_all(url: str, queries: Mapping[str, str], at: datetime) -> dict[str, list[Sample]]:
@@ -26,14 +28,39 @@ def query_all(url: str, queries: Mapping[str, str], at: datetime) -> dict[str, l
     UserError
         Prometheus cannot be reached, answers with an error, or not with a vector.
     """
+    results = _results(url, queries, at, "vector")
+    return {
+        name: [(item["metric"], float(item["value"][1])) for item in items] for name, items in results.items()
+    }
+
+
+def query_samples(url: str, queries: Mapping[Key, str], at: datetime) -> dict[Key, list[float]]:
+    """Run each range-selector PromQL at the instant `at`; key -> the values of its series, oldest
+    first (of all its series, one after another, when several match).
+
+    Raises
+    ------
+    UserError
+        Prometheus cannot be reached, answers with an error, or not with a matrix.
+    """
+    results = _results(url, queries, at, "matrix")
+    return {
+        key: [float(value) for item in items for _, value in item["values"]] for key, items in results.items()
+    }
+
+
+def _results(
+    url: str, queries: Mapping[Key, str], at: datetime, kind: str
+) -> dict[Key, list[dict[str, Any]]]:
     import httpx  # loaded when a query runs: every other command starts without it
 
     endpoint = url.rstrip("/") + "/api/v1/query"
     with httpx.Client(timeout=TIMEOUT_SECONDS) as client:
-        return {name: _vector(client, endpoint, promql, at) for name, promql in queries.items()}
+        return {key: _data(client, endpoint, promql, at, kind) for key, promql in queries.items()}
 
 
-def _vector(client: Any, endpoint: str, promql: str, at: datetime) -> list[Sample]:
+def _data(client: Any, endpoint: str, promql: str, at: datetime, kind: str) -> list[dict[str, Any]]:
+    """The result of one instant query, which must be of `kind` ("vector" or "matrix")."""
     import httpx
 
     try:
@@ -45,11 +72,12 @@ def _vector(client: Any, endpoint: str, promql: str, at: datetime) -> list[Sampl
         detail = body.get("error") or f"HTTP {response.status_code}"
         raise UserError(endpoint, f"the query {promql!r} failed: {detail}", _FIX)
     data = body.get("data", {})
-    if data.get("resultType") != "vector":
+    if data.get("resultType") != kind:
         raise UserError(
-            endpoint, f"the query {promql!r} returned a {data.get('resultType')}, not a vector", _FIX
+            endpoint, f"the query {promql!r} returned a {data.get('resultType')}, not a {kind}", _FIX
         )
-    return [(item["metric"], float(item["value"][1])) for item in data.get("result", [])]
+    result: list[dict[str, Any]] = data.get("result", [])
+    return result
 
 
 _FIX = "check the Prometheus URL (--prometheus, or monitoring.prometheus_url in the stack file)"
