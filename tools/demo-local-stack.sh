@@ -118,10 +118,8 @@ step "a broken build: $broken (a real model that loads, then fails on real rows)
 git -C "$repo" commit -qam "register $model $broken"
 modelctl canary "$model" "$broken" --stack "$stack"
 modelctl up --stack "$stack" --remote "$remote" "${timing[@]}" >/dev/null
-analyze_until rollback
-git -C "$repo" log -1 --stat --format='%n%h %s%n%b' "$last..HEAD"
 
-step "the error-rate alert, emailed to on-call (the local SMTP sink's mailbox)"
+step "the error-rate alert on the broken canary, emailed to on-call (the local SMTP sink's mailbox)"
 mailbox=$(field mailbox)
 printf 'waiting for the ModelHighErrorRate email on %s' "$broken"
 found=""
@@ -132,7 +130,6 @@ for _ in $(seq 60); do
 done
 echo
 [ -n "$found" ] || { echo "no error-rate email for $broken arrived within 60 s" >&2; exit 1; }
-stop_traffic
 echo "delivered: $(basename "$found") (in the stack's mailbox, removed with the demo's clone)"
 "$bin/python" - "$found" <<'PY'
 import email, email.policy, html, re, sys
@@ -146,6 +143,11 @@ text = body.get_content() if body is not None else ""
 words = " ".join(html.unescape(re.sub(r"<style.*?</style>|<[^>]+>", " ", text, flags=re.S)).split())
 print(words[:700])
 PY
+
+step "canary analyze rolls the broken canary back, by one commit"
+analyze_until rollback
+stop_traffic
+git -C "$repo" log -1 --stat --format='%n%h %s%n%b' "$last..HEAD"
 
 step "modelctl down: everything stops"
 modelctl down --stack "$stack"
