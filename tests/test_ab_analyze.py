@@ -62,6 +62,9 @@ def test_too_few_labels_continue_commit_nothing_and_say_what_is_needed(
     assert result["commit"] is None
     assert result["decision"]["needs"]["labels"] > 0  # type: ignore[index]
     assert run_git(ab_repo, "rev-parse", "HEAD") == head
+    code, out, _ = cli(ab_repo, "ab", "analyze", "--stack", STACK, "--prometheus", prometheus)
+    assert code == 3
+    assert "label coverage: v1.0.0 100.0% (100 of 100), v1.1.0 100.0% (100 of 100)" in out
 
 
 def test_a_better_treatment_takes_all_traffic_in_one_commit(

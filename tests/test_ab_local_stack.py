@@ -100,8 +100,11 @@ def test_label_coverage_is_what_was_labelled(repo: Path, labelled: dict[str, Any
     proc = modelctl(repo, "ab", "analyze", "--stack", STACK, "--dry-run", "--json")
     assert proc.returncode == 0, proc.stderr
     [analysis] = json.loads(proc.stdout)["analyses"]
+    decision = analysis["decision"]
+    assert sum(decision["requests"].values()) == REQUESTS
+    assert sum(decision["labelled"].values()) == labelled["traffic"]["feedback"]
     share = labelled["traffic"]["feedback"] / REQUESTS
-    for version, coverage in analysis["decision"]["coverage"].items():
+    for version, coverage in decision["coverage"].items():
         assert coverage == pytest.approx(share, abs=0.02), version
 
 

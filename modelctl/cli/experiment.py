@@ -146,7 +146,10 @@ def format_experiment(decision: ExperimentDecision) -> str:
     ]
     lines += [_row(r) for r in decision.metrics]
     lines += [f"guardrail {g.detail}" for g in decision.guardrails]
-    coverage = ", ".join(f"{v} {_share(c)}" for v, c in decision.coverage.items())
+    coverage = ", ".join(
+        f"{v} {_share(c)} ({decision.labelled[v]:,.0f} of {decision.requests[v]:,.0f})"
+        for v, c in decision.coverage.items()
+    )
     delay = ", ".join(f"{v} {_delay(d)}" for v, d in decision.label_delay_seconds.items())
     lines += [
         f"label coverage: {coverage}; label delay: {delay}",
@@ -194,8 +197,10 @@ def _delay(seconds: float | None) -> str:
 
 
 def _days(seconds: float) -> str:
+    from modelctl.core.judge import duration_text
+
     days = seconds / SECONDS_PER_DAY
-    return f"{days:,.1f} days" if days >= 1 else f"{seconds / 3600:,.1f} h"
+    return f"{days:,.1f} days" if days >= 1 else duration_text(seconds)
 
 
 # ---------------------------------------------------------------- plan

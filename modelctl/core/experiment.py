@@ -446,8 +446,8 @@ class ExperimentDecision:
     """The outcome, its reasons and the evidence.
 
     `needs` (on continue): `labels`, the labelled requests still needed, and `seconds`, about how
-    long at the current label rate (None where unknown). `coverage` is labelled / requests per
-    arm; `label_delay_seconds` how long labels take to arrive (from the last two looks: the
+    long at the current label rate (None where unknown). `requests` and `labelled` are each arm's
+    counts since the split began, by version; `coverage` is labelled / requests per arm; `label_delay_seconds` how long labels take to arrive (from the last two looks: the
     requests the labels have not caught up with, at the current rate; None when unknown).
     """
 
@@ -466,6 +466,8 @@ class ExperimentDecision:
     primary: MetricResult
     metrics: list[MetricResult]
     guardrails: list[Guardrail]
+    requests: dict[str, float]
+    labelled: dict[str, float]
     coverage: dict[str, float | None]
     label_delay_seconds: dict[str, float | None]
     series: dict[str, list[Point]]
@@ -529,6 +531,14 @@ def analyze(snapshot: dict[str, Any] | ExperimentSnapshot, source: str = "snapsh
         primary=primary,
         metrics=list(metrics.values()),
         guardrails=guardrails,
+        requests={
+            snap.control: snap.looks[-1].control.requests,
+            snap.treatment: snap.looks[-1].treatment.requests,
+        },
+        labelled={
+            snap.control: snap.looks[-1].control.labelled(),
+            snap.treatment: snap.looks[-1].treatment.labelled(),
+        },
         coverage=_coverage(snap),
         label_delay_seconds=_label_delay(snap),
         series={m: [_point(snap, look, m) for look in snap.looks] for m in metrics},
