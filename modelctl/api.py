@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -423,34 +424,30 @@ def canary_analyze(
     """
     from modelctl.core.collect import canary_arms
 
-    canaries = _analyzed(
+    chosen = _analyzed(
         root,
         stack,
         model,
         canary_arms,
         problem=f"has no canary on {stack}",
         fix=f"start one with 'modelctl canary {model} VERSION --stack {stack}'",
+        prometheus=prometheus,
+        now=now,
     )
-    if not canaries:
-        # Nothing to judge: a stack without canaries needs no Prometheus (prod may have none).
-        return []
-    url = _prometheus_url(root, stack, prometheus)
-    taken_at = now or datetime.now(UTC)
-    history = stack_history(root, stack)
     return [
         _analyze(
             root,
             stack,
             name,
-            url=url,
-            taken_at=taken_at,
-            history=history,
+            url=chosen.url,
+            taken_at=chosen.taken_at,
+            history=chosen.history,
             dry_run=dry_run,
             record=record,
             policies=policies,
             lock_timeout=lock_timeout,
         )
-        for name in canaries
+        for name in chosen.names
     ]
 
 
@@ -547,36 +544,68 @@ def _serves(release: Release | None, version: str) -> bool:
     return release is not None and release.traffic.get(version, 0) > 0
 
 
+@dataclass(frozen=True)
+class _Chosen:
+    """The releases an analysis looks at, and what every look shares: where and when to query
+    Prometheus, and the stack's history (the windows' starts)."""
+
+    names: list[str]
+    state: State
+    url: str = ""
+    taken_at: datetime = datetime.min
+    history: list[HistorySnapshot] = dataclasses.field(default_factory=list)
+
+
 def _analyzed(
-    root: Path, stack: str, model: str | None, arms: Callable[[Release], object], *, problem: str, fix: str
-) -> list[str]:
-    """The models on `stack` (only `model`, when given) whose release has `arms` (not None).
+    root: Path,
+    stack: str,
+    model: str | None,
+    arms: Callable[[Release], object],
+    *,
+    problem: str,
+    fix: str,
+    prometheus: str | None,
+    now: datetime | None,
+    history: bool = True,
+) -> _Chosen:
+    """The models on `stack` (only `model`, when given) whose release has `arms` (not None), with
+    Prometheus' URL (see `_prometheus_url`), the instant `now` (default: the current time) and,
+    when `history`, the stack's history. With no release chosen nothing else is read: a stack
+    without one needs no Prometheus (prod may have none).
 
     Raises
     ------
     UserError
         `model` is given and is not registered, or its release has none: "<model> <problem>; <fix>";
-        or the stack file has uncommitted changes.
+        the stack file has uncommitted changes; or no Prometheus URL.
     """
     state = read_state(root)
     config = state.stack(stack).config
     if model is not None:
         state.model(model)
-    chosen = [
+    names = [
         name
         for name, release in config.releases.items()
         if (model is None or name == model) and arms(release) is not None
     ]
-    if model is not None and not chosen:
+    if model is not None and not names:
         raise UserError(stack_file(stack), f"{model} {problem}", fix)
-    if chosen and gitutil.dirty_paths(root, stack_file(stack)):
+    if not names:
+        return _Chosen(names, state)
+    if gitutil.dirty_paths(root, stack_file(stack)):
         # The release is read from the file, but its window from the commits that changed it.
         raise UserError(
             stack_file(stack),
             "has uncommitted changes, and an analysis window starts at the commit that changed the release",
             "commit the change first (release commands commit unless --no-commit), or discard it",
         )
-    return chosen
+    return _Chosen(
+        names,
+        state,
+        _prometheus_url(root, stack, prometheus),
+        now or datetime.now(UTC),
+        stack_history(root, stack) if history else [],
+    )
 
 
 def _window_counts(
@@ -720,7 +749,7 @@ def ab_analyze(
     """
     from modelctl.core.experiment import ab_arms
 
-    running = _analyzed(
+    chosen = _analyzed(
         root,
         stack,
         model,
@@ -728,23 +757,20 @@ def ab_analyze(
         problem=f"has no A/B experiment on {stack} (two versions with traffic and experiment settings)",
         fix=f"split it with 'modelctl ab {model} --split V1=50,V2=50 --stack {stack}' and add "
         f"modelctl:releases.{model}.experiment",
+        prometheus=prometheus,
+        now=now,
     )
-    if not running:
-        return []  # as for canaries: a stack without experiments needs no Prometheus
-    url = _prometheus_url(root, stack, prometheus)
-    taken_at = now or datetime.now(UTC)
-    history = stack_history(root, stack)
     return [
         _experiment(
             root,
             stack,
             name,
-            url=url,
-            taken_at=taken_at,
-            history=history,
+            url=chosen.url,
+            taken_at=chosen.taken_at,
+            history=chosen.history,
             options={"dry_run": dry_run, "policies": policies, "lock_timeout": lock_timeout},
         )
-        for name in running
+        for name in chosen.names
     ]
 
 
@@ -967,33 +993,30 @@ def shadow_report(
     UserError
         No Prometheus URL, Prometheus failing, an unreadable log, or `model` has no shadow.
     """
-    state = read_state(root)
-    shadowed = _analyzed(
+    chosen = _analyzed(
         root,
         stack,
         model,
         lambda release: release.shadow,
         problem=f"mirrors no version on {stack}",
         fix=f"start one with 'modelctl shadow {model} VERSION --percent 100 --stack {stack}'",
+        prometheus=prometheus,
+        now=now,
+        history=window is None,
     )
-    if not shadowed:
-        return []  # nothing mirrored: no Prometheus needed, as for canary analyze
-    url = _prometheus_url(root, stack, prometheus)
-    taken_at = now or datetime.now(UTC)
-    history = stack_history(root, stack) if window is None else []
     return [
         _shadow_report(
             root,
-            state,
+            chosen.state,
             stack,
             name,
-            url=url,
-            taken_at=taken_at,
-            history=history,
+            url=chosen.url,
+            taken_at=chosen.taken_at,
+            history=chosen.history,
             window=window,
             prediction_logs=prediction_logs,
         )
-        for name in shadowed
+        for name in chosen.names
     ]
 
 
