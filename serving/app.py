@@ -12,6 +12,7 @@ import logging
 import math
 import secrets
 import struct
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from time import perf_counter
@@ -55,6 +56,10 @@ log = logging.getLogger("serving")
 # The binary tensor data extension's header: the length of the JSON before the tensor bytes.
 BINARY_HEADER = "Inference-Header-Content-Length"
 FEEDBACK_KEYS = frozenset({"request_id", "label", "labels", "value"})
+# Content codings a body may carry (RFC 9110 section 8.4.1) -> zlib's wbits for them; gzip and
+# deflate are what HTTP clients (tritonclient, requests with a compressed body) send.
+CONTENT_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+ACCEPT_ENCODING = "gzip, deflate, identity"
 
 
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
@@ -68,7 +73,12 @@ class JSONResponse(Response):
 
 
 def error_response(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    return JSONResponse({"error": message}, status_code=status, headers=_error_headers(status))
+
+
+def _error_headers(status: int) -> dict[str, str]:
+    """A 415 names the content codings the server reads (RFC 7694 section 3)."""
+    return {"accept-encoding": ACCEPT_ENCODING} if status == 415 else {}
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -171,7 +181,50 @@ class ModelServer:
 
     async def read_body(self, request: Request) -> bytes:
         length = request.headers.get("content-length")
-        return await self.receive_body(request.receive, None if length is None else length.encode())
+        body = await self.receive_body(request.receive, None if length is None else length.encode())
+        return self.decode_body(body, request.headers.get("content-encoding"))
+
+    def decode_body(self, body: bytes, encoding: str | None) -> bytes:
+        """`body` with its `Content-Encoding` undone (gzip, deflate, identity, or a list of them,
+        applied in order, RFC 9110 section 8.4).
+
+        Raises
+        ------
+        ClientError
+            415 for another coding (with `Accept-Encoding` in the answer, RFC 7694), 400 for bytes
+            that are not what the header says, 413 once the decoded body is over `max_body_bytes`.
+        """
+        codings = [c.strip().lower() for c in (encoding or "").split(",") if c.strip()]
+        for coding in reversed(codings):
+            if coding == "identity":
+                continue
+            if coding not in CONTENT_CODINGS:
+                raise ClientError(
+                    415,
+                    "unsupported_media_type",
+                    f"Content-Encoding {show(coding)} is not supported; send the body as "
+                    f"{ACCEPT_ENCODING.replace(', identity', ' or uncompressed')}",
+                )
+            body = self._inflate(body, coding)
+        return body
+
+    def _inflate(self, body: bytes, coding: str) -> bytes:
+        limit = self.settings.max_body_bytes
+        inflater = zlib.decompressobj(CONTENT_CODINGS[coding])
+        try:
+            # One byte over the limit is enough to refuse: a small bomb never expands in memory.
+            plain = inflater.decompress(body, limit + 1)
+        except zlib.error as exc:
+            raise ClientError(
+                400,
+                "invalid_json",
+                f"the body is not valid {coding} ({exc}); compress it again or send it plain",
+            ) from None
+        if len(plain) > limit:
+            raise self._too_large()
+        if not inflater.eof:
+            raise ClientError(400, "invalid_json", f"the {coding} body is truncated; send the whole of it")
+        return plain
 
     async def receive_body(self, receive: Receive, length: bytes | None) -> bytes:
         """The request body from ASGI messages, refused (413) once over `max_body_bytes`."""
@@ -494,17 +547,19 @@ class ServingApp:
     async def _predict(self, scope: Scope, receive: Receive, send: Send) -> None:
         server = self.server
         started = perf_counter()
-        content_type = request_id = length = None
+        content_type = request_id = length = encoding = None
         for name, value in scope["headers"]:
             if name == b"content-type":
                 content_type = value.decode("latin-1")
+            elif name == b"content-encoding":
+                encoding = value.decode("latin-1")
             elif name == b"x-request-id":
                 request_id = value.decode("latin-1")
             elif name == b"content-length":
                 length = value
         try:
             server.check_media_type(content_type, binary=False)
-            body = await server.receive_body(receive, length)
+            body = server.decode_body(await server.receive_body(receive, length), encoding)
             rows = predict_rows(parse_json(body), server.checker)
             request_id = _request_id(request_id)
             result = await server.predict_once(rows, request_id)
@@ -520,6 +575,7 @@ class ServingApp:
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", b"%d" % len(payload)),
+                    *((k.encode(), v.encode()) for k, v in _error_headers(status).items()),
                 ],
             }
         )

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import time
 import warnings
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -179,6 +181,73 @@ def test_bad_input_is_a_4xx_saying_what_to_fix(
     response = client.post(path, content=body, headers=headers)
     assert response.status_code == status
     assert hint in response.json()["error"]
+
+
+def deflated(data: bytes) -> bytes:
+    return zlib.compress(data)
+
+
+COMPRESSED = [("gzip", gzip.compress), ("x-gzip", gzip.compress), ("deflate", deflated)]
+
+
+@pytest.mark.parametrize(("coding", "compress"), COMPRESSED, ids=[c[0] for c in COMPRESSED])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/predict", {"features": GOOD}),
+        ("/invocations", {"instances": [GOOD]}),
+        (f"/v2/models/{MODEL}/infer", {"inputs": [TENSOR]}),
+    ],
+    ids=["predict", "invocations", "oip"],
+)
+def test_a_compressed_body_is_decoded_as_its_content_encoding_says(
+    client: TestClient, coding: str, compress: Callable[[bytes], bytes], path: str, body: Any
+) -> None:
+    plain = client.post(path, content=orjson.dumps(body), headers=JSON)
+    packed = client.post(
+        path, content=compress(orjson.dumps(body)), headers={**JSON, "content-encoding": coding}
+    )
+    assert packed.status_code == plain.status_code == 200
+    assert answered(packed.json()) == answered(plain.json())
+
+
+def answered(body: dict[str, Any]) -> dict[str, Any]:
+    """An answer without what differs per request (its id and time)."""
+    return {k: v for k, v in body.items() if k not in {"request_id", "id", "timestamp"}}
+
+
+def test_compressed_feedback_is_taken(client: TestClient) -> None:
+    predicted = client.post(
+        "/predict", content=orjson.dumps({"features": GOOD}), headers={**JSON, "x-request-id": "gz-1"}
+    )
+    label = predicted.json()["prediction"]
+    body = gzip.compress(orjson.dumps({"request_id": "gz-1", "label": label}))
+    assert (
+        client.post("/feedback", content=body, headers={**JSON, "content-encoding": "gzip"}).status_code
+        == 200
+    )
+
+
+BAD_CODINGS: list[tuple[str, bytes, str, int, str]] = [
+    ("brotli", b"\x1b\x00", "br", 415, 'Content-Encoding "br" is not supported'),
+    ("unknown coding", orjson.dumps({"features": GOOD}), "compress", 415, "gzip, deflate or uncompressed"),
+    ("not gzip at all", orjson.dumps({"features": GOOD}), "gzip", 400, "not valid gzip"),
+    ("truncated gzip", gzip.compress(orjson.dumps({"features": GOOD}))[:-12], "gzip", 400, "truncated"),
+    ("a bomb over the limit", gzip.compress(b" " * 5_000_000), "gzip", 413, "over 20000 bytes"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_CODINGS, ids=[c[0] for c in BAD_CODINGS])
+@pytest.mark.parametrize("path", ["/predict", "/invocations"])
+def test_a_body_not_in_its_declared_coding_is_a_4xx_naming_the_coding(
+    client: TestClient, case: tuple[str, bytes, str, int, str], path: str
+) -> None:
+    _, body, coding, status, hint = case
+    response = client.post(path, content=body, headers={**JSON, "content-encoding": coding})
+    assert response.status_code == status
+    assert hint in response.json()["error"]
+    if status == 415:
+        assert response.headers["accept-encoding"] == "gzip, deflate, identity"
 
 
 def test_unknown_paths_and_methods_are_json_errors(client: TestClient) -> None:

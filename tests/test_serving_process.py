@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import os
 import socket
 import subprocess
@@ -41,6 +42,19 @@ def test_serves_predictions_and_metrics(running_server: ServerProcess) -> None:
         metrics = client.get("/metrics")
         assert metrics.headers["content-type"].startswith("text/plain")
         assert 'model_predictions_total{model="fraud-detection",version="v1.2.0"} 1.0' in metrics.text
+
+
+def test_a_gzip_body_is_predicted_by_the_running_server(running_server: ServerProcess) -> None:
+    """uvicorn hands the body over still compressed: the server itself undoes Content-Encoding."""
+    body = gzip.compress(orjson.dumps({"features": ROW}))
+    with httpx.Client(base_url=running_server.url, timeout=10) as client:
+        headers = {"content-type": "application/json", "content-encoding": "gzip"}
+        answer = client.post("/predict", content=body, headers=headers)
+        assert answer.status_code == 200, answer.text
+        assert (
+            answer.json()["prediction"]
+            == client.post("/predict", json={"features": ROW}).json()["prediction"]
+        )
 
 
 def test_sigterm_finishes_in_flight_requests_then_exits(running_server: ServerProcess) -> None:
