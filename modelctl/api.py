@@ -52,9 +52,9 @@ from modelctl.repo.transaction import (
 )
 
 if TYPE_CHECKING:
-    from modelctl.core.experiment import ExperimentDecision, ExperimentSnapshot
-    from modelctl.core.judge import Decision, Snapshot
-    from modelctl.core.shadow import Logged, ShadowReport
+    from modelctl.core.analysis.experiment import ExperimentDecision, ExperimentSnapshot
+    from modelctl.core.analysis.judge import Decision, Snapshot
+    from modelctl.core.analysis.shadow import Logged, ShadowReport
 
 __all__ = [
     "Analysis",
@@ -422,7 +422,7 @@ def canary_analyze(
     UserError, UserErrors
         No Prometheus URL, Prometheus failing, `model` with no canary, or the change refused.
     """
-    from modelctl.core.collect import canary_arms
+    from modelctl.core.analysis.window import canary_arms
 
     chosen = _analyzed(
         root,
@@ -464,18 +464,18 @@ def _analyze(
     policies: PolicyCheck,
     lock_timeout: float | None,
 ) -> Analysis:
-    from modelctl.core import collect
-    from modelctl.core.judge import judge
+    from modelctl.core.analysis import window
+    from modelctl.core.analysis.judge import judge
 
     release = read_state(root).stack(stack).config.releases[model]
-    arms = collect.canary_arms(release)
+    arms = window.canary_arms(release)
     assert arms is not None  # canary_analyze chose only canaries
     changes = release_changes(history, model)
     window_start = changes[0].date if changes else taken_at
     started = [c.date for c in itertools.takewhile(lambda c: _serves(c.release(model), arms.canary), changes)]
     seconds = (taken_at - window_start).total_seconds()
-    queries = collect.queries(model, seconds)
-    snapshot = collect.build_snapshot(
+    queries = window.queries(model, seconds)
+    snapshot = window.build_snapshot(
         model=model,
         stack=stack,
         arms=arms,
@@ -611,14 +611,14 @@ def _analyzed(
 def _window_counts(
     url: str, queries: dict[str, str], at: datetime, seconds: float
 ) -> dict[str, list[tuple[Mapping[str, str], float]]]:
-    """The window counts of `queries` (from `collect.queries`) over the `seconds` before `at`,
+    """The window counts of `queries` (from `window.queries`) over the `seconds` before `at`,
     exact: the samples of each series reset within the window are read too."""
-    from modelctl.core import collect
+    from modelctl.core.analysis import window
     from modelctl.repo.prometheus import query_all, query_samples
 
     answers = query_all(url, queries, at)
-    reset = {key: collect.sample_query(*key, seconds) for key in collect.resets(answers)}
-    return collect.window_counts(answers, query_samples(url, reset, at) if reset else None)
+    reset = {key: window.sample_query(*key, seconds) for key in window.resets(answers)}
+    return window.window_counts(answers, query_samples(url, reset, at) if reset else None)
 
 
 def _prometheus_url(root: Path, stack: str, given: str | None) -> str:
@@ -659,7 +659,7 @@ def replay(root: Path, rev: str) -> Replay:
         `rev` is not a commit, not an analysis commit (no snapshot trailer), or an A/B
         experiment's commit.
     """
-    from modelctl.core.judge import judge
+    from modelctl.core.analysis.judge import judge
 
     commit = gitutil.resolve(root, rev)
     trailers = _trailers(gitutil.git(root, "show", "-s", "--format=%B", commit))
@@ -730,7 +730,7 @@ def ab_analyze(
     An experiment: a release with `experiment` settings and two versions taking traffic. Its
     counts (feedback confusion, value, requests; errors and latency for the guardrails) are
     read with the contract's window queries since the split began, at `EXPERIMENT_LOOKS`
-    instants; `modelctl.core.experiment.analyze` decides. A winner (or, on no meaningful
+    instants; `modelctl.core.analysis.experiment.analyze` decides. A winner (or, on no meaningful
     difference, the control) takes 100% and the other arm stays at 0% for rollback, in one
     commit with the snapshot at `analysis/<stack>/<model>/<UTC time>.json`; a continue commits
     nothing.
@@ -747,7 +747,7 @@ def ab_analyze(
     UserError, UserErrors
         No Prometheus URL, Prometheus failing, `model` with no experiment, or the change refused.
     """
-    from modelctl.core.experiment import ab_arms
+    from modelctl.core.analysis.experiment import ab_arms
 
     chosen = _analyzed(
         root,
@@ -784,7 +784,7 @@ def _experiment(
     history: list[HistorySnapshot],
     options: TransactionOptions,
 ) -> Experiment:
-    from modelctl.core import experiment
+    from modelctl.core.analysis import experiment
 
     snapshot = _experiment_snapshot(root, stack, model, url=url, taken_at=taken_at, history=history)
     decision = experiment.analyze(snapshot)
@@ -822,8 +822,8 @@ def _experiment_snapshot(
     root: Path, stack: str, model: str, *, url: str, taken_at: datetime, history: list[HistorySnapshot]
 ) -> ExperimentSnapshot:
     """The experiment's counts since its split began, read at `EXPERIMENT_LOOKS` instants."""
-    from modelctl.core import collect, experiment
-    from modelctl.core.judge import Source
+    from modelctl.core.analysis import experiment, window
+    from modelctl.core.analysis.judge import Source
 
     state = read_state(root)
     release = state.stack(stack).config.releases[model]
@@ -837,13 +837,13 @@ def _experiment_snapshot(
         release_changes(history, model),
     )
     started = ([c.date for c in both] or [taken_at])[-1]
-    weights = collect.Arms(control, treatment, release.traffic[control], release.traffic[treatment])
+    weights = window.Arms(control, treatment, release.traffic[control], release.traffic[treatment])
     looks, counts, source = [], None, {}
     for at in experiment.looks_at([started, taken_at], EXPERIMENT_LOOKS + 1)[-EXPERIMENT_LOOKS:]:
         seconds = (at - started).total_seconds()
-        queries = collect.queries(model, seconds, (*collect.WINDOW_QUERIES, *experiment.VALUE_QUERIES))
+        queries = window.queries(model, seconds, (*window.WINDOW_QUERIES, *experiment.VALUE_QUERIES))
         answers = _window_counts(url, queries, at, seconds)
-        counts = collect.build_snapshot(
+        counts = window.build_snapshot(
             model=model,
             stack=stack,
             arms=weights,
@@ -1034,7 +1034,7 @@ def _shadow_report(
 ) -> ShadowResult:
     from datetime import timedelta
 
-    from modelctl.core import shadow
+    from modelctl.core.analysis import shadow
 
     release = state.stack(stack).config.releases[model]
     assert release.shadow is not None  # shadow_report chose only shadowed releases
@@ -1075,7 +1075,7 @@ def _shadow_report(
 
 
 def _read_logs(files: list[Path], model: str, since: datetime) -> list[Logged]:
-    from modelctl.core.shadow import parse_log
+    from modelctl.core.analysis.shadow import parse_log
 
     records: list[Logged] = []
     for path in files:

@@ -68,7 +68,7 @@ def test_imports_point_one_way(path: Path) -> None:
             "from modelctl.repo import gitutil\n",
             ["modelctl.repo", "modelctl.repo.gitutil"],
         ),
-        ("modelctl/core/judge.py", "import infra.build\n", ["infra.build"]),
+        ("modelctl/core/analysis/judge.py", "import infra.build\n", ["infra.build"]),
         ("modelctl/core/state.py", "from modelctl import cli\n", ["modelctl.cli"]),
         (
             "modelctl/repo/registry.py",

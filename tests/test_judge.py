@@ -15,8 +15,7 @@ import pytest
 from scipy import stats
 
 from bench.judge import bench
-from modelctl.core.errors import UserError, UserErrors
-from modelctl.core.judge import (
+from modelctl.core.analysis.judge import (
     HARM_RATIOS,
     HARM_WEIGHTS,
     difference_noninferiority,
@@ -26,6 +25,7 @@ from modelctl.core.judge import (
     parse_snapshot,
     snapshot_schema,
 )
+from modelctl.core.errors import UserError, UserErrors
 
 BOUNDS = [round(0.01 * 1.1**k, 6) for k in range(64)]
 SCORE_BOUNDS = [round(0.1 * k, 1) for k in range(1, 11)]

@@ -29,7 +29,7 @@ import numpy.typing as npt
 from prometheus_client import Histogram
 from scipy import stats
 
-from modelctl.core.judge import (
+from modelctl.core.analysis.judge import (
     Snapshot,
     histogram_quantile,
     judge,

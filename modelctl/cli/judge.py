@@ -28,7 +28,7 @@ from modelctl.cli import (
 from modelctl.core.errors import UserError
 
 if TYPE_CHECKING:
-    from modelctl.core.judge import Decision, Evidence
+    from modelctl.core.analysis.judge import Decision, Evidence
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 JUDGE_HELP = (
@@ -70,7 +70,7 @@ def run_deprecated(args: argparse.Namespace) -> Result:
 
 def run(args: argparse.Namespace) -> Result:
     # Loaded when the command runs: scipy is not what every other command should wait for.
-    from modelctl.core.judge import judge
+    from modelctl.core.analysis.judge import judge
 
     if args.replay:
         return _replay(args)
@@ -133,7 +133,7 @@ def format_decision(decision: Decision) -> str:
 
 
 def _row(e: Evidence) -> str:
-    from modelctl.core.judge import describe
+    from modelctl.core.analysis.judge import describe
 
     canary, baseline = describe(e, "canary"), describe(e, "baseline")
     return (
@@ -143,7 +143,7 @@ def _row(e: Evidence) -> str:
 
 
 def _needs(decision: Decision) -> list[str]:
-    from modelctl.core.judge import duration_text
+    from modelctl.core.analysis.judge import duration_text
 
     if not decision.needs:
         return []

@@ -24,7 +24,7 @@ from modelctl.core.yamlio import write_atomic
 
 if TYPE_CHECKING:
     from modelctl.api import ShadowResult
-    from modelctl.core.shadow import ShadowReport, Test
+    from modelctl.core.analysis.shadow import ShadowReport, Test
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 HELP = "compare each shadow's predictions with its primary's on the mirrored traffic (reads only)"

@@ -88,9 +88,9 @@ from pydantic import (
 )
 from scipy import special
 
+from modelctl.core.analysis.margins import error_margin
 from modelctl.core.drift.statistics import adjust_pvalues
 from modelctl.core.errors import UserError, collect
-from modelctl.core.margins import error_margin
 from modelctl.core.schema import Analysis, ModelName, Strict, VersionName, duration_seconds
 from modelctl.core.state import pydantic_errors
 

@@ -1,6 +1,6 @@
 """The margins a canary may trail its baseline by: one definition for the judge and the alert.
 
-The canary judge (`modelctl.core.judge`) tests non-inferiority within these margins; the
+The canary judge (`modelctl.core.analysis.judge`) tests non-inferiority within these margins; the
 `ModelCanaryWorseThanStable` alert (`infra/alert_rules.py`) fires beyond the same ones, so the
 page and the automatic decision never disagree about what "worse" means.
 """

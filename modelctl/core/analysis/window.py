@@ -2,7 +2,7 @@
 
 Pure: `queries` names the PromQL (from the contract's table) that one analysis runs;
 `build_snapshot` turns the answers (instant vectors, as Prometheus' HTTP API returns them)
-into a `modelctl.core.judge.Snapshot`. The reading itself is `modelctl.repo.prometheus`.
+into a `modelctl.core.analysis.judge.Snapshot`. The reading itself is `modelctl.repo.prometheus`.
 
 Every count is a counter's increase over the window since the current step's commit, summed
 across replicas, and exact (`window_counts`): each series' last value in the window less its value
@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from modelctl.core import contract, releases
-from modelctl.core.judge import Snapshot, parse_snapshot
+from modelctl.core.analysis.judge import Snapshot, parse_snapshot
 from modelctl.core.schema import Analysis, Release
 
 # One instant-vector sample: its labels and its value.
@@ -65,7 +65,7 @@ def canary_arms(release: Release) -> Arms | None:
     return Arms(stable, canary, release.traffic[stable], weight) if weight <= 50 else None
 
 
-def window(seconds: float) -> str:
+def promql_range(seconds: float) -> str:
     """A PromQL range covering `seconds` (whole seconds, at least one)."""
     return f"{max(math.ceil(seconds), 1)}s"
 
@@ -73,7 +73,7 @@ def window(seconds: float) -> str:
 def queries(model: str, seconds: float, names: Sequence[str] = WINDOW_QUERIES) -> dict[str, str]:
     """The PromQL of the window counts `names` (keys of `contract.WINDOW_COUNTS`) over every
     version of `model` and the last `seconds`: the parts `window_counts` reads, by part name."""
-    span = window(seconds)
+    span = promql_range(seconds)
     return {
         part: promql
         for name in names
@@ -99,7 +99,7 @@ def resets(answers: Mapping[str, Sequence[Sample]]) -> list[tuple[str, Series]]:
 
 def sample_query(name: str, series: Series, seconds: float) -> str:
     """The PromQL of the samples of `series` (of the window count `name`) over the last `seconds`."""
-    return contract.series_samples(name, dict(series), window(seconds))
+    return contract.series_samples(name, dict(series), promql_range(seconds))
 
 
 def window_counts(

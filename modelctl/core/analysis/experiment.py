@@ -16,7 +16,7 @@ intervals are) so that an arm with no mistakes yet never has zero variance. `val
 squares in the counters: its spread is the `value_sd` setting.
 
 The difference treatment - control has a confidence sequence: the normal-mixture boundary
-(`modelctl.core.judge.normal_mixture_radius`: the mSPRT of Johari, Pekelis and Walsh,
+(`modelctl.core.analysis.judge.normal_mixture_radius`: the mSPRT of Johari, Pekelis and Walsh,
 "Always valid inference", 2017; Howard, Ramdas, McAuliffe and Sekhon, "Time-uniform,
 nonparametric, nonasymptotic confidence sequences", Annals of Statistics 2021) with the prior
 scale at the smallest effect worth detecting, and the variance estimated at each look (an
@@ -52,10 +52,10 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import Field, field_validator, model_validator
 
+from modelctl.core.analysis.judge import Arm, Feedback, Source, definition, normal_mixture_radius
+from modelctl.core.analysis.judge import Snapshot as Counts
+from modelctl.core.analysis.judge import _finite as finite
 from modelctl.core.errors import UserError
-from modelctl.core.judge import Arm, Feedback, Source, definition, normal_mixture_radius
-from modelctl.core.judge import Snapshot as Counts
-from modelctl.core.judge import _finite as finite
 from modelctl.core.releases import format_duration, stable_version
 from modelctl.core.schema import (
     EXPERIMENT_METRICS,
