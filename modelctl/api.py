@@ -53,8 +53,9 @@ from modelctl.repo.transaction import (
 
 if TYPE_CHECKING:
     from modelctl.core.analysis.experiment import ExperimentDecision, ExperimentSnapshot
-    from modelctl.core.analysis.judge import Decision, Snapshot
+    from modelctl.core.analysis.judge import Decision
     from modelctl.core.analysis.shadow import Logged, ShadowReport
+    from modelctl.core.analysis.snapshot import Snapshot
 
 __all__ = [
     "Analysis",
@@ -422,7 +423,7 @@ def canary_analyze(
     UserError, UserErrors
         No Prometheus URL, Prometheus failing, `model` with no canary, or the change refused.
     """
-    from modelctl.core.analysis.window import canary_arms
+    from modelctl.core.analysis.snapshot import canary_arms
 
     chosen = _analyzed(
         root,
@@ -464,18 +465,19 @@ def _analyze(
     policies: PolicyCheck,
     lock_timeout: float | None,
 ) -> Analysis:
+    from modelctl.core.analysis import snapshot as snapshots
     from modelctl.core.analysis import window
     from modelctl.core.analysis.judge import judge
 
     release = read_state(root).stack(stack).config.releases[model]
-    arms = window.canary_arms(release)
+    arms = snapshots.canary_arms(release)
     assert arms is not None  # canary_analyze chose only canaries
     changes = release_changes(history, model)
     window_start = changes[0].date if changes else taken_at
     started = [c.date for c in itertools.takewhile(lambda c: _serves(c.release(model), arms.canary), changes)]
     seconds = (taken_at - window_start).total_seconds()
     queries = window.queries(model, seconds)
-    snapshot = window.build_snapshot(
+    snapshot = snapshots.build_snapshot(
         model=model,
         stack=stack,
         arms=arms,
@@ -823,7 +825,7 @@ def _experiment_snapshot(
 ) -> ExperimentSnapshot:
     """The experiment's counts since its split began, read at `EXPERIMENT_LOOKS` instants."""
     from modelctl.core.analysis import experiment, window
-    from modelctl.core.analysis.judge import Source
+    from modelctl.core.analysis.snapshot import Arms, Source, build_snapshot
 
     state = read_state(root)
     release = state.stack(stack).config.releases[model]
@@ -837,13 +839,13 @@ def _experiment_snapshot(
         release_changes(history, model),
     )
     started = ([c.date for c in both] or [taken_at])[-1]
-    weights = window.Arms(control, treatment, release.traffic[control], release.traffic[treatment])
+    weights = Arms(control, treatment, release.traffic[control], release.traffic[treatment])
     looks, counts, source = [], None, {}
     for at in experiment.looks_at([started, taken_at], EXPERIMENT_LOOKS + 1)[-EXPERIMENT_LOOKS:]:
         seconds = (at - started).total_seconds()
         queries = window.queries(model, seconds, (*window.WINDOW_QUERIES, *experiment.VALUE_QUERIES))
         answers = _window_counts(url, queries, at, seconds)
-        counts = window.build_snapshot(
+        counts = build_snapshot(
             model=model,
             stack=stack,
             arms=weights,

@@ -28,7 +28,8 @@ from modelctl.cli import (
 from modelctl.core.errors import UserError
 
 if TYPE_CHECKING:
-    from modelctl.core.analysis.judge import Decision, Evidence
+    from modelctl.core.analysis.judge import Decision
+    from modelctl.core.analysis.metrics import Evidence
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 JUDGE_HELP = (
@@ -133,7 +134,7 @@ def format_decision(decision: Decision) -> str:
 
 
 def _row(e: Evidence) -> str:
-    from modelctl.core.analysis.judge import describe
+    from modelctl.core.analysis.metrics import describe
 
     canary, baseline = describe(e, "canary"), describe(e, "baseline")
     return (

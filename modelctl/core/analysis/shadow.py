@@ -10,7 +10,7 @@ From the counters (every request the shadow saw, but not paired):
 - the positive-class score distributions from the score histograms: the Kolmogorov–Smirnov
   distance between the two bucketed CDFs with its p-value (`drift.statistics.ks_pvalue`), and the
   population stability index over the buckets (`drift.statistics.psi_from_counts`);
-- latency p50 and p99 by Prometheus' `histogram_quantile` interpolation (`judge.histogram_quantile`).
+- latency p50 and p99 by Prometheus' `histogram_quantile` interpolation (`buckets.histogram_quantile`).
 
 The shadow's requests are a subset of the primary's, so the two samples are positively
 correlated, not independent as these two-sample tests assume: the variance of a difference is then
@@ -39,7 +39,7 @@ from scipy import stats
 
 from modelctl.core import contract
 from modelctl.core.analysis import window
-from modelctl.core.analysis.judge import histogram_quantile
+from modelctl.core.analysis.buckets import histogram_quantile
 from modelctl.core.contract import PREDICTION_LOG_KEYS
 from modelctl.core.drift.statistics import category_test, ks_pvalue, psi_from_counts
 
@@ -150,7 +150,7 @@ def queries(model: str, seconds: float) -> dict[str, str]:
 def side(answers: Mapping[str, Sequence[window.Sample]], versions: Sequence[str]) -> Side:
     """One side's counters from the answers to `queries`, summed over `versions` (and replicas)."""
     wanted = set(versions)
-    requests = window._by_version(answers.get("requests_in_window", ()))
+    requests = window.by_version(answers.get("requests_in_window", ()))
     label = contract.PREDICTED_CLASS.labels[0]
     classes: dict[str, float] = {}
     for labels, value in answers.get("predicted_class_in_window", ()):
@@ -158,7 +158,7 @@ def side(answers: Mapping[str, Sequence[window.Sample]], versions: Sequence[str]
             classes[labels[label]] = classes.get(labels[label], 0.0) + value
 
     def summed(name: str) -> tuple[Bounds, tuple[float, ...]]:
-        per_version = window._histograms(answers.get(name, ()))
+        per_version = window.histograms(answers.get(name, ()))
         bounds = sorted({b for v in wanted for b in per_version.get(v, {})} | {math.inf})
         totals = np.zeros(len(bounds))
         for v in wanted:
