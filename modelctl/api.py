@@ -38,8 +38,7 @@ from modelctl.core.releases import Proposal, Target
 from modelctl.core.schema import Release, Status
 from modelctl.core.state import State, stack_file
 from modelctl.repo import dvcstore, gitutil, registry
-from modelctl.repo.history import Snapshot as HistorySnapshot
-from modelctl.repo.history import release_changes, stack_history
+from modelctl.repo.history import StackChange, release_changes, stack_history
 from modelctl.repo.registry import Bump, Registered, Say
 from modelctl.repo.state import read_state
 from modelctl.repo.transaction import (
@@ -459,7 +458,7 @@ def _analyze(
     *,
     url: str,
     taken_at: datetime,
-    history: list[HistorySnapshot],
+    history: list[StackChange],
     dry_run: bool,
     record: bool,
     policies: PolicyCheck,
@@ -555,7 +554,7 @@ class _Chosen:
     state: State
     url: str = ""
     taken_at: datetime = datetime.min
-    history: list[HistorySnapshot] = dataclasses.field(default_factory=list)
+    history: list[StackChange] = dataclasses.field(default_factory=list)
 
 
 def _analyzed(
@@ -783,7 +782,7 @@ def _experiment(
     *,
     url: str,
     taken_at: datetime,
-    history: list[HistorySnapshot],
+    history: list[StackChange],
     options: TransactionOptions,
 ) -> Experiment:
     from modelctl.core.analysis import experiment
@@ -821,7 +820,7 @@ def _experiment(
 
 
 def _experiment_snapshot(
-    root: Path, stack: str, model: str, *, url: str, taken_at: datetime, history: list[HistorySnapshot]
+    root: Path, stack: str, model: str, *, url: str, taken_at: datetime, history: list[StackChange]
 ) -> ExperimentSnapshot:
     """The experiment's counts since its split began, read at `EXPERIMENT_LOOKS` instants."""
     from modelctl.core.analysis import experiment, window
@@ -1030,7 +1029,7 @@ def _shadow_report(
     *,
     url: str,
     taken_at: datetime,
-    history: list[HistorySnapshot],
+    history: list[StackChange],
     window: float | None,
     prediction_logs: list[Path] | None,
 ) -> ShadowResult:
