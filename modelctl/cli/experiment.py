@@ -86,7 +86,7 @@ def _add_plan(sub: SubParsers) -> argparse.ArgumentParser:
 
 def run_analyze(args: argparse.Namespace) -> Result:
     from modelctl import api
-    from modelctl.cli.analyze import applied_data
+    from modelctl.cli.analysis import applied_data
     from modelctl.repo.state import read_state
 
     root = repo_root(args)
@@ -120,7 +120,7 @@ def _write_html(path: Path, results: list[Experiment]) -> None:
 
 
 def _text(results: list[Experiment], dry_run: bool) -> str:
-    from modelctl.cli.analyze import applied_head
+    from modelctl.cli.analysis import applied_head
 
     if not results:
         return "no A/B experiment to analyze"

@@ -1,7 +1,7 @@
 """`modelctl shadow report`: how each shadow's predictions differ from the versions it mirrors.
 
 `shadow` is also the release command `modelctl shadow <model> <version>`, so its parser is
-wrapped as `canary`'s is (modelctl.cli.judge): `shadow report ...` goes to the report's parser.
+wrapped as `canary`'s is (modelctl.cli.canary): `shadow report ...` goes to the report's parser.
 The report reads; it changes nothing and exits 0 whatever it finds (it is evidence for a person,
 not a gate).
 """
