@@ -151,6 +151,7 @@ def _experiment_snapshot(scope: Scope, model: str) -> ExperimentSnapshot:
         seconds = (at - started).total_seconds()
         queries = window.queries(model, seconds, (*window.WINDOW_QUERIES, *experiment.VALUE_QUERIES))
         answers = read_counts(scope.url, queries, at, seconds)
+        source = {"prometheus": scope.url, "queries": queries}
         counts = build_snapshot(
             model=model,
             stack=scope.stack,
@@ -160,10 +161,9 @@ def _experiment_snapshot(scope: Scope, model: str) -> ExperimentSnapshot:
             window_start=started,
             canary_started=started,
             answers=answers,
-            source={"prometheus": scope.url, "queries": queries},
+            source=source,
         )
         looks.append(experiment.look(at, counts, answers))
-        source = {"prometheus": scope.url, "queries": queries}
     assert counts is not None
     return ExperimentSnapshot(
         model=model,
