@@ -5,8 +5,8 @@ A new alert goes here; where alerts are delivered (Alertmanager routing) is `inf
 from __future__ import annotations
 
 from infra.common import ModelTarget, Obj, metadata
+from modelctl.core.analysis.margins import error_margin_promql, latency_ratio
 from modelctl.core.contract import FEEDBACK_WINDOW, LIVE_QUALITY, LIVE_QUALITY_ALIASES, query
-from modelctl.core.margins import error_margin_promql, latency_ratio
 from modelctl.core.schema import ThresholdAlert
 
 RUNBOOKS = "infra/runbooks.md"

@@ -12,7 +12,7 @@ import pytest
 from sklearn import metrics as skm
 
 from bench.ab import bench
-from modelctl.core import experiment
+from modelctl.core.analysis import experiment
 from modelctl.core.errors import UserError, UserErrors
 from tests.test_judge import arm as judged_arm
 

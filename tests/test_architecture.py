@@ -1,12 +1,14 @@
-"""Dependencies point one way: modelctl.core imports nothing else here; modelctl.repo only the core;
-the shells (pipeline, infra, serving, policies) only the core, never each other; the CLI and the
-API are the outer layer."""
+"""Dependencies point one way: modelctl.core imports nothing else here (and the rest of the core not
+its analyses); modelctl.repo only the core; the shells (pipeline, infra, serving, policies) only
+the core, never each other; the CLI and the API are the outer layer. No import circle, and no
+source file over 1,000 lines."""
 
 from __future__ import annotations
 
 import ast
 import subprocess
 import sys
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 import pytest
@@ -17,8 +19,10 @@ SHELLS = ("pipeline", "infra", "serving", "policies", "onebox")
 # The outer layer: the CLI and the API under it may load the shells (lazily: see the last test).
 OUTER = ("modelctl.cli", "modelctl.api")
 # Folder (or file) -> the modules it must not import.
+# The first folder a path starts with decides.
 RULES: dict[str, tuple[str, ...]] = {
-    "modelctl/core/": ("modelctl.repo", *OUTER, *SHELLS),
+    "modelctl/core/analysis/": ("modelctl.repo", *OUTER, *SHELLS),
+    "modelctl/core/": ("modelctl.core.analysis", "modelctl.repo", *OUTER, *SHELLS),
     "modelctl/repo/": (*OUTER, *SHELLS),
     **{f"{shell}/": ("modelctl.repo", *OUTER, *(s for s in SHELLS if s != shell)) for shell in SHELLS},
 }
@@ -68,8 +72,18 @@ def test_imports_point_one_way(path: Path) -> None:
             "from modelctl.repo import gitutil\n",
             ["modelctl.repo", "modelctl.repo.gitutil"],
         ),
-        ("modelctl/core/judge.py", "import infra.build\n", ["infra.build"]),
+        ("modelctl/core/analysis/judge.py", "import infra.build\n", ["infra.build"]),
         ("modelctl/core/state.py", "from modelctl import cli\n", ["modelctl.cli"]),
+        (
+            "modelctl/core/contract.py",
+            "from modelctl.core.analysis.window import Sample\n",
+            ["modelctl.core.analysis.window", "modelctl.core.analysis.window.Sample"],
+        ),
+        (
+            "modelctl/core/analysis/window.py",
+            "def f():\n    from modelctl.api.analysis import read_counts\n",
+            ["modelctl.api.analysis", "modelctl.api.analysis.read_counts"],
+        ),
         (
             "modelctl/repo/registry.py",
             "def f():\n    from policies.rules import RULES\n",
@@ -96,6 +110,74 @@ def test_a_planted_import_breaks_the_rules(path: str, source: str, broken: list[
     real = (ROOT / path).read_text(encoding="utf-8")
     assert violations(path, real) == []
     assert violations(path, real + source) == broken
+
+
+MAX_LINES = 1000
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(paths: list[Path]) -> dict[str, set[str]]:
+    """Module -> the modules among `paths` it imports anywhere (at the top, in a function, for type
+    checking): `from a import b` imports the module a.b when there is one, else a."""
+    modules = {module_name(p): p for p in paths}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                submodules = {f"{node.module}.{alias.name}" for alias in node.names} & modules.keys()
+                found |= submodules | ({node.module} if len(submodules) < len(node.names) else set())
+        graph[name] = (found & modules.keys()) - {name}
+    return graph
+
+
+def test_no_import_circle() -> None:
+    """No module imports, however indirectly, one that imports it back, even lazily."""
+    try:
+        TopologicalSorter(import_graph(python_files("modelctl", *SHELLS))).prepare()
+    except CycleError as exc:
+        pytest.fail(f"import circle: {' -> '.join(exc.args[1])}")
+
+
+def test_a_planted_circle_is_found() -> None:
+    graph = import_graph(python_files("modelctl"))
+    assert "modelctl.cli.analysis" in graph["modelctl.cli.canary"]
+    graph["modelctl.cli.analysis"].add("modelctl.cli.canary")
+    with pytest.raises(CycleError):
+        TopologicalSorter(graph).prepare()
+
+
+def test_no_source_file_is_over_1000_lines() -> None:
+    long = {
+        str(path.relative_to(ROOT)): lines
+        for path in python_files("modelctl", *SHELLS, "bench", "tests")
+        if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
+    assert long == {}
+
+
+def test_a_release_command_loads_no_analysis_code() -> None:
+    """The API's face loads each module on first use: `modelctl fetch` (in the serving image) and
+    the release and registry functions run without the analyses (`modelctl.core.analysis`,
+    `modelctl.api.analysis*`)."""
+    script = (
+        "import contextlib, io, sys\n"
+        "from modelctl import api\n"
+        "from modelctl.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    main(['fetch', '--help'])\n"
+        "api.canary, api.rollback, api.register, api.check_policies\n"
+        "print(*(m for m in sys.modules if m.startswith(('modelctl.core.analysis', 'modelctl.api.analysis'))))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == []
 
 
 def test_the_cli_may_load_the_shells() -> None:

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 
 from modelctl import api
 from modelctl.core import contract
-from modelctl.core.collect import Arms, canary_arms
+from modelctl.core.analysis.snapshot import Arms, canary_arms
 from modelctl.core.schema import Release
 from modelctl.repo import prometheus as prometheus_api
 from modelctl.repo.state import read_state

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from infra.build import build_stack
+from modelctl.core.analysis.margins import error_margin, latency_ratio
 from modelctl.core.errors import UserError
-from modelctl.core.margins import error_margin, latency_ratio
 from modelctl.core.schema import ModelFile, StackConfig
 from modelctl.core.servingspec import ServingSpec
 from modelctl.core.state import Stack, State, cross_check, load_allow_list, load_state

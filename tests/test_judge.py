@@ -15,17 +15,12 @@ import pytest
 from scipy import stats
 
 from bench.judge import bench
+from modelctl.core.analysis.buckets import histogram_quantile
+from modelctl.core.analysis.judge import judge
+from modelctl.core.analysis.metrics import HARM_RATIOS, HARM_WEIGHTS
+from modelctl.core.analysis.sequential import difference_noninferiority, origin_log_evalue
+from modelctl.core.analysis.snapshot import parse_snapshot, snapshot_schema
 from modelctl.core.errors import UserError, UserErrors
-from modelctl.core.judge import (
-    HARM_RATIOS,
-    HARM_WEIGHTS,
-    difference_noninferiority,
-    histogram_quantile,
-    judge,
-    origin_log_evalue,
-    parse_snapshot,
-    snapshot_schema,
-)
 
 BOUNDS = [round(0.01 * 1.1**k, 6) for k in range(64)]
 SCORE_BOUNDS = [round(0.1 * k, 1) for k in range(1, 11)]

@@ -9,8 +9,8 @@ import orjson
 import pytest
 from scipy import stats
 
+from modelctl.core.analysis.shadow import Logged, ShadowReport, Side, compare, parse_log
 from modelctl.core.contract import PREDICTION_LOG_KEYS
-from modelctl.core.shadow import Logged, ShadowReport, Side, compare, parse_log
 from serving.metrics import LATENCY_BUCKETS, SCORE_BUCKETS
 
 CLASSES = ("no", "yes")

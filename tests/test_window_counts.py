@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from modelctl.core.collect import Sample, queries, resets, window_counts
+from modelctl.core.analysis.window import Sample, queries, resets, window_counts
 
 REQUESTS = "requests_in_window"
 

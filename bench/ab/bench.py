@@ -3,7 +3,7 @@
 
 Every run draws labelled requests one by one (each to the treatment with probability equal to
 its share, correct with its arm's accuracy) and looks every 100 labels, up to a horizon; the
-analysis (`modelctl.core.experiment`: `estimate`, `compare`, `verdict`, exactly as
+analysis (`modelctl.core.analysis.experiment`: `estimate`, `compare`, `verdict`, exactly as
 `ab analyze` calls them) stops the run at its first decision. The naive z-test is a
 fixed-sample two-sided test at alpha re-run at every look.
 
@@ -24,7 +24,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from modelctl.core import experiment
+from modelctl.core.analysis import experiment
 
 LOOK_EVERY = 100
 ALPHA = 0.05

@@ -29,14 +29,10 @@ import numpy.typing as npt
 from prometheus_client import Histogram
 from scipy import stats
 
-from modelctl.core.judge import (
-    Snapshot,
-    histogram_quantile,
-    judge,
-    margin_index,
-    origin_log_evalue,
-    threshold_index,
-)
+from modelctl.core.analysis.buckets import histogram_quantile, margin_index, threshold_index
+from modelctl.core.analysis.judge import judge
+from modelctl.core.analysis.sequential import origin_log_evalue
+from modelctl.core.analysis.snapshot import Snapshot
 from serving.metrics import LATENCY_BUCKETS
 
 Floats = npt.NDArray[np.float64]

@@ -54,7 +54,7 @@ COMMAND_MODULES = [
     "modelctl.cli.render",
     "modelctl.cli.serve",
     "modelctl.cli.drift",
-    "modelctl.cli.judge",
+    "modelctl.cli.canary",
     "modelctl.cli.experiment",
     "modelctl.cli.local",
     "modelctl.cli.shadow",

@@ -29,7 +29,7 @@ from modelctl.core.errors import UserError
 
 if TYPE_CHECKING:
     from modelctl.api import Experiment
-    from modelctl.core.experiment import ExperimentDecision, MetricResult, Plan
+    from modelctl.core.analysis.experiment import ExperimentDecision, MetricResult, Plan
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 ANALYZE_HELP = (
@@ -86,7 +86,7 @@ def _add_plan(sub: SubParsers) -> argparse.ArgumentParser:
 
 def run_analyze(args: argparse.Namespace) -> Result:
     from modelctl import api
-    from modelctl.cli.analyze import applied_data
+    from modelctl.cli.analysis import applied_data
     from modelctl.repo.state import read_state
 
     root = repo_root(args)
@@ -112,7 +112,7 @@ def run_analyze(args: argparse.Namespace) -> Result:
 
 
 def _write_html(path: Path, results: list[Experiment]) -> None:
-    from modelctl.core.experiment_html import render_html
+    from modelctl.core.analysis.experiment_html import render_html
     from modelctl.core.yamlio import write_atomic
 
     write_atomic(path, render_html([r.decision for r in results]))
@@ -120,7 +120,7 @@ def _write_html(path: Path, results: list[Experiment]) -> None:
 
 
 def _text(results: list[Experiment], dry_run: bool) -> str:
-    from modelctl.cli.analyze import applied_head
+    from modelctl.cli.analysis import applied_head
 
     if not results:
         return "no A/B experiment to analyze"
@@ -197,7 +197,7 @@ def _delay(seconds: float | None) -> str:
 
 
 def _days(seconds: float) -> str:
-    from modelctl.core.judge import duration_text
+    from modelctl.core.analysis.judge import duration_text
 
     days = seconds / SECONDS_PER_DAY
     return f"{days:,.1f} days" if days >= 1 else duration_text(seconds)
@@ -207,7 +207,7 @@ def _days(seconds: float) -> str:
 
 
 def run_plan(args: argparse.Namespace) -> Result:
-    from modelctl.core import experiment
+    from modelctl.core.analysis import experiment
 
     share = _treatment_share(args.split)
     rate, rate_source = _label_rate(args)

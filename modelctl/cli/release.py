@@ -21,7 +21,7 @@ from modelctl.core.errors import UserError
 from modelctl.core.schema import Release, Version
 from modelctl.core.state import stack_file
 from modelctl.repo.history import (
-    Snapshot,
+    StackChange,
     release_changes,
     snapshot_at,
     stack_history,
@@ -258,11 +258,11 @@ def run_history(args: argparse.Namespace) -> Result:
     root = repo_root(args)
     state = read_state(root)
     state.model(args.model)
-    snapshots = stack_history(root, state.stack(args.stack).name)
+    history = stack_history(root, state.stack(args.stack).name)
     if args.at:
-        return _history_at(args, snapshots, parse_timestamp(args.at))
-    changes = release_changes(snapshots, args.model)
-    data = [_snapshot_data(s, args.model) for s in changes]
+        return _history_at(args, history, parse_timestamp(args.at))
+    changes = release_changes(history, args.model)
+    data = [_change_data(s, args.model) for s in changes]
     lines = [
         f"{s.commit[:12]}  {s.date.isoformat()}  {s.author}  {describe(s.release(args.model))}  ({s.subject})"
         for s in changes
@@ -270,28 +270,28 @@ def run_history(args: argparse.Namespace) -> Result:
     return Result(data, "\n".join(lines) or f"no commit on {stack_file(args.stack)} mentions {args.model}")
 
 
-def _history_at(args: argparse.Namespace, snapshots: list[Snapshot], when: datetime) -> Result:
-    snapshot = snapshot_at(snapshots, when)
-    if snapshot is None:
+def _history_at(args: argparse.Namespace, history: list[StackChange], when: datetime) -> Result:
+    change = snapshot_at(history, when)
+    if change is None:
         return Result(
             {"at": when.isoformat(), "commit": None, "traffic": None},
             f"at {when.isoformat()} {stack_file(args.stack)} did not exist yet",
         )
-    data = {"at": when.isoformat(), **_snapshot_data(snapshot, args.model)}
+    data = {"at": when.isoformat(), **_change_data(change, args.model)}
     text = (
-        f"at {when.isoformat()} {args.model} on {args.stack}: {describe(snapshot.release(args.model))} "
-        f"(commit {snapshot.commit[:12]} of {snapshot.date.isoformat()}, {snapshot.subject})"
+        f"at {when.isoformat()} {args.model} on {args.stack}: {describe(change.release(args.model))} "
+        f"(commit {change.commit[:12]} of {change.date.isoformat()}, {change.subject})"
     )
     return Result(data, text)
 
 
-def _snapshot_data(snapshot: Snapshot, model: str) -> dict[str, Any]:
-    release = snapshot.release(model)
+def _change_data(change: StackChange, model: str) -> dict[str, Any]:
+    release = change.release(model)
     return {
-        "commit": snapshot.commit,
-        "author": snapshot.author,
-        "date": snapshot.date.isoformat(),
-        "subject": snapshot.subject,
+        "commit": change.commit,
+        "author": change.author,
+        "date": change.date.isoformat(),
+        "subject": change.subject,
         **(release_data(release) if release else dict.fromkeys(("traffic", "shadow", "sticky", "held"))),
     }
 

@@ -1,7 +1,7 @@
 """`modelctl shadow report`: how each shadow's predictions differ from the versions it mirrors.
 
 `shadow` is also the release command `modelctl shadow <model> <version>`, so its parser is
-wrapped as `canary`'s is (modelctl.cli.judge): `shadow report ...` goes to the report's parser.
+wrapped as `canary`'s is (modelctl.cli.canary): `shadow report ...` goes to the report's parser.
 The report reads; it changes nothing and exits 0 whatever it finds (it is evidence for a person,
 not a gate).
 """
@@ -24,7 +24,7 @@ from modelctl.core.yamlio import write_atomic
 
 if TYPE_CHECKING:
     from modelctl.api import ShadowResult
-    from modelctl.core.shadow import ShadowReport, Test
+    from modelctl.core.analysis.shadow import ShadowReport, Test
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 HELP = "compare each shadow's predictions with its primary's on the mirrored traffic (reads only)"
@@ -196,7 +196,7 @@ def format_report(result: ShadowResult) -> str:
 
 def render_html(results: list[ShadowResult]) -> str:
     """One self-contained page: per shadow, the table, the findings, class and score plots."""
-    from modelctl.core.drift.html import STYLE, _bars
+    from modelctl.core.drift.html import STYLE, bars
 
     sections = []
     for result in results:
@@ -207,7 +207,7 @@ def render_html(results: list[ShadowResult]) -> str:
             for a, b, c in _rows(report)
         )
         names = [c.name for c in report.classes]
-        bars = _bars(
+        class_bars = bars(
             names,
             np.nan_to_num([c.primary_rate for c in report.classes]),
             np.nan_to_num([c.shadow_rate for c in report.classes]),
@@ -217,7 +217,7 @@ def render_html(results: list[ShadowResult]) -> str:
             f"<h2>{html.escape(format_report(result).splitlines()[0])}</h2>",
             f"<table><thead><tr><th></th><th>primary</th><th>shadow</th></tr></thead><tbody>{rows}</tbody></table>",
             "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in _findings(report)) + "</ul>",
-            f"<figure><figcaption>predicted classes (share of rows)</figcaption>{bars}</figure>",
+            f"<figure><figcaption>predicted classes (share of rows)</figcaption>{class_bars}</figure>",
             *_score_plot(report, legend),
             *_confusion_html(report),
         ]
@@ -235,14 +235,14 @@ def render_html(results: list[ShadowResult]) -> str:
 
 
 def _score_plot(report: ShadowReport, legend: tuple[str, str]) -> list[str]:
-    from modelctl.core.drift.html import _steps
+    from modelctl.core.drift.html import steps
 
     finite = [b for b in report.score_le if math.isfinite(b)]
     primary, shadow = (np.array(report.scores[side][: len(finite)]) for side in ("primary", "shadow"))
     if not finite or not primary.sum() or not shadow.sum():
         return []
     edges = np.r_[min(0.0, finite[0]), finite]
-    svg = _steps(edges, primary / primary.sum(), shadow / shadow.sum(), legend)
+    svg = steps(edges, primary / primary.sum(), shadow / shadow.sum(), legend)
     caption = f"positive-class score (share of rows per bucket): {_test(report.score_test)}"
     return [f"<figure><figcaption>{html.escape(caption)}</figcaption>{svg}</figure>"]
 

@@ -175,7 +175,7 @@ class WindowCount:
     keeps only SERVER_ERRORS. The count is exact, not PromQL's `increase()`, which extrapolates
     the sampled span to the window's edges (689 requests for 600 sent in a short window): it is
     computed from the instant queries of WINDOW_PARTS (and, for a series reset within the window,
-    its samples: `series_samples`) by `modelctl.core.collect.window_counts`.
+    its samples: `series_samples`) by `modelctl.core.analysis.window.window_counts`.
     """
 
     series: str

@@ -626,7 +626,7 @@ ExperimentMetric = Literal["accuracy", "precision", "recall", "f1", "value"]
 
 
 class Experiment(Strict):
-    """How an A/B experiment is decided (`modelctl ab analyze`, modelctl.core.experiment).
+    """How an A/B experiment is decided (`modelctl ab analyze`, modelctl.core.analysis.experiment).
 
     `effect` is the smallest difference worth detecting, in the metric's own unit (0.01 is one
     point of accuracy); `guardrails` must not get worse for the winner (`errors` and `latency` as

@@ -22,7 +22,7 @@ _FIELD, _RECORD = "\x1f", "\x1e"
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class StackChange:
     """One commit that changed a stack file, and the stack as it stood after it."""
 
     commit: str
@@ -36,7 +36,7 @@ class Snapshot:
         return self.stack.config.releases.get(model) if self.stack else None
 
 
-def stack_history(root: Path, stack: str, rev: str = "HEAD") -> list[Snapshot]:
+def stack_history(root: Path, stack: str, rev: str = "HEAD") -> list[StackChange]:
     """Every commit reachable from `rev` (first parents) that touched the stack file, newest first."""
     path = stack_file(stack)
     out = gitutil.git(
@@ -48,15 +48,15 @@ def stack_history(root: Path, stack: str, rev: str = "HEAD") -> list[Snapshot]:
         "--",
         path,
     )
-    snapshots = []
+    history = []
     for record in out.split(_RECORD):
         if not record.strip():
             continue
         commit, author, date, subject = record.strip("\n").split(_FIELD)
-        snapshots.append(
-            Snapshot(commit, author, datetime.fromisoformat(date), subject, _stack_at(root, commit, stack))
+        history.append(
+            StackChange(commit, author, datetime.fromisoformat(date), subject, _stack_at(root, commit, stack))
         )
-    return snapshots
+    return history
 
 
 def _stack_at(root: Path, commit: str, stack: str) -> Stack | None:
@@ -70,22 +70,22 @@ def _stack_at(root: Path, commit: str, stack: str) -> Stack | None:
         return None
 
 
-def release_changes(snapshots: Sequence[Snapshot], model: str) -> list[Snapshot]:
-    """The snapshots (newest first) where the model's release differs from the one before it."""
+def release_changes(history: Sequence[StackChange], model: str) -> list[StackChange]:
+    """The changes (newest first) where the model's release differs from the one before it."""
     changes = []
     previous: Release | None = None
-    for snapshot in reversed(snapshots):
-        release = snapshot.release(model)
+    for change in reversed(history):
+        release = change.release(model)
         if release != previous:
-            changes.append(snapshot)
+            changes.append(change)
         previous = release
     return list(reversed(changes))
 
 
-def snapshot_at(snapshots: Sequence[Snapshot], when: datetime) -> Snapshot | None:
-    """The snapshot in force at `when`: the newest committed at or before it."""
-    return next((s for s in snapshots if s.date <= when), None)
+def snapshot_at(history: Sequence[StackChange], when: datetime) -> StackChange | None:
+    """The stack as it stood at `when`: the change committed newest at or before it."""
+    return next((s for s in history if s.date <= when), None)
 
 
-def releases_by_date(snapshots: Sequence[Snapshot], model: str) -> list[tuple[datetime, Release | None]]:
-    return [(s.date, s.release(model)) for s in snapshots]
+def releases_by_date(history: Sequence[StackChange], model: str) -> list[tuple[datetime, Release | None]]:
+    return [(s.date, s.release(model)) for s in history]

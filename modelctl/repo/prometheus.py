@@ -13,7 +13,7 @@ from collections.abc import Hashable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
-from modelctl.core.collect import Sample
+from modelctl.core.analysis.window import Sample
 from modelctl.core.errors import UserError
 
 TIMEOUT_SECONDS = 10.0

@@ -109,12 +109,12 @@ def _figure(item: FeatureDrift, profile: Profile, values: Floats) -> str:
     sketch = profile.sketch(item.name)
     if item.kind == "categorical":
         labels, reference, current = _category_shares(sketch.values, sketch.le - sketch.lt, finite)
-        svg = _bars(labels, reference, current)
+        svg = bars(labels, reference, current)
     else:
         edges = _edges(sketch.quantile(np.array([0.005, 0.995])), finite)
         reference = np.diff(sketch.cdf(edges))
         current = np.histogram(finite, bins=edges)[0] / max(finite.size, 1)
-        svg = _steps(edges, reference, current)
+        svg = steps(edges, reference, current)
     caption = (
         f"{item.name}: {item.test} statistic {_number(item.statistic)}, adjusted p {_number(item.p_adjusted)}, "
         f"effect size {_number(item.effect_size)}"
@@ -162,8 +162,12 @@ def _frame(x_labels: tuple[str, str], top: float, legend: tuple[str, str] = LEGE
     ]
 
 
-def _steps(edges: Floats, reference: Floats, current: Floats, legend: tuple[str, str] = LEGEND) -> str:
-    """Both distributions as step outlines of their share per bin."""
+def steps(edges: Floats, reference: Floats, current: Floats, legend: tuple[str, str] = LEGEND) -> str:
+    """Both distributions as step outlines of their share per bin, an inline SVG.
+
+    `edges` are the n + 1 bin edges, `reference` and `current` the n shares per bin of each side;
+    `legend` names the two sides (the shadow report draws its score buckets with it too).
+    """
     top = max(float(reference.max(initial=0)), float(current.max(initial=0)), 1e-12)
     x = PAD + (edges - edges[0]) / (edges[-1] - edges[0]) * (WIDTH - 8 - PAD)
 
@@ -180,8 +184,9 @@ def _steps(edges: Floats, reference: Floats, current: Floats, legend: tuple[str,
     return "".join(parts)
 
 
-def _bars(labels: list[str], reference: Floats, current: Floats, legend: tuple[str, str] = LEGEND) -> str:
-    """Side-by-side bars per category."""
+def bars(labels: list[str], reference: Floats, current: Floats, legend: tuple[str, str] = LEGEND) -> str:
+    """Side-by-side bars per category, an inline SVG: `reference` and `current` are each side's
+    share per category of `labels` (same length); `legend` names the two sides."""
     top = max(float(reference.max(initial=0)), float(current.max(initial=0)), 1e-12)
     slot = (WIDTH - 8 - PAD) / max(len(labels), 1)
     parts = _frame(("", ""), top, legend)

@@ -1,7 +1,7 @@
 """The shadow report: how a mirrored version's predictions differ from the primary's, on the same traffic.
 
 Pure: `compare` takes each side's counters over the window (summed across replicas, as
-`modelctl.core.collect` builds them from Prometheus) and, where the prediction log is on, the
+`modelctl.core.analysis.window` builds them from Prometheus) and, where the prediction log is on, the
 logged predictions of both sides (`parse_log`), and returns a `ShadowReport`.
 
 From the counters (every request the shadow saw, but not paired):
@@ -10,7 +10,7 @@ From the counters (every request the shadow saw, but not paired):
 - the positive-class score distributions from the score histograms: the Kolmogorov–Smirnov
   distance between the two bucketed CDFs with its p-value (`drift.statistics.ks_pvalue`), and the
   population stability index over the buckets (`drift.statistics.psi_from_counts`);
-- latency p50 and p99 by Prometheus' `histogram_quantile` interpolation (`judge.histogram_quantile`).
+- latency p50 and p99 by Prometheus' `histogram_quantile` interpolation (`buckets.histogram_quantile`).
 
 The shadow's requests are a subset of the primary's, so the two samples are positively
 correlated, not independent as these two-sample tests assume: the variance of a difference is then
@@ -37,10 +37,11 @@ import numpy as np
 import orjson
 from scipy import stats
 
-from modelctl.core import collect, contract
+from modelctl.core import contract
+from modelctl.core.analysis import window
+from modelctl.core.analysis.buckets import histogram_quantile
 from modelctl.core.contract import PREDICTION_LOG_KEYS
 from modelctl.core.drift.statistics import category_test, ks_pvalue, psi_from_counts
-from modelctl.core.judge import histogram_quantile
 
 Bounds = tuple[float, ...]
 # The contract's queries a report runs, each per version over the window.
@@ -142,14 +143,14 @@ class ShadowReport:
 
 def queries(model: str, seconds: float) -> dict[str, str]:
     """The PromQL of each of `QUERIES` over every version of `model` for the last `seconds`
-    (their parts: the answers go through `collect.window_counts`)."""
-    return collect.queries(model, seconds, QUERIES)
+    (their parts: the answers go through `window.window_counts`)."""
+    return window.queries(model, seconds, QUERIES)
 
 
-def side(answers: Mapping[str, Sequence[collect.Sample]], versions: Sequence[str]) -> Side:
+def side(answers: Mapping[str, Sequence[window.Sample]], versions: Sequence[str]) -> Side:
     """One side's counters from the answers to `queries`, summed over `versions` (and replicas)."""
     wanted = set(versions)
-    requests = collect._by_version(answers.get("requests_in_window", ()))
+    requests = window.by_version(answers.get("requests_in_window", ()))
     label = contract.PREDICTED_CLASS.labels[0]
     classes: dict[str, float] = {}
     for labels, value in answers.get("predicted_class_in_window", ()):
@@ -157,7 +158,7 @@ def side(answers: Mapping[str, Sequence[collect.Sample]], versions: Sequence[str
             classes[labels[label]] = classes.get(labels[label], 0.0) + value
 
     def summed(name: str) -> tuple[Bounds, tuple[float, ...]]:
-        per_version = collect._histograms(answers.get(name, ()))
+        per_version = window.histograms(answers.get(name, ()))
         bounds = sorted({b for v in wanted for b in per_version.get(v, {})} | {math.inf})
         totals = np.zeros(len(bounds))
         for v in wanted:

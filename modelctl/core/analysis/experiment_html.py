@@ -11,8 +11,8 @@ import html
 import math
 from collections.abc import Sequence
 
+from modelctl.core.analysis.experiment import ExperimentDecision, MetricResult, Point
 from modelctl.core.drift.html import CURRENT_COLOUR, HEIGHT, PAD, REFERENCE_COLOUR, STYLE, WIDTH
-from modelctl.core.experiment import ExperimentDecision, MetricResult, Point
 
 BAND_COLOUR = "#dd845233"
 

@@ -16,7 +16,7 @@ intervals are) so that an arm with no mistakes yet never has zero variance. `val
 squares in the counters: its spread is the `value_sd` setting.
 
 The difference treatment - control has a confidence sequence: the normal-mixture boundary
-(`modelctl.core.judge.normal_mixture_radius`: the mSPRT of Johari, Pekelis and Walsh,
+(`modelctl.core.analysis.sequential.normal_mixture_radius`: the mSPRT of Johari, Pekelis and Walsh,
 "Always valid inference", 2017; Howard, Ramdas, McAuliffe and Sekhon, "Time-uniform,
 nonparametric, nonasymptotic confidence sequences", Annals of Statistics 2021) with the prior
 scale at the smallest effect worth detecting, and the variance estimated at each look (an
@@ -41,7 +41,6 @@ has concluded; bench/ab measures how close it is.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -49,13 +48,12 @@ from datetime import datetime
 from statistics import NormalDist
 from typing import Annotated, Any, Literal
 
-import orjson
 from pydantic import Field, field_validator, model_validator
 
+from modelctl.core.analysis.metrics import definition
+from modelctl.core.analysis.sequential import normal_mixture_radius
+from modelctl.core.analysis.snapshot import Arm, Feedback, Snapshot, Source, digest, finite
 from modelctl.core.errors import UserError
-from modelctl.core.judge import Arm, Feedback, Source, definition, normal_mixture_radius
-from modelctl.core.judge import Snapshot as Counts
-from modelctl.core.judge import _finite as finite
 from modelctl.core.releases import format_duration, stable_version
 from modelctl.core.schema import (
     EXPERIMENT_METRICS,
@@ -116,7 +114,7 @@ class ExperimentSnapshot(Strict):
     positive_class: Annotated[str, Field(min_length=1)]
     experiment: Experiment
     looks: list[Look] = Field(min_length=1)
-    counts: Counts
+    counts: Snapshot
     source: Source | None = None
 
     @field_validator("taken_at", "started")
@@ -542,16 +540,10 @@ def analyze(snapshot: dict[str, Any] | ExperimentSnapshot, source: str = "snapsh
         coverage=_coverage(snap),
         label_delay_seconds=_label_delay(snap),
         series={m: [_point(snap, look, m) for look in snap.looks] for m in metrics},
-        snapshot_sha256=experiment_digest(snap),
+        snapshot_sha256=digest(snap),
         needs=needs or (_needs(snap, primary) if outcome == "continue" else None),
         settings=settings.model_dump(),
     )
-
-
-def experiment_digest(snapshot: ExperimentSnapshot) -> str:
-    """sha256 of the snapshot's canonical JSON (sorted keys), to match decisions with snapshots."""
-    canonical = orjson.dumps(snapshot.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(canonical).hexdigest()
 
 
 def cells(feedback: Iterable[Feedback]) -> dict[tuple[str, str], float]:
@@ -736,7 +728,7 @@ VALUE_QUERIES = ("feedback_value_in_window", "feedback_values_in_window")
 
 
 def look(
-    at: datetime, counts: Counts, answers: Mapping[str, Sequence[tuple[Mapping[str, str], float]]]
+    at: datetime, counts: Snapshot, answers: Mapping[str, Sequence[tuple[Mapping[str, str], float]]]
 ) -> Look:
     """One look from the judge's counts and the window counts of VALUE_QUERIES (per version)."""
 

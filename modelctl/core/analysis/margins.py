@@ -1,8 +1,8 @@
 """The margins a canary may trail its baseline by: one definition for the judge and the alert.
 
-The canary judge (`modelctl.core.judge`) tests non-inferiority within these margins; the
-`ModelCanaryWorseThanStable` alert (`infra/alert_rules.py`) fires beyond the same ones, so the
-page and the automatic decision never disagree about what "worse" means.
+The canary judge's metrics (`modelctl.core.analysis.metrics`) test non-inferiority within these
+margins; the `ModelCanaryWorseThanStable` alert (`infra/alert_rules.py`) fires beyond the same
+ones, so the page and the automatic decision never disagree about what "worse" means.
 """
 
 from __future__ import annotations

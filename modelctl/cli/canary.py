@@ -1,10 +1,21 @@
-"""`modelctl judge --snapshot FILE`: promote, hold or rollback, from one metrics snapshot;
-`modelctl judge --replay COMMIT`: an analysis commit's decision recomputed from its snapshot.
+"""The canary commands: `modelctl judge` and the `canary` group's `canary analyze` (and `canary judge`).
 
+`modelctl judge --snapshot FILE`: promote, hold or rollback, from one metrics snapshot;
+`modelctl judge --replay COMMIT`: an analysis commit's decision recomputed from its snapshot.
 The old spelling `modelctl canary judge` works for one more release, with a deprecation line on
-stderr. `canary` is also the release command `modelctl canary <model> <version>`
-(modelctl.cli.release); `canary judge` and `canary analyze` (modelctl.cli.analyze) are its
-subcommands (`add_subcommands`).
+stderr.
+
+`modelctl canary analyze`: Prometheus -> snapshot -> judge -> one commit with its evidence.
+`--json` prints {"analyses": [one object per canary judged], "skipped": [{"stack", "reason"}]}:
+a stack with no release in a canary state is skipped without querying Prometheus.
+
+`canary` is also the release command `modelctl canary <model> <version>` (modelctl.cli.release);
+`canary judge` and `canary analyze` are its subcommands (`add_subcommands`), registered here.
+
+Exit codes (the analysis job and CI branch on them), those of every command (modelctl.cli): the
+judge exits 0 promote, 2 rollback (a finding), 3 hold; `canary analyze` 0 every canary stepped
+or promoted (or none to analyze), 2 at least one rolled back, 3 at least one holds (none rolled
+back), 1 an error (one line on stderr, such as a held version).
 """
 
 from __future__ import annotations
@@ -21,14 +32,18 @@ from modelctl.cli import (
     Handler,
     Result,
     add_command,
+    add_lock_timeout,
     add_subcommands,
     progress,
     repo_root,
 )
+from modelctl.cli.analysis import applied_data, applied_head
 from modelctl.core.errors import UserError
 
 if TYPE_CHECKING:
-    from modelctl.core.judge import Decision, Evidence
+    from modelctl.api import Analysis
+    from modelctl.core.analysis.judge import Decision
+    from modelctl.core.analysis.metrics import Evidence
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 JUDGE_HELP = (
@@ -37,16 +52,20 @@ JUDGE_HELP = (
 )
 # The decision is the exit code, so a pipeline step can branch on it without parsing output.
 EXIT_CODE = {"promote": EXIT_OK, "rollback": EXIT_FINDING, "hold": EXIT_HOLD}
+NO_CANARY = "no release in a canary state"
+ANALYZE_HELP = (
+    "judge each canary from Prometheus and commit the next step, promotion or rollback with its snapshot"
+)
 DEPRECATED = (
     "warning: 'modelctl canary judge' is deprecated and goes in the next release; use 'modelctl judge'"
 )
 
 
 def register(sub: SubParsers) -> None:
-    from modelctl.cli import analyze
-
     _add_judge(sub, run)
-    add_subcommands(sub, "canary", {"judge": lambda s: _add_judge(s, run_deprecated), "analyze": analyze.add})
+    add_subcommands(
+        sub, "canary", {"judge": lambda s: _add_judge(s, run_deprecated), "analyze": _add_analyze}
+    )
 
 
 def _add_judge(sub: SubParsers, handler: Handler) -> argparse.ArgumentParser:
@@ -70,7 +89,7 @@ def run_deprecated(args: argparse.Namespace) -> Result:
 
 def run(args: argparse.Namespace) -> Result:
     # Loaded when the command runs: scipy is not what every other command should wait for.
-    from modelctl.core.judge import judge
+    from modelctl.core.analysis.judge import judge
 
     if args.replay:
         return _replay(args)
@@ -115,6 +134,62 @@ def read_snapshot(path: Path) -> Any:
         raise UserError(str(path), f"not valid JSON (line {exc.lineno}: {exc.msg})", "fix the file") from None
 
 
+# ---------------------------------------------------------------- canary analyze
+
+
+def _add_analyze(sub: SubParsers) -> argparse.ArgumentParser:
+    parser = add_command(sub, "analyze", run_analyze, ANALYZE_HELP)
+    parser.add_argument("--stack", help="the stack to analyze (default: every stack)")
+    parser.add_argument("--model", help="only this model's canary")
+    parser.add_argument("--prometheus", metavar="URL", help="Prometheus' URL (default: the stack's setting)")
+    parser.add_argument("--dry-run", action="store_true", help="judge and show the change; commit nothing")
+    parser.add_argument("--record", action="store_true", help="commit the snapshot of a hold too")
+    add_lock_timeout(parser)
+    return parser
+
+
+def run_analyze(args: argparse.Namespace) -> Result:
+    from modelctl import api
+    from modelctl.repo.state import read_state
+
+    root = repo_root(args)
+    stacks = [args.stack] if args.stack else sorted(read_state(root).stacks)
+    results: list[Analysis] = []
+    skipped: list[str] = []
+    for stack in stacks:
+        progress(f"analyzing the canaries on {stack}")
+        found = api.canary_analyze(
+            root,
+            stack=stack,
+            model=args.model,
+            prometheus=args.prometheus,
+            dry_run=args.dry_run,
+            record=args.record,
+            lock_timeout=args.lock_timeout,
+        )
+        results += found
+        skipped += [] if found else [stack]
+    outcomes = {r.outcome for r in results}
+    code = EXIT_FINDING if "rollback" in outcomes else EXIT_HOLD if "hold" in outcomes else EXIT_OK
+    data = {
+        "analyses": [applied_data(r, args.dry_run) for r in results],
+        "skipped": [{"stack": stack, "reason": NO_CANARY} for stack in skipped],
+    }
+    return Result(data, _analyze_text(results, skipped, args.dry_run), code)
+
+
+def _analyze_text(results: list[Analysis], skipped: list[str], dry_run: bool) -> str:
+    blocks = [f"skipped {', '.join(skipped)}: {NO_CANARY}"] if skipped else []
+    for result in results:
+        head = applied_head(result, dry_run)
+        diff = result.change.diff if result.change and dry_run else ""
+        blocks.append("\n".join(filter(None, [head, format_decision(result.decision), diff])))
+    return "\n\n".join(blocks)
+
+
+# ---------------------------------------------------------------- printing a decision
+
+
 def format_decision(decision: Decision) -> str:
     lines = [
         f"{decision.model} on {decision.stack}: {decision.action.upper()} "
@@ -133,7 +208,7 @@ def format_decision(decision: Decision) -> str:
 
 
 def _row(e: Evidence) -> str:
-    from modelctl.core.judge import describe
+    from modelctl.core.analysis.metrics import describe
 
     canary, baseline = describe(e, "canary"), describe(e, "baseline")
     return (
@@ -143,7 +218,7 @@ def _row(e: Evidence) -> str:
 
 
 def _needs(decision: Decision) -> list[str]:
-    from modelctl.core.judge import duration_text
+    from modelctl.core.analysis.judge import duration_text
 
     if not decision.needs:
         return []

@@ -1,27 +1,24 @@
-"""The canary analysis's queries, and the judge's snapshot built from Prometheus' answers.
+"""The analysis window: the PromQL of its counts, and the exact counts from Prometheus' answers.
 
 Pure: `queries` names the PromQL (from the contract's table) that one analysis runs;
-`build_snapshot` turns the answers (instant vectors, as Prometheus' HTTP API returns them)
-into a `modelctl.core.judge.Snapshot`. The reading itself is `modelctl.repo.prometheus`.
+`window_counts` turns the answers (instant vectors, as Prometheus' HTTP API returns them) into
+counts per version, which every analysis reads (`snapshot.build_snapshot` for the canary judge
+and the A/B experiments, `shadow.side` for the shadow report). The reading itself is
+`modelctl.repo.prometheus`, driven by `modelctl.api`.
 
 Every count is a counter's increase over the window since the current step's commit, summed
 across replicas, and exact (`window_counts`): each series' last value in the window less its value
 at the window's start, or, for a series reset within the window (a restarted process), the sum of
-its increases sample by sample. A histogram's buckets are still made cumulative again here (the
-running maximum), never trusted to be.
+its increases sample by sample. A histogram's buckets are made cumulative again where they
+are read (the running maximum), never trusted to be.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
-from modelctl.core import contract, releases
-from modelctl.core.judge import Snapshot, parse_snapshot
-from modelctl.core.schema import Analysis, Release
+from modelctl.core import contract
 
 # One instant-vector sample: its labels and its value.
 Sample = tuple[Mapping[str, str], float]
@@ -37,35 +34,7 @@ WINDOW_QUERIES = (
 )
 
 
-@dataclass(frozen=True)
-class Arms:
-    """The two versions compared and their configured weights (percent)."""
-
-    baseline: str
-    canary: str
-    baseline_weight: int
-    canary_weight: int
-
-
-def canary_arms(release: Release) -> Arms | None:
-    """The baseline and canary of a release in a canary state, else None.
-
-    A canary state: exactly two versions take traffic, without sticky sessions or `experiment`
-    settings (an A/B experiment, for `ab analyze`), and the canary (the version other than the recorded `rollback_to`, else the one
-    with less traffic, on a tie the newer) has at most half of it.
-    """
-    serving = release.serving()
-    if len(serving) != 2 or release.sticky is not None or release.experiment is not None:
-        return None
-    # The version the release started from, as recorded; a canary of an older version at 50%
-    # would otherwise be taken for the stable one.
-    stable = release.rollback_to if release.rollback_to in serving else releases.stable_version(release)
-    canary = next(v for v in serving if v != stable)
-    weight = release.traffic[canary]
-    return Arms(stable, canary, release.traffic[stable], weight) if weight <= 50 else None
-
-
-def window(seconds: float) -> str:
+def promql_range(seconds: float) -> str:
     """A PromQL range covering `seconds` (whole seconds, at least one)."""
     return f"{max(math.ceil(seconds), 1)}s"
 
@@ -73,7 +42,7 @@ def window(seconds: float) -> str:
 def queries(model: str, seconds: float, names: Sequence[str] = WINDOW_QUERIES) -> dict[str, str]:
     """The PromQL of the window counts `names` (keys of `contract.WINDOW_COUNTS`) over every
     version of `model` and the last `seconds`: the parts `window_counts` reads, by part name."""
-    span = window(seconds)
+    span = promql_range(seconds)
     return {
         part: promql
         for name in names
@@ -99,7 +68,7 @@ def resets(answers: Mapping[str, Sequence[Sample]]) -> list[tuple[str, Series]]:
 
 def sample_query(name: str, series: Series, seconds: float) -> str:
     """The PromQL of the samples of `series` (of the window count `name`) over the last `seconds`."""
-    return contract.series_samples(name, dict(series), window(seconds))
+    return contract.series_samples(name, dict(series), promql_range(seconds))
 
 
 def window_counts(
@@ -153,57 +122,8 @@ def _by_series(samples: Sequence[Sample]) -> dict[Series, float]:
     }
 
 
-def build_snapshot(
-    *,
-    model: str,
-    stack: str,
-    arms: Arms,
-    analysis: Analysis,
-    taken_at: datetime,
-    window_start: datetime,
-    canary_started: datetime | None,
-    answers: Mapping[str, Sequence[Sample]],
-    source: Mapping[str, Any],
-) -> Snapshot:
-    """The judge's snapshot from the answers to `queries` (name -> samples).
-
-    Raises
-    ------
-    UserError, UserErrors
-        The counts do not make a valid snapshot (one line per problem).
-    """
-    requests = _by_version(answers.get("requests_in_window", ()))
-    errors = _by_version(answers.get("server_errors_in_window", ()))
-    latency = _histograms(answers.get("latency_buckets_in_window", ()))
-    scores = _histograms(answers.get("score_buckets_in_window", ()))
-
-    def arm(version: str, weight: int) -> dict[str, Any]:
-        total = requests.get(version, 0.0)
-        return {
-            "version": version,
-            "weight": weight,
-            "requests": total,
-            "errors": min(errors.get(version, 0.0), total),
-            "latency_seconds": _histogram(latency, version),
-            "score": _histogram(scores, version) if scores else None,
-            "feedback": _feedback(answers.get("feedback_in_window", ()), version),
-        }
-
-    data = {
-        "model": model,
-        "stack": stack,
-        "taken_at": taken_at.isoformat(),
-        "window_start": window_start.isoformat(),
-        "canary_started": canary_started.isoformat() if canary_started else None,
-        "baseline": arm(arms.baseline, arms.baseline_weight),
-        "canary": arm(arms.canary, arms.canary_weight),
-        "analysis": analysis.model_dump(mode="json"),
-        "source": dict(source),
-    }
-    return parse_snapshot(data, f"analysis of {model} on {stack}")
-
-
-def _by_version(samples: Sequence[Sample]) -> dict[str, float]:
+def by_version(samples: Sequence[Sample]) -> dict[str, float]:
+    """Values summed by their `version` label (samples without one, or not finite, left out)."""
     totals: dict[str, float] = {}
     for labels, value in samples:
         if "version" in labels and math.isfinite(value):
@@ -211,8 +131,8 @@ def _by_version(samples: Sequence[Sample]) -> dict[str, float]:
     return totals
 
 
-def _histograms(samples: Sequence[Sample]) -> dict[str, dict[float, float]]:
-    """version -> bucket bound -> count."""
+def histograms(samples: Sequence[Sample]) -> dict[str, dict[float, float]]:
+    """Bucket counts by version, then by bound `le` (summed across series; not made cumulative)."""
     buckets: dict[str, dict[float, float]] = {}
     for labels, value in samples:
         if "version" in labels and "le" in labels and math.isfinite(value):
@@ -220,26 +140,3 @@ def _histograms(samples: Sequence[Sample]) -> dict[str, dict[float, float]]:
             bound = float(labels["le"])
             per[bound] = per.get(bound, 0.0) + value
     return buckets
-
-
-def _histogram(buckets: Mapping[str, Mapping[float, float]], version: str) -> dict[str, Any]:
-    """Both arms on the same bounds (the union); counts made cumulative again."""
-    bounds = sorted({b for per in buckets.values() for b in per} | {math.inf})
-    counts, running = [], 0.0
-    for bound in bounds:
-        running = max(running, buckets.get(version, {}).get(bound, 0.0))
-        counts.append(running)
-    return {"le": [b if math.isfinite(b) else "+Inf" for b in bounds], "counts": counts}
-
-
-def _feedback(samples: Sequence[Sample], version: str) -> list[dict[str, Any]]:
-    actual, predicted = contract.FEEDBACK.labels
-    return [
-        {"actual": labels[actual], "predicted": labels[predicted], "count": value}
-        for labels, value in samples
-        if labels.get("version") == version
-        and labels.get(actual)
-        and labels.get(predicted)
-        and math.isfinite(value)
-        and value > 0
-    ]

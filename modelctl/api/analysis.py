@@ -1,0 +1,165 @@
+"""What every analysis shares: the releases it looks at, Prometheus' window counts, the snapshot it commits.
+
+An analysis (`analysis_canary`, `analysis_experiment`, `analysis_shadow`) chooses the releases
+of one stack with the state, Prometheus' URL, the instant and the stack's history read once
+(`choose`, a `Scope` handed down to each release), reads each window's counts from Prometheus
+(`read_counts`) for the pure decision in `modelctl.core.analysis`, and commits the decision with
+its snapshot (`snapshot_file`, the trailers below).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+from pydantic import BaseModel
+
+from modelctl.api.local import local_prometheus
+from modelctl.core.analysis import window
+from modelctl.core.errors import UserError
+from modelctl.core.schema import Release
+from modelctl.core.state import State, stack_file
+from modelctl.repo import gitutil, prometheus
+from modelctl.repo.history import StackChange, release_changes, stack_history
+from modelctl.repo.state import read_state
+
+# Trailers of an analysis commit: what was done, the snapshot, and its digest.
+DECISION_TRAILER = "Analysis-Decision"
+SNAPSHOT_TRAILER = "Analysis-Snapshot"
+DIGEST_TRAILER = "Snapshot-Sha256"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The releases an analysis looks at on one stack (`names`), and what every look at them
+    shares: the state as read once, where and when to query Prometheus, and the stack's history
+    (the windows' starts). With no release chosen, `url` is empty and nothing else was read."""
+
+    root: Path
+    stack: str
+    state: State
+    names: list[str]
+    url: str = ""
+    taken_at: datetime = datetime.min
+    history: list[StackChange] = dataclasses.field(default_factory=list)
+
+    def release(self, model: str) -> Release:
+        return self.state.stack(self.stack).config.releases[model]
+
+    def changes(self, model: str) -> list[StackChange]:
+        """The commits that changed `model`'s release on the stack, newest first."""
+        return release_changes(self.history, model)
+
+    def since(self, model: str, holds: Callable[[Release | None], bool]) -> datetime | None:
+        """When `model`'s release last began to satisfy `holds` (the commit from which every change
+        did), None when its current release does not."""
+        dates = [c.date for c in itertools.takewhile(lambda c: holds(c.release(model)), self.changes(model))]
+        return dates[-1] if dates else None
+
+    def snapshot_path(self, model: str) -> str:
+        """Where `model`'s snapshot is committed: analysis/<stack>/<model>/<UTC time>.json."""
+        return f"analysis/{self.stack}/{model}/{self.taken_at.astimezone(UTC):%Y%m%dT%H%M%SZ}.json"
+
+
+def choose(
+    root: Path,
+    stack: str,
+    model: str | None,
+    arms: Callable[[Release], object],
+    *,
+    problem: str,
+    fix: str,
+    url: str | None,
+    now: datetime | None,
+    history: bool = True,
+) -> Scope:
+    """The models on `stack` (only `model`, when given) whose release has `arms` (not None), with
+    Prometheus' URL (`url`, else see `prometheus_url`), the instant `now` (default: the current
+    time) and, when `history`, the stack's history. With no release chosen nothing else is read:
+    a stack without one needs no Prometheus (prod may have none).
+
+    Raises
+    ------
+    UserError
+        `model` is given and is not registered, or its release has none: "<model> <problem>; <fix>";
+        the stack file has uncommitted changes; or no Prometheus URL.
+    """
+    state = read_state(root)
+    config = state.stack(stack).config
+    if model is not None:
+        state.model(model)
+    names = [
+        name
+        for name, release in config.releases.items()
+        if (model is None or name == model) and arms(release) is not None
+    ]
+    if model is not None and not names:
+        raise UserError(stack_file(stack), f"{model} {problem}", fix)
+    if not names:
+        return Scope(root, stack, state, names)
+    if gitutil.dirty_paths(root, stack_file(stack)):
+        # The release is read from the file, but its window from the commits that changed it.
+        raise UserError(
+            stack_file(stack),
+            "has uncommitted changes, and an analysis window starts at the commit that changed the release",
+            "commit the change first (release commands commit unless --no-commit), or discard it",
+        )
+    return Scope(
+        root,
+        stack,
+        state,
+        names,
+        prometheus_url(root, state, stack, url),
+        now or datetime.now(UTC),
+        stack_history(root, stack) if history else [],
+    )
+
+
+def prometheus_url(root: Path, state: State, stack: str, given: str | None) -> str:
+    """`given`, else the stack's monitoring.prometheus_url, else the local stack's.
+
+    Raises
+    ------
+    UserError
+        None of them.
+    """
+    configured = state.stack(stack).config.environment.monitoring.prometheus_url
+    url = given or configured or local_prometheus(root, stack)
+    if url is None:
+        raise UserError(
+            stack_file(stack),
+            "no Prometheus to query",
+            "pass --prometheus URL, set modelctl:environment.monitoring.prometheus_url, or run 'modelctl up'",
+        )
+    return url
+
+
+def read_counts(
+    url: str, queries: dict[str, str], at: datetime, seconds: float
+) -> dict[str, list[window.Sample]]:
+    """The window counts of `queries` (from `window.queries`) over the `seconds` before `at`,
+    exact: the samples of each series reset within the window are read too.
+
+    Raises
+    ------
+    UserError
+        Prometheus failing (see `modelctl.repo.prometheus`).
+    """
+    answers = prometheus.query_all(url, queries, at)
+    reset = {key: window.sample_query(*key, seconds) for key in window.resets(answers)}
+    return window.window_counts(answers, prometheus.query_samples(url, reset, at) if reset else None)
+
+
+def serves(release: Release | None, version: str) -> bool:
+    """Whether `version` takes traffic in `release`."""
+    return release is not None and release.traffic.get(version, 0) > 0
+
+
+def snapshot_file(path: str, snapshot: BaseModel) -> dict[str, str]:
+    """The snapshot as the file committed with its decision: indented JSON at `path`."""
+    return {path: orjson.dumps(snapshot.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode() + "\n"}

@@ -1,0 +1,302 @@
+"""The canary snapshot: the judge's whole input, its JSON form, and how it is built from window counts.
+
+A snapshot holds both arms' cumulative counts over one window (requests, errors, the latency and
+score histograms, the feedback labels) with the analysis settings; its JSON Schema is committed as
+`analysis/snapshot.schema.json` (`snapshot_schema`). `build_snapshot` makes one from the window
+counts `modelctl.core.analysis.window` reads; an A/B experiment's snapshot holds one for its
+guardrails. Every analysis stores its input through `digest` (a decision names its snapshot by
+it) and its output through `finite` (JSON has no NaN).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+from modelctl.core import contract, releases
+from modelctl.core.analysis.window import Sample, by_version, histograms
+from modelctl.core.errors import UserError, collect
+from modelctl.core.schema import Analysis, ModelName, Release, Strict, VersionName
+from modelctl.core.state import pydantic_errors
+
+Floats = npt.NDArray[np.float64]
+
+# A bucket bound: a number, the last one "+Inf" as Prometheus writes it.
+Bound = Annotated[float, WithJsonSchema({"anyOf": [{"type": "number"}, {"const": "+Inf"}]})]
+
+
+class Histogram(Strict):
+    """A Prometheus histogram: cumulative counts per upper bound `le`, the last bound +Inf."""
+
+    le: list[Bound] = Field(min_length=1)
+    counts: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]]
+
+    @field_validator("le")
+    @classmethod
+    def _bounds(cls, le: list[float]) -> list[float]:
+        if any(math.isnan(b) for b in le) or le[-1] != math.inf:
+            raise ValueError('the last bucket bound must be +Inf and none NaN; end le with "+Inf"')
+        if any(b <= a for a, b in itertools.pairwise(le)):
+            raise ValueError("bucket bounds must increase; list le smallest first")
+        return le
+
+    @model_validator(mode="after")
+    def _cumulative(self) -> Histogram:
+        if len(self.counts) != len(self.le):
+            raise ValueError(f"{len(self.counts)} counts for {len(self.le)} bounds; give one count per bound")
+        if any(b < a * (1 - 1e-9) - 1e-9 for a, b in zip(self.counts, self.counts[1:], strict=False)):
+            raise ValueError("bucket counts decrease; give cumulative counts as Prometheus exposes them")
+        return self
+
+    @field_serializer("le")
+    def _json_bounds(self, le: list[float]) -> list[float | str]:
+        # JSON has no infinity: the last bound is written as Prometheus writes it.
+        return [b if math.isfinite(b) else "+Inf" for b in le]
+
+    def cumulative(self) -> Floats:
+        return np.maximum.accumulate(np.asarray(self.counts, dtype=np.float64))
+
+
+class Feedback(Strict):
+    """Ground-truth labels received for one arm's predictions: count per (actual, predicted)."""
+
+    actual: Annotated[str, Field(min_length=1)]
+    predicted: Annotated[str, Field(min_length=1)]
+    count: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class Arm(Strict):
+    """One version's cumulative counts since the canary step began."""
+
+    version: VersionName
+    weight: Annotated[float, Field(ge=0, le=100)]
+    requests: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    errors: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    latency_seconds: Histogram
+    score: Histogram | None = None
+    feedback: list[Feedback] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _errors_are_requests(self) -> Arm:
+        if self.errors > self.requests:
+            raise ValueError(
+                f"errors ({self.errors:g}) exceed requests ({self.requests:g}); check the counters"
+            )
+        return self
+
+    def labels(self) -> tuple[float, float]:
+        """(labelled predictions, wrong ones) from the feedback counts."""
+        labelled = sum(f.count for f in self.feedback)
+        return labelled, sum(f.count for f in self.feedback if f.actual != f.predicted)
+
+
+class Source(Strict):
+    """Where the counts came from: the Prometheus queried and the PromQL run, by name."""
+
+    prometheus: str
+    queries: dict[str, str]
+
+
+class Snapshot(Strict):
+    """The judge's whole input: both arms' counts over one window, and the analysis settings.
+
+    `window_start` is when the counts begin (the current step's commit); `canary_started` when
+    the canary first took traffic (for `max_duration`). The JSON Schema of this format is
+    `analysis/snapshot.schema.json`.
+    """
+
+    model: ModelName
+    stack: Annotated[str, Field(min_length=1)]
+    taken_at: datetime
+    window_start: datetime | None = None
+    canary_started: datetime | None = None
+    baseline: Arm
+    canary: Arm
+    analysis: Analysis
+    source: Source | None = None
+
+    @field_validator("taken_at", "window_start", "canary_started")
+    @classmethod
+    def _aware(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError(f"{info.field_name} has no time zone; write it in UTC like 2026-01-31T12:00:00Z")
+        return value
+
+    @model_validator(mode="after")
+    def _comparable(self) -> Snapshot:
+        if self.canary.version == self.baseline.version:
+            raise ValueError(f"canary and baseline are both {self.canary.version}; compare two versions")
+        if self.canary.latency_seconds.le != self.baseline.latency_seconds.le:
+            raise ValueError("the arms' latency buckets differ; collect both with the same bounds")
+        scores = (self.canary.score, self.baseline.score)
+        if all(scores) and self.canary.score.le != self.baseline.score.le:  # type: ignore[union-attr]
+            raise ValueError("the arms' score buckets differ; collect both with the same bounds")
+        return self
+
+    def window_seconds(self) -> float | None:
+        if self.window_start is None:
+            return None
+        return (self.taken_at - self.window_start).total_seconds()
+
+
+def snapshot_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the snapshot, as committed in analysis/snapshot.schema.json."""
+    schema = Snapshot.model_json_schema(mode="validation")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+def parse_snapshot(data: Any, source: str = "snapshot") -> Snapshot:
+    """Validate a snapshot; every problem becomes a one-line UserError naming `source`.
+
+    Raises
+    ------
+    UserError, UserErrors
+        One line per problem, naming the key.
+    """
+    if not isinstance(data, dict):
+        raise UserError(source, "the snapshot is not a JSON object", "write the collector's snapshot object")
+    try:
+        return Snapshot.model_validate(data)
+    except ValidationError as exc:
+        collect(pydantic_errors(exc, source, data))
+        raise  # unreachable: collect raises for a non-empty list
+
+
+def digest(snapshot: BaseModel) -> str:
+    """sha256 of a snapshot's canonical JSON (sorted keys), to match decisions with snapshots."""
+    canonical = orjson.dumps(snapshot.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def finite(value: Any) -> Any:
+    """`value` (nested dicts, lists and tuples) with null for every NaN or infinity: JSON has neither."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------- from the window's counts
+
+
+@dataclass(frozen=True)
+class Arms:
+    """The two versions compared and their configured weights (percent)."""
+
+    baseline: str
+    canary: str
+    baseline_weight: int
+    canary_weight: int
+
+
+def canary_arms(release: Release) -> Arms | None:
+    """The baseline and canary of a release in a canary state, else None.
+
+    A canary state: exactly two versions take traffic, without sticky sessions or `experiment`
+    settings (an A/B experiment, for `ab analyze`), and the canary (the version other than the recorded `rollback_to`, else the one
+    with less traffic, on a tie the newer) has at most half of it.
+    """
+    serving = release.serving()
+    if len(serving) != 2 or release.sticky is not None or release.experiment is not None:
+        return None
+    # The version the release started from, as recorded; a canary of an older version at 50%
+    # would otherwise be taken for the stable one.
+    stable = release.rollback_to if release.rollback_to in serving else releases.stable_version(release)
+    canary = next(v for v in serving if v != stable)
+    weight = release.traffic[canary]
+    return Arms(stable, canary, release.traffic[stable], weight) if weight <= 50 else None
+
+
+def build_snapshot(
+    *,
+    model: str,
+    stack: str,
+    arms: Arms,
+    analysis: Analysis,
+    taken_at: datetime,
+    window_start: datetime,
+    canary_started: datetime | None,
+    answers: Mapping[str, Sequence[Sample]],
+    source: Mapping[str, Any],
+) -> Snapshot:
+    """The judge's snapshot from the answers to `queries` (name -> samples).
+
+    Raises
+    ------
+    UserError, UserErrors
+        The counts do not make a valid snapshot (one line per problem).
+    """
+    requests = by_version(answers.get("requests_in_window", ()))
+    errors = by_version(answers.get("server_errors_in_window", ()))
+    latency = histograms(answers.get("latency_buckets_in_window", ()))
+    scores = histograms(answers.get("score_buckets_in_window", ()))
+
+    def arm(version: str, weight: int) -> dict[str, Any]:
+        total = requests.get(version, 0.0)
+        return {
+            "version": version,
+            "weight": weight,
+            "requests": total,
+            "errors": min(errors.get(version, 0.0), total),
+            "latency_seconds": _histogram(latency, version),
+            "score": _histogram(scores, version) if scores else None,
+            "feedback": _feedback(answers.get("feedback_in_window", ()), version),
+        }
+
+    data = {
+        "model": model,
+        "stack": stack,
+        "taken_at": taken_at.isoformat(),
+        "window_start": window_start.isoformat(),
+        "canary_started": canary_started.isoformat() if canary_started else None,
+        "baseline": arm(arms.baseline, arms.baseline_weight),
+        "canary": arm(arms.canary, arms.canary_weight),
+        "analysis": analysis.model_dump(mode="json"),
+        "source": dict(source),
+    }
+    return parse_snapshot(data, f"analysis of {model} on {stack}")
+
+
+def _histogram(buckets: Mapping[str, Mapping[float, float]], version: str) -> dict[str, Any]:
+    """Both arms on the same bounds (the union); counts made cumulative again."""
+    bounds = sorted({b for per in buckets.values() for b in per} | {math.inf})
+    counts, running = [], 0.0
+    for bound in bounds:
+        running = max(running, buckets.get(version, {}).get(bound, 0.0))
+        counts.append(running)
+    return {"le": [b if math.isfinite(b) else "+Inf" for b in bounds], "counts": counts}
+
+
+def _feedback(samples: Sequence[Sample], version: str) -> list[dict[str, Any]]:
+    actual, predicted = contract.FEEDBACK.labels
+    return [
+        {"actual": labels[actual], "predicted": labels[predicted], "count": value}
+        for labels, value in samples
+        if labels.get("version") == version
+        and labels.get(actual)
+        and labels.get(predicted)
+        and math.isfinite(value)
+        and value > 0
+    ]
