@@ -109,6 +109,7 @@ def run_register(args: argparse.Namespace) -> Result:
         "version": done.version,
         "commit": done.commit,
         "record": done.record.model_dump(mode="json"),
+        "trust": done.trust,
     }
     where = f"committed {done.commit[:12]}" if done.commit else "not committed (--no-commit)"
     return Result(
