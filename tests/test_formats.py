@@ -93,6 +93,14 @@ def registered(root: Path, fmt: str) -> Registered:
     return Registered(model, version, fmt, data, rows, types, list(model_file.output.classes))
 
 
+def test_the_readme_lists_every_format_of_the_table() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "| `model." in line]
+    assert [row.split(" | ")[:2] for row in rows] == [
+        [f"| {f.name}", f"`{f.file_name}`"] for f in FORMATS.values()
+    ]
+
+
 @pytest.mark.parametrize("fmt", list(VERSIONS))
 def test_register_records_the_format_and_no_trusted_types_for_formats_without_code(
     repo: Path, fmt: str
