@@ -197,7 +197,9 @@ def run_show(args: argparse.Namespace) -> Result:
         "versions": rows,
     }
     gates = ", ".join(f"{metric} >= {minimum:g}" for metric, minimum in model.gates.items()) or "none"
-    table = [["VERSION", "STATUS", "FORMAT", "CREATED", *(m.upper() for m in KEY_METRICS), "GATES", "SERVED BY"]]
+    table = [
+        ["VERSION", "STATUS", "FORMAT", "CREATED", *(m.upper() for m in KEY_METRICS), "GATES", "SERVED BY"]
+    ]
     for row in rows:
         metrics = [f"{row['metrics'][m]:.4f}" if m in row["metrics"] else "-" for m in KEY_METRICS]
         verdict = "pass" if row["passes_gates"] else "FAIL: " + "; ".join(row["failed_gates"])
