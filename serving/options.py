@@ -8,8 +8,11 @@ from dataclasses import dataclass, fields
 
 from modelctl.core.contract import HTTP_PORT
 
-# The largest |compiled - scikit-learn| probability difference allowed on the reference rows.
+# The largest |compiled - native| probability difference allowed on the reference rows: for
+# formats computed in float64, and for ONNX graphs, computed in float32 (measured in
+# serving/formats/onnx.py).
 PARITY_TOLERANCE = 1e-9
+FLOAT32_PARITY_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -22,7 +25,7 @@ class Settings:
     feedback_ttl_s: float = 3600.0
     drift_window: int = 10_000
     drift_interval_s: float = 30.0
-    parity_tolerance: float = PARITY_TOLERANCE
+    parity_tolerance: float | None = None  # None: the format's own (serving.formats.RUNTIMES)
     prediction_log: str = ""
     prediction_log_sample: float = 1.0
 
@@ -106,7 +109,8 @@ def add_server_options(parser: argparse.ArgumentParser, host: str) -> None:
     )
     parser.add_argument(
         "--parity-tolerance", type=not_negative, default=d.parity_tolerance,
-        help="largest probability difference allowed between a compiled engine and scikit-learn",
+        help="largest probability difference allowed between a compiled engine and the format's own "
+        f"library (default: {PARITY_TOLERANCE:g}; {FLOAT32_PARITY_TOLERANCE:g} for onnx, computed in float32)",
     )  # fmt: skip
     parser.add_argument(
         "--prediction-log", default=d.prediction_log, metavar="FILE",

@@ -123,7 +123,7 @@ ENGINE = Metric(
 PARITY_ERROR = Metric(
     "model_engine_parity_error",
     "gauge",
-    "Largest probability difference between the engine and scikit-learn on the reference rows.",
+    "Largest probability difference between the engine and the format's own library on the reference rows.",
 )
 GC_PAUSES = Metric(
     "model_gc_pause_seconds", "histogram", "Garbage-collector pauses by generation.", ("generation",)

@@ -285,11 +285,23 @@ class Artifact(Strict):
         if value.lower() in UNSAFE_FORMATS:
             raise ValueError(
                 f"format {value!r} is refused because loading it runs arbitrary code; "
-                "save the model with skops (its trusted types are listed in the record)"
+                f"save the model in one of {', '.join(SAFE_FORMATS)} (modelctl/core/formats)"
             )
         if value not in SAFE_FORMATS:
             raise ValueError(f"format {value!r} is unknown; use one of {', '.join(SAFE_FORMATS)}")
         return value
+
+    @model_validator(mode="after")
+    def _matches_format(self) -> Artifact:
+        fmt = FORMATS[self.format]
+        if not self.path.endswith(fmt.suffix):
+            raise ValueError(
+                f"path {self.path} does not end in {fmt.suffix}, the {fmt.name} format's file name "
+                f"({fmt.file_name}); register the artifact again rather than editing its record"
+            )
+        if self.trusted_types and not fmt.holds_code:
+            raise ValueError(f"a {fmt.name} artifact lists trusted_types, but {fmt.trust}; remove them")
+        return self
 
     @field_validator("path")
     @classmethod
