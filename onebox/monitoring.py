@@ -10,12 +10,13 @@ rule file as they are.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from modelctl.core.schema import duration_seconds
-from onebox.proxy import Unsupported
+from onebox.envoy import Unsupported
 
 Obj = dict[str, Any]
 
@@ -85,6 +86,37 @@ def scrape_configs(
                 job["scrape_timeout"] = timeout if shorter else interval
             jobs.append(job)
     return jobs
+
+
+ENVOY_JOB = "envoy-stats"
+ENVOY_STATS_PATH = "/stats/prometheus"
+
+
+def envoy_scrape_config(admin: str, clusters: dict[str, dict[str, str]], timing: Timing) -> Obj:
+    """The gateway's own statistics (Envoy's admin `/stats/prometheus` at `admin`, host:port), as
+    Istio's sample PodMonitor `envoy-stats-monitor` scrapes a sidecar's. Each series of an outbound
+    cluster (`cluster_name="outbound|<port>|<subset>|<host>"`) gains the `model`, `version` and
+    `namespace` of the pods its subset selects (`clusters`: cluster name -> those labels), so a
+    query selects model and version as it does on the servers' own metrics."""
+    relabel = [
+        {
+            "source_labels": ["cluster_name"],
+            "regex": re.escape(name),
+            "target_label": label,
+            "replacement": value,
+        }
+        for name, labels in sorted(clusters.items())
+        for label, value in labels.items()
+    ]
+    job: Obj = {
+        "job_name": ENVOY_JOB,
+        "metrics_path": ENVOY_STATS_PATH,
+        "static_configs": [{"targets": [admin], "labels": {"job": ENVOY_JOB, "pod": "gateway"}}],
+        "metric_relabel_configs": relabel,
+    }
+    if timing.scrape_interval:
+        job["scrape_interval"] = job["scrape_timeout"] = timing.scrape_interval
+    return job
 
 
 def _static(service: Obj, target: Target) -> Obj:
