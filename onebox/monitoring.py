@@ -10,7 +10,9 @@ rule file as they are.
 from __future__ import annotations
 
 import copy
+import json
 import re
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,3 +211,26 @@ def local_secret_files(config: Obj, folder: Path) -> Obj:
                     item.pop(field, None)
                     item[file_field] = str(path)
     return config
+
+
+def graph_links(objects: list[Obj], prometheus: str, model: str) -> list[Obj]:
+    """Each panel of the rendered Grafana dashboards as a link to Prometheus' own graph page
+    (`/graph?g0.expr=...`, one expression per panel target), its `$model` variable set to `model`:
+    `[{"panel": title, "url": url}]`."""
+    links = []
+    for config_map in objects:
+        if config_map["kind"] != "ConfigMap" or "grafana_dashboard" not in config_map["metadata"].get(
+            "labels", {}
+        ):
+            continue
+        for text in config_map["data"].values():
+            for panel in json.loads(text)["panels"]:
+                params = {}
+                for index, target in enumerate(panel["targets"]):
+                    params[f"g{index}.expr"] = target["expr"].replace("$model", model)
+                    params[f"g{index}.tab"] = "0"
+                    params[f"g{index}.range_input"] = "1h"
+                links.append(
+                    {"panel": panel["title"], "url": f"{prometheus}/graph?{urllib.parse.urlencode(params)}"}
+                )
+    return links

@@ -380,6 +380,8 @@ class _Reconcile:
             self.supervise([state.procs[p.name] for p in plans])
             _wait_stopped(self.run, [p.name for p in replaced])
         state.models = _models(objects, plans, state)
+        for model, entry in state.models.items():
+            entry["graphs"] = monitoring.graph_links(objects, _url(state.ports["prometheus"]), model)
         state.save(self.run)
 
     def wait_scraped(self, addresses: set[str]) -> None:
@@ -722,16 +724,30 @@ def _models(objects: list[Obj], plans: list[ServerPlan], state: RunState) -> dic
 
 
 def addresses(run: Path, state: RunState) -> Obj:
-    """`{"stack", "gateway", "models": {model: {"host", "versions": {version: url}}}, "prometheus",
-    "alertmanager", "mailbox"}`."""
+    """`{"stack", "gateway", "gateway_admin", "models": {model: {"host", "versions": {version:
+    url}, "pods": {version: [url]}, "graphs": [{"panel", "url"}]}}, "prometheus", "alertmanager",
+    "alertmanager_ui", "mailbox"}`; `alertmanager_ui` is false for a build without the web UI
+    (Debian's: its page says to use amtool)."""
     return {
         "stack": state.stack,
         "gateway": _url(state.ports["gateway"]),
+        "gateway_admin": _url(state.ports["gateway-admin"]),
         "models": state.models,
         "prometheus": _url(state.ports["prometheus"]),
         "alertmanager": _url(state.ports["alertmanager"]),
+        "alertmanager_ui": _has_web_ui(_url(state.ports["alertmanager"])),
         "mailbox": str(run / "mailbox"),
     }
+
+
+def _has_web_ui(alertmanager: str) -> bool:
+    """Whether Alertmanager serves its web application (Debian's build answers / with a page
+    saying it "does not include a web application")."""
+    try:
+        page = httpx.get(alertmanager, timeout=5.0, follow_redirects=True)
+    except httpx.HTTPError:
+        return False
+    return page.status_code == 200 and "does not include a web application" not in page.text
 
 
 # ---------------------------------------------------------------------------- down, ps, status
