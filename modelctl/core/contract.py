@@ -41,6 +41,17 @@ ALERTING_SECRET = "modelctl-alerting"
 ALERTMANAGER_SECRETS_DIR = "/etc/alertmanager/secrets"
 
 
+# Feedback: the Redis that remembers which predictions took their label (a StatefulSet and its
+# Service per stack), and the Secret holding the receipts' signing keys and the store's password,
+# mounted as files in every model pod (the server reads them; a local stack writes the same files).
+FEEDBACK_STORE = "modelctl-feedback"
+FEEDBACK_STORE_PORT = 6379
+FEEDBACK_SECRET = "modelctl-feedback"
+FEEDBACK_SECRET_DIR = "/etc/modelctl/feedback"
+RECEIPT_KEYS_FILE = "receipt-keys"
+STORE_PASSWORD_FILE = "store-password"
+
+
 def secret_file(key: str) -> str:
     """The file Alertmanager reads the secret config key `key` from (`*_file` fields)."""
     return f"{ALERTMANAGER_SECRETS_DIR}/{ALERTING_SECRET}/{key}"
