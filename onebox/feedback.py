@@ -75,3 +75,9 @@ def store_config(port: int, password: str, data: Path) -> str:
 def store_url(port: int) -> str:
     """The store's URL, as servers are given it (they read the password from the Secret's file)."""
     return f"redis://127.0.0.1:{port}/0"
+
+
+def local_argv(argv: list[str], run: Path, port: int) -> list[str]:
+    """A rendered server command with the cluster's store and Secret mount made this machine's."""
+    local = {"--feedback-store": store_url(port), "--feedback-secret": str(secret_folder(run))}
+    return [local.get(argv[index - 1], value) if index else value for index, value in enumerate(argv)]

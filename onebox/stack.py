@@ -27,7 +27,7 @@ import yaml
 from filelock import FileLock, Timeout
 
 from modelctl.core.errors import UserError
-from onebox import monitoring, processes
+from onebox import feedback, monitoring, processes
 from onebox.monitoring import Target, Timing
 from onebox.processes import Proc
 from onebox.proxy import Routed, Unsupported, nginx_config
@@ -265,6 +265,9 @@ class _Reconcile:
             )
         )
         plans = server_plans(objects, self.run / "pods", self.options)
+        if plans:
+            store = state.port(feedback.STORE)
+            self.ensure(feedback.store_proc(self.run, store, self.log(feedback.STORE)))
         replaced = self.start_servers(plans)
         targets = [
             Target(
@@ -342,7 +345,10 @@ class _Reconcile:
             proc = Proc(
                 name=plan.name,
                 kind="server",
-                argv=[*plan.argv, "--host", "127.0.0.1", "--port", str(port), *options.server_args],
+                argv=[
+                    *feedback.local_argv(plan.argv, self.run, state.ports[feedback.STORE]),
+                    *("--host", "127.0.0.1", "--port", str(port), *options.server_args),
+                ],
                 port=port,
                 health=f"{_url(port)}{plan.ready_path}",
                 log=self.log(plan.name),
@@ -558,7 +564,7 @@ def down(root: Path, stack: str) -> list[Obj]:
 
 
 def _stop_all(run: Path, state: RunState) -> list[Obj]:
-    order = {"gateway": 0, "server": 1, "prometheus": 2, "alertmanager": 3, "sinks": 4}
+    order = {"gateway": 0, "server": 1, "store": 2, "prometheus": 3, "alertmanager": 4, "sinks": 5}
     stopped = []
     for proc in sorted(state.procs.values(), key=lambda p: order.get(p.kind, 0)):
         was_running = processes.running(proc)

@@ -283,7 +283,8 @@ def test_dashboard_shows_traffic_errors_latency_drift_ood_and_accuracy(state: St
     board = json.loads(text)
     queries = " ".join(t["expr"] for p in board["panels"] for t in p["targets"])
     for metric in ["model_requests_total", "model_prediction_duration_seconds_bucket", "model_feature_drift_p_value",
-                   "model_out_of_distribution_total", "model_version:feedback_accuracy"]:  # fmt: skip
+                   "model_out_of_distribution_total", "model_version:feedback_accuracy",
+                   "model_version:feedback_coverage"]:  # fmt: skip
         assert metric in queries
     assert "histogram_quantile(0.5," in queries
     assert "histogram_quantile(0.99," in queries

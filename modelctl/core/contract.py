@@ -149,6 +149,9 @@ LIVE_QUALITY = {
     for name in ("accuracy", "precision", "recall")
 }
 LIVE_QUALITY_ALIASES = {f"model_{name}": recorded for name, recorded in LIVE_QUALITY.items()}
+# Labels received per prediction made over FEEDBACK_WINDOW, per version across replicas (recorded
+# beside live quality): with labels that come late, the share of the traffic whose outcome is known.
+LABEL_COVERAGE = f"model_version:feedback_coverage:ratio_rate{FEEDBACK_WINDOW}"
 
 # The prediction log's JSON-lines records (the server writes them, `shadow report` reads them):
 # one line per predicted row, `score` being the positive class's probability as in SCORE.
