@@ -8,6 +8,8 @@ import error, never a silently empty alert.
 - The Secret of the alert receivers' credentials and the files Alertmanager reads them from
   (infra renders the paths, a local stack writes the files).
 - The server's probe and metrics paths (serving answers, infra probes and scrapes).
+- The feedback store and the Secret of the receipt keys (serving reads them, infra declares
+  them, a local stack runs and writes them).
 - The metrics the server exports, with their label sets (serving registers them), and the
   PromQL built from them as one named table of queries (alert rules, dashboard, canary analysis),
   in the manner of Flagger's per-mesh query table (`pkg/metrics/observers/istio.go`).
