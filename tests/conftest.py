@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
@@ -17,6 +18,7 @@ from serving.options import Settings
 from tests.factories import default_docs, full_docs, write_repo
 
 REPOSITORY = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 
 # Runs the CLI in-process on a repository: (exit code, stdout, stderr).
 Cli = Callable[..., tuple[int, str, str]]
@@ -129,3 +131,13 @@ def feedback_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Feedbac
         yield FeedbackStore(feedback.store_url(port), feedback.secret_folder(run), port)
     finally:
         processes.stop(proc)
+
+
+def run_fresh(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run `coroutine` on a loop of its own, leaving the thread's event loop as it was
+    (`asyncio.run` unsets it, and later tests in the process, Pulumi's, need one)."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        loop.close()

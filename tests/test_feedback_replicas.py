@@ -36,7 +36,7 @@ from modelctl.core.state import load_model
 from onebox.processes import free_port
 from onebox.traffic import json_rows
 from tests import pipeline_repo
-from tests.conftest import FeedbackStore
+from tests.conftest import FeedbackStore, run_fresh
 from tests.factories import run_git, stack_doc
 
 pytestmark = [
@@ -227,7 +227,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, feedback_store: FeedbackSt
         port, admin = free_port(), free_port()
         (folder / "envoy.yaml").write_text(envoy_config(port, admin, state.servers))
         envoy = subprocess.Popen(
-            [str(ENVOY), "-c", str(folder / "envoy.yaml"), "--concurrency", "1", "--log-level", "warn"],
+            [str(ENVOY), "-c", str(folder / "envoy.yaml"), "--concurrency", "1", "--log-level", "warn",
+             "--disable-hot-restart"],
             stdout=subprocess.DEVNULL, stderr=(folder / "envoy.log").open("wb"), start_new_session=True,
         )  # fmt: skip
         state.others.append(envoy)
@@ -306,7 +307,7 @@ def labelled(cluster: Cluster) -> Labelled:
         spec.output.classes[1 - spec.output.classes.index(t)] if i % 4 == 0 else t
         for i, t in enumerate(truth)
     ]
-    predictions = asyncio.run(_predict(cluster.balancer, rows))
+    predictions = run_fresh(_predict(cluster.balancer, rows))
     wait_for(cluster.prometheus, f'sum({contract.PREDICTIONS.name}{{model="{MODEL}"}})', PREDICTIONS)
     time.sleep(SCRAPE_SECONDS * 2)
     # A week later, every server restarted in turn (a rollout): none remembers anything.
@@ -315,7 +316,7 @@ def labelled(cluster: Cluster) -> Labelled:
         cluster.start(server, clock=WEEK)
     scraped_since_start(cluster)
     bodies = [{"receipt": p["receipt"], "label": t} for p, t in zip(predictions, truth, strict=True)]
-    first, again = asyncio.run(_label_twice(cluster.balancer, bodies))
+    first, again = run_fresh(_label_twice(cluster.balancer, bodies))
     # An application that still sends a request id alone is told what to send.
     reused_id = httpx.post(f"{cluster.balancer}/feedback", json={"request_id": "order-1", "label": "fraud"})
     return Labelled(predictions, truth, first, again, reused_id)

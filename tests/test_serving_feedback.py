@@ -11,7 +11,7 @@ from modelctl.core.errors import UserError
 from serving.feedback import LabelStore, stored_label
 from serving.inputs import ClientError
 from serving.receipts import Receipts, load_keys
-from tests.conftest import FeedbackStore
+from tests.conftest import FeedbackStore, run_fresh
 
 CLASSES = ["legit", "fraud"]
 OLD, NEW = b"o" * 32, b"n" * 40
@@ -72,7 +72,7 @@ def test_two_replicas_claiming_one_label_at_once_count_it_once(feedback_store: F
             for store in stores:
                 await store.close()
 
-    answers = asyncio.run(race())
+    answers = run_fresh(race())
     assert answers.count(None) == 1
     assert set(answers) - {None} == {label}
 
