@@ -392,8 +392,9 @@ def test_the_live_accuracy_gauge_and_coverage_read_right_per_version(
             if accuracy and coverage:
                 break
             time.sleep(0.5)
-        # rate() extrapolates each replica's series to the window's edges by its own scrape times,
-        # so the ratio of sums is exact only up to that: well within a point here.
-        assert float(accuracy[0]["value"][1]) == pytest.approx(right / labels, abs=0.01), version
-        assert float(coverage[0]["value"][1]) == pytest.approx(1.0, abs=0.02), version
+        # rate() extrapolates each process's series to the window's edges by its own scrape
+        # times; here every series is seconds old (the labels' processes were restarted, the
+        # predictions' are gone), so the ratios are exact only up to that: the counts above are.
+        assert float(accuracy[0]["value"][1]) == pytest.approx(right / labels, abs=0.02), version
+        assert float(coverage[0]["value"][1]) == pytest.approx(1.0, abs=0.1), version
     assert np.isclose(sum(cells.values()), PREDICTIONS)
