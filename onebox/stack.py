@@ -29,7 +29,7 @@ import yaml
 from filelock import FileLock, Timeout
 
 from modelctl.core.errors import UserError
-from onebox import envoy, monitoring, processes, supervisor
+from onebox import envoy, feedback, monitoring, processes, supervisor
 from onebox.envoy import Routed, Unsupported
 from onebox.monitoring import Target, Timing
 from onebox.processes import Proc
@@ -354,6 +354,9 @@ class _Reconcile:
             )
         )
         plans = server_plans(objects, self.run / "pods", self.options)
+        if plans:
+            store = state.port(feedback.STORE)
+            self.ensure(feedback.store_proc(self.run, store, self.log(feedback.STORE)))
         replaced = self.start_servers(plans)
         targets = [
             Target(
@@ -462,7 +465,10 @@ class _Reconcile:
             state.procs[plan.name] = Proc(
                 name=plan.name,
                 kind="server",
-                argv=[*plan.argv, "--host", "127.0.0.1", "--port", str(port), *options.server_args],
+                argv=[
+                    *feedback.local_argv(plan.argv, self.run, state.ports[feedback.STORE]),
+                    *("--host", "127.0.0.1", "--port", str(port), *options.server_args),
+                ],
                 port=port,
                 health=f"{_url(port)}{plan.ready_path}",
                 log=self.log(plan.name),
@@ -788,8 +794,8 @@ def _pods(run: Path, state: RunState) -> dict[str, Obj]:
 
 def _stop_all(run: Path, state: RunState) -> list[Obj]:
     """The gateway first, then the supervisor (it stops its pods), then any pod still running
-    (one an earlier supervisor left), Prometheus, Alertmanager and the sinks."""
-    order = {"gateway": 0, "supervisor": 1, "server": 2, "prometheus": 3, "alertmanager": 4, "sinks": 5}
+    (one an earlier supervisor left), the feedback store, Prometheus, Alertmanager and the sinks."""
+    order = {"gateway": 0, "supervisor": 1, "server": 2, "store": 3, "prometheus": 4, "alertmanager": 5, "sinks": 6}
     _pods(run, state)
     # Whether each ran before anything stopped: the supervisor's pods stop with it.
     procs = sorted(state.procs.values(), key=lambda p: order.get(p.kind, 0))

@@ -73,15 +73,17 @@ def test_every_version_of_the_model_logs_predictions_with_one_sample(root: Path)
     args = {
         o["metadata"]["labels"]["app"] + " " + o["metadata"]["labels"]["version"]: o["spec"]["template"][
             "spec"
-        ]["containers"][0].get("args")
+        ]["containers"][0]["args"]
         for o in objects
         if o["kind"] == "Deployment"
     }
     logged = ["--prediction-log", "-", "--prediction-log-sample", "0.25"]
-    assert args == {
-        "fraud-detection v1.0.0": logged,
-        "fraud-detection v1.1.0": logged,
-        "fraud-detection v1.2.0": logged,
-        "churn v2.0.0": None,
-        "churn v2.1.0-rc.1": None,
+    # Every server's flags end with the prediction log's, after the feedback store's.
+    assert {name: flags[len(flags) - len(logged) :] == logged for name, flags in args.items()} == {
+        "fraud-detection v1.0.0": True,
+        "fraud-detection v1.1.0": True,
+        "fraud-detection v1.2.0": True,
+        "churn v2.0.0": False,
+        "churn v2.1.0-rc.1": False,
     }
+    assert all("--prediction-log" not in args[name] for name in ("churn v2.0.0", "churn v2.1.0-rc.1"))

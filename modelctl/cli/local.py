@@ -208,7 +208,6 @@ def run_traffic(args: argparse.Namespace) -> Result:
         users=args.users,
         rate=args.rate,
         feedback=args.feedback,
-        versions=running["models"][model]["versions"],
         seed=args.seed,
     )
     from tqdm import tqdm

@@ -10,7 +10,7 @@ import itertools
 import re
 from datetime import datetime
 from functools import total_ordering
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -519,6 +519,21 @@ class Ingress(Strict):
     domain: str | None = None
 
 
+class FeedbackStore(Strict):
+    """The Redis of a stack that remembers which predictions took their label (infra: a
+    StatefulSet with its Service, NetworkPolicy and Secret). The receipts' signing keys and the
+    store's password are the Pulumi secret config keys `receiptKeys` and `feedbackStorePassword`."""
+
+    # Redis 7.0 or later (its SET takes NX and GET together); production pins it by digest.
+    image: Annotated[str, Field(min_length=1)] = "docker.io/library/redis:7.0.15-alpine"
+    storage: Annotated[str, Field(pattern=r"^\d+(Mi|Gi|Ti)$")] = "1Gi"
+    # How long a prediction's receipt takes its label, in Prometheus' duration grammar.
+    receipt_ttl: Duration = "35d"
+
+    RECEIPT_KEYS_SECRET: ClassVar[str] = "receiptKeys"
+    PASSWORD_SECRET: ClassVar[str] = "feedbackStorePassword"
+
+
 class Environment(Strict):
     namespace: ModelName
     image: str
@@ -533,11 +548,14 @@ class Environment(Strict):
     # On each model's ServiceAccount, e.g. eks.amazonaws.com/role-arn for reading the remote.
     service_account_annotations: dict[str, str] = {}
     analysis: AnalysisJob | None = None
+    feedback_store: FeedbackStore = FeedbackStore()
 
     def secret_keys(self) -> list[str]:
         """The Pulumi secret config keys (without the namespace) this environment names: its
-        receivers' credentials and the analysis job's deploy key."""
+        receivers' credentials, the analysis job's deploy key, the receipt keys and the feedback
+        store's password."""
         keys = [key for receiver in self.receivers for key in receiver.secret_keys()]
+        keys += [FeedbackStore.RECEIPT_KEYS_SECRET, FeedbackStore.PASSWORD_SECRET]
         return keys + ([self.analysis.deploy_key_secret] if self.analysis else [])
 
     @model_validator(mode="after")
