@@ -795,7 +795,15 @@ def _pods(run: Path, state: RunState) -> dict[str, Obj]:
 def _stop_all(run: Path, state: RunState) -> list[Obj]:
     """The gateway first, then the supervisor (it stops its pods), then any pod still running
     (one an earlier supervisor left), the feedback store, Prometheus, Alertmanager and the sinks."""
-    order = {"gateway": 0, "supervisor": 1, "server": 2, "store": 3, "prometheus": 4, "alertmanager": 5, "sinks": 6}
+    order = {
+        "gateway": 0,
+        "supervisor": 1,
+        "server": 2,
+        "store": 3,
+        "prometheus": 4,
+        "alertmanager": 5,
+        "sinks": 6,
+    }
     _pods(run, state)
     # Whether each ran before anything stopped: the supervisor's pods stop with it.
     procs = sorted(state.procs.values(), key=lambda p: order.get(p.kind, 0))
