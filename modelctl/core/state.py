@@ -12,10 +12,10 @@ from __future__ import annotations
 import difflib
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -34,6 +34,7 @@ from modelctl.core.errors import (
 from modelctl.core.schema import ModelFile, Release, StackConfig, TrustedTypesFile
 from modelctl.core.trusted import ALLOW_LIST_FILE, AllowList, refusals
 
+T = TypeVar("T")
 STACK_PREFIX = "Pulumi."
 CONFIG_NAMESPACE = "modelctl"
 STRUCTURED_KEYS = ("environment", "releases")
@@ -225,8 +226,29 @@ def find_root(start: Path) -> Path:
     )
 
 
+def read_checked(text: str, display: str, check: Callable[[Any], T]) -> T:
+    """`check(doc)` of the YAML document in `text`, read by the fast reader (`yamlio.read`);
+    where that reader is unsure, or `check` refuses what it read, `check` again on the round
+    trip's reading (`yamlio.loads`), whose errors carry their lines. A valid file costs one
+    fast reading; an invalid one is refused with the same messages as ever.
+
+    Raises
+    ------
+    UserError, UserErrors
+        What `check` raises on the round trip's reading, or a YAML syntax error.
+    """
+    try:
+        return check(yamlio.read(text))
+    except (yamlio.Unsure, UserError, UserErrors):
+        return check(yamlio.loads(text, display))
+
+
 def parse_model(text: str, display: str) -> ModelFile:
-    doc = yamlio.loads(text, display)
+    """One model file's text, validated (`display`: its path, for errors)."""
+    return read_checked(text, display, lambda doc: _model(doc, display))
+
+
+def _model(doc: Any, display: str) -> ModelFile:
     collect(plaintext_credentials(display, doc, "remove it: a model file holds no credentials"))
     result: ModelFile = parse(ModelFile, doc, display, doc)
     expected = display.split("/")[-2] if display.count("/") >= 2 else result.name
@@ -255,7 +277,10 @@ def parse_stack(text: str, name: str) -> Stack:
     """One stack file: the structured keys of the namespace parsed, and every other key of the
     namespace either a secret a receiver names or refused as unknown, with a did-you-mean."""
     display = stack_file(name)
-    doc = yamlio.loads(text, display) or {}
+    return read_checked(text, display, lambda doc: _stack(doc or {}, name, display))
+
+
+def _stack(doc: Any, name: str, display: str) -> Stack:
     config = doc.get("config") or {}
     ours = {
         key.split(":", 1)[1]: value
@@ -358,8 +383,9 @@ def load_allow_list(where: Path | Source) -> AllowList:
     text = _source(where).read(ALLOW_LIST_FILE)
     if text is None:
         return AllowList()
-    doc = yamlio.loads(text, ALLOW_LIST_FILE)
-    parsed: TrustedTypesFile = parse(TrustedTypesFile, doc or {}, ALLOW_LIST_FILE, doc)
+    parsed: TrustedTypesFile = read_checked(
+        text, ALLOW_LIST_FILE, lambda doc: parse(TrustedTypesFile, doc or {}, ALLOW_LIST_FILE, doc)
+    )
     return AllowList(tuple(parsed.namespaces), tuple(parsed.types))
 
 
