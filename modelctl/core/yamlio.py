@@ -16,6 +16,7 @@ import io
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -209,6 +210,80 @@ def dumps(data: Any) -> str:
     buf = io.StringIO()
     _yaml().dump(data, buf)
     return buf.getvalue()
+
+
+def edit_block(text: str, display: str, path: tuple[str, ...], edit: Callable[[Any], None]) -> str:
+    """`text` with the block-style mapping at the key `path` changed by `edit` (given that
+    mapping as the round trip reads it, to change in place), comments kept.
+
+    Only that mapping's lines are read and written again (with the comment lines that follow
+    it, which the round trip attaches to its last line), so editing one entry of a long file
+    costs what the entry costs; the rest of the file is left byte for byte. Where the lines
+    cannot be cut out for sure (flow style, tabs, anchors, tags, a key written twice...), the
+    whole document goes through the round trip instead.
+
+    Raises
+    ------
+    UserError
+        The text is not valid YAML (`display` names the file).
+    """
+    span = _block_span(text, path)
+    if span is not None:
+        start, end = span
+        head = "".join(f"{'  ' * depth}{key}:\n" for depth, key in enumerate(path[:-1]))
+        try:
+            doc = loads(head + text[start:end], display)
+        except UserError:
+            doc = None  # cut wrongly after all: the whole document says where the error is
+        if doc is not None:
+            edit(_at(doc, path))
+            out = dumps(doc)
+            if out.startswith(head):
+                return text[:start] + out[len(head) :] + text[end:]
+    doc = loads(text, display)
+    edit(_at(doc, path))
+    return dumps(doc)
+
+
+def _at(doc: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        doc = doc[key]
+    return doc
+
+
+def _block_span(text: str, path: tuple[str, ...]) -> tuple[int, int] | None:
+    """Where the lines of the mapping at `path` start and end in `text` (offsets), if each key of
+    the path is on a line of its own, indented two spaces a level, once in its parent; else None."""
+    if "\t" in text or _UNSAFE_TO_CUT.search(text):
+        return None
+    lines = text.splitlines(keepends=True)
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line))
+    low, high = 0, len(lines)
+    for depth, key in enumerate(path):
+        indent = 2 * depth
+        prefix = f"{' ' * indent}{key}:"
+        keys = [i for i in range(low, high) if lines[i].startswith(prefix) and _KEY_LINE.fullmatch(lines[i])]
+        if len(keys) != 1:
+            return None
+        low = keys[0]
+        high = next((i for i in range(low + 1, high) if _ends_block(lines[i], indent)), high)
+        low += 0 if depth == len(path) - 1 else 1
+    return offsets[low], offsets[high]
+
+
+def _ends_block(line: str, indent: int) -> bool:
+    """Whether `line` is the first after a block whose key is indented `indent` (comment lines
+    and blank lines belong to the block before them)."""
+    content = line.lstrip(" ")
+    return bool(content.strip()) and not content.startswith("#") and len(line) - len(content) <= indent
+
+
+# A key line with nothing after the colon but a comment; anything in a text that makes cutting
+# lines out of it unsafe: directives, document markers, anchors, aliases, tags, merge keys.
+_KEY_LINE = re.compile(r" *[^\s#:'\"{}\[\],&*!|>%@`](?:[^:#\s]|:(?=\S)|[ ](?=[^\s#]))*:[ ]*(?:#[^\n]*)?\n?")
+_UNSAFE_TO_CUT = re.compile(r"^(?:%|---|\.\.\.)|[\s\[{,:-][&*!]|<<", re.MULTILINE)
 
 
 def write_atomic(path: Path, text: str) -> None:
