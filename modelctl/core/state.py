@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -273,22 +273,26 @@ def load_model(where: Path | Source, name: str) -> ModelFile:
     return parse_model(text, display)
 
 
-def parse_stack(text: str, name: str) -> Stack:
+def parse_stack(text: str, name: str, only: Collection[str] | None = None) -> Stack:
     """One stack file: the structured keys of the namespace parsed, and every other key of the
-    namespace either a secret a receiver names or refused as unknown, with a did-you-mean."""
+    namespace either a secret a receiver names or refused as unknown, with a did-you-mean.
+
+    With `only`, just the releases of those models are read and checked (the rest of the
+    file whole): the stack as a command about those models needs it.
+    """
     display = stack_file(name)
-    return read_checked(text, display, lambda doc: _stack(doc or {}, name, display))
+    return read_checked(text, display, lambda doc: _stack(doc or {}, name, display, only))
 
 
-def _stack(doc: Any, name: str, display: str) -> Stack:
-    config = doc.get("config") or {}
+def _stack(doc: Any, name: str, display: str, only: Collection[str] | None) -> Stack:
+    config = _releases_of(doc.get("config") or {}, only)
     ours = {
         key.split(":", 1)[1]: value
         for key, value in config.items()
         if isinstance(key, str) and key.startswith(f"{CONFIG_NAMESPACE}:")
     }
     structured = {f"{CONFIG_NAMESPACE}:{k}": ours[k] for k in STRUCTURED_KEYS if k in ours}
-    collect(_stack_credentials(display, doc))
+    collect(_stack_credentials(display, doc, config))
     misspelt = [k for k in ours if k not in STRUCTURED_KEYS and difflib.get_close_matches(k, STRUCTURED_KEYS)]
     collect(_unknown_config_keys(display, doc, misspelt, STRUCTURED_KEYS) + _foreign_namespaces(display, doc))
     parsed: StackConfig = parse(StackConfig, structured, display, doc, prefix=("config",))
@@ -321,15 +325,25 @@ def plaintext_credentials(
     return errors
 
 
-def _stack_credentials(display: str, doc: Any) -> list[UserError]:
-    """Credentials among the stack's plain config: any namespace's key, encrypted values
-    (`secure:`) aside. The namespace's own secret keys are checked by `cross_check`."""
+def _releases_of(config: Any, only: Collection[str] | None) -> Any:
+    """The config mapping with only the releases of the models `only` names (all: None)."""
+    key = f"{CONFIG_NAMESPACE}:releases"
+    releases = config.get(key) if isinstance(config, dict) else None
+    if only is None or not isinstance(releases, dict):
+        return config
+    return {**config, key: {model: release for model, release in releases.items() if model in only}}
+
+
+def _stack_credentials(display: str, doc: Any, config: Any) -> list[UserError]:
+    """Credentials among the stack's plain `config` (of `doc`, where lines are looked up): any
+    namespace's key, encrypted values (`secure:`) aside. The namespace's own secret keys are
+    checked by `cross_check`."""
     fix = (
         f"set it with 'pulumi config set --secret {CONFIG_NAMESPACE}:<name>' "
         "and name that key in a receiver's '*_secret' field"
     )
     errors = []
-    for key, value in (doc.get("config") or {}).items():
+    for key, value in config.items():
         namespace, _, name = str(key).partition(":")
         encrypted = isinstance(value, dict) and set(value) == {"secure"}
         if not encrypted and not (namespace == CONFIG_NAMESPACE and name not in STRUCTURED_KEYS):
@@ -368,14 +382,14 @@ def _foreign_namespaces(display: str, doc: Any) -> list[UserError]:
     return errors
 
 
-def load_stack(where: Path | Source, name: str) -> Stack:
-    """One stack file, parsed; `where` is a folder or a `Source`."""
+def load_stack(where: Path | Source, name: str, only: Collection[str] | None = None) -> Stack:
+    """One stack file, parsed (see `parse_stack` for `only`); `where` is a folder or a `Source`."""
     text = _source(where).read(stack_file(name))
     if text is None:
         raise UserError(
             stack_file(name), f"no stack named {name!r}", "check the name or create the stack file"
         )
-    return parse_stack(text, name)
+    return parse_stack(text, name, only)
 
 
 def load_allow_list(where: Path | Source) -> AllowList:
@@ -393,13 +407,16 @@ def model_names(root: Path) -> list[str]:
     return Folder(root).model_names()
 
 
-def load_state(where: Path | Source) -> State:
-    """Read and validate everything, from a folder or a `Source`.
+def load_state(where: Path | Source, only: Collection[str] | None = None) -> State:
+    """Read and validate everything, from a folder or a `Source`; with `only`, what a command
+    about those models needs: their files, and every stack with only their releases (the rules
+    spanning files are checked on what was read). Naming a model that does not exist reads
+    everything, so the error lists the models there are.
 
     Returns
     -------
     State
-        Every model and stack, with `root` the repository's folder.
+        Every model (or those of `only`) and every stack, with `root` the repository's folder.
 
     Raises
     ------
@@ -411,14 +428,19 @@ def load_state(where: Path | Source) -> State:
     errors: list[UserError] = []
     models: dict[str, ModelFile] = {}
     stacks: dict[str, Stack] = {}
-    for name in source.model_names():
+    names = source.model_names()
+    if only is not None and set(only) <= set(names):
+        names = [name for name in names if name in only]
+    else:
+        only = None
+    for name in names:
         try:
             models[name] = load_model(source, name)
         except (UserError, UserErrors) as exc:
             errors += as_list(exc)
     for name in source.stack_names():
         try:
-            stacks[name] = load_stack(source, name)
+            stacks[name] = load_stack(source, name, only)
         except (UserError, UserErrors) as exc:
             errors += as_list(exc)
     trusted = AllowList()

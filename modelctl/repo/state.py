@@ -8,6 +8,7 @@ revision (history, immutability checks, the registry's history).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ class Revision:
         return sorted(name for path in listed.splitlines() if (name := stack_name(path)))
 
 
-def read_state(root: Path, rev: str | None = None) -> State:
+def read_state(root: Path, rev: str | None = None, only: Collection[str] | None = None) -> State:
     """The desired state of the working tree (`rev` None) or as committed at `rev`.
 
     Parameters
@@ -43,6 +44,9 @@ def read_state(root: Path, rev: str | None = None) -> State:
         The repository root.
     rev
         A branch, tag or commit; None for the working tree.
+    only
+        Read just these models, and only their releases on each stack: what a command about
+        those models needs (see `modelctl.core.state.load_state`).
 
     Raises
     ------
@@ -52,5 +56,5 @@ def read_state(root: Path, rev: str | None = None) -> State:
         The state is invalid (see `modelctl.core.state.load_state`).
     """
     if rev is None:
-        return load_state(Folder(root))
-    return load_state(Revision(root, gitutil.resolve(root, rev)))
+        return load_state(Folder(root), only)
+    return load_state(Revision(root, gitutil.resolve(root, rev)), only)
