@@ -139,10 +139,10 @@ def test_editing_only_the_release_lines_writes_what_the_whole_document_round_tri
     for name, step in STEPS if model == MODEL else STEPS[:-1]:
         before = parse_stack(text, "staging").config.releases[model]
         after = step(target, before).release
-        assert yamlio._block_span(text, ("config", "modelctl:releases", model)), "the lines were cut out"
+        assert yamlio.block_span(text, ("config", "modelctl:releases", model)), "the lines were cut out"
         cut = releases.edit_stack_text(text, "staging", model, before, after)
         with monkeypatch.context() as whole:
-            whole.setattr(yamlio, "_block_span", lambda *_: None)
+            whole.setattr(yamlio, "block_span", lambda *_: None)
             assert releases.edit_stack_text(text, "staging", model, before, after) == cut, name
         assert parse_stack(cut, "staging").config.releases[model] == after, name
         text = cut

@@ -227,7 +227,7 @@ def edit_block(text: str, display: str, path: tuple[str, ...], edit: Callable[[A
     UserError
         The text is not valid YAML (`display` names the file).
     """
-    span = _block_span(text, path)
+    span = block_span(text, path)
     if span is not None:
         start, end = span
         head = "".join(f"{'  ' * depth}{key}:\n" for depth, key in enumerate(path[:-1]))
@@ -251,39 +251,47 @@ def _at(doc: Any, path: tuple[str, ...]) -> Any:
     return doc
 
 
-def _block_span(text: str, path: tuple[str, ...]) -> tuple[int, int] | None:
-    """Where the lines of the mapping at `path` start and end in `text` (offsets), if each key of
-    the path is on a line of its own, indented two spaces a level, once in its parent; else None."""
-    if "\t" in text or _UNSAFE_TO_CUT.search(text):
+def block_span(text: str, path: tuple[str, ...]) -> tuple[int, int] | None:
+    """Where the lines of the mapping at `path` start (its key's line) and end (after the
+    comment lines that follow it) in `text`, as offsets, if each key of the path is on a line
+    of its own, indented two spaces a level, once in its parent, and nothing in the text makes
+    cutting it out unsafe; else None."""
+    if unsafe_to_cut(text):
         return None
-    lines = text.splitlines(keepends=True)
-    offsets = [0]
-    for line in lines:
-        offsets.append(offsets[-1] + len(line))
-    low, high = 0, len(lines)
+    low, high = 0, len(text)
     for depth, key in enumerate(path):
         indent = 2 * depth
-        prefix = f"{' ' * indent}{key}:"
-        keys = [i for i in range(low, high) if lines[i].startswith(prefix) and _KEY_LINE.fullmatch(lines[i])]
+        found = re.compile(f"^{' ' * indent}{re.escape(key)}:.*$", re.MULTILINE)
+        keys = [m for m in found.finditer(text, low, high) if _KEY_LINE.fullmatch(m[0])]
         if len(keys) != 1:
             return None
-        low = keys[0]
-        high = next((i for i in range(low + 1, high) if _ends_block(lines[i], indent)), high)
-        low += 0 if depth == len(path) - 1 else 1
-    return offsets[low], offsets[high]
+        # The block ends at the next line indented no deeper than its key that is not a comment.
+        after = min(keys[0].end() + 1, high)
+        ends = _BLOCK_END[indent].search(text, after, high)
+        low = keys[0].start() if depth == len(path) - 1 else after
+        high = ends.start() if ends else high
+    return low, high
 
 
-def _ends_block(line: str, indent: int) -> bool:
-    """Whether `line` is the first after a block whose key is indented `indent` (comment lines
-    and blank lines belong to the block before them)."""
-    content = line.lstrip(" ")
-    return bool(content.strip()) and not content.startswith("#") and len(line) - len(content) <= indent
+def is_key_line(line: str) -> bool:
+    """Whether `line` is a plain key with nothing after its colon but a comment."""
+    return _KEY_LINE.fullmatch(line) is not None
 
 
-# A key line with nothing after the colon but a comment; anything in a text that makes cutting
-# lines out of it unsafe: directives, document markers, anchors, aliases, tags, merge keys.
+def unsafe_to_cut(text: str) -> bool:
+    """Directives, document markers, tabs, merge keys, anchors, aliases or tags anywhere."""
+    if "\t" in text or "<<" in text or text.startswith(("%", "---", "...")):
+        return True
+    if "\n%" in text or "\n---" in text or "\n..." in text:
+        return True
+    return any(mark in text for mark in "&*!") and _ANCHOR_OR_TAG.search(text) is not None
+
+
+# A key line with nothing after the colon but a comment; an anchor, alias or tag where a token starts.
 _KEY_LINE = re.compile(r" *[^\s#:'\"{}\[\],&*!|>%@`](?:[^:#\s]|:(?=\S)|[ ](?=[^\s#]))*:[ ]*(?:#[^\n]*)?\n?")
-_UNSAFE_TO_CUT = re.compile(r"^(?:%|---|\.\.\.)|[\s\[{,:-][&*!]|<<", re.MULTILINE)
+_ANCHOR_OR_TAG = re.compile(r"[\s\[{,:-][&*!]")
+# Per indentation: the first line of what follows a block whose key is indented that much.
+_BLOCK_END = {indent: re.compile(f"^ {{0,{indent}}}[^ #\n]", re.MULTILINE) for indent in range(0, 40, 2)}
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -3,71 +3,240 @@
 History follows the first parent, so a state counts from the moment it landed on the branch
 (a merge commit's date), and times are committer dates: when the change was committed or
 merged, not when it was first written.
+
+One `git log` of the stack file lists its commits with the file's blob at each; a blob is read
+when a snapshot is first asked about it, once however many commits hold it. A stack file is
+mostly the same from one commit to the next, so each blob is cut into its releases (the lines
+of each `modelctl:releases` entry) and each distinct entry is parsed once: reading a model's
+history costs the entries that changed, not the whole file at every commit. A file that cannot
+be cut out for sure is parsed whole, as before.
 """
 
 from __future__ import annotations
 
+import re
+from bisect import bisect_right
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 
+from pydantic import TypeAdapter, ValidationError
+
+from modelctl.core import yamlio
+from modelctl.core.credentials import find_credentials
 from modelctl.core.errors import UserError, UserErrors
-from modelctl.core.schema import Release
-from modelctl.core.state import Stack, parse_stack, stack_file
+from modelctl.core.schema import ModelName, Release
+from modelctl.core.state import CONFIG_NAMESPACE, parse_stack, stack_file
 from modelctl.repo import gitutil
-from modelctl.repo.state import Revision
 
 _FIELD, _RECORD = "\x1f", "\x1e"
+_RELEASES = f"{CONFIG_NAMESPACE}:releases"
+_PATH = ("config", _RELEASES)
+# The first line of each entry of the releases block: a key indented four spaces.
+_ENTRY = re.compile(r"^    (?=[^ #\n])", re.MULTILINE)
+# A line that ends the releases block: indented two spaces or less, not a comment.
+_BLOCK_END = re.compile(r"^ {0,2}[^ #\n]", re.MULTILINE)
+_ENTRIES: TypeAdapter[dict[ModelName, Release]] = TypeAdapter(dict[ModelName, Release])
+
+
+@dataclass(frozen=True)
+class _Cut:
+    """A stack file cut into the rest (its releases block emptied) and its entries' lines."""
+
+    text: str
+    rest: str
+    # Where the releases block's entries start and end in `text`, and each entry's offset in it.
+    start: int
+    end: int
+    offsets: list[int]
+    entries: list[str]
+
+    def after(self, text: str) -> _Cut | None:
+        """The cut of `text`, another version of this file, where the two differ only inside
+        the entries (re-cutting only the entries that changed); None where they do not."""
+        same_head = _common_prefix(self.text, text)
+        same_tail = min(_common_suffix(self.text, text), len(self.text) - same_head, len(text) - same_head)
+        old_end = len(self.text) - same_tail
+        if same_head <= self.start or old_end > self.end or not self.offsets:
+            return None
+        first = max(bisect_right(self.offsets, same_head) - 1, 0)
+        last = max(bisect_right(self.offsets, old_end - 1), first + 1)
+        shift = len(text) - len(self.text)
+        low = self.offsets[first]
+        high = (self.offsets[last] if last < len(self.offsets) else self.end) + shift
+        changed = text[low:high]
+        if not changed.endswith("\n") or yamlio.unsafe_to_cut(text[max(low - 2, 0) : high + 2]) or _BLOCK_END.search(changed):
+            return None
+        starts = [m.start() for m in _ENTRY.finditer(changed)]
+        if starts[:1] != [0]:
+            return None
+        lines = [changed[a:b] for a, b in zip(starts, [*starts[1:], len(changed)], strict=True)]
+        if not all(yamlio.is_key_line(entry.partition("\n")[0]) for entry in lines):
+            return None
+        return _Cut(
+            text,
+            self.rest,
+            self.start,
+            self.end + shift,
+            [*self.offsets[:first], *(low + a for a in starts), *(o + shift for o in self.offsets[last:])],
+            [*self.entries[:first], *lines, *self.entries[last:]],
+        )
+
+
+class StackBlobs:
+    """The versions of one stack file in one history, read and parsed on demand, each once."""
+
+    def __init__(self, root: Path, stack: str) -> None:
+        self.stack = stack
+        self._objects = gitutil.objects(root)
+        self._files: dict[str, dict[str, Release] | None] = {}
+        self._checked: dict[str, bool] = {}
+        self._entries: dict[str, dict[str, Release] | None] = {}
+        self._last: _Cut | None = None
+
+    def releases(self, blob: str) -> dict[str, Release] | None:
+        """Model -> release as the blob `blob` of the stack file holds them; None where the
+        file does not validate (an old commit may predate today's schema)."""
+        if blob not in self._files:
+            text = self._objects.text(blob)
+            self._files[blob] = None if text is None else self._parse(text)
+        return self._files[blob]
+
+    def _parse(self, text: str) -> dict[str, Release] | None:
+        # Versions are mostly read one after the other, each mostly the one read before.
+        cut = (self._last.after(text) if self._last else None) or _cut(text)
+        if cut is None:
+            return self._whole(text)
+        self._last = cut
+        if cut.rest not in self._checked:
+            self._checked[cut.rest] = self._whole(cut.rest) is not None
+        found: dict[str, Release] = {}
+        for entry in cut.entries:
+            if entry not in self._entries:
+                self._entries[entry] = _entry(entry)
+            parsed = self._entries[entry]
+            if not self._checked[cut.rest] or parsed is None or parsed.keys() & found.keys():
+                return None
+            found.update(parsed)
+        return found
+
+    def _whole(self, text: str) -> dict[str, Release] | None:
+        try:
+            return dict(parse_stack(text, self.stack).config.releases)
+        except (UserError, UserErrors):
+            return None
+
+
+def _cut(text: str) -> _Cut | None:
+    """The file cut into the rest and its entries, or None where the entries cannot be cut out
+    for sure (see `yamlio.edit_block`)."""
+    span = yamlio.block_span(text, _PATH)
+    if span is None:
+        return None
+    start, end = span
+    key_end = text.find("\n", start, end) + 1 or end
+    offsets = [m.start() for m in _ENTRY.finditer(text, key_end, end)]
+    before_first = text[key_end : offsets[0] if offsets else end]
+    if any(line.strip() and not line.lstrip().startswith("#") for line in before_first.splitlines()):
+        return None
+    entries = [text[a:b] for a, b in zip(offsets, [*offsets[1:], end], strict=True)]
+    if not all(yamlio.is_key_line(entry.partition("\n")[0]) for entry in entries):
+        return None
+    rest = f"{text[:start]}  {_RELEASES}: {{}}\n{text[end:]}"
+    return _Cut(text, rest, key_end, end, offsets, entries)
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """The length of the longest common prefix of `a` and `b` (slices compared at C speed)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[low:middle] == b[low:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def _common_suffix(a: str, b: str) -> int:
+    """The length of the longest common suffix of `a` and `b`."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[len(a) - middle : len(a) - low] == b[len(b) - middle : len(b) - low]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def _entry(lines: str) -> dict[str, Release] | None:
+    """The release in one entry's lines, checked as `parse_stack` checks it; None if invalid."""
+    try:
+        doc = yamlio.read(f"config:\n  {_RELEASES}:\n{lines}")
+        releases = doc["config"][_RELEASES]
+        if not isinstance(releases, dict) or any(True for _ in find_credentials(releases)):
+            return None
+        return _ENTRIES.validate_python(releases)
+    except (yamlio.Unsure, ValidationError, TypeError, KeyError):
+        return None
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """One commit that changed a stack file, and the stack as it stood after it."""
+    """One commit that changed a stack file, and the stack's releases as they stood after it."""
 
     commit: str
     author: str
     date: datetime
     subject: str
-    # None where the file was deleted or does not validate at that commit.
-    stack: Stack | None
+    # The file's blob at this commit: None where the commit deleted it.
+    blob: str | None = None
+    blobs: StackBlobs | None = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def releases(self) -> dict[str, Release] | None:
+        """Model -> release; None where the file was deleted or does not validate at this commit."""
+        return self.blobs.releases(self.blob) if self.blobs and self.blob else None
 
     def release(self, model: str) -> Release | None:
-        return self.stack.config.releases.get(model) if self.stack else None
+        return self.releases.get(model) if self.releases is not None else None
 
 
 def stack_history(root: Path, stack: str, rev: str = "HEAD") -> list[Snapshot]:
-    """Every commit reachable from `rev` (first parents) that touched the stack file, newest first."""
+    """Every commit reachable from `rev` (first parents) that touched the stack file, newest
+    first; each snapshot reads its file when first asked (`Snapshot.releases`)."""
     path = stack_file(stack)
     out = gitutil.git(
         root,
         "log",
         "--first-parent",
-        f"--format=%H{_FIELD}%an <%ae>{_FIELD}%cI{_FIELD}%s{_RECORD}",
+        "--diff-merges=first-parent",
+        "--raw",
+        "--no-abbrev",
+        f"--format={_RECORD}%H{_FIELD}%an <%ae>{_FIELD}%cI{_FIELD}%s",
         rev,
         "--",
         path,
     )
+    blobs = StackBlobs(root, stack)
     snapshots = []
-    for record in out.split(_RECORD):
-        if not record.strip():
-            continue
-        commit, author, date, subject = record.strip("\n").split(_FIELD)
-        snapshots.append(
-            Snapshot(commit, author, datetime.fromisoformat(date), subject, _stack_at(root, commit, stack))
-        )
+    for record in out.split(_RECORD)[1:]:
+        meta, _, raw = record.partition("\n")
+        commit, author, date, subject = meta.split(_FIELD)
+        snapshots.append(Snapshot(commit, author, datetime.fromisoformat(date), subject, _blob(raw), blobs))
     return snapshots
 
 
-def _stack_at(root: Path, commit: str, stack: str) -> Stack | None:
-    text = Revision(root, commit).read(stack_file(stack))
-    if text is None:
-        return None
-    try:
-        return parse_stack(text, stack)
-    except (UserError, UserErrors):
-        # An old commit may predate today's schema; it simply offers no usable state.
-        return None
+def _blob(raw: str) -> str | None:
+    """The new blob of the file in a commit's `--raw` line (None: deleted)."""
+    for line in raw.splitlines():
+        if line.startswith(":"):
+            new = line.split()[3]
+            return None if set(new) == {"0"} else new
+    return None
 
 
 def release_changes(snapshots: Sequence[Snapshot], model: str) -> list[Snapshot]:
