@@ -67,7 +67,11 @@ class _Cut:
         low = self.offsets[first]
         high = (self.offsets[last] if last < len(self.offsets) else self.end) + shift
         changed = text[low:high]
-        if not changed.endswith("\n") or yamlio.unsafe_to_cut(text[max(low - 2, 0) : high + 2]) or _BLOCK_END.search(changed):
+        if (
+            not changed.endswith("\n")
+            or yamlio.unsafe_to_cut(text[max(low - 2, 0) : high + 2])
+            or _BLOCK_END.search(changed)
+        ):
             return None
         starts = [m.start() for m in _ENTRY.finditer(changed)]
         if starts[:1] != [0]:

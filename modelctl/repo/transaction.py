@@ -1,6 +1,8 @@
 """The release transaction: lock → validate → edit → policies → one commit, or nothing changes.
 
-Every change modelctl commits goes through `commit_files`: the release commands (one stack
+A release step validates what it changes: the model's record, its release on each stack and
+the stack-wide settings (`read_state(only=[model])`), and the policies on what that renders;
+`modelctl check` validates everything. Every change modelctl commits goes through `commit_files`: the release commands (one stack
 file, with the analysis snapshot behind an automated decision, through `apply_release`) and
 the registry (one model file, `commit_file`). A refused or failed change
 leaves HEAD, the index and the working tree as they were.
