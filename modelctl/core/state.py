@@ -281,7 +281,22 @@ def parse_stack(text: str, name: str, only: Collection[str] | None = None) -> St
     file whole): the stack as a command about those models needs it.
     """
     display = stack_file(name)
+    if only is not None:
+        text = _with_releases_of(text, only) or text
     return read_checked(text, display, lambda doc: _stack(doc or {}, name, display, only))
+
+
+def _with_releases_of(text: str, only: Collection[str]) -> str | None:
+    """The stack file's text with the lines of every other model's release cut out, or None
+    where they cannot be cut out for sure (`yamlio.block_span`) or a model has no release."""
+    releases = yamlio.block_span(text, ("config", f"{CONFIG_NAMESPACE}:releases"))
+    entries = [yamlio.block_span(text, ("config", f"{CONFIG_NAMESPACE}:releases", model)) for model in only]
+    if releases is None or any(entry is None for entry in entries):
+        return None
+    start, end = releases
+    key_end = text.find("\n", start, end) + 1 or end
+    kept = "".join(text[entry[0] : entry[1]] for entry in sorted(e for e in entries if e is not None))
+    return text[:key_end] + kept + text[end:]
 
 
 def _stack(doc: Any, name: str, display: str, only: Collection[str] | None) -> Stack:
