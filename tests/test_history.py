@@ -60,7 +60,7 @@ def test_a_commit_that_does_not_validate_offers_no_state(repo: Path) -> None:
     commit_at(repo, "2026-03-01T10:00:00Z", "broken", "Pulumi.staging.yaml")
     latest = stack_history(repo, "staging")[0]
     assert latest.subject == "broken"
-    assert latest.releases is None
+    assert latest.release(MODEL) is None
 
 
 def test_merged_branches_count_from_the_merge(tmp_path: Path) -> None:

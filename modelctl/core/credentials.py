@@ -58,6 +58,7 @@ SHAPES: tuple[tuple[str, tuple[str, ...], re.Pattern[str]], ...] = tuple(
         ("a JSON web token", ("eyJ",), r"\beyJ[\w-]{10,}\.eyJ[\w-]{10,}\.[\w-]{10,}"),
     )
 )
+_ANY_NEEDLE = re.compile("|".join(re.escape(needle) for _, needles, _ in SHAPES for needle in needles))
 # A key named like the credential itself, after camelCase is split into snake_case words.
 CREDENTIAL_KEY = re.compile(
     r"(^|_)(password|passwd|pwd|secret|token|api_?key|credentials?|private_?key|client_secret)$"
@@ -77,12 +78,10 @@ def _names_a_credential(key: str) -> bool:
 
 def credential_in(value: str, key: str = "") -> str | None:
     """What credential `value` (held under `key`) looks like, e.g. 'a Slack webhook URL', or None."""
-    for name, needles, shape in SHAPES:
-        for needle in needles:
-            if needle in value:
-                if shape.search(value):
-                    return name
-                break
+    if _ANY_NEEDLE.search(value):
+        for name, needles, shape in SHAPES:
+            if any(needle in value for needle in needles) and shape.search(value):
+                return name
     if value.strip() and _names_a_credential(key):
         return f"a credential (key {key!r})"
     return None

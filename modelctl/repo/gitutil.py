@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import subprocess
 import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from modelctl.core.errors import UserError
@@ -58,8 +59,7 @@ class Objects:
         """The text of a blob named as git names objects (`<rev>:<path>`, a blob's hash), or
         None where there is no such blob."""
         found = self.read(name)
-        # As a file read in text mode: universal newlines.
-        return found.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n") if found is not None else None
+        return _universal_newlines(found.decode("utf-8")) if found is not None else None
 
     def read(self, name: str) -> bytes | None:
         """The bytes of the object `name`, or None where it does not exist."""
@@ -83,6 +83,46 @@ class Objects:
                 assert self._proc.stdin is not None
                 self._proc.stdin.close()
                 self._proc.wait()
+
+
+def stream(root: Path, names: Sequence[str]) -> Iterator[str | None]:
+    """The text of each blob of `names` in turn (None where there is none), read by a `git
+    cat-file --batch` of its own that runs ahead while the caller works on each (a thread
+    writes the names, so neither side waits on a full pipe)."""
+    proc = subprocess.Popen(
+        ["git", "cat-file", "--batch"], cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    stdin, stdout = proc.stdin, proc.stdout
+    assert stdin is not None
+    assert stdout is not None
+
+    def feed() -> None:
+        try:
+            with stdin:
+                stdin.writelines(name.encode() + b"\n" for name in names)
+        except (BrokenPipeError, ValueError):
+            pass  # the reader stopped early
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    try:
+        for _ in names:
+            header = stdout.readline().split()
+            if len(header) != 3:
+                yield None
+                continue
+            data = stdout.read(int(header[2]) + 1)[:-1]
+            yield _universal_newlines(data.decode("utf-8")) if header[1] == b"blob" else None
+    finally:
+        stdout.close()
+        proc.kill()
+        proc.wait()
+        writer.join()
+
+
+def _universal_newlines(text: str) -> str:
+    """As a file read in text mode reads it."""
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
 # The readers of the repositories used last; an older one is closed (a long test run or a

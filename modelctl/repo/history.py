@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cached_property
 from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
@@ -52,6 +52,9 @@ class _Cut:
     end: int
     offsets: list[int]
     entries: list[str]
+    # The entries this cut has and the one it was made from had not, and the other way round.
+    added: list[str]
+    removed: list[str]
 
     def after(self, text: str) -> _Cut | None:
         """The cut of `text`, another version of this file, where the two differ only inside
@@ -86,45 +89,100 @@ class _Cut:
             self.end + shift,
             [*self.offsets[:first], *(low + a for a in starts), *(o + shift for o in self.offsets[last:])],
             [*self.entries[:first], *lines, *self.entries[last:]],
+            lines,
+            self.entries[first:last],
         )
 
 
 class StackBlobs:
-    """The versions of one stack file in one history, read and parsed on demand, each once."""
+    """The versions of one stack file in one history, read and parsed on demand.
 
-    def __init__(self, root: Path, stack: str) -> None:
+    Versions are mostly asked about one after the other, each mostly the one before: the entries
+    of the last version read are kept by model (`_names`) and brought up to date with what
+    changed, and each distinct entry is parsed once (`_parsed`).
+    """
+
+    def __init__(self, root: Path, stack: str, oldest_first: Sequence[str] = ()) -> None:
         self.stack = stack
+        self._root = root
         self._objects = gitutil.objects(root)
-        self._files: dict[str, dict[str, Release] | None] = {}
+        # Asked about from the oldest on (a model's whole history), the versions are read by a
+        # reader of their own that runs ahead (`gitutil.stream`).
+        self._order = list(oldest_first)
+        self._stream: Iterator[str | None] | None = None
+        self._seen: dict[str, dict[str, Release | None]] = {}
         self._checked: dict[str, bool] = {}
-        self._entries: dict[str, dict[str, Release] | None] = {}
+        self._parsed: dict[str, tuple[str, Release] | None] = {}
         self._last: _Cut | None = None
+        # Of the last version read: model -> its entry's lines, how many entries each model
+        # has, and how many entries do not validate.
+        self._names: dict[str, str] = {}
+        self._copies: Counter[str] = Counter()
+        self._invalid = 0
 
-    def releases(self, blob: str) -> dict[str, Release] | None:
-        """Model -> release as the blob `blob` of the stack file holds them; None where the
-        file does not validate (an old commit may predate today's schema)."""
-        if blob not in self._files:
-            text = self._objects.text(blob)
-            self._files[blob] = None if text is None else self._parse(text)
-        return self._files[blob]
+    def release(self, blob: str, model: str) -> Release | None:
+        """The model's release in the blob `blob` of the stack file; None where it has none or
+        the file does not validate (an old commit may predate today's schema)."""
+        seen = self._seen.setdefault(blob, {})
+        if model not in seen:
+            text = self._text(blob)
+            seen[model] = self._read(text, model) if text is not None else None
+        return seen[model]
 
-    def _parse(self, text: str) -> dict[str, Release] | None:
-        # Versions are mostly read one after the other, each mostly the one read before.
-        cut = (self._last.after(text) if self._last else None) or _cut(text)
+    def _text(self, blob: str) -> str | None:
+        if self._order and self._order[0] == blob and len(self._seen) == 1:
+            self._stream = gitutil.stream(self._root, list(self._order))
+        if self._stream is not None and self._order and self._order[0] == blob:
+            self._order.pop(0)
+            return next(self._stream)
+        self._stream, self._order = None, []
+        return self._objects.text(blob)
+
+    def _read(self, text: str, model: str) -> Release | None:
+        cut = self._last.after(text) if self._last else None
         if cut is None:
-            return self._whole(text)
+            self._names, self._copies, self._invalid = {}, Counter(), 0
+            self._last = cut = _cut(text)
+            if cut is None:
+                whole = self._whole(text)
+                return whole.get(model) if whole is not None else None
         self._last = cut
+        for gone in cut.removed:
+            self._count(gone, -1)
+        for new in cut.added:
+            self._count(new, 1)
         if cut.rest not in self._checked:
             self._checked[cut.rest] = self._whole(cut.rest) is not None
-        found: dict[str, Release] = {}
-        for entry in cut.entries:
-            if entry not in self._entries:
-                self._entries[entry] = _entry(entry)
-            parsed = self._entries[entry]
-            if not self._checked[cut.rest] or parsed is None or parsed.keys() & found.keys():
-                return None
-            found.update(parsed)
-        return found
+        # An entry that does not validate, or a model named twice, makes the whole file invalid.
+        if self._invalid or not self._checked[cut.rest] or max(self._copies.values(), default=0) > 1:
+            return None
+        entry = self._names.get(model)
+        parsed = self._parsed[entry] if entry is not None else None
+        return parsed[1] if parsed else None
+
+    def _name(self, entry: str) -> str:
+        parsed = self._parsed[entry]
+        return parsed[0] if parsed else ""
+
+    def _count(self, entry: str, sign: int) -> None:
+        """Add (1) or take away (-1) one entry of the last version read."""
+        if entry not in self._parsed:
+            self._parsed[entry] = _entry(entry)
+        parsed = self._parsed[entry]
+        if parsed is None:
+            self._invalid += sign
+            return
+        name = parsed[0]
+        self._copies[name] += sign
+        if sign > 0:
+            self._names[name] = entry
+        elif self._copies[name] <= 0:
+            del self._copies[name]
+            self._names.pop(name, None)
+        elif self._names.get(name) == entry:
+            # Another entry of that name is left: find it.
+            assert self._last is not None
+            self._names[name] = next(e for e in self._last.entries if self._name(e) == name)
 
     def _whole(self, text: str) -> dict[str, Release] | None:
         try:
@@ -149,7 +207,7 @@ def _cut(text: str) -> _Cut | None:
     if not all(yamlio.is_key_line(entry.partition("\n")[0]) for entry in entries):
         return None
     rest = f"{text[:start]}  {_RELEASES}: {{}}\n{text[end:]}"
-    return _Cut(text, rest, key_end, end, offsets, entries)
+    return _Cut(text, rest, key_end, end, offsets, entries, entries, [])
 
 
 def _common_prefix(a: str, b: str) -> int:
@@ -176,14 +234,19 @@ def _common_suffix(a: str, b: str) -> int:
     return low
 
 
-def _entry(lines: str) -> dict[str, Release] | None:
-    """The release in one entry's lines, checked as `parse_stack` checks it; None if invalid."""
+def _entry(lines: str) -> tuple[str, Release] | None:
+    """(model, release) in one entry's lines, checked as `parse_stack` checks it; None if invalid."""
     try:
         doc = yamlio.read(f"config:\n  {_RELEASES}:\n{lines}")
         releases = doc["config"][_RELEASES]
-        if not isinstance(releases, dict) or any(True for _ in find_credentials(releases)):
+        if (
+            not isinstance(releases, dict)
+            or len(releases) != 1
+            or any(True for _ in find_credentials(releases))
+        ):
             return None
-        return _ENTRIES.validate_python(releases)
+        ((model, release),) = _ENTRIES.validate_python(releases).items()
+        return model, release
     except (yamlio.Unsure, ValidationError, TypeError, KeyError):
         return None
 
@@ -200,13 +263,10 @@ class Snapshot:
     blob: str | None = None
     blobs: StackBlobs | None = field(default=None, repr=False, compare=False)
 
-    @cached_property
-    def releases(self) -> dict[str, Release] | None:
-        """Model -> release; None where the file was deleted or does not validate at this commit."""
-        return self.blobs.releases(self.blob) if self.blobs and self.blob else None
-
     def release(self, model: str) -> Release | None:
-        return self.releases.get(model) if self.releases is not None else None
+        """The model's release; None where it has none, or where the file was deleted or does
+        not validate at this commit."""
+        return self.blobs.release(self.blob, model) if self.blobs and self.blob else None
 
 
 def stack_history(root: Path, stack: str, rev: str = "HEAD") -> list[Snapshot]:
@@ -225,13 +285,14 @@ def stack_history(root: Path, stack: str, rev: str = "HEAD") -> list[Snapshot]:
         "--",
         path,
     )
-    blobs = StackBlobs(root, stack)
-    snapshots = []
+    found = []
     for record in out.split(_RECORD)[1:]:
         meta, _, raw = record.partition("\n")
         commit, author, date, subject = meta.split(_FIELD)
-        snapshots.append(Snapshot(commit, author, datetime.fromisoformat(date), subject, _blob(raw), blobs))
-    return snapshots
+        found.append((commit, author, datetime.fromisoformat(date), subject, _blob(raw)))
+    oldest_first = list(dict.fromkeys(blob for *_, blob in reversed(found) if blob))
+    blobs = StackBlobs(root, stack, oldest_first)
+    return [Snapshot(*snapshot, blobs) for snapshot in found]
 
 
 def _blob(raw: str) -> str | None:
