@@ -14,17 +14,22 @@ be cut out for sure is parsed whole, as before.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import sys
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from pathlib import Path
+from typing import Any
 
+import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from modelctl.core import yamlio
+from modelctl.core import credentials, schema, state, yamlio
 from modelctl.core.credentials import find_credentials
 from modelctl.core.errors import UserError, UserErrors
 from modelctl.core.schema import ModelName, Release
@@ -107,9 +112,14 @@ class StackBlobs:
         self._root = root
         self._objects = gitutil.objects(root)
         # Asked about from the oldest on (a model's whole history), the versions are read by a
-        # reader of their own that runs ahead (`gitutil.stream`).
+        # reader of their own that runs ahead (`gitutil.stream`), and what changed from one to
+        # the next is kept in the repository's cache (`_Changelog`) for the next time.
+        self._all = list(oldest_first)
         self._order = list(oldest_first)
         self._stream: Iterator[str | None] | None = None
+        self._changelog = _Changelog(root, stack_file(stack))
+        self._walked: list[tuple[str, bool, dict[str, str | None] | None]] = []
+        self._tried: set[str] = set()
         self._seen: dict[str, dict[str, Release | None]] = {}
         self._checked: dict[str, bool] = {}
         self._parsed: dict[str, tuple[str, Release] | None] = {}
@@ -124,10 +134,51 @@ class StackBlobs:
         """The model's release in the blob `blob` of the stack file; None where it has none or
         the file does not validate (an old commit may predate today's schema)."""
         seen = self._seen.setdefault(blob, {})
-        if model not in seen:
+        if model not in seen and (model in self._tried or not self._from_changelog(model)):
+            walking = self._order[:1] == [blob] and len(self._walked) == len(self._all) - len(self._order)
             text = self._text(blob)
+            names = dict(self._names)
             seen[model] = self._read(text, model) if text is not None else None
+            if walking:
+                self._note(blob, text is not None and self._valid(), names)
         return seen[model]
+
+    def _from_changelog(self, model: str) -> bool:
+        """Fill in the model's release at every version from the cache; False where the cache
+        does not hold this history."""
+        self._tried.add(model)
+        timeline = self._changelog.timeline(self._all, model)
+        if timeline is None:
+            return False
+        for blob, entry in zip(self._all, timeline, strict=True):
+            parsed = self._parse_entry(entry) if entry is not None else None
+            self._seen.setdefault(blob, {})[model] = parsed[1] if parsed else None
+        return True
+
+    def _note(self, blob: str, valid: bool, before: dict[str, str]) -> None:
+        """Keep what changed at this version of the walk from the oldest; at the newest, save it."""
+        if self._last is None:
+            self._walked.append((blob, valid, None))  # read whole: the walk cannot be kept
+        else:
+            changed: dict[str, str | None] = {m: e for m, e in self._names.items() if before.get(m) != e}
+            changed.update(dict.fromkeys(before.keys() - self._names.keys()))
+            self._walked.append((blob, valid, changed))
+        if len(self._walked) == len(self._all) and all(c is not None for *_, c in self._walked):
+            self._changelog.save(self._walked)
+
+    def _valid(self) -> bool:
+        if self._last is None:
+            return False
+        return (
+            not self._invalid
+            and self._checked.get(self._last.rest, False)
+            and max(self._copies.values(), default=0) <= 1
+        )
+
+    def _parse_entry(self, entry: str) -> tuple[str, Release] | None:
+        if entry not in self._parsed:
+            self._parsed[entry] = _entry(entry)
+        return self._parsed[entry]
 
     def _text(self, blob: str) -> str | None:
         if self._order and self._order[0] == blob and len(self._seen) == 1:
@@ -154,7 +205,7 @@ class StackBlobs:
         if cut.rest not in self._checked:
             self._checked[cut.rest] = self._whole(cut.rest) is not None
         # An entry that does not validate, or a model named twice, makes the whole file invalid.
-        if self._invalid or not self._checked[cut.rest] or max(self._copies.values(), default=0) > 1:
+        if not self._valid():
             return None
         entry = self._names.get(model)
         parsed = self._parsed[entry] if entry is not None else None
@@ -166,9 +217,7 @@ class StackBlobs:
 
     def _count(self, entry: str, sign: int) -> None:
         """Add (1) or take away (-1) one entry of the last version read."""
-        if entry not in self._parsed:
-            self._parsed[entry] = _entry(entry)
-        parsed = self._parsed[entry]
+        parsed = self._parse_entry(entry)
         if parsed is None:
             self._invalid += sign
             return
@@ -189,6 +238,84 @@ class StackBlobs:
             return dict(parse_stack(text, self.stack).config.releases)
         except (UserError, UserErrors):
             return None
+
+
+class _Changelog:
+    """What changed in a stack file from one version to the next, kept in the repository's git
+    directory (`modelctl/history/`, never committed) by blob id, so a model's history is read
+    again without reading every version: the blobs of a history, each with the blob it follows,
+    whether it validates, and the releases' lines that changed in it. Entries are kept as text and
+    parsed when read, and the cache names the code that checked them (`_code`): another version
+    of modelctl starts it anew. A cache that cannot be read or written is simply not used.
+    """
+
+    def __init__(self, root: Path, path: str) -> None:
+        self._root = root
+        self._path = path
+        self._data: dict[str, Any] | None = None
+
+    def _file(self) -> Path:
+        git_dir = gitutil.git(self._root, "rev-parse", "--git-common-dir").strip()
+        return self._root / git_dir / "modelctl" / "history" / f"{self._path}.json"
+
+    def _load(self) -> dict[str, Any]:
+        if self._data is None:
+            try:
+                data = orjson.loads(self._file().read_bytes())
+            except (OSError, orjson.JSONDecodeError, UserError):
+                data = None
+            ok = isinstance(data, dict) and data.get("code") == _code()
+            self._data = data if ok else {"code": _code(), "entries": [], "blobs": {}}
+        return self._data
+
+    def timeline(self, oldest_first: Sequence[str], model: str) -> list[str | None] | None:
+        """The model's entry lines at each blob (None: no release, or an invalid file), or None
+        where the cache does not hold each blob after the one before it."""
+        data = self._load()
+        blobs, entries = data["blobs"], data["entries"]
+        found: list[str | None] = []
+        current: str | None = None
+        previous = None
+        for blob in oldest_first:
+            record = blobs.get(blob)
+            if record is None or record[0] != previous:
+                return None
+            if model in record[2]:
+                index = record[2][model]
+                current = entries[index] if index is not None else None
+            found.append(current if record[1] else None)
+            previous = blob
+        return found
+
+    def save(self, walked: Sequence[tuple[str, bool, dict[str, str | None] | None]]) -> None:
+        data = self._load()
+        entries: list[str] = data["entries"]
+        index = {entry: i for i, entry in enumerate(entries)}
+        previous = None
+        for blob, valid, changed in walked:
+            ids = {}
+            for model, entry in (changed or {}).items():
+                if entry is not None and entry not in index:
+                    index[entry] = len(entries)
+                    entries.append(entry)
+                ids[model] = index[entry] if entry is not None else None
+            data["blobs"][blob] = [previous, valid, ids]
+            previous = blob
+        try:
+            file = self._file()
+            file.parent.mkdir(parents=True, exist_ok=True)
+            yamlio.write_atomic(file, orjson.dumps(data).decode())
+        except (OSError, UserError):
+            pass  # a read-only repository reads its history the long way
+
+
+@cache
+def _code() -> str:
+    """The code that reads and checks stack files, as the changelog's cache names it."""
+    digest = hashlib.sha256()
+    for module in (schema, state, credentials, yamlio, sys.modules[__name__]):
+        digest.update(Path(str(module.__file__)).read_bytes())
+    return digest.hexdigest()
 
 
 def _cut(text: str) -> _Cut | None:
