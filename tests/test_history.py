@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -95,5 +96,19 @@ def test_a_history_read_again_reads_no_version_of_the_file_and_says_the_same(
         no_git.setattr(gitutil, "stream", lambda *_: pytest.fail("read a version"))
         no_git.setattr(gitutil.Objects, "text", lambda *_: pytest.fail("read a version"))
         assert [traffic_of(s) for s in release_changes(stack_history(repo, "staging"), MODEL)] == first
+    # One more commit: only its version is read, the walk going on from the cached ones.
+    commit_stack(repo, "2026-03-09T10:00:00Z", stack_doc({"v1.0.0": 100}), "back")
+    streamed: list[str] = []
+    real_stream = gitutil.stream
+
+    def stream(root: Path, names: Sequence[str]) -> Iterator[str | None]:
+        streamed.extend(names)
+        return real_stream(root, names)
+
+    with monkeypatch.context() as spy:
+        spy.setattr(gitutil, "stream", stream)
+        after = [traffic_of(s) for s in release_changes(stack_history(repo, "staging"), MODEL)]
+    assert after == [{"v1.0.0": 100}, *first]
+    assert len(streamed) == 1
     cache.write_text("not json")
-    assert [traffic_of(s) for s in release_changes(stack_history(repo, "staging"), MODEL)] == first
+    assert [traffic_of(s) for s in release_changes(stack_history(repo, "staging"), MODEL)] == after

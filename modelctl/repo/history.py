@@ -109,15 +109,18 @@ class StackBlobs:
 
     def __init__(self, root: Path, stack: str, oldest_first: Sequence[str] = ()) -> None:
         self.stack = stack
-        self._root = root
         self._objects = gitutil.objects(root)
-        # Asked about from the oldest on (a model's whole history), the versions are read by a
-        # reader of their own that runs ahead (`gitutil.stream`), and what changed from one to
-        # the next is kept in the repository's cache (`_Changelog`) for the next time.
+        # Asked about from the oldest on (a model's whole history), the versions are read one
+        # after the other by a reader of their own that runs ahead (`gitutil.stream`), and what
+        # changed from one to the next is kept in the repository's cache (`_Changelog`): the next
+        # time, the versions it holds are not read, and the walk goes on from the newest of them.
+        self._root = root
         self._all = list(oldest_first)
-        self._order = list(oldest_first)
-        self._stream: Iterator[str | None] | None = None
         self._changelog = _Changelog(root, stack_file(stack))
+        self._cached = self._changelog.known(self._all)
+        self._next = self._cached  # the version the walk reads next
+        self._walking = True
+        self._stream: Iterator[str | None] | None = None
         self._walked: list[tuple[str, bool, dict[str, str | None] | None]] = []
         self._tried: set[str] = set()
         self._seen: dict[str, dict[str, Release | None]] = {}
@@ -133,38 +136,61 @@ class StackBlobs:
     def release(self, blob: str, model: str) -> Release | None:
         """The model's release in the blob `blob` of the stack file; None where it has none or
         the file does not validate (an old commit may predate today's schema)."""
+        if model not in self._tried:
+            self._tried.add(model)
+            self._from_changelog(model)
         seen = self._seen.setdefault(blob, {})
-        if model not in seen and (model in self._tried or not self._from_changelog(model)):
-            walking = self._order[:1] == [blob] and len(self._walked) == len(self._all) - len(self._order)
-            text = self._text(blob)
-            names = dict(self._names)
-            seen[model] = self._read(text, model) if text is not None else None
-            if walking:
-                self._note(blob, text is not None and self._valid(), names)
+        if model in seen:
+            return seen[model]
+        walking = self._walking and self._next < len(self._all) and self._all[self._next] == blob
+        if walking and self._stream is None and not self._start_walk():
+            walking = False
+        if walking:
+            assert self._stream is not None
+            text = next(self._stream)
+            self._next += 1
+        else:
+            self._walking, self._stream = False, None
+            text = self._objects.text(blob)
+        before = dict(self._names) if walking else {}
+        seen[model] = self._read(text, model) if text is not None else None
+        if walking:
+            self._note(blob, text is not None and self._valid(), before)
         return seen[model]
 
-    def _from_changelog(self, model: str) -> bool:
-        """Fill in the model's release at every version from the cache; False where the cache
-        does not hold this history."""
-        self._tried.add(model)
-        timeline = self._changelog.timeline(self._all, model)
-        if timeline is None:
-            return False
-        for blob, entry in zip(self._all, timeline, strict=True):
+    def _from_changelog(self, model: str) -> None:
+        """Fill in the model's release at the versions the cache holds."""
+        timeline = self._changelog.timeline(self._all[: self._cached], model)
+        for blob, entry in zip(self._all, timeline, strict=False):
             parsed = self._parse_entry(entry) if entry is not None else None
             self._seen.setdefault(blob, {})[model] = parsed[1] if parsed else None
+
+    def _start_walk(self) -> bool:
+        """Start reading the versions from `_next` on, from the state of the one before it
+        (read from the cache); False where that state cannot be had."""
+        if self._next:
+            names = self._changelog.names(self._all[: self._next])
+            text = self._objects.text(self._all[self._next - 1])
+            cut = _cut(text) if text is not None else None
+            if names is None or cut is None or sorted(cut.entries) != sorted(names.values()):
+                return False
+            self._last, self._names, self._invalid = cut, names, 0
+            self._copies = Counter(dict.fromkeys(names, 1))
+            self._checked[cut.rest] = True
+        self._stream = gitutil.stream(self._root, self._all[self._next :])
         return True
 
     def _note(self, blob: str, valid: bool, before: dict[str, str]) -> None:
-        """Keep what changed at this version of the walk from the oldest; at the newest, save it."""
+        """Keep what changed at this version of the walk; at the newest, save it to the cache."""
         if self._last is None:
             self._walked.append((blob, valid, None))  # read whole: the walk cannot be kept
         else:
             changed: dict[str, str | None] = {m: e for m, e in self._names.items() if before.get(m) != e}
             changed.update(dict.fromkeys(before.keys() - self._names.keys()))
             self._walked.append((blob, valid, changed))
-        if len(self._walked) == len(self._all) and all(c is not None for *_, c in self._walked):
-            self._changelog.save(self._walked)
+        if self._next == len(self._all) and all(c is not None for *_, c in self._walked):
+            previous = self._all[self._cached - 1] if self._cached else None
+            self._changelog.save(self._walked, previous)
 
     def _valid(self) -> bool:
         if self._last is None:
@@ -179,15 +205,6 @@ class StackBlobs:
         if entry not in self._parsed:
             self._parsed[entry] = _entry(entry)
         return self._parsed[entry]
-
-    def _text(self, blob: str) -> str | None:
-        if self._order and self._order[0] == blob and len(self._seen) == 1:
-            self._stream = gitutil.stream(self._root, list(self._order))
-        if self._stream is not None and self._order and self._order[0] == blob:
-            self._order.pop(0)
-            return next(self._stream)
-        self._stream, self._order = None, []
-        return self._objects.text(blob)
 
     def _read(self, text: str, model: str) -> Release | None:
         cut = self._last.after(text) if self._last else None
@@ -268,30 +285,47 @@ class _Changelog:
             self._data = data if ok else {"code": _code(), "entries": [], "blobs": {}}
         return self._data
 
-    def timeline(self, oldest_first: Sequence[str], model: str) -> list[str | None] | None:
-        """The model's entry lines at each blob (None: no release, or an invalid file), or None
-        where the cache does not hold each blob after the one before it."""
-        data = self._load()
-        blobs, entries = data["blobs"], data["entries"]
-        found: list[str | None] = []
-        current: str | None = None
+    def known(self, oldest_first: Sequence[str]) -> int:
+        """How many of the blobs, from the oldest, the cache holds, each after the one before."""
+        blobs = self._load()["blobs"]
         previous = None
-        for blob in oldest_first:
+        for count, blob in enumerate(oldest_first):
             record = blobs.get(blob)
             if record is None or record[0] != previous:
-                return None
-            if model in record[2]:
-                index = record[2][model]
-                current = entries[index] if index is not None else None
-            found.append(current if record[1] else None)
+                return count
             previous = blob
+        return len(oldest_first)
+
+    def timeline(self, oldest_first: Sequence[str], model: str) -> list[str | None]:
+        """The model's entry lines at each of these blobs (all held: see `known`); None where it
+        has no release or the file does not validate."""
+        data = self._load()
+        found: list[str | None] = []
+        current: str | None = None
+        for blob in oldest_first:
+            _, valid, changed = data["blobs"][blob]
+            if model in changed:
+                current = data["entries"][changed[model]] if changed[model] is not None else None
+            found.append(current if valid else None)
         return found
 
-    def save(self, walked: Sequence[tuple[str, bool, dict[str, str | None] | None]]) -> None:
+    def names(self, oldest_first: Sequence[str]) -> dict[str, str] | None:
+        """Model -> entry lines at the last of these blobs (all held), or None if it is invalid."""
+        data = self._load()
+        names: dict[str, str | None] = {}
+        for blob in oldest_first:
+            names.update(data["blobs"][blob][2])
+        if not data["blobs"][oldest_first[-1]][1]:
+            return None
+        return {model: data["entries"][index] for model, index in names.items() if index is not None}
+
+    def save(
+        self, walked: Sequence[tuple[str, bool, dict[str, str | None] | None]], previous: str | None
+    ) -> None:
+        """Keep the walk's blobs, the first following `previous`, each the one before."""
         data = self._load()
         entries: list[str] = data["entries"]
         index = {entry: i for i, entry in enumerate(entries)}
-        previous = None
         for blob, valid, changed in walked:
             ids = {}
             for model, entry in (changed or {}).items():
