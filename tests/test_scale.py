@@ -56,6 +56,7 @@ def as_before(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         patch.setattr(history._Changelog, "save", lambda *_: None)
         patch.setattr(modelctl.repo.state, "load_state", lambda source, only=None: load_state(source))
         patch.setattr(modelctl.cli.plan, "_changed_models", lambda *_: None)
+        patch.setattr(modelctl.repo.state.CheckedFiles, "of", lambda *_: None)
         yield
 
 

@@ -10,10 +10,12 @@ the same way) or a git revision (`modelctl.repo.state.Revision`).
 from __future__ import annotations
 
 import difflib
+import hashlib
 import types
 import typing
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -243,9 +245,51 @@ def read_checked(text: str, display: str, check: Callable[[Any], T]) -> T:
         return check(yamlio.loads(text, display))
 
 
-def parse_model(text: str, display: str) -> ModelFile:
-    """One model file's text, validated (`display`: its path, for errors)."""
-    return read_checked(text, display, lambda doc: _model(doc, display))
+class Checked(Protocol):
+    """Where model files found valid are kept by their content (`modelctl.repo.state` keeps them
+    in the git directory), so reading one again costs no YAML and no checks."""
+
+    def get(self, key: str) -> bytes | None:
+        """What `put` kept under `key`, or None."""
+        ...
+
+    def put(self, key: str, data: bytes) -> None:
+        """Keep `data` under `key` (silently not, where it cannot be written)."""
+        ...
+
+
+def parse_model(text: str, display: str, checked: Checked | None = None) -> ModelFile:
+    """One model file's text, validated (`display`: its path, for errors).
+
+    With `checked`, a text found valid before (with this code) is taken from there as JSON, and
+    one found valid now is kept, where the JSON reads back as the same record.
+    """
+    key = _checked_key(text, display) if checked is not None else ""
+    found = checked.get(key) if checked is not None else None
+    if found is not None:
+        try:
+            return ModelFile.model_validate_json(found)
+        except ValidationError:
+            pass
+    model: ModelFile = read_checked(text, display, lambda doc: _model(doc, display))
+    if checked is not None:
+        data = model.model_dump_json(by_alias=True).encode()
+        if ModelFile.model_validate_json(data) == model:
+            checked.put(key, data)
+    return model
+
+
+def _checked_key(text: str, display: str) -> str:
+    return hashlib.sha256(f"{_code()}\0{display}\0{text}".encode()).hexdigest()
+
+
+@cache
+def _code() -> str:
+    """The code that reads and checks a model file: another version of it checks anew."""
+    digest = hashlib.sha256()
+    for module in ("schema", "state", "credentials", "yamlio", "trusted", "errors", "formats"):
+        digest.update((Path(__file__).parent / f"{module}.py").read_bytes())
+    return digest.hexdigest()
 
 
 def _model(doc: Any, display: str) -> ModelFile:
@@ -262,15 +306,15 @@ def _model(doc: Any, display: str) -> ModelFile:
     return result
 
 
-def load_model(where: Path | Source, name: str) -> ModelFile:
-    """One model file, parsed; `where` is a folder or a `Source`."""
+def load_model(where: Path | Source, name: str, checked: Checked | None = None) -> ModelFile:
+    """One model file, parsed (see `parse_model` for `checked`); `where` is a folder or a `Source`."""
     display = model_file(name)
     text = _source(where).read(display)
     if text is None:
         raise UserError(
             display, f"no model named {name!r}", "check the name or create models/<name>/model.yaml"
         )
-    return parse_model(text, display)
+    return parse_model(text, display, checked)
 
 
 def parse_stack(text: str, name: str, only: Collection[str] | None = None) -> Stack:
@@ -422,11 +466,14 @@ def model_names(root: Path) -> list[str]:
     return Folder(root).model_names()
 
 
-def load_state(where: Path | Source, only: Collection[str] | None = None) -> State:
+def load_state(
+    where: Path | Source, only: Collection[str] | None = None, checked: Checked | None = None
+) -> State:
     """Read and validate everything, from a folder or a `Source`; with `only`, what a command
     about those models needs: their files, and every stack with only their releases (the rules
     spanning files are checked on what was read). Naming a model that does not exist reads
-    everything, so the error lists the models there are.
+    everything, so the error lists the models there are. `checked` keeps the model files found
+    valid (see `parse_model`).
 
     Returns
     -------
@@ -450,7 +497,7 @@ def load_state(where: Path | Source, only: Collection[str] | None = None) -> Sta
         only = None
     for name in names:
         try:
-            models[name] = load_model(source, name)
+            models[name] = load_model(source, name, checked)
         except (UserError, UserErrors) as exc:
             errors += as_list(exc)
     for name in source.stack_names():
