@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -90,22 +91,34 @@ class Repository:
     head: str
 
 
-def run(repo: Repository, command: Command, runs: int) -> list[float]:
-    """Wall seconds of `runs` runs after one warm-up."""
-    times = []
+def run_once(repo: Repository, command: Command) -> tuple[float, float]:
+    """Wall and CPU seconds (the command and every process it waited for) of one run."""
+    if command.resets:
+        subprocess.run(["git", "reset", "-q", "--hard", repo.head], cwd=repo.path, check=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run([MODELCTL, *command.argv], cwd=repo.path, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode not in command.exits:
+        raise SystemExit(
+            f"{command.label} on {repo.label} exited {done.returncode}: {done.stderr.strip()[-500:]}"
+        )
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def run(repos: list[Repository], command: Command, runs: int) -> dict[str, list[tuple[float, float]]]:
+    """Per repository, (wall, CPU) seconds of `runs` runs after one warm-up; the repositories
+    take turns, so a change in the machine's load falls on all of them alike."""
+    times: dict[str, list[tuple[float, float]]] = {repo.label: [] for repo in repos}
     for index in range(runs + 1):
-        if command.resets:
-            subprocess.run(["git", "reset", "-q", "--hard", repo.head], cwd=repo.path, check=True)
-        start = time.perf_counter()
-        done = subprocess.run([MODELCTL, *command.argv], cwd=repo.path, capture_output=True, text=True)
-        elapsed = time.perf_counter() - start
-        if done.returncode not in command.exits:
-            raise SystemExit(
-                f"{command.label} on {repo.label} exited {done.returncode}: {done.stderr.strip()[-500:]}"
-            )
-        if index:
-            times.append(elapsed)
-    subprocess.run(["git", "reset", "-q", "--hard", repo.head], cwd=repo.path, check=True)
+        for repo in repos:
+            measured = run_once(repo, command)
+            if index:
+                times[repo.label].append(measured)
+    for repo in repos:
+        subprocess.run(["git", "reset", "-q", "--hard", repo.head], cwd=repo.path, check=True)
     return times
 
 
@@ -145,17 +158,19 @@ def main() -> None:
     try:
         repos = prepare(folder, sizes)
         medians: dict[tuple[str, str], float] = {}
+        cpu: dict[tuple[str, str], float] = {}
         for command in COMMANDS:
-            for repo in repos:
-                times = run(repo, command, args.runs)
-                medians[command.label, repo.label] = statistics.median(times)
+            for label, times in run(repos, command, args.runs).items():
+                medians[command.label, label] = statistics.median(wall for wall, _ in times)
+                cpu[command.label, label] = statistics.median(used for _, used in times)
                 print(
-                    f"bench/scale: {command.label} on {repo.label}: median {medians[command.label, repo.label]:.2f} s (min {min(times):.2f})",
+                    f"bench/scale: {command.label} on {label}: median {medians[command.label, label]:.2f} s "
+                    f"(CPU {cpu[command.label, label]:.2f} s)",
                     flush=True,
                 )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    text = report(repos, medians, args.runs, time.perf_counter() - started)
+    text = report(repos, medians, cpu, args.runs, time.perf_counter() - started)
     print(text)
     if not args.no_write:
         readme = (HERE / "README.md").read_text(encoding="utf-8")
@@ -166,36 +181,47 @@ def main() -> None:
 RESULTS_MARK = "## Results"
 
 
-def report(repos: list[Repository], medians: dict[tuple[str, str], float], runs: int, seconds: float) -> str:
+def report(
+    repos: list[Repository],
+    medians: dict[tuple[str, str], float],
+    cpu: dict[tuple[str, str], float],
+    runs: int,
+    seconds: float,
+) -> str:
     own, grown = repos[0], repos[1:]
     header = ["command", own.label, *(r.label for r in grown)]
     lines = [
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()}, {os.cpu_count()} CPUs, "
-        f"median of {runs} runs after a warm-up, the whole run {seconds / 60:.0f} min. Ratios are to the same "
-        f"command on this repository ({own.models} models, {own.commits} commits) in the same run.",
+        f"median of {runs} runs after a warm-up (the repositories taking turns), the whole run "
+        f"{seconds / 60:.0f} min. Ratios are to the same command on this repository ({own.models} models, "
+        f"{own.commits} commits) in the same run; each cell is wall time, then CPU time (the command and "
+        "the processes it ran), which the machine's other load changes less.",
         "",
         "| " + " | ".join(header) + " |",
         "|---|" + "---:|" * (len(header) - 1),
     ]
     verdicts = []
     for command in COMMANDS:
-        base = medians[command.label, own.label]
-        cells = [f"{base:.2f} s"]
+        base, base_cpu = medians[command.label, own.label], cpu[command.label, own.label]
+        cells = [f"{base:.2f} s / {base_cpu:.2f} s"]
         for repo in grown:
-            value = medians[command.label, repo.label]
-            cells.append(f"{value:.2f} s ({value / base:.1f}x)")
+            value, used = medians[command.label, repo.label], cpu[command.label, repo.label]
+            cells.append(f"{value:.2f} s ({value / base:.1f}x) / {used:.2f} s ({used / base_cpu:.1f}x)")
             goal = GOALS[command.kind].get(repo.models)
             if goal is not None:
-                verdicts.append((command, repo, value / base, goal))
+                verdicts.append((command, repo, value / base, used / base_cpu, goal))
         lines.append(f"| `{command.label}` | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Against the goals (per-model commands at most 2x at 300 models, 3x at 1,000; whole-repository commands at most 10x at 300):",
         "",
     ]
-    for command, repo, ratio, goal in verdicts:
-        mark = "meets" if ratio <= goal else "MISSES"
-        lines.append(f"- `{command.label}` at {repo.label}: {ratio:.1f}x, goal {goal:g}x: {mark}")
+    for command, repo, ratio, cpu_ratio, goal in verdicts:
+        marks = ["meets" if r <= goal else "MISSES" for r in (ratio, cpu_ratio)]
+        lines.append(
+            f"- `{command.label}` at {repo.label}, goal {goal:g}x: wall {ratio:.1f}x ({marks[0]}), "
+            f"CPU {cpu_ratio:.1f}x ({marks[1]})"
+        )
     growth = [r for r in grown if r.models >= 300]
     if len(growth) >= 2:
         low, high = growth[0], growth[-1]
@@ -207,7 +233,8 @@ def report(repos: list[Repository], medians: dict[tuple[str, str], float], runs:
         for command in COMMANDS:
             if command.kind == "repository":
                 factor = medians[command.label, high.label] / medians[command.label, low.label]
-                lines.append(f"- `{command.label}`: {factor:.1f}x")
+                used = cpu[command.label, high.label] / cpu[command.label, low.label]
+                lines.append(f"- `{command.label}`: wall {factor:.1f}x, CPU {used:.1f}x")
     return "\n".join(lines) + "\n"
 
 
