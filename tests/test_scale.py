@@ -52,9 +52,9 @@ def as_before(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         patch.setattr(yamlio, "read", unsure)
         patch.setattr(yamlio, "block_span", lambda *_: None)
         patch.setattr(history._Cut, "after", lambda *_: None)
-        patch.setattr(history._Changelog, "timeline", lambda *_: None)
+        patch.setattr(history._Changelog, "known", lambda *_: 0)
         patch.setattr(history._Changelog, "save", lambda *_: None)
-        patch.setattr(modelctl.repo.state, "load_state", lambda source, only=None: load_state(source))
+        patch.setattr(modelctl.repo.state, "load_state", lambda source, *_: load_state(source))
         patch.setattr(modelctl.cli.plan, "_changed_models", lambda *_: None)
         patch.setattr(modelctl.repo.state.CheckedFiles, "of", lambda *_: None)
         yield

@@ -483,4 +483,7 @@ def snapshot_at(snapshots: Sequence[Snapshot], when: datetime) -> Snapshot | Non
 
 
 def releases_by_date(snapshots: Sequence[Snapshot], model: str) -> list[tuple[datetime, Release | None]]:
-    return [(s.date, s.release(model)) for s in snapshots]
+    """(commit date, the model's release) of each snapshot, newest first."""
+    # Read from the oldest on: one walk through the versions, kept in the cache (`StackBlobs`).
+    releases = [s.release(model) for s in reversed(snapshots)]
+    return list(zip((s.date for s in snapshots), reversed(releases), strict=True))
