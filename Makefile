@@ -98,6 +98,7 @@ bench: install tools
 	$(BIN)/python -m bench.ab.bench
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.feedback
+	$(BIN)/python -m bench.scale
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

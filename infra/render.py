@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import yaml
@@ -62,11 +63,17 @@ def rule_groups(rule: Obj) -> Obj:
     return {"groups": rule["spec"]["groups"]}
 
 
-def render_files(state: State, stack_name: str) -> dict[str, str]:
+def render_files(state: State, stack_name: str, models: Collection[str] | None = None) -> dict[str, str]:
     """Relative file name -> YAML text for every object of the stack, each PrometheusRule again as
-    a native rule file, and the native Alertmanager configuration when the stack has receivers."""
+    a native rule file, and the native Alertmanager configuration when the stack has receivers.
+
+    With `models`, only those models' objects and the stack's own (the files of the others are
+    left out, not changed)."""
     files: dict[str, str] = {}
     for obj in build_stack(state, stack_name):
+        app = obj["metadata"].get("labels", {}).get("app")
+        if models is not None and app is not None and app not in models:
+            continue
         name = file_name(obj)
         if name in files:
             raise RuntimeError(f"two rendered objects map to {name}")  # a naming bug, not a user error

@@ -178,7 +178,13 @@ def route_destinations(objects: list[Obj], state: State) -> list[str]:
         or {}
         for service in by_kind.get("Service", [])
     }
-    pods = [(_namespace(d), _pod_labels(d)) for kind in POD_KINDS for d in by_kind.get(kind, [])]
+    # Pods by each of their labels, so a destination looks only at the pods carrying one of its labels.
+    pods: dict[tuple[str, ...], list[dict[str, str]]] = {}
+    for kind in POD_KINDS:
+        for workload in by_kind.get(kind, []):
+            on_pod = _pod_labels(workload)
+            for key in [(_namespace(workload),), *((_namespace(workload), *item) for item in on_pod.items())]:
+                pods.setdefault(key, []).append(on_pod)
     problems = []
     for vs in by_kind.get("VirtualService", []):
         for route, destination in _destinations(vs):
@@ -192,7 +198,8 @@ def route_destinations(objects: list[Obj], state: State) -> list[str]:
                 problems.append(f"{where} subset {subset!r}, which no DestinationRule defines")
                 continue
             wanted = {**selectors.get((name, namespace), {}), **labels}
-            if not any(ns == namespace and wanted.items() <= pod.items() for ns, pod in pods):
+            key = (namespace, *next(iter(wanted.items()))) if wanted else (namespace,)
+            if not any(wanted.items() <= pod.items() for pod in pods.get(key, [])):
                 problems.append(f"{where} subset {subset!r}, whose labels select no Deployment's pods")
     return problems
 
@@ -311,24 +318,24 @@ def monitored_models(objects: list[Obj], state: State) -> list[str]:
         for o in objects
         if o.get("kind") in POD_KINDS and (label := (o["metadata"].get("labels") or {}).get(APP_LABEL))
     }
+    monitored = {
+        (
+            o["metadata"].get("namespace"),
+            ((o.get("spec") or {}).get("selector") or {}).get("matchLabels", {}).get(APP_LABEL),
+        )
+        for o in objects
+        if o.get("kind") == "ServiceMonitor"
+    }
+    ruled = {
+        (o["metadata"].get("namespace"), (o["metadata"].get("labels") or {}).get(APP_LABEL))
+        for o in objects
+        if o.get("kind") == "PrometheusRule"
+    }
     problems = []
     for namespace, model in sorted(served, key=lambda item: (item[0] or "", item[1])):
-        in_namespace = [o for o in objects if o["metadata"].get("namespace") == namespace]
-        monitors = [
-            o
-            for o in in_namespace
-            if o.get("kind") == "ServiceMonitor"
-            and ((o.get("spec") or {}).get("selector") or {}).get("matchLabels", {}).get(APP_LABEL) == model
-        ]
-        rules = [
-            o
-            for o in in_namespace
-            if o.get("kind") == "PrometheusRule"
-            and (o["metadata"].get("labels") or {}).get(APP_LABEL) == model
-        ]
-        if not monitors:
+        if (namespace, model) not in monitored:
             problems.append(f"model {model} in {namespace} has no ServiceMonitor")
-        if not rules:
+        if (namespace, model) not in ruled:
             problems.append(f"model {model} in {namespace} has no PrometheusRule")
     return problems
 

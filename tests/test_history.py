@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from modelctl.core import yamlio
+from modelctl.repo import gitutil
 from modelctl.repo.history import release_changes, snapshot_at, stack_history
 from tests.factories import commit_at, run_git, stack_doc, write_repo
 
@@ -60,7 +64,7 @@ def test_a_commit_that_does_not_validate_offers_no_state(repo: Path) -> None:
     commit_at(repo, "2026-03-01T10:00:00Z", "broken", "Pulumi.staging.yaml")
     latest = stack_history(repo, "staging")[0]
     assert latest.subject == "broken"
-    assert latest.stack is None
+    assert latest.release(MODEL) is None
 
 
 def test_merged_branches_count_from_the_merge(tmp_path: Path) -> None:
@@ -75,3 +79,36 @@ def test_merged_branches_count_from_the_merge(tmp_path: Path) -> None:
     assert latest.subject == "merge feature"
     assert latest.date > datetime(2026, 3, 5, 10, tzinfo=UTC)
     assert traffic_of(latest) == {"v1.1.0": 100}
+
+
+def test_a_history_read_again_reads_no_version_of_the_file_and_says_the_same(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps = ({"v1.0.0": 80, "v1.1.0": 20}, {"v1.0.0": 50, "v1.1.0": 50}, {"v1.1.0": 100})
+    for day, traffic in enumerate(steps):
+        commit_stack(repo, f"2026-03-0{day + 1}T10:00:00Z", stack_doc(traffic), f"step {day}")
+    # A model's changes are read from the oldest version on: that walk fills the cache.
+    first = [traffic_of(s) for s in release_changes(stack_history(repo, "staging"), MODEL)]
+    assert first[:3] == list(reversed(steps))
+    cache = repo / ".git" / "modelctl" / "history" / "Pulumi.staging.yaml.json"
+    assert cache.is_file()
+    with monkeypatch.context() as no_git:
+        no_git.setattr(gitutil, "stream", lambda *_: pytest.fail("read a version"))
+        no_git.setattr(gitutil.Objects, "text", lambda *_: pytest.fail("read a version"))
+        assert [traffic_of(s) for s in release_changes(stack_history(repo, "staging"), MODEL)] == first
+    # One more commit: only its version is read, the walk going on from the cached ones.
+    commit_stack(repo, "2026-03-09T10:00:00Z", stack_doc({"v1.0.0": 100}), "back")
+    streamed: list[str] = []
+    real_stream = gitutil.stream
+
+    def stream(root: Path, names: Sequence[str]) -> Iterator[str | None]:
+        streamed.extend(names)
+        return real_stream(root, names)
+
+    with monkeypatch.context() as spy:
+        spy.setattr(gitutil, "stream", stream)
+        after = [traffic_of(s) for s in release_changes(stack_history(repo, "staging"), MODEL)]
+    assert after == [{"v1.0.0": 100}, *first]
+    assert len(streamed) == 1
+    cache.write_text("not json")
+    assert [traffic_of(s) for s in release_changes(stack_history(repo, "staging"), MODEL)] == after

@@ -6,7 +6,9 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from modelctl.core import releases
+import pytest
+
+from modelctl.core import releases, yamlio
 from modelctl.core.releases import Proposal, Target
 from modelctl.core.schema import ModelFile, Release
 from modelctl.core.state import parse_stack
@@ -121,3 +123,27 @@ def test_release_edits_keep_every_comment_where_it_was() -> None:
         check_in_place(text, gone)
     assert text.startswith("# top of the stack file\nconfig:\n  # above modelctl:environment\n")
     assert text.endswith("        v2.0.0: 100  # beside v2.0.0\n# end of the file\n")
+
+
+@pytest.mark.parametrize("model", [MODEL, "churn"])
+def test_editing_only_the_release_lines_writes_what_the_whole_document_round_trip_writes(
+    model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release command reads and writes again only its release's lines (the file's first
+    entry, or its last, with the end-of-file comment the round trip attaches to it); the file
+    must come out as the round trip of the whole document writes it."""
+    record = model_doc(model, versions=("v1.0.0", "v1.1.0", "v1.2.0", "v2.0.0"))
+    target = Target(ModelFile.model_validate(record), "staging")
+    text = TEXT
+    # churn starts on v2.0.0, so the blue-green switch finds no newer version to switch to.
+    for name, step in STEPS if model == MODEL else STEPS[:-1]:
+        before = parse_stack(text, "staging").config.releases[model]
+        after = step(target, before).release
+        assert yamlio.block_span(text, ("config", "modelctl:releases", model)), "the lines were cut out"
+        cut = releases.edit_stack_text(text, "staging", model, before, after)
+        with monkeypatch.context() as whole:
+            whole.setattr(yamlio, "block_span", lambda *_: None)
+            assert releases.edit_stack_text(text, "staging", model, before, after) == cut, name
+        assert parse_stack(cut, "staging").config.releases[model] == after, name
+        text = cut
+    assert text != TEXT

@@ -13,9 +13,11 @@ import pytest
 import yaml
 
 from modelctl.cli import main
+from modelctl.core import state as core_state
 from modelctl.core.errors import UserError, UserErrors, as_list
 from modelctl.core.schema import ThresholdAlert, Version, duration_seconds
 from modelctl.core.state import load_state
+from modelctl.repo.state import read_state
 from tests.factories import default_docs, write_repo
 
 
@@ -640,3 +642,18 @@ def test_check_refuses_a_slack_webhook_in_a_webhook_receiver(
     assert line.startswith("error: Pulumi.prod.yaml:")
     assert "config.modelctl:environment.receivers[0].webhook.url: this looks like a Slack webhook URL" in line
     assert SLACK_HOOK not in line
+
+
+def test_a_model_file_found_valid_is_read_again_without_yaml_and_an_invalid_one_is_never_kept(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = read_state(repo)
+    with monkeypatch.context() as no_yaml:
+        no_yaml.setattr(core_state, "_model", lambda *_: pytest.fail("checked a model file again"))
+        assert read_state(repo, only=list(first.models)).models == first.models
+    path = repo / "models" / "fraud-detection" / "model.yaml"
+    path.write_text(path.read_text().replace("name: fraud-detection", "name: fraud-detectio"))
+    for _ in range(2):
+        with pytest.raises((UserError, UserErrors)) as refused:
+            read_state(repo)
+        assert "models/fraud-detection/model.yaml: name: name 'fraud-detectio' differs" in str(refused.value)

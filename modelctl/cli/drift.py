@@ -12,10 +12,7 @@ import hashlib
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_args
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any, TypeAlias, get_args
 
 from modelctl.cli import (
     EXIT_FINDING,
@@ -34,9 +31,12 @@ from modelctl.core.yamlio import write_atomic
 from modelctl.repo import registry
 
 if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
     from modelctl.core.drift import DriftReport, FeatureDrift, Profile
 
-Floats = npt.NDArray[np.float64]
+Floats: TypeAlias = "npt.NDArray[np.float64]"
 FORMATS = (".csv", ".parquet", ".npy")
 
 
@@ -170,6 +170,8 @@ def _read_profile(path: Path, shown: str) -> Profile:
 
 def read_current(path: Path, profile: Profile, score_column: str | None) -> tuple[Floats, Floats | None]:
     """The feature matrix (profile order) and, with `score_column`, the scores of a data file."""
+    import numpy as np
+
     if path.is_dir():
         # A partitioned dataset (Spark, pandas, DVC outputs): pyarrow reads the folder's parquet files as one table.
         if not any(path.rglob("*.parquet")):
@@ -221,6 +223,8 @@ def _is_number(text: str) -> bool:
 
 
 def _read_npy(path: Path, profile: Profile, score_column: str | None) -> Floats:
+    import numpy as np
+
     if score_column:
         raise UserError(
             str(path), "a .npy file has no column names", "give the scores in a .csv or .parquet file"
@@ -255,6 +259,8 @@ def _read_csv(path: Path) -> dict[str, Any]:
 
 
 def _read_csv_stdlib(path: Path) -> dict[str, Any]:
+    import numpy as np
+
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
         header = next(reader, [])
@@ -281,6 +287,8 @@ def _read_parquet(path: Path) -> dict[str, Any]:
 
 def _numeric(path: Path, name: str, values: Any) -> Floats:
     """A column as float64; empty cells are missing (NaN)."""
+    import numpy as np
+
     if np.asarray(values).dtype.kind == "O":
         values = [np.nan if v is None or v == "" else v for v in values]
     try:
@@ -323,4 +331,6 @@ def _row(item: FeatureDrift, width: int) -> str:
 
 
 def _g(value: float) -> str:
+    import numpy as np
+
     return f"{value:.3g}" if np.isfinite(value) else "n/a"

@@ -95,8 +95,10 @@ def plan_stack(before: State, after: State, name: str) -> StackPlan:
     # Imported when used: the serving image runs `modelctl fetch` without the infra shell.
     from infra.render import render_files
 
-    old = render_files(before, name) if name in before.stacks else {}
-    new = render_files(after, name) if name in after.stacks else {}
+    # A model whose record and release are the same on both sides renders the same files.
+    models = _changed_models(before, after, name)
+    old = render_files(before, name, models) if name in before.stacks else {}
+    new = render_files(after, name, models) if name in after.stacks else {}
     diff = "".join(
         unified_diff(f"{name}/{file}", old.get(file, ""), new.get(file, ""))
         for file in sorted(set(old) | set(new))
@@ -112,6 +114,22 @@ def plan_stack(before: State, after: State, name: str) -> StackPlan:
         diff=diff,
         destroys=bool(_releases(before, name)) and not _releases(after, name),
     )
+
+
+def _changed_models(before: State, after: State, name: str) -> set[str] | None:
+    """The models whose objects on stack `name` may differ between the two states; None (all)
+    where the stack itself changed."""
+    old, new = before.stacks.get(name), after.stacks.get(name)
+    if old is None or new is None or old.config.environment != new.config.environment:
+        return None
+    if (old.secret_keys, old.plaintext_keys) != (new.secret_keys, new.plaintext_keys):
+        return None
+    return {
+        model
+        for model in set(old.config.releases) | set(new.config.releases)
+        if old.config.releases.get(model) != new.config.releases.get(model)
+        or before.models.get(model) != after.models.get(model)
+    }
 
 
 def _releases(state: State, name: str) -> dict[str, Release]:

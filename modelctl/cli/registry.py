@@ -186,7 +186,7 @@ def _served_text(served: list[dict[str, Any]]) -> str:
 
 
 def run_show(args: argparse.Namespace) -> Result:
-    state = read_state(repo_root(args))
+    state = read_state(repo_root(args), only=[args.model])
     model = state.model(args.model)
     rows = _version_rows(state, model)
     data = {

@@ -256,7 +256,7 @@ def run_status(args: argparse.Namespace) -> Result:
 
 def run_history(args: argparse.Namespace) -> Result:
     root = repo_root(args)
-    state = read_state(root)
+    state = read_state(root, only=[args.model])
     state.model(args.model)
     history = stack_history(root, state.stack(args.stack).name)
     if args.at:

@@ -44,9 +44,11 @@ def run(args: argparse.Namespace) -> Result:
 
 def write_tree(out: Path, files: dict[str, str]) -> list[str]:
     """Write every file atomically and delete files an earlier render wrote that are gone now, so the
-    folder always equals the desired state. Files without the render header are left alone."""
+    folder always equals the desired state. Files without the render header are left alone; a
+    file that already holds its text is not written again (nor synced to disk)."""
     for name, text in files.items():
-        yamlio.write_atomic(out / name, text)
+        if not _holds(out / name, text):
+            yamlio.write_atomic(out / name, text)
     stale = [
         path
         for pattern in ("*.yaml", "*.yml")
@@ -56,6 +58,13 @@ def write_tree(out: Path, files: dict[str, str]) -> list[str]:
     for path in stale:
         path.unlink()
     return sorted(path.relative_to(out).as_posix() for path in stale)
+
+
+def _holds(path: Path, text: str) -> bool:
+    try:
+        return path.read_bytes() == text.encode()
+    except OSError:
+        return False
 
 
 def _rendered_by_us(path: Path) -> bool:

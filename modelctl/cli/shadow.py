@@ -14,8 +14,6 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
-import numpy as np
-
 from modelctl.cli import Result, add_command, add_subcommands, progress, repo_root
 from modelctl.cli.local import local_stack
 from modelctl.core.errors import UserError
@@ -196,6 +194,8 @@ def format_report(result: ShadowResult) -> str:
 
 def render_html(results: list[ShadowResult]) -> str:
     """One self-contained page: per shadow, the table, the findings, class and score plots."""
+    import numpy as np
+
     from modelctl.core.drift.html import STYLE, bars
 
     sections = []
@@ -235,6 +235,8 @@ def render_html(results: list[ShadowResult]) -> str:
 
 
 def _score_plot(report: ShadowReport, legend: tuple[str, str]) -> list[str]:
+    import numpy as np
+
     from modelctl.core.drift.html import steps
 
     finite = [b for b in report.score_le if math.isfinite(b)]

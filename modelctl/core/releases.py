@@ -19,7 +19,6 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
-from ruamel.yaml.comments import CommentedMap
 
 from modelctl.core import yamlio
 from modelctl.core.errors import UserError, revoked_version, unknown_version
@@ -622,27 +621,32 @@ def edit_stack_text(text: str, stack: str, model: str, before: Release, after: R
     -------
     str
         The stack file's new text: only the release's traffic fields changed, comments and
-        ordering of everything else kept (ruamel round trip).
+        ordering of everything else kept (ruamel round trip of the release's lines,
+        `yamlio.edit_block`).
     """
-    doc = yamlio.loads(text, stack_file(stack))
-    node = doc["config"][f"{CONFIG_NAMESPACE}:releases"][model]
     dumped = after.model_dump(mode="json", by_alias=True, include=set(RELEASE_FIELDS))
-    for field in RELEASE_FIELDS:
-        if getattr(before, field) == getattr(after, field):
-            continue
-        if dumped[field] in (None, {}):
-            yamlio.remove_key(node, field)
-        elif field in node:
-            node[field] = _merge(node[field], _plain(dumped[field]))
-        else:
-            # A new field goes after the release fields before it, so it reads next to traffic.
-            earlier = [f for f in RELEASE_FIELDS[: RELEASE_FIELDS.index(field)] if f in node]
-            yamlio.insert_key(node, earlier[-1] if earlier else None, field, _plain(dumped[field]))
-    return yamlio.dumps(doc)
+
+    def edit(node: Any) -> None:
+        for field in RELEASE_FIELDS:
+            if getattr(before, field) == getattr(after, field):
+                continue
+            if dumped[field] in (None, {}):
+                yamlio.remove_key(node, field)
+            elif field in node:
+                node[field] = _merge(node[field], _plain(dumped[field]))
+            else:
+                # A new field goes after the release fields before it, so it reads next to traffic.
+                earlier = [f for f in RELEASE_FIELDS[: RELEASE_FIELDS.index(field)] if f in node]
+                yamlio.insert_key(node, earlier[-1] if earlier else None, field, _plain(dumped[field]))
+
+    path = ("config", f"{CONFIG_NAMESPACE}:releases", model)
+    return yamlio.edit_block(text, stack_file(stack), path, edit)
 
 
 def _merge(existing: Any, wanted: Any) -> Any:
     """`wanted`, reusing the existing mapping (and its comments) where there is one."""
+    from ruamel.yaml.comments import CommentedMap
+
     if not (isinstance(existing, CommentedMap) and isinstance(wanted, dict)):
         return wanted
     for key in [k for k in existing if k not in wanted]:

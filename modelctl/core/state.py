@@ -10,12 +10,14 @@ the same way) or a git revision (`modelctl.repo.state.Revision`).
 from __future__ import annotations
 
 import difflib
+import hashlib
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -34,6 +36,7 @@ from modelctl.core.errors import (
 from modelctl.core.schema import ModelFile, Release, StackConfig, TrustedTypesFile
 from modelctl.core.trusted import ALLOW_LIST_FILE, AllowList, refusals
 
+T = TypeVar("T")
 STACK_PREFIX = "Pulumi."
 CONFIG_NAMESPACE = "modelctl"
 STRUCTURED_KEYS = ("environment", "releases")
@@ -225,8 +228,71 @@ def find_root(start: Path) -> Path:
     )
 
 
-def parse_model(text: str, display: str) -> ModelFile:
-    doc = yamlio.loads(text, display)
+def read_checked(text: str, display: str, check: Callable[[Any], T]) -> T:
+    """`check(doc)` of the YAML document in `text`, read by the fast reader (`yamlio.read`);
+    where that reader is unsure, or `check` refuses what it read, `check` again on the round
+    trip's reading (`yamlio.loads`), whose errors carry their lines. A valid file costs one
+    fast reading; an invalid one is refused with the same messages as ever.
+
+    Raises
+    ------
+    UserError, UserErrors
+        What `check` raises on the round trip's reading, or a YAML syntax error.
+    """
+    try:
+        return check(yamlio.read(text))
+    except (yamlio.Unsure, UserError, UserErrors):
+        return check(yamlio.loads(text, display))
+
+
+class Checked(Protocol):
+    """Where model files found valid are kept by their content (`modelctl.repo.state` keeps them
+    in the git directory), so reading one again costs no YAML and no checks."""
+
+    def get(self, key: str) -> bytes | None:
+        """What `put` kept under `key`, or None."""
+        ...
+
+    def put(self, key: str, data: bytes) -> None:
+        """Keep `data` under `key` (silently not, where it cannot be written)."""
+        ...
+
+
+def parse_model(text: str, display: str, checked: Checked | None = None) -> ModelFile:
+    """One model file's text, validated (`display`: its path, for errors).
+
+    With `checked`, a text found valid before (with this code) is taken from there as JSON, and
+    one found valid now is kept, where the JSON reads back as the same record.
+    """
+    key = _checked_key(text, display) if checked is not None else ""
+    found = checked.get(key) if checked is not None else None
+    if found is not None:
+        try:
+            return ModelFile.model_validate_json(found)
+        except ValidationError:
+            pass
+    model: ModelFile = read_checked(text, display, lambda doc: _model(doc, display))
+    if checked is not None:
+        data = model.model_dump_json(by_alias=True).encode()
+        if ModelFile.model_validate_json(data) == model:
+            checked.put(key, data)
+    return model
+
+
+def _checked_key(text: str, display: str) -> str:
+    return hashlib.sha256(f"{_code()}\0{display}\0{text}".encode()).hexdigest()
+
+
+@cache
+def _code() -> str:
+    """The code that reads and checks a model file: another version of it checks anew."""
+    digest = hashlib.sha256()
+    for module in ("schema", "state", "credentials", "yamlio", "trusted", "errors", "formats"):
+        digest.update((Path(__file__).parent / f"{module}.py").read_bytes())
+    return digest.hexdigest()
+
+
+def _model(doc: Any, display: str) -> ModelFile:
     collect(plaintext_credentials(display, doc, "remove it: a model file holds no credentials"))
     result: ModelFile = parse(ModelFile, doc, display, doc)
     expected = display.split("/")[-2] if display.count("/") >= 2 else result.name
@@ -240,30 +306,52 @@ def parse_model(text: str, display: str) -> ModelFile:
     return result
 
 
-def load_model(where: Path | Source, name: str) -> ModelFile:
-    """One model file, parsed; `where` is a folder or a `Source`."""
+def load_model(where: Path | Source, name: str, checked: Checked | None = None) -> ModelFile:
+    """One model file, parsed (see `parse_model` for `checked`); `where` is a folder or a `Source`."""
     display = model_file(name)
     text = _source(where).read(display)
     if text is None:
         raise UserError(
             display, f"no model named {name!r}", "check the name or create models/<name>/model.yaml"
         )
-    return parse_model(text, display)
+    return parse_model(text, display, checked)
 
 
-def parse_stack(text: str, name: str) -> Stack:
+def parse_stack(text: str, name: str, only: Collection[str] | None = None) -> Stack:
     """One stack file: the structured keys of the namespace parsed, and every other key of the
-    namespace either a secret a receiver names or refused as unknown, with a did-you-mean."""
+    namespace either a secret a receiver names or refused as unknown, with a did-you-mean.
+
+    With `only`, just the releases of those models are read and checked (the rest of the
+    file whole): the stack as a command about those models needs it.
+    """
     display = stack_file(name)
-    doc = yamlio.loads(text, display) or {}
-    config = doc.get("config") or {}
+    if only is not None:
+        text = _with_releases_of(text, only) or text
+    return read_checked(text, display, lambda doc: _stack(doc or {}, name, display, only))
+
+
+def _with_releases_of(text: str, only: Collection[str]) -> str | None:
+    """The stack file's text with the lines of every other model's release cut out, or None
+    where they cannot be cut out for sure (`yamlio.block_span`) or a model has no release."""
+    releases = yamlio.block_span(text, ("config", f"{CONFIG_NAMESPACE}:releases"))
+    entries = [yamlio.block_span(text, ("config", f"{CONFIG_NAMESPACE}:releases", model)) for model in only]
+    if releases is None or any(entry is None for entry in entries):
+        return None
+    start, end = releases
+    key_end = text.find("\n", start, end) + 1 or end
+    kept = "".join(text[entry[0] : entry[1]] for entry in sorted(e for e in entries if e is not None))
+    return text[:key_end] + kept + text[end:]
+
+
+def _stack(doc: Any, name: str, display: str, only: Collection[str] | None) -> Stack:
+    config = _releases_of(doc.get("config") or {}, only)
     ours = {
         key.split(":", 1)[1]: value
         for key, value in config.items()
         if isinstance(key, str) and key.startswith(f"{CONFIG_NAMESPACE}:")
     }
     structured = {f"{CONFIG_NAMESPACE}:{k}": ours[k] for k in STRUCTURED_KEYS if k in ours}
-    collect(_stack_credentials(display, doc))
+    collect(_stack_credentials(display, doc, config))
     misspelt = [k for k in ours if k not in STRUCTURED_KEYS and difflib.get_close_matches(k, STRUCTURED_KEYS)]
     collect(_unknown_config_keys(display, doc, misspelt, STRUCTURED_KEYS) + _foreign_namespaces(display, doc))
     parsed: StackConfig = parse(StackConfig, structured, display, doc, prefix=("config",))
@@ -296,15 +384,25 @@ def plaintext_credentials(
     return errors
 
 
-def _stack_credentials(display: str, doc: Any) -> list[UserError]:
-    """Credentials among the stack's plain config: any namespace's key, encrypted values
-    (`secure:`) aside. The namespace's own secret keys are checked by `cross_check`."""
+def _releases_of(config: Any, only: Collection[str] | None) -> Any:
+    """The config mapping with only the releases of the models `only` names (all: None)."""
+    key = f"{CONFIG_NAMESPACE}:releases"
+    releases = config.get(key) if isinstance(config, dict) else None
+    if only is None or not isinstance(releases, dict):
+        return config
+    return {**config, key: {model: release for model, release in releases.items() if model in only}}
+
+
+def _stack_credentials(display: str, doc: Any, config: Any) -> list[UserError]:
+    """Credentials among the stack's plain `config` (of `doc`, where lines are looked up): any
+    namespace's key, encrypted values (`secure:`) aside. The namespace's own secret keys are
+    checked by `cross_check`."""
     fix = (
         f"set it with 'pulumi config set --secret {CONFIG_NAMESPACE}:<name>' "
         "and name that key in a receiver's '*_secret' field"
     )
     errors = []
-    for key, value in (doc.get("config") or {}).items():
+    for key, value in config.items():
         namespace, _, name = str(key).partition(":")
         encrypted = isinstance(value, dict) and set(value) == {"secure"}
         if not encrypted and not (namespace == CONFIG_NAMESPACE and name not in STRUCTURED_KEYS):
@@ -343,14 +441,14 @@ def _foreign_namespaces(display: str, doc: Any) -> list[UserError]:
     return errors
 
 
-def load_stack(where: Path | Source, name: str) -> Stack:
-    """One stack file, parsed; `where` is a folder or a `Source`."""
+def load_stack(where: Path | Source, name: str, only: Collection[str] | None = None) -> Stack:
+    """One stack file, parsed (see `parse_stack` for `only`); `where` is a folder or a `Source`."""
     text = _source(where).read(stack_file(name))
     if text is None:
         raise UserError(
             stack_file(name), f"no stack named {name!r}", "check the name or create the stack file"
         )
-    return parse_stack(text, name)
+    return parse_stack(text, name, only)
 
 
 def load_allow_list(where: Path | Source) -> AllowList:
@@ -358,8 +456,9 @@ def load_allow_list(where: Path | Source) -> AllowList:
     text = _source(where).read(ALLOW_LIST_FILE)
     if text is None:
         return AllowList()
-    doc = yamlio.loads(text, ALLOW_LIST_FILE)
-    parsed: TrustedTypesFile = parse(TrustedTypesFile, doc or {}, ALLOW_LIST_FILE, doc)
+    parsed: TrustedTypesFile = read_checked(
+        text, ALLOW_LIST_FILE, lambda doc: parse(TrustedTypesFile, doc or {}, ALLOW_LIST_FILE, doc)
+    )
     return AllowList(tuple(parsed.namespaces), tuple(parsed.types))
 
 
@@ -367,13 +466,19 @@ def model_names(root: Path) -> list[str]:
     return Folder(root).model_names()
 
 
-def load_state(where: Path | Source) -> State:
-    """Read and validate everything, from a folder or a `Source`.
+def load_state(
+    where: Path | Source, only: Collection[str] | None = None, checked: Checked | None = None
+) -> State:
+    """Read and validate everything, from a folder or a `Source`; with `only`, what a command
+    about those models needs: their files, and every stack with only their releases (the rules
+    spanning files are checked on what was read). Naming a model that does not exist reads
+    everything, so the error lists the models there are. `checked` keeps the model files found
+    valid (see `parse_model`).
 
     Returns
     -------
     State
-        Every model and stack, with `root` the repository's folder.
+        Every model (or those of `only`) and every stack, with `root` the repository's folder.
 
     Raises
     ------
@@ -385,14 +490,19 @@ def load_state(where: Path | Source) -> State:
     errors: list[UserError] = []
     models: dict[str, ModelFile] = {}
     stacks: dict[str, Stack] = {}
-    for name in source.model_names():
+    names = source.model_names()
+    if only is not None and set(only) <= set(names):
+        names = [name for name in names if name in only]
+    else:
+        only = None
+    for name in names:
         try:
-            models[name] = load_model(source, name)
+            models[name] = load_model(source, name, checked)
         except (UserError, UserErrors) as exc:
             errors += as_list(exc)
     for name in source.stack_names():
         try:
-            stacks[name] = load_stack(source, name)
+            stacks[name] = load_stack(source, name, only)
         except (UserError, UserErrors) as exc:
             errors += as_list(exc)
     trusted = AllowList()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import subprocess
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from modelctl.core.errors import UserError
@@ -38,8 +41,105 @@ def resolve(root: Path, rev: str) -> str:
 
 def show(root: Path, rev: str, path: str) -> str | None:
     """A file's text at a revision, or None where it did not exist."""
-    proc = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True, text=True)
-    return proc.stdout if proc.returncode == 0 else None
+    return objects(root).text(f"{rev}:{path}")
+
+
+class Objects:
+    """Reads objects of one repository through a single `git cat-file --batch` process, so
+    reading a thousand files at a revision costs one process, not a thousand."""
+
+    def __init__(self, root: Path) -> None:
+        self._proc = subprocess.Popen(
+            ["git", "cat-file", "--batch"], cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        self._lock = threading.Lock()
+        atexit.register(self.close)
+
+    def text(self, name: str) -> str | None:
+        """The text of a blob named as git names objects (`<rev>:<path>`, a blob's hash), or
+        None where there is no such blob."""
+        found = self.read(name)
+        return _universal_newlines(found.decode("utf-8")) if found is not None else None
+
+    def read(self, name: str) -> bytes | None:
+        """The bytes of the object `name`, or None where it does not exist."""
+        stdin, stdout = self._proc.stdin, self._proc.stdout
+        assert stdin is not None
+        assert stdout is not None
+        with self._lock:
+            stdin.write(name.encode() + b"\n")
+            stdin.flush()
+            header = stdout.readline().split()
+            if len(header) != 3 or header[1] != b"blob":
+                if len(header) == 3:
+                    stdout.read(int(header[2]) + 1)
+                return None
+            data = stdout.read(int(header[2]) + 1)
+        return data[:-1]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._proc.poll() is None:
+                assert self._proc.stdin is not None
+                self._proc.stdin.close()
+                self._proc.wait()
+
+
+def stream(root: Path, names: Sequence[str]) -> Iterator[str | None]:
+    """The text of each blob of `names` in turn (None where there is none), read by a `git
+    cat-file --batch` of its own that runs ahead while the caller works on each (a thread
+    writes the names, so neither side waits on a full pipe)."""
+    proc = subprocess.Popen(
+        ["git", "cat-file", "--batch"], cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    stdin, stdout = proc.stdin, proc.stdout
+    assert stdin is not None
+    assert stdout is not None
+
+    def feed() -> None:
+        try:
+            with stdin:
+                stdin.writelines(name.encode() + b"\n" for name in names)
+        except (BrokenPipeError, ValueError):
+            pass  # the reader stopped early
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    try:
+        for _ in names:
+            header = stdout.readline().split()
+            if len(header) != 3:
+                yield None
+                continue
+            data = stdout.read(int(header[2]) + 1)[:-1]
+            yield _universal_newlines(data.decode("utf-8")) if header[1] == b"blob" else None
+    finally:
+        stdout.close()
+        proc.kill()
+        proc.wait()
+        writer.join()
+
+
+def _universal_newlines(text: str) -> str:
+    """As a file read in text mode reads it."""
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
+
+
+# The readers of the repositories used last; an older one is closed (a long test run or a
+# server meets many repositories, each reader holds a process and two pipes).
+_READERS: dict[Path, Objects] = {}
+_READERS_KEPT = 4
+_READERS_LOCK = threading.Lock()
+
+
+def objects(root: Path) -> Objects:
+    """The object reader of the repository at `root`, started on first use."""
+    with _READERS_LOCK:
+        reader = _READERS.pop(root, None) or Objects(root)
+        _READERS[root] = reader
+        while len(_READERS) > _READERS_KEPT:
+            _READERS.pop(next(iter(_READERS))).close()
+        return reader
 
 
 def head(root: Path) -> str:

@@ -1,6 +1,8 @@
 """The release transaction: lock → validate → edit → policies → one commit, or nothing changes.
 
-Every change modelctl commits goes through `commit_files`: the release commands (one stack
+A release step validates what it changes: the model's record, its release on each stack and
+the stack-wide settings (`read_state(only=[model])`), and the policies on what that renders;
+`modelctl check` validates everything. Every change modelctl commits goes through `commit_files`: the release commands (one stack
 file, with the analysis snapshot behind an automated decision, through `apply_release`) and
 the registry (one model file, `commit_file`). A refused or failed change
 leaves HEAD, the index and the working tree as they were.
@@ -202,7 +204,8 @@ def _apply_release(
 ) -> ReleaseChange:
     path = stack_file(stack)
     require_git_ready(root, [path, model_file(model)])
-    state = read_state(root)
+    # What the step changes: the model's record, its releases, the stack-wide settings.
+    state = read_state(root, only=[model])
     target = Target(state.model(model), state.stack(stack).name)
     before = current_release(state, target)
     proposal = build(target, before, root)
@@ -216,7 +219,9 @@ def _apply_release(
         releases.require_may_gain(target, before, proposal.release)
     old_text = (root / path).read_text(encoding="utf-8")
     new_text = releases.edit_stack_text(old_text, stack, model, before, proposal.release)
-    changed = dataclasses.replace(state, stacks={**state.stacks, stack: parse_stack(new_text, stack)})
+    changed = dataclasses.replace(
+        state, stacks={**state.stacks, stack: parse_stack(new_text, stack, [model])}
+    )
     collect(cross_check(changed))
     policies(changed, stack)
     if not proposal.restores:
