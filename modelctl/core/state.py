@@ -287,8 +287,19 @@ def _checked_key(text: str, display: str) -> str:
 def _code() -> str:
     """The code that reads and checks a model file: another version of it checks anew."""
     digest = hashlib.sha256()
-    for module in ("schema", "state", "credentials", "yamlio", "trusted", "errors", "formats"):
-        digest.update((Path(__file__).parent / f"{module}.py").read_bytes())
+    core = Path(__file__).parent
+    for module in (
+        "schema.py",
+        "state.py",
+        "credentials.py",
+        "yamlio.py",
+        "trusted.py",
+        "errors.py",
+        "formats",
+    ):
+        path = core / module
+        for source in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(source.read_bytes())
     return digest.hexdigest()
 
 
