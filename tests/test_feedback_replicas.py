@@ -169,8 +169,9 @@ def prometheus_config(servers: list[Server], rules: Path) -> str:
 
 
 def query(url: str, promql: str) -> list[dict[str, Any]]:
-    answer = httpx.get(f"{url}/api/v1/query", params={"query": promql}, timeout=10).json()
-    return answer["data"]["result"]  # type: ignore[no-any-return]
+    response = httpx.get(f"{url}/api/v1/query", params={"query": promql}, timeout=10)
+    response.raise_for_status()  # a starting Prometheus answers 503 in plain text
+    return response.json()["data"]["result"]  # type: ignore[no-any-return]
 
 
 def wait_for(url: str, promql: str, expected: float) -> None:
