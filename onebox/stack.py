@@ -27,6 +27,7 @@ import yaml
 from filelock import FileLock, Timeout
 
 from modelctl.core.errors import UserError
+from modelctl.core.mesh import merged_destination_rules
 from onebox import monitoring, processes
 from onebox.monitoring import Target, Timing
 from onebox.processes import Proc
@@ -482,7 +483,7 @@ def _reload(proc: Proc, what: str) -> None:
 
 
 def _routed(objects: list[Obj], plans: list[ServerPlan], state: RunState) -> list[Routed]:
-    rules = {(r["metadata"]["namespace"], r["spec"]["host"]): r for r in _of_kind(objects, "DestinationRule")}
+    rules = merged_destination_rules(_of_kind(objects, "DestinationRule"))
     services = {(s["metadata"]["namespace"], s["metadata"]["name"]): s for s in _of_kind(objects, "Service")}
     routed = []
     for vs in _of_kind(objects, "VirtualService"):

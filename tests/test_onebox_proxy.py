@@ -17,6 +17,7 @@ import pytest
 from scipy.stats import binom
 
 from infra.build import build_stack
+from modelctl.core.mesh import merged_destination_rules
 from modelctl.core.state import load_state
 from onebox.processes import free_port
 from onebox.proxy import Routed, Unsupported, nginx_config
@@ -35,10 +36,10 @@ def fraud_detection(root: Path) -> Routed:
 
 def routed(stack: str, root: Path) -> list[Routed]:
     objects = build_stack(load_state(root), stack)
-    rules = {o["metadata"]["name"]: o for o in objects if o["kind"] == "DestinationRule"}
+    rules = merged_destination_rules(o for o in objects if o["kind"] == "DestinationRule")
     result = []
     for vs in (o for o in objects if o["kind"] == "VirtualService"):
-        rule = rules[vs["metadata"]["name"]]
+        rule = rules[(vs["metadata"]["namespace"], vs["spec"]["hosts"][0])]
         # A closed port per subset: these tests never reach a server.
         addresses = {s["name"]: "127.0.0.1:9" for s in rule["spec"]["subsets"]}
         result.append(Routed(vs, rule, addresses))
