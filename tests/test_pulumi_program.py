@@ -59,7 +59,7 @@ class Monitor(MockMonitor):
         self.dependencies: dict[str, set[str]] = {}  # name -> the names it depends on
 
     def RegisterResource(self, request: Any) -> Any:
-        response = super().RegisterResource(request)
+        response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
         self.names[response.urn] = f"{request.type.rsplit(':', 1)[-1]} {request.name}"
         self.dependencies[self.names[response.urn]] = {
             self.names[urn] for urn in request.dependencies if urn in self.names

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -359,12 +360,12 @@ def test_edit_restores_key_order_and_removes_cleared_fields() -> None:
 def test_only_a_rollback_restores(before: Release, operation: str, expected: bool) -> None:
     """What may deploy without a second review: traffic back on a version that already had pods,
     the versions it left held; a promotion or a step moves traffic forward."""
-    act = {
+    acts: dict[str, Callable[[], releases.Proposal]] = {
         "rollback": lambda: releases.rollback(target(), before, NOW, to="v1.0.0", reason="INC-1"),
         "promote": lambda: releases.promote(target(), before),
         "canary": lambda: releases.canary(target(), before, "v1.1.0"),
         "shadow": lambda: releases.shadow(target(), before, "v1.1.0", 10.0),
-    }[operation]
-    assert releases.restores(before, act().release) is expected
+    }
+    assert releases.restores(before, acts[operation]().release) is expected
     assert releases.restores(before, before) is True
     assert releases.restores(None, before) is releases.restores(before, None) is False

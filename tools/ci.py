@@ -266,9 +266,10 @@ def deploy_stacks() -> int:
 def doctor() -> int:
     """`modelctl doctor` against the DVC remote, or one line saying why not: a local folder (the
     committed default, `make demo`'s) is not on this runner."""
-    listed = run(str(BIN / "dvc"), "remote", "list").stdout.splitlines()
-    default = [line.split() for line in listed if line.endswith("(default)")]
-    name, url = (default[0][0], default[0][1]) if default else ("", "")
+    dvc = str(BIN / "dvc")
+    default = run(dvc, "remote", "default", ok=(0, 1))
+    name = default.stdout.strip() if default.returncode == 0 else ""
+    url = run(dvc, "config", f"remote.{name}.url").stdout.strip() if name else ""
     if "://" not in url or url.startswith("file://"):
         where = (
             f"the DVC remote {name} is a local folder ({url})" if name else "there is no default DVC remote"
