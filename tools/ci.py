@@ -136,24 +136,31 @@ def canary_analysis() -> int:
     sync(url)
     from modelctl.core.state import load_state
 
+    failed = []
     for name, stack in sorted(load_state(Path.cwd()).stacks.items()):
         sync(url)
         for decided in analyze(prometheus, name, dry_run=True):
-            if decided["outcome"] != "hold":
+            if decided["outcome"] == "hold":
+                continue
+            try:
                 publish(url, prometheus, name, decided["model"], stack.config.environment.production)
-    return 0
+            except Failed as failure:  # one model's error leaves the others' decisions to publish
+                failed.append(failure)
+                print(f"::error::{failure}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def publish(url: str, prometheus: str, stack: str, model: str, production: bool) -> None:
     """Analyze `model` again on the newest main and publish what it decides."""
     for _ in range(ATTEMPTS):
         main = sync(url)
-        [analysis] = analyze(prometheus, stack, model)
+        analyses = analyze(prometheus, stack, model)
         if git("rev-parse", "HEAD") == main:
-            say(f"{model} on {stack}: {analysis['outcome']}, nothing to commit")
+            outcome = analyses[0]["outcome"] if analyses else "no canary any more"
+            say(f"{model} on {stack}: {outcome}, nothing to commit")
             return
-        if production and analysis["outcome"] != "rollback":
-            propose(url, stack, model, main)
+        if production and analyses[0]["outcome"] != "rollback":
+            propose(url, stack, model)
             return
         if push(url, "HEAD", f"refs/heads/{MAIN}", expect=main):
             say(f"{model} on {stack}: pushed to {MAIN}: {subject('HEAD')}")
@@ -179,7 +186,7 @@ def subject(commit: str) -> str:
     return git("log", "-1", "--format=%s", commit)
 
 
-def propose(url: str, stack: str, model: str, main: str) -> None:
+def propose(url: str, stack: str, model: str) -> None:
     """A production step or promotion as the pull request of branch canary-analysis/<stack>/<model>."""
     branch = BRANCH.format(stack=stack, model=model)
     title = subject("HEAD")
