@@ -31,14 +31,17 @@ def build_stack(state: State, stack_name: str) -> list[Obj]:
 
 def build_model(target: ModelTarget) -> list[Obj]:
     deployed = target.release.deployed()
+    # Each version's subset before its Deployment, the host's rule after them: the order the
+    # Pulumi program declares between them (infra/program.py).
     return [
         workloads.service_account(target),
         workloads.service(target),
+        *routing.subset_rules(target),
+        routing.destination_rule(target),
         *(workloads.deployment(target, version) for version in deployed),
         *(workloads.autoscaler(target, version) for version in deployed),
         workloads.disruption_budget(target),
         workloads.network_policy(target),
-        routing.destination_rule(target),
         routing.virtual_service(target),
         monitoring.service_monitor(target),
         alert_rules.prometheus_rule(target),

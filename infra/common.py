@@ -20,7 +20,7 @@ from modelctl.core.state import CONFIG_NAMESPACE, Stack
 
 Obj = dict[str, Any]
 # Re-exported for the builders: the names are the contract's.
-__all__ = ["HTTP_PORT", "MANAGED_BY", "STACK_LABEL", "VERSION_HEADER", "subset_name"]
+__all__ = ["HTTP_PORT", "MANAGED_BY", "STACK_LABEL", "VERSION_HEADER", "VERSION_LABEL", "subset_name"]
 
 SERVICE_PORT = 80
 MODEL_DIR = "/models"

@@ -1,15 +1,24 @@
 """The Pulumi shell: read the stack config through the core schema, build the objects, register them.
 
-Only what Pulumi alone can do lives here: secret values as Outputs, dependencies that make
-Pulumi wait for Deployments before shifting traffic, the optional monitoring Helm release,
+Only what Pulumi alone can do lives here: secret values as Outputs, the dependencies that
+order a release's changes (make before break, below), the optional monitoring Helm release,
 and the stack's exports.
+
+Make before break. Pulumi creates and updates resources in dependency order while the program
+runs, and deletes the resources it no longer declares only after that, in reverse dependency
+order (pulumi/pulumi pkg/resource/deploy/deployment_executor.go: `performDeletes` once the
+program has finished). With a DestinationRule per version (infra/routing.py):
+- a version added: its subset's rule, then its Deployment (ready: Pulumi awaits the rollout),
+  then the VirtualService that routes to it;
+- a version removed: the VirtualService stops routing to it, then its Deployment is deleted
+  (Pulumi waits until its pods are gone: foreground deletion), then its subset's rule. Istio
+  answers 503 to a route naming a subset it does not know (istio/istio#8420).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +29,7 @@ import pulumi_kubernetes as k8s
 from infra.build import build_stack
 from infra.common import ModelTarget, Obj
 from infra.monitoring import KUBE_PROMETHEUS_STACK, kube_prometheus_stack_values
+from modelctl.core.contract import APP_LABEL, VERSION_LABEL
 from modelctl.core.errors import UserError, UserErrors, collect
 from modelctl.core.schema import StackConfig
 from modelctl.core.state import (
@@ -103,40 +113,61 @@ def monitoring_release(stack: Stack) -> k8s.helm.v3.Release | None:
     )
 
 
+@dataclass
+class _Declared:
+    """The resources registered so far that later ones may have to wait for."""
+
+    namespace: pulumi.Resource | None = None
+    deployments: dict[str, list[pulumi.Resource]] = field(default_factory=dict)  # by app
+    rules: dict[str, list[pulumi.Resource]] = field(default_factory=dict)  # DestinationRules by app
+    subsets: dict[tuple[str, str], pulumi.Resource] = field(default_factory=dict)  # (app, version)
+    secrets: list[pulumi.Resource] = field(default_factory=list)
+
+    def add(self, obj: Obj, resource: pulumi.Resource) -> None:
+        kind, labels = obj["kind"], obj["metadata"].get("labels", {})
+        if kind == "Namespace":
+            self.namespace = resource
+        elif kind == "Deployment":
+            self.deployments.setdefault(labels[APP_LABEL], []).append(resource)
+        elif kind == "DestinationRule":
+            self.rules.setdefault(labels[APP_LABEL], []).append(resource)
+            if VERSION_LABEL in labels:
+                self.subsets[(labels[APP_LABEL], labels[VERSION_LABEL])] = resource
+        elif kind == "Secret":
+            self.secrets.append(resource)
+
+
 def register(objects: list[Obj], config: pulumi.Config, chart: pulumi.Resource | None) -> list[Registered]:
     registered: list[Registered] = []
-    namespace: pulumi.Resource | None = None
-    deployments: dict[str, list[pulumi.Resource]] = {}
-    secrets: list[pulumi.Resource] = []
+    declared = _Declared()
     for obj in objects:
-        depends_on = _depends_on(obj, namespace, chart, deployments, secrets)
+        depends_on = _depends_on(obj, declared, chart)
         resource = _resource(_with_secrets(obj, config), pulumi.ResourceOptions(depends_on=depends_on))
         registered.append(Registered(obj, resource, depends_on))
-        kind = obj["kind"]
-        if kind == "Namespace":
-            namespace = resource
-        elif kind == "Deployment":
-            deployments.setdefault(obj["metadata"]["labels"]["app"], []).append(resource)
-        elif kind == "Secret":
-            secrets.append(resource)
+        declared.add(obj, resource)
     return registered
 
 
-def _depends_on(
-    obj: Obj,
-    namespace: pulumi.Resource | None,
-    chart: pulumi.Resource | None,
-    deployments: Mapping[str, list[pulumi.Resource]],
-    secrets: list[pulumi.Resource],
-) -> list[pulumi.Resource]:
-    depends: list[pulumi.Resource] = [namespace] if namespace and obj["kind"] != "Namespace" else []
+def _depends_on(obj: Obj, declared: _Declared, chart: pulumi.Resource | None) -> list[pulumi.Resource]:
+    kind, labels = obj["kind"], obj["metadata"].get("labels", {})
+    depends: list[pulumi.Resource] = (
+        [declared.namespace] if declared.namespace and kind != "Namespace" else []
+    )
     if chart and _is_custom(obj):
         depends.append(chart)  # the chart installs the monitoring CRDs
-    if obj["kind"] == "VirtualService":
-        # Pulumi waits for these rollouts, so traffic only moves to pods that are ready.
-        depends += deployments.get(obj["metadata"]["labels"]["app"], [])
-    if obj["kind"] in ("AlertmanagerConfig", "Deployment", "StatefulSet"):
-        depends += secrets  # what they mount or read (the feedback Secret, the alerting credentials)
+    app = labels.get(APP_LABEL, "")
+    if kind == "Deployment":
+        # Deleted before its subset's rule, so the route has left and the pods are gone first.
+        depends.append(declared.subsets[(app, labels[VERSION_LABEL])])
+    elif kind == "DestinationRule" and VERSION_LABEL not in labels:
+        # The host's rule, which held every subset before one rule per version: it gives them up
+        # only once each version's own rule exists.
+        depends += declared.rules.get(app, [])
+    elif kind == "VirtualService":
+        # Traffic moves only to subsets that exist and pods that are ready (Pulumi awaits rollouts).
+        depends += declared.rules.get(app, []) + declared.deployments.get(app, [])
+    if kind in ("AlertmanagerConfig", "Deployment", "StatefulSet"):
+        depends += declared.secrets  # what they mount or read (the feedback Secret, the alerting credentials)
     return depends
 
 

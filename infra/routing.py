@@ -1,10 +1,18 @@
-"""Istio DestinationRule (a subset per version) and VirtualService (overrides, sticky, weighted)."""
+"""Istio DestinationRules (the host's traffic policy, and one per deployed version holding its
+subset) and the VirtualService (overrides, sticky, weighted).
+
+One DestinationRule per subset makes before it breaks: Pulumi creates and updates resources
+before it deletes the ones a program no longer declares, so a new version's subset exists before
+a route names it and a removed version's subset goes only after the routes have left it (the
+order is declared in infra/program.py). istiod merges a host's rules into one
+(modelctl/core/mesh.py); Istio answers 503 to a route naming a subset it does not know
+(istio/istio#8420)."""
 
 from __future__ import annotations
 
 import re
 
-from infra.common import SERVICE_PORT, VERSION_HEADER, ModelTarget, Obj, metadata, subset_name
+from infra.common import SERVICE_PORT, VERSION_HEADER, VERSION_LABEL, ModelTarget, Obj, metadata, subset_name
 from modelctl.core.schema import Sticky, duration_seconds
 
 REQUEST_TIMEOUT = "10s"
@@ -13,6 +21,8 @@ RETRIES = {"attempts": 2, "perTryTimeout": "4s", "retryOn": "gateway-error,conne
 
 
 def destination_rule(target: ModelTarget) -> Obj:
+    """The host's rule: the traffic policy every subset inherits, and no subset (the only rule of
+    the host with a `trafficPolicy`, so the merged rule has it whichever istiod reads first)."""
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "DestinationRule",
@@ -31,12 +41,21 @@ def destination_rule(target: ModelTarget) -> Obj:
                     "maxEjectionPercent": 50,
                 },
             },
-            "subsets": [
-                {"name": subset, "labels": {"version": version}}
-                for subset, version in target.subsets().items()
-            ],
         },
     }
+
+
+def subset_rules(target: ModelTarget) -> list[Obj]:
+    """One rule per deployed version, `<model>-<subset>`, holding that version's subset."""
+    return [
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "DestinationRule",
+            "metadata": metadata(target.versioned_name(version), target.namespace, target.labels(version)),
+            "spec": {"host": target.host, "subsets": [{"name": subset, "labels": {VERSION_LABEL: version}}]},
+        }
+        for subset, version in target.subsets().items()
+    ]
 
 
 def virtual_service(target: ModelTarget) -> Obj:

@@ -37,11 +37,11 @@ not translated here is refused with one line (`Unsupported`), never ignored.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
 from modelctl.core.contract import VERSION_HEADER
+from modelctl.core.mesh import merged_destination_rules
 from modelctl.core.schema import duration_seconds
 
 Obj = dict[str, Any]
@@ -100,21 +100,6 @@ def cluster_name(port: int, subset: str, host: str) -> str:
     return f"outbound|{port}|{subset}|{host}"
 
 
-def merged_rule(rules: list[Obj]) -> Obj:
-    """Several DestinationRules of one host as istiod merges them (`mergeDestinationRule`): the
-    subsets concatenated, the first of a name kept; the first top-level traffic policy kept."""
-    merged = copy.deepcopy(rules[0])
-    spec = merged["spec"]
-    for rule in rules[1:]:
-        names = {s["name"] for s in spec.get("subsets", [])}
-        spec.setdefault("subsets", []).extend(
-            copy.deepcopy(s) for s in rule["spec"].get("subsets", []) if s["name"] not in names
-        )
-        if "trafficPolicy" not in spec and "trafficPolicy" in rule["spec"]:
-            spec["trafficPolicy"] = copy.deepcopy(rule["spec"]["trafficPolicy"])
-    return merged
-
-
 def subset_versions(rule: Obj) -> dict[str, str]:
     """Subset name -> the `version` label it selects."""
     return {s["name"]: s["labels"]["version"] for s in rule["spec"].get("subsets", [])}
@@ -152,7 +137,7 @@ class _Translation:
         self.name = f"VirtualService {self.vs['metadata']['name']}"
         if not routed.destination_rules:
             raise Unsupported(f"{self.name}: no DestinationRule names host {self.vs['spec']['hosts'][0]}")
-        self.rule = merged_rule(routed.destination_rules)
+        (self.rule,) = merged_destination_rules(routed.destination_rules).values()
         self.rule_name = f"DestinationRule {self.rule['metadata']['name']}"
         self.host = self.rule["spec"]["host"]
         self.versions = subset_versions(self.rule)

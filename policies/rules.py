@@ -204,6 +204,32 @@ def route_destinations(objects: list[Obj], state: State) -> list[str]:
     return problems
 
 
+def host_rules_merge(objects: list[Obj], state: State) -> list[str]:
+    """The DestinationRules of one host merge without loss: istiod keeps the first definition of a
+    subset name and the first traffic policy (modelctl/core/mesh.py), silently dropping the rest."""
+    by_host: dict[tuple[str, str], list[Obj]] = {}
+    for rule in (o for o in objects if o.get("kind") == "DestinationRule"):
+        host = _service_of((rule.get("spec") or {}).get("host", ""), _namespace(rule))
+        by_host.setdefault(host, []).append(rule)
+    problems = []
+    for (name, namespace), rules in sorted(by_host.items()):
+        where = f"the DestinationRules of {name} in {namespace}"
+        defined: dict[str, str] = {}
+        for rule in rules:
+            for subset in (rule.get("spec") or {}).get("subsets") or []:
+                first = defined.setdefault(subset.get("name", ""), object_name(rule))
+                if first != object_name(rule):
+                    problems.append(
+                        f"{where}: subset {subset.get('name')!r} is defined by {first} and again by {object_name(rule)}"
+                    )
+        policies = [object_name(r) for r in rules if "trafficPolicy" in (r.get("spec") or {})]
+        if len(policies) > 1:
+            problems.append(
+                f"{where}: {', '.join(policies)} each set a trafficPolicy; istiod applies only the oldest"
+            )
+    return problems
+
+
 # ---------------------------------------------------------------- pods
 
 
@@ -404,6 +430,12 @@ STACK_RULES = [
         "Every route destination and mirror has a DestinationRule subset and a Deployment.",
         "deploy the version (a 'traffic' weight, 0 to keep it warm) or route to a deployed one",
         route_destinations,
+    ),
+    StackRule(
+        "host-rules-merge",
+        "The DestinationRules of one host define each subset once and one trafficPolicy between them.",
+        "keep the traffic policy on the host's rule and each subset in its version's rule",
+        host_rules_merge,
     ),
     StackRule(
         "monitored-models",

@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 
 from infra.build import build_stack
 from modelctl.core.analysis.margins import error_margin, latency_ratio
+from modelctl.core.contract import subset_name
 from modelctl.core.errors import UserError
+from modelctl.core.mesh import merged_destination_rules
 from modelctl.core.schema import ModelFile, StackConfig
 from modelctl.core.servingspec import ServingSpec
 from modelctl.core.state import Stack, State, cross_check, load_allow_list, load_state
@@ -162,15 +164,58 @@ def test_pods_are_hardened_and_probed_on_the_inference_protocol(state: State) ->
     }
 
 
-def test_destination_rule_has_a_subset_per_deployed_version(state: State) -> None:
-    rule = one(state, "prod", "DestinationRule", "fraud-detection")
-    assert rule["spec"]["host"] == "fraud-detection.models-prod.svc.cluster.local"
-    assert rule["spec"]["subsets"] == [
-        {"name": "v1-0-0", "labels": {"version": "v1.0.0"}},
-        {"name": "v1-1-0", "labels": {"version": "v1.1.0"}},
-        {"name": "v1-2-0", "labels": {"version": "v1.2.0"}},
+def test_each_deployed_version_has_a_destination_rule_of_its_own(state: State) -> None:
+    """The host's rule holds the traffic policy; each version's rule its subset, which istiod
+    merges into one rule for the host (modelctl/core/mesh.py)."""
+    rules = objects_of(state, "prod", "DestinationRule", "fraud-detection")
+    host = "fraud-detection.models-prod.svc.cluster.local"
+    assert [(r["metadata"]["name"], r["metadata"]["labels"].get("version")) for r in rules] == [
+        ("fraud-detection-v1-0-0", "v1.0.0"),
+        ("fraud-detection-v1-1-0", "v1.1.0"),
+        ("fraud-detection-v1-2-0", "v1.2.0"),
+        ("fraud-detection", None),
     ]
-    assert rule["spec"]["trafficPolicy"]["outlierDetection"]["consecutive5xxErrors"] > 0
+    assert all(rule["spec"]["host"] == host for rule in rules)
+    assert [r["spec"].get("subsets") for r in rules] == [
+        [{"name": "v1-0-0", "labels": {"version": "v1.0.0"}}],
+        [{"name": "v1-1-0", "labels": {"version": "v1.1.0"}}],
+        [{"name": "v1-2-0", "labels": {"version": "v1.2.0"}}],
+        None,
+    ]
+    assert [("trafficPolicy" in r["spec"]) for r in rules] == [False, False, False, True]
+    merged = merged_destination_rules(rules)[("models-prod", host)]
+    assert [s["name"] for s in merged["spec"]["subsets"]] == ["v1-0-0", "v1-1-0", "v1-2-0"]
+    assert merged["spec"]["trafficPolicy"]["outlierDetection"]["consecutive5xxErrors"] > 0
+    assert merged["metadata"]["name"] == "fraud-detection-v1-0-0"
+
+
+def test_rules_merge_as_istiod_merges_them() -> None:
+    """Subsets concatenated, a name's first definition kept, the first traffic policy met taken."""
+
+    def rule(name: str, host: str, *subsets: tuple[str, str], **spec: Any) -> Obj:
+        listed = [{"name": n, "labels": {"version": v}} for n, v in subsets]
+        return {
+            "metadata": {"namespace": "ns", "name": name},
+            "spec": {"host": host, "subsets": listed, **spec},
+        }
+
+    policy = {"loadBalancer": {"simple": "RANDOM"}}
+    merged = merged_destination_rules(
+        [
+            rule("a", "h", ("x", "1")),
+            rule("b", "h", ("x", "2"), ("y", "3"), trafficPolicy=policy),
+            rule("c", "g"),
+        ]
+    )
+    assert merged[("ns", "h")] == {
+        "metadata": {"namespace": "ns", "name": "a"},
+        "spec": {
+            "host": "h",
+            "subsets": [{"name": "x", "labels": {"version": "1"}}, {"name": "y", "labels": {"version": "3"}}],
+            "trafficPolicy": policy,
+        },
+    }
+    assert merged[("ns", "g")]["spec"] == {"host": "g", "subsets": []}
 
 
 def test_routes_are_overrides_then_sticky_then_weighted(state: State) -> None:
@@ -356,21 +401,48 @@ def releases(draw: st.DrawFn) -> dict[str, Any]:
     return release
 
 
-@settings(max_examples=40, deadline=None, derandomize=True)
-@given(release=releases(), production=st.booleans())
-def test_any_valid_release_builds_routes_that_pass_the_policies(
-    release: dict[str, Any], production: bool
-) -> None:
+def one_model_state(release: dict[str, Any], production: bool = False) -> State:
+    """A stack `any` releasing the factory model as `release`."""
     model = ModelFile.model_validate(model_doc(versions=VERSIONS))
     doc = stack_doc({}, production=production, image=PROD_IMAGE)["config"]
     doc["modelctl:releases"] = {model.name: release}
     stack = Stack(name="any", file="Pulumi.any.yaml", config=StackConfig.model_validate(doc))
     # The repository's reviewed allow-list, which the factory models' trusted types rely on.
     trusted = load_allow_list(Path(__file__).resolve().parents[1])
-    state = State(root=Path("."), models={model.name: model}, stacks={"any": stack}, trusted=trusted)
+    return State(root=Path("."), models={model.name: model}, stacks={"any": stack}, trusted=trusted)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(before=releases(), after=releases())
+def test_a_release_change_adds_or_removes_subset_rules_and_edits_none(
+    before: dict[str, Any], after: dict[str, Any]
+) -> None:
+    """Make before break needs a subset to come and go with its own object: a rule that stays is
+    never edited (so no update can drop a subset a route still names), and the rules created or
+    deleted are exactly those of the versions deployed or no longer deployed."""
+    old, new = (one_model_state(r) for r in (before, after))
+    rules = [
+        {o["metadata"]["name"]: o for o in build_stack(state, "any") if o["kind"] == "DestinationRule"}
+        for state in (old, new)
+    ]
+    for name in rules[0].keys() & rules[1].keys():
+        assert rules[0][name] == rules[1][name], name
+    versions = [set(state.stack("any").config.releases["fraud-detection"].deployed()) for state in (old, new)]
+    assert rules[0].keys() ^ rules[1].keys() == {
+        f"fraud-detection-{subset_name(v)}" for v in versions[0] ^ versions[1]
+    }
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(release=releases(), production=st.booleans())
+def test_any_valid_release_builds_routes_that_pass_the_policies(
+    release: dict[str, Any], production: bool
+) -> None:
+    state = one_model_state(release, production)
+    stack = state.stack("any")
     objects = build_stack(state, "any")
     deployed = [o["metadata"]["labels"]["version"] for o in objects if o["kind"] == "Deployment"]
-    assert deployed == stack.config.releases[model.name].deployed()
+    assert deployed == stack.config.releases["fraud-detection"].deployed()
     # An override to an undeployed version is refused by the state check and by the policy alike.
     undeployed = sorted(h for h, v in release["overrides"].items() if v not in deployed)
     refused = sorted(e.key.rsplit(".", 1)[-1] for e in cross_check(state))

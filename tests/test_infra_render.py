@@ -73,6 +73,7 @@ def test_files_of_versions_no_longer_deployed_are_removed(
     data = json.loads(capsys.readouterr().out)
     assert data["removed"] == [
         "fraud-detection/deployment-v1-0-0.yaml",
+        "fraud-detection/destinationrule-v1-0-0.yaml",
         "fraud-detection/horizontalpodautoscaler-v1-0-0.yaml",
     ]
     assert not (out / "fraud-detection/deployment-v1-0-0.yaml").exists()

@@ -24,6 +24,7 @@ from scipy.stats import binom
 
 from infra.build import build_stack
 from modelctl.core.contract import VERSION_HEADER
+from modelctl.core.mesh import merged_destination_rules
 from modelctl.core.state import load_state
 from onebox import envoy
 from onebox.envoy import Routed, Unsupported
@@ -185,22 +186,31 @@ def test_a_cluster_carries_the_destination_rule_as_istiod_writes_it(root: Path) 
 
 def test_destination_rules_of_one_host_merge_as_istiod_merges_them(root: Path) -> None:
     first = fraud_detection(root)
-    [rule] = first.destination_rules
-    second = copy.deepcopy(rule)
-    second["metadata"]["name"] = "fraud-detection-sticky"
-    second["spec"]["trafficPolicy"] = {
-        "loadBalancer": {"consistentHash": {"httpCookie": {"name": "u", "ttl": "60s"}}}
+    rules = first.destination_rules
+    second = {
+        **copy.deepcopy(rules[0]),
+        "metadata": {**rules[0]["metadata"], "name": "fraud-detection-sticky"},
+        "spec": {
+            "host": HOST,
+            "trafficPolicy": {
+                "loadBalancer": {"consistentHash": {"httpCookie": {"name": "u", "ttl": "60s"}}}
+            },
+        },
     }
     second["spec"]["subsets"] = [
         {"name": "v1-1-0", "labels": {"version": "ignored: the first rule's subset wins"}},
         {"name": "hashed", "labels": {"version": "v1.1.0"}, "trafficPolicy": second["spec"]["trafficPolicy"]},
     ]
-    merged = envoy.merged_rule([rule, second])
+    (merged,) = merged_destination_rules([*rules, second]).values()
     assert [s["name"] for s in merged["spec"]["subsets"]][-1] == "hashed"
-    assert merged["spec"]["trafficPolicy"] == rule["spec"]["trafficPolicy"]
+    assert next(s for s in merged["spec"]["subsets"] if s["name"] == "v1-1-0")["labels"] == {
+        "version": "v1.1.0"
+    }
+    first_policy = next(r["spec"]["trafficPolicy"] for r in rules if "trafficPolicy" in r["spec"])
+    assert merged["spec"]["trafficPolicy"] == first_policy
     vs = copy.deepcopy(first.virtual_service)
     vs["spec"]["http"][-1]["route"] = [{"destination": {"host": HOST, "subset": "hashed"}}]
-    clusters, route_config = envoy.resources([Routed(vs, [rule, second], 80, first.endpoints)])
+    clusters, route_config = envoy.resources([Routed(vs, [*rules, second], 80, first.endpoints)])
     hashed = next(c for c in clusters if c["name"] == f"outbound|80|hashed|{HOST}")
     # The subset's loadBalancer replaces the rule's; its outlier detection is inherited.
     assert hashed["lb_policy"] == "RING_HASH"

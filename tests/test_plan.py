@@ -68,6 +68,29 @@ def test_the_default_base_is_origin_main_when_present(repo: Path, cli: Cli) -> N
     assert out.startswith("plan against origin/main:\n  staging: ")
 
 
+def test_a_plan_says_when_a_change_only_rolls_back(repo: Path, cli: Cli) -> None:
+    """CI deploys a change that only restores without waiting for a reviewer (tools/ci.py)."""
+
+    def restores(base: str) -> bool:
+        code, out, _ = cli(repo, "plan", "--base", base, "--stack", "staging", "--json")
+        assert code == 2
+        return bool(json.loads(out)["stacks"]["staging"]["restores"])
+
+    cli(repo, "canary", MODEL, "v1.1.0", "--stack", "staging")
+    assert restores("HEAD~1") is False  # a step
+    cli(repo, "rollback", MODEL, "--stack", "staging", "--reason", "INC-7")
+    assert restores("HEAD~1") is True
+    assert restores("HEAD~2") is True  # from the 10% canary deployed before the step
+    _, out, _ = cli(repo, "plan", "--base", "HEAD~1", "--stack", "staging")
+    assert "  staging: 0 added, 3 changed, 3 removed (only rolls back)" in out
+    # With another change of the stack (its replicas), the deploy is not only a rollback.
+    path = repo / "Pulumi.staging.yaml"
+    doc = yamlio.load(path)
+    doc["config"]["modelctl:releases"][MODEL]["replicas"] = {"min": 3, "max": 6}
+    yamlio.dump_file(path, doc)
+    assert restores("HEAD~1") is False
+
+
 def test_a_new_stack_is_all_additions(repo: Path, cli: Cli) -> None:
     yamlio.dump_file(repo / "Pulumi.qa.yaml", stack_doc({"v1.0.0": 100}, namespace="models-qa"))
     code, out, _ = cli(repo, "plan", "--stack", "qa", "--json")

@@ -307,15 +307,19 @@ def _route(objects: list[Obj], app: str, name: str) -> Obj:
     return route
 
 
+def _subset_rule(objects: list[Obj], app: str, version: str) -> Obj:
+    name = f"{app}-{subset_name(version)}"
+    rule: Obj = next(o for o in objects if o["kind"] == "DestinationRule" and o["metadata"]["name"] == name)
+    return rule
+
+
 def _subset(objects: list[Obj], app: str, version: str) -> Obj:
-    rule = next(o for o in objects if o["kind"] == "DestinationRule" and o["metadata"]["name"] == app)
-    subset: Obj = next(s for s in rule["spec"]["subsets"] if s["name"] == subset_name(version))
+    subset: Obj = _subset_rule(objects, app, version)["spec"]["subsets"][0]
     return subset
 
 
 def _drop_subset(objects: list[Obj], app: str, version: str) -> None:
-    rule = next(o for o in objects if o["kind"] == "DestinationRule" and o["metadata"]["name"] == app)
-    rule["spec"]["subsets"] = [s for s in rule["spec"]["subsets"] if s["name"] != subset_name(version)]
+    objects.remove(_subset_rule(objects, app, version))
 
 
 @pytest.mark.parametrize(
@@ -381,6 +385,40 @@ def test_every_route_destination_has_a_subset_and_a_deployment(
     assert any(message in line for line in found), found
 
 
+def _host_rule(objects: list[Obj], app: str) -> Obj:
+    rule: Obj = next(o for o in objects if o["kind"] == "DestinationRule" and o["metadata"]["name"] == app)
+    return rule
+
+
+@pytest.mark.parametrize(
+    ("break_it", "message"),
+    [
+        (
+            lambda objs: _host_rule(objs, "fraud-detection")["spec"].update(
+                subsets=[{"name": "v1-1-0", "labels": {"version": "v1.0.0"}}]
+            ),
+            "the DestinationRules of fraud-detection in models-test: subset 'v1-1-0' is defined by "
+            "models-test/fraud-detection-v1-1-0 and again by models-test/fraud-detection",
+        ),
+        (
+            lambda objs: _subset_rule(objs, "churn", "v2.0.0")["spec"].update(
+                trafficPolicy={"loadBalancer": {"simple": "RANDOM"}}
+            ),
+            "the DestinationRules of churn in models-test: models-test/churn-v2-0-0, models-test/churn "
+            "each set a trafficPolicy; istiod applies only the oldest",
+        ),
+    ],
+    ids=["subset-twice", "two-policies"],
+)
+def test_the_rules_of_one_host_merge_without_loss(
+    state: State, break_it: Callable[[list[Obj]], None], message: str
+) -> None:
+    objects = copy.deepcopy(build_stack(state, "staging"))
+    assert [v for v in check_objects(objects, state) if v.rule == "host-rules-merge"] == []
+    break_it(objects)
+    assert [v.message for v in check_objects(objects, state) if v.rule == "host-rules-merge"] == [message]
+
+
 def test_the_pack_refuses_a_route_to_a_version_without_pods(
     recorded: list[tuple[str, str, dict[str, Any]]],
 ) -> None:
@@ -414,6 +452,7 @@ def test_violations_read_as_one_line(state: State) -> None:
     assert {r.name for r in RULES} | {r.name for r in STACK_RULES} == {
         "traffic-weights", "production-gates", "resource-limits", "health-probes", "non-root",
         "read-only-root-fs", "pinned-images", "no-plaintext-secrets", "monitored-models", "route-destinations",
+        "host-rules-merge",
     }  # fmt: skip
 
 

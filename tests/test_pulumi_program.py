@@ -14,6 +14,7 @@ import pulumi_kubernetes as k8s
 import pytest
 import yaml
 from pulumi.runtime import rpc
+from pulumi.runtime.mocks import MockMonitor
 
 from infra import program
 from infra.build import build_stack
@@ -51,10 +52,45 @@ class Recorder(pulumi.runtime.Mocks):
         return {}, None
 
 
+class Monitor(MockMonitor):
+    """Pulumi's mock monitor, keeping each RegisterResource request's dependencies as the engine
+    receives them (explicit `depends_on` and those of the inputs), in the order registered. A
+    resource is named `<Kind> <namespace>/<name>`: a Deployment and its version's
+    DestinationRule share a Pulumi name, and so do a model's VirtualService and host rule."""
+
+    def __init__(self, mocks: pulumi.runtime.Mocks) -> None:
+        super().__init__(mocks)
+        self.names: dict[str, str] = {}  # urn -> "<Kind> <name>"
+        self.dependencies: dict[str, set[str]] = {}  # name -> the names it depends on
+
+    def RegisterResource(self, request: Any) -> Any:
+        response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
+        self.names[response.urn] = f"{request.type.rsplit(':', 1)[-1]} {request.name}"
+        self.dependencies[self.names[response.urn]] = {
+            self.names[urn] for urn in request.dependencies if urn in self.names
+        }
+        return response
+
+    @property
+    def registered(self) -> list[str]:
+        return list(self.dependencies)
+
+    def transitively(self, name: str) -> set[str]:
+        """Every resource `name` waits for, directly or through others."""
+        seen: set[str] = set()
+        todo = [name]
+        while todo:
+            for dependency in self.dependencies[todo.pop()] - seen:
+                seen.add(dependency)
+                todo.append(dependency)
+        return seen
+
+
 @dataclass
 class Run:
     recorder: Recorder
     registered: list[Registered]
+    monitor: Monitor
     exports: dict[str, Any] = field(default_factory=dict)
 
 
@@ -70,9 +106,12 @@ def run_program(
     if releases is not None:
         config["modelctl:releases"] = json.dumps(releases)
     config |= {f"modelctl:{key}": value for key, value in secrets.items()}
-    run = Run(Recorder(), [])
+    recorder = Recorder()
+    run = Run(recorder, [], Monitor(recorder))
     monkeypatch.setattr(pulumi, "export", run.exports.__setitem__)
-    pulumi.runtime.set_mocks(run.recorder, project="modelctl", stack=stack, preview=False)
+    pulumi.runtime.set_mocks(
+        run.recorder, project="modelctl", stack=stack, preview=False, monitor=run.monitor
+    )
     pulumi.runtime.set_all_config(config, secret_keys=[f"modelctl:{key}" for key in secrets])
 
     @pulumi.runtime.test  # type: ignore[untyped-decorator]
@@ -189,6 +228,69 @@ def test_traffic_moves_only_after_the_deployments_it_routes_to(
         "modelctl-feedback",
         "modelctl-alerting",
     ]
+
+
+# ---------------------------------------------------------------- make before break
+# Pulumi creates and updates in dependency order while the program runs and deletes what the
+# program no longer declares afterwards, in reverse dependency order (infra/program.py cites the
+# engine). These tests read the dependencies as the engine receives them.
+
+FRAUD = "models-prod/fraud-detection"
+VERSIONS = ("v1-0-0", "v1-1-0", "v1-2-0")  # prod: warm at 0, serving, the shadow
+
+
+def test_a_route_waits_for_each_subset_and_its_ready_pods(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adding a version: its subset's rule, then its Deployment (whose rollout Pulumi awaits), then
+    the VirtualService naming it; the host's rule gives up subsets only after their own rules exist."""
+    graph = run_program(root, "prod", monkeypatch).monitor
+    route = graph.transitively(f"VirtualService {FRAUD}")
+    host = graph.dependencies[f"DestinationRule {FRAUD}"]
+    for version in VERSIONS:
+        subset, pods = f"DestinationRule {FRAUD}-{version}", f"Deployment {FRAUD}-{version}"
+        assert {subset, pods} <= route
+        assert subset in graph.dependencies[pods]
+        assert subset in host
+        assert graph.registered.index(subset) < graph.registered.index(pods)
+    assert f"DestinationRule {FRAUD}" in graph.dependencies[f"VirtualService {FRAUD}"]
+    # Nothing of another model: churn's rollout never holds fraud-detection's traffic.
+    assert not any("churn" in name for name in route)
+
+
+def test_a_removed_version_leaves_the_route_before_its_pods_and_its_subset_go(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """v1.0.0, warm at weight 0, leaves prod. Its objects are not declared any more, so Pulumi
+    deletes them after every update (the route's included), in reverse dependency order: the
+    Deployment (its pods terminated) before the subset's rule. The rules that stay are unchanged."""
+    before = run_program(root, "prod", monkeypatch)
+    release = {"traffic": {"v1.1.0": 100}, "shadow": {"version": "v1.2.0", "percent": 10}}
+    after = run_program(
+        root, "prod", monkeypatch, releases={**prod_releases(root), "fraud-detection": release}
+    )
+    gone = set(before.monitor.registered) - set(after.monitor.registered)
+    assert gone == {
+        f"{kind} {FRAUD}-v1-0-0" for kind in ("Deployment", "HorizontalPodAutoscaler", "DestinationRule")
+    }
+    assert f"DestinationRule {FRAUD}-v1-0-0" in before.monitor.dependencies[f"Deployment {FRAUD}-v1-0-0"]
+    vs = registered_object(after, "VirtualService", "fraud-detection")
+    assert "v1-0-0" not in json.dumps(vs)
+    for name in (f"fraud-detection-{v}" for v in VERSIONS[1:]):
+        assert registered_object(after, "DestinationRule", name) == registered_object(
+            before, "DestinationRule", name
+        )
+    host = registered_object(after, "DestinationRule", "fraud-detection")
+    assert host == registered_object(before, "DestinationRule", "fraud-detection")
+
+
+def prod_releases(root: Path) -> Any:
+    return yaml.safe_load((root / "Pulumi.prod.yaml").read_text())["config"]["modelctl:releases"]
+
+
+def registered_object(run: Run, kind: str, name: str) -> Obj:
+    [found] = [r.obj for r in run.registered if r.obj["kind"] == kind and r.obj["metadata"]["name"] == name]
+    return found
 
 
 def test_monitoring_install_adds_the_pinned_chart_before_the_custom_resources(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -341,3 +342,30 @@ def test_edit_restores_key_order_and_removes_cleared_fields() -> None:
     after = release({"v1.0.0": 100, "v1.1.0": 0})
     edited = releases.edit_stack_text(yamlio.dumps(doc), "staging", "fraud-detection", before, after)
     assert edited == yamlio.dumps(stack_doc({"v1.0.0": 100, "v1.1.0": 0}))
+
+
+@pytest.mark.parametrize(
+    ("before", "operation", "expected"),
+    [
+        (release({"v1.0.0": 75, "v1.1.0": 25}, rollback_to="v1.0.0"), "rollback", True),
+        # Back to the warm predecessor, named: it had a weight, so it has pods.
+        (release({"v1.0.0": 0, "v1.1.0": 100}, rollback_to="v1.0.0"), "rollback", True),
+        (release({"v1.0.0": 100}, shadow={"version": "v1.1.0", "percent": 10}), "rollback", True),
+        (release({"v1.0.0": 75, "v1.1.0": 25}, rollback_to="v1.0.0"), "promote", False),
+        (release({"v1.0.0": 75, "v1.1.0": 25}, rollback_to="v1.0.0"), "canary", False),
+        (release({"v1.0.0": 100}), "shadow", False),
+    ],
+    ids=["canary-rolled-back", "to-the-warm-version", "shadow-dropped", "promote", "step", "shadow-started"],
+)
+def test_only_a_rollback_restores(before: Release, operation: str, expected: bool) -> None:
+    """What may deploy without a second review: traffic back on a version that already had pods,
+    the versions it left held; a promotion or a step moves traffic forward."""
+    acts: dict[str, Callable[[], releases.Proposal]] = {
+        "rollback": lambda: releases.rollback(target(), before, NOW, to="v1.0.0", reason="INC-1"),
+        "promote": lambda: releases.promote(target(), before),
+        "canary": lambda: releases.canary(target(), before, "v1.1.0"),
+        "shadow": lambda: releases.shadow(target(), before, "v1.1.0", 10.0),
+    }
+    assert releases.restores(before, acts[operation]().release) is expected
+    assert releases.restores(before, before) is True
+    assert releases.restores(None, before) is releases.restores(before, None) is False

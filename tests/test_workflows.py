@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -95,10 +96,10 @@ def test_actions_are_pinned_and_checkouts_keep_no_credentials(path: Path) -> Non
 def test_permissions_are_granted_per_job_only(path: Path) -> None:
     workflow = load(path)
     assert workflow["permissions"] == {}
-    # Only the deploy job (the tag of what its stack now runs) and the canary analysis (its
-    # commits) write to the repository, through a token given to one step (checkouts keep no
-    # credentials).
-    writers = {("deploy.yaml", "up"), ("canary.yaml", "analyze")}
+    # Only the deploy job (the tag of what its stack now runs) writes to the repository with the
+    # job's token, given to one step (checkouts keep no credentials); the canary analysis writes
+    # with its GitHub App's token, whose pushes start workflows.
+    writers = {("deploy.yaml", "up")}
     for name, job in workflow["jobs"].items():
         expected = "write" if (path.name, name) in writers else "read"
         assert job["permissions"]["contents"] == expected, name
@@ -111,7 +112,7 @@ def test_pull_requests_run_the_repository_commands() -> None:
         ".venv/bin/modelctl check --base origin/main",
         ".venv/bin/modelctl plan --base origin/main",
         ".venv/bin/dvc metrics diff origin/main",
-        ".venv/bin/modelctl doctor",
+        ".venv/bin/python tools/ci.py doctor",
     ]:
         assert command in text, command
     preview = next(
@@ -125,20 +126,54 @@ def test_pull_requests_run_the_repository_commands() -> None:
 
 
 def test_deploys_go_one_stack_at_a_time_with_production_behind_reviewers() -> None:
-    up = load(ROOT / ".github" / "workflows" / "deploy.yaml")["jobs"]["up"]
+    deploy = load(ROOT / ".github" / "workflows" / "deploy.yaml")
+    assert deploy["on"]["push"] == {"branches": ["main"]}
+    up = deploy["jobs"]["up"]
     assert up["strategy"]["max-parallel"] == 1
     assert up["concurrency"] == {"group": "pulumi-${{ matrix.stack }}", "cancel-in-progress": False}
-    assert "'production'" in up["environment"]
+    # production, production-rollback (a change that only rolls back) or the stack's own
+    # (tools/ci.py deploy-stacks; tests/test_ci.py runs it).
+    assert up["environment"] == "${{ matrix.environment }}"
+    # A rollback waits for no image build: the stacks name the images they run.
+    assert up["needs"] == "stacks"
     pulumi = next(s for s in up["steps"] if "pulumi/actions" in s.get("uses", ""))
     assert pulumi["with"]["command"] == "up"
     # What each stack last deployed is a tag moved after its update, and the next run diffs
     # against it, so a deploy that never ran is not lost.
     assert up["steps"][-1]["name"] == "Mark this commit as deployed on the stack"
     assert up["permissions"] == {"contents": "write"}
-    select = load(ROOT / ".github" / "workflows" / "deploy.yaml")["jobs"]["stacks"]["steps"][-1]
-    assert 'base="refs/tags/deployed/$stack"' in select["run"]
+    select = deploy["jobs"]["stacks"]["steps"][-1]
+    assert select["run"] == ".venv/bin/python tools/ci.py deploy-stacks"
     assert pulumi["with"]["cloud-url"] == "${{ secrets.PULUMI_BACKEND_URL }}"
     assert pulumi["env"]["PULUMI_CONFIG_PASSPHRASE"] == "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"
+
+
+def test_ci_installs_the_pulumi_cli_of_the_pinned_sdk() -> None:
+    """`pulumi/actions` installs the CLI named in .pulumi-version, the pinned SDK's version (the
+    README tells a person to install the same)."""
+    pinned = re.search(r"^pulumi==(\S+)$", (ROOT / "constraints.txt").read_text(), re.M)
+    assert pinned
+    assert (ROOT / ".pulumi-version").read_text().strip() == pinned[1]
+    for path in WORKFLOWS:
+        for step in steps(load(path)):
+            if "pulumi/actions" in step.get("uses", ""):
+                assert step["with"]["pulumi-version-file"] == ".pulumi-version", path.name
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_a_step_that_needs_a_setting_runs_only_when_it_is_there(path: Path) -> None:
+    """A fresh fork has none of the secrets: its jobs pass, each saying in one line what it skipped
+    (tools/ci.py configured; tests/test_ci.py runs it). The job's token is always there."""
+    for name, job in load(path)["jobs"].items():
+        settings = [s for s in job.get("steps", []) if s.get("id") == "configured"]
+        checked = set(settings[0]["env"]) if settings else set()
+        for step in job.get("steps", []):
+            if step is (settings[0] if settings else None):
+                continue
+            needed = set(re.findall(r"secrets\.(\w+)", json.dumps(step))) - {"GITHUB_TOKEN"}
+            if needed - {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PULUMI_CONFIG_PASSPHRASE"}:
+                assert needed & checked, (name, step)
+                assert step["if"] == "steps.configured.outputs.ready == 'true'", (name, step)
 
 
 def test_deploy_builds_every_image_the_stacks_run() -> None:
@@ -151,17 +186,24 @@ def test_deploy_builds_every_image_the_stacks_run() -> None:
     assert build["with"]["file"] == "${{ matrix.file }}"
 
 
-def test_canary_analysis_is_scheduled_serialized_and_sends_production_steps_to_review() -> None:
+def test_canary_analysis_is_scheduled_serialized_and_writes_with_an_apps_token() -> None:
+    """Pushes and pull requests made with the default GITHUB_TOKEN start no workflow: the deploy
+    would never run, nor a pull request's checks. The analysis uses a GitHub App's token."""
     workflow = load(ROOT / ".github" / "workflows" / "canary.yaml")
     assert workflow["on"]["schedule"]
     assert workflow["concurrency"] == {"group": "canary-analysis", "cancel-in-progress": False}
     job = workflow["jobs"]["analyze"]
-    assert job["permissions"] == {"contents": "write", "pull-requests": "write"}
-    run = job["steps"][-1]["run"]
-    assert ".venv/bin/modelctl canary analyze" in run
-    # Production: a rollback goes straight to main, a step or promotion to a pull request whose
-    # body is the evidence (the decision replayed from its committed snapshot).
-    assert '[ "$production" = true ] && [ "$outcome" != rollback ]' in run
-    assert "gh pr create" in run
-    assert ".venv/bin/modelctl judge --replay HEAD" in run
-    assert 'git push -q "$remote" HEAD:main' in run
+    assert job["permissions"] == {"contents": "read"}
+    token = next(s for s in job["steps"] if s.get("id") == "app-token")
+    assert token["uses"].startswith("actions/create-github-app-token@")
+    assert token["with"] == {
+        "client-id": "${{ secrets.CANARY_APP_CLIENT_ID }}",
+        "private-key": "${{ secrets.CANARY_APP_PRIVATE_KEY }}",
+        "permission-contents": "write",
+        "permission-pull-requests": "write",
+    }
+    # The last step is the one case 18 runs: tools/ci.py, committed (tests/test_ci.py runs it).
+    analyze = job["steps"][-1]
+    assert analyze["run"] == ".venv/bin/python tools/ci.py canary-analysis"
+    assert analyze["env"]["GH_TOKEN"] == "${{ steps.app-token.outputs.token }}"
+    assert "github.token" not in (ROOT / ".github" / "workflows" / "canary.yaml").read_text()

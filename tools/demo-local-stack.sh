@@ -6,6 +6,8 @@
 # local SMTP sink, and everything stops.
 # Usage: tools/demo-local-stack.sh BIN REPO REMOTE MODEL VERSION STACK
 set -euo pipefail
+# The demo runs unattended: git prints, never pages (a terminal would wait for 'q').
+export GIT_PAGER=cat PAGER=cat
 bin=$1 repo=$2 remote=$3 model=$4 version=$5 stack=$6
 bin=$(cd "$bin" && pwd)  # absolute: the broken build is registered from inside the clone
 # Demo timings: scrape and evaluate every 2 s, alerts after 6 s instead of minutes.
@@ -13,15 +15,23 @@ timing=(--scrape-interval=2s --evaluation-interval=2s --alert-for=6s --group-wai
 modelctl() { "$bin/modelctl" -C "$repo" "$@"; }
 step() { printf '\n== %s\n' "$*"; }
 addresses=$(mktemp)
+splits=$(mktemp)  # one line per split applied during the rollout: when, and its weights
 traffic_pid=""
 stop_traffic() {
   if [ -n "$traffic_pid" ]; then kill "$traffic_pid" 2>/dev/null || true; wait "$traffic_pid" 2>/dev/null || true; fi
   traffic_pid=""
 }
-trap 'stop_traffic; modelctl down --stack "$stack" >/dev/null 2>&1 || true; rm -f "$addresses"' EXIT
+trap 'stop_traffic; modelctl down --stack "$stack" >/dev/null 2>&1 || true; rm -f "$addresses" "$splits"' EXIT
+
+# The split now serving (after `up` applied it): the time and the model's weights on the stack.
+record_split() {
+  printf '%s\t%s\n' "$(date +%s.%N)" "$(modelctl status --json | "$bin/python" -c '
+import json, sys
+print(json.dumps(json.load(sys.stdin)[sys.argv[1]][sys.argv[2]]["traffic"]))' "$stack" "$model")" >> "$splits"
+}
 
 # Run `canary analyze` every few seconds until it decides $1 (promote or rollback), applying each
-# step with `up`; one line per look.
+# step with `up` (and recording the split it applied); one line per look.
 analyze_until() {
   local final=$1 answer line outcome
   for _ in $(seq 60); do
@@ -35,8 +45,8 @@ print(a["outcome"], a["decision"]["canary_version"], reason if len(reason) <= 20
     printf '  %-8s %s\n' "$outcome" "$(cut -f2- <<< "$line" | tr '\t' ' ')"
     case $outcome in
       hold) sleep 3 ;;
-      step) modelctl up --stack "$stack" --remote "$remote" "${timing[@]}" >/dev/null ;;
-      *) modelctl up --stack "$stack" --remote "$remote" "${timing[@]}" >/dev/null
+      step) modelctl up --stack "$stack" --remote "$remote" "${timing[@]}" >/dev/null; record_split ;;
+      *) modelctl up --stack "$stack" --remote "$remote" "${timing[@]}" >/dev/null; record_split
          [ "$outcome" = "$final" ] || { echo "expected $final, the analysis decided $outcome" >&2; exit 1; }
          return ;;
     esac
@@ -85,31 +95,46 @@ settings=$(git -C "$repo" rev-parse HEAD)
 step "traffic runs on; modelctl canary analyze judges $version from Prometheus, and commits each step"
 "$bin/modelctl" -C "$repo" traffic --stack "$stack" --model "$model" --requests 1000000 --users 200 >/dev/null 2>&1 &
 traffic_pid=$!
-rollout_began=$(date +%s)
+record_split
 analyze_until promote
+# The promoted split serves a few scrapes' worth before the table reads it.
+sleep 6
 step "the automatic commits: each holds its snapshot and the stack edit"
 git -C "$repo" log --reverse --stat --format='%n%h %s%n%b' "$settings..HEAD"
 last=$(git -C "$repo" rev-parse HEAD)
 step "modelctl judge --replay $(git -C "$repo" rev-parse --short HEAD): the decision recomputed from its snapshot"
 modelctl judge --replay HEAD | head -4
 
-step "the split during the rollout, as Prometheus scraped it from the servers"
-"$bin/python" - "$(field prometheus)" "$model" "$rollout_began" "$(date +%s)" <<'PY'
+step "the split during the rollout: each applied split's requests, as Prometheus scraped them from the servers"
+"$bin/python" - "$(field prometheus)" "$model" "$splits" "$(date +%s.%N)" <<'PY'
+import json
 import sys
+
 import httpx
 
-prometheus, model, start, end = sys.argv[1:]
-query = f'sum by (version) (model_requests_total{{model="{model}",code="200"}})'
+prometheus, model, splits, end = sys.argv[1:]
+query = f'sum by (version) (model_requests_total{{model="{model}"}})'
+applied = [line.split("\t") for line in open(splits).read().splitlines()]
+
 
 def counts(at: str) -> dict[str, float]:
     answer = httpx.get(f"{prometheus}/api/v1/query", params={"query": query, "time": at}).json()
     return {r["metric"]["version"]: float(r["value"][1]) for r in answer["data"]["result"]}
 
-first, last = counts(start), counts(end)
-grown = {version: last[version] - first.get(version, 0.0) for version in sorted(last)}
-total = sum(grown.values())
-for version, count in grown.items():
-    print(f"  {version:<10}{count:>7.0f} requests  {count / total:6.1%}")
+
+# One row per split, over the time it served (from its `up` to the next one's): what each row
+# means does not depend on how long the judge took to decide it.
+weights = [json.loads(traffic) for _, traffic in applied]
+versions = sorted({v for w in weights for v in w})
+print(f"  {'split applied':<28}{'requests':>9}" + "".join(f"{v:>10}" for v in versions))
+bounds = [at for at, _ in applied] + [end]
+for weight, since, until in zip(weights, bounds, bounds[1:]):
+    first, last = counts(since), counts(until)
+    grown = {v: last.get(v, 0.0) - first.get(v, 0.0) for v in versions}
+    total = sum(grown.values())
+    split = ", ".join(f"{v} {w}%" for v, w in weight.items() if w)
+    shares = "".join(f"{grown[v] / total:>10.1%}" if total else f"{'-':>10}" for v in versions)
+    print(f"  {split:<28}{total:>9.0f}{shares}")
 PY
 
 broken=$(cd "$repo" && "$bin/python" -m tests.faults . "$remote")  # the next minor version

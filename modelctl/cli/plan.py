@@ -10,13 +10,15 @@ unless `--allow-destroy` is given.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
 from modelctl.cli import EXIT_FINDING, EXIT_OK, Result, add_command, repo_root
 from modelctl.cli.release import describe
-from modelctl.core.errors import UserError, collect
+from modelctl.core.errors import UserError, UserErrors, collect
+from modelctl.core.releases import restores
 from modelctl.core.schema import Release
 from modelctl.core.state import CONFIG_NAMESPACE, State, stack_file
 from modelctl.repo import gitutil
@@ -55,6 +57,8 @@ class StackPlan:
     diff: str
     # Every model the stack served is gone: `pulumi up` would delete all of their objects.
     destroys: bool = False
+    # The change only rolls back (releases.restores) and changes nothing else of the stack.
+    restores: bool = False
 
     @property
     def changes(self) -> bool:
@@ -113,6 +117,7 @@ def plan_stack(before: State, after: State, name: str) -> StackPlan:
         changed=sorted(f for f in set(old) & set(new) if old[f] != new[f]),
         diff=diff,
         destroys=bool(_releases(before, name)) and not _releases(after, name),
+        restores=bool(diff) and _only_restores(before, after, name, new, models),
     )
 
 
@@ -130,6 +135,29 @@ def _changed_models(before: State, after: State, name: str) -> set[str] | None:
         if old.config.releases.get(model) != new.config.releases.get(model)
         or before.models.get(model) != after.models.get(model)
     }
+
+
+def _only_restores(
+    before: State, after: State, name: str, rendered: dict[str, str], models: set[str] | None
+) -> bool:
+    """Every release of the stack restores (releases.restores), and the base rendered with the new
+    releases gives these very files (of `models`, None: all): nothing but the releases changed."""
+    from infra.render import render_files
+
+    if name not in before.stacks or name not in after.stacks:
+        return False
+    old, new = _releases(before, name), _releases(after, name)
+    if not all(restores(old.get(model), new.get(model)) for model in old.keys() | new.keys()):
+        return False
+    stack = before.stacks[name]
+    config = stack.config.model_copy(update={"releases": new})
+    rolled_back = dataclasses.replace(
+        before, stacks={**before.stacks, name: dataclasses.replace(stack, config=config)}
+    )
+    try:
+        return render_files(rolled_back, name, models) == rendered
+    except (UserError, UserErrors):
+        return False
 
 
 def _releases(state: State, name: str) -> dict[str, Release]:
@@ -165,6 +193,7 @@ def _plan_data(plan: StackPlan) -> dict[str, Any]:
         "file": stack_file(plan.name),
         "production": plan.production,
         "destroys": plan.destroys,
+        "restores": plan.restores,
         "changed": plan.changes,
         "traffic": plan.traffic,
         "files": {"added": plan.added, "changed": plan.changed, "removed": plan.removed},
@@ -179,7 +208,7 @@ def _text(base: str, plans: list[StackPlan]) -> str:
             lines.append(f"  {plan.name}: no changes")
             continue
         counts = f"{len(plan.added)} added, {len(plan.changed)} changed, {len(plan.removed)} removed"
-        lines.append(f"  {plan.name}: {counts}")
+        lines.append(f"  {plan.name}: {counts}" + (" (only rolls back)" if plan.restores else ""))
         lines += [f"    {row['model']}: {row['before']} -> {row['after']}" for row in plan.traffic]
     diffs = [plan.diff for plan in plans if plan.diff]
     return "\n".join(lines) + ("\n\n" + "".join(diffs).rstrip("\n") if diffs else "")

@@ -96,6 +96,31 @@ def describe_traffic(traffic: Mapping[str, int]) -> str:
     return ", ".join(f"{v} {w}%" for v, w in sorted(traffic.items(), key=lambda vw: Version(vw[0])))
 
 
+def restores(before: Release | None, after: Release | None) -> bool:
+    """Whether going from `before` to `after` only takes traffic back, as `rollback` does: all
+    traffic on one version `before` routed to (any weight), nothing mirrored, no version deployed
+    that `before` did not deploy, and every other version that served in `before` held. A change
+    that only restores may be deployed without waiting for a reviewer; a promotion is not one
+    (the stable version it leaves is not held), nor is a change to anything but the release
+    fields (RELEASE_FIELDS: replicas, analysis settings...)."""
+    if before == after:
+        return True
+    if before is None or after is None:
+        return False
+    version = fully_on(after)
+    untouched = {f: getattr(before, f) for f in type(before).model_fields if f not in RELEASE_FIELDS}
+    return (
+        version is not None
+        and version in before.traffic
+        and set(after.deployed()) <= set(before.deployed())
+        and all(v in after.held for v in before.serving() if v != version)
+        and after.overrides.items() <= before.overrides.items()
+        and after.sticky in (None, before.sticky)
+        and after.experiment in (None, before.experiment)
+        and after.model_copy(update=untouched) == after
+    )
+
+
 def gaining_traffic(before: Release, after: Release) -> list[str]:
     """Versions whose live weight rises from `before` to `after`."""
     return [v for v, w in after.traffic.items() if w > before.traffic.get(v, 0)]
