@@ -139,22 +139,31 @@ class _Translation:
             raise Unsupported(f"{self.name}: no DestinationRule names host {self.vs['spec']['hosts'][0]}")
         (self.rule,) = merged_destination_rules(routed.destination_rules).values()
         self.rule_name = f"DestinationRule {self.rule['metadata']['name']}"
+        # Errors name the rule a field came from, not the merged one's first rule.
+        self.origin: dict[str, str] = {}
+        for rule in routed.destination_rules:
+            name = f"DestinationRule {rule['metadata']['name']}"
+            _only(rule["spec"], {"host", "trafficPolicy", "subsets"}, f"{name}: spec")
+            if "trafficPolicy" in rule["spec"]:
+                self.origin.setdefault("", name)
+            for subset in rule["spec"].get("subsets", []):
+                self.origin.setdefault(subset["name"], name)
         self.host = self.rule["spec"]["host"]
         self.versions = subset_versions(self.rule)
         _only(self.vs["spec"], {"hosts", "gateways", "http"}, f"{self.name}: spec")
-        _only(self.rule["spec"], {"host", "trafficPolicy", "subsets"}, f"{self.rule_name}: spec")
 
     # ------------------------------------------------------------ clusters
 
     def policy(self, subset: str) -> Obj:
         """The subset's traffic policy: its fields replace the rule's (istio MergeTrafficPolicy)."""
         policy = dict(self.rule["spec"].get("trafficPolicy", {}))
-        _only(policy, DR_POLICY, f"{self.rule_name}: spec.trafficPolicy")
+        _only(policy, DR_POLICY, f"{self.origin.get('', self.rule_name)}: spec.trafficPolicy")
         for item in self.rule["spec"].get("subsets", []):
             if item["name"] == subset:
-                _only(item, {"name", "labels", "trafficPolicy"}, f"{self.rule_name}: spec.subsets[{subset}]")
+                where = f"{self.origin[subset]}: spec.subsets[{subset}]"
+                _only(item, {"name", "labels", "trafficPolicy"}, where)
                 own = item.get("trafficPolicy", {})
-                _only(own, DR_POLICY, f"{self.rule_name}: spec.subsets[{subset}].trafficPolicy")
+                _only(own, DR_POLICY, f"{where}.trafficPolicy")
                 policy.update(own)
         return policy
 
@@ -166,7 +175,7 @@ class _Translation:
         return out
 
     def cluster(self, name: str, subset: str, endpoints: list[str]) -> Obj:
-        where = f"{self.rule_name}: spec.trafficPolicy"
+        where = f"{self.origin.get('', self.rule_name)}: spec.trafficPolicy"
         policy = self.policy(subset)
         cluster: Obj = {
             "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",

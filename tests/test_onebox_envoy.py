@@ -261,12 +261,15 @@ def test_a_field_the_gateway_does_not_translate_is_refused_in_one_line(
 
 def test_a_destination_rule_field_not_translated_is_refused_in_one_line(root: Path) -> None:
     first = fraud_detection(root)
-    rule = copy.deepcopy(first.destination_rules[0])
-    rule["spec"]["trafficPolicy"]["tls"] = {"mode": "ISTIO_MUTUAL"}
+    # The host's rule: the one with the traffic policy (each version's rule holds only its subset).
+    rules = copy.deepcopy(first.destination_rules)
+    next(r for r in rules if "trafficPolicy" in r["spec"])["spec"]["trafficPolicy"]["tls"] = {
+        "mode": "ISTIO_MUTUAL"
+    }
     with pytest.raises(
         Unsupported, match=r"^DestinationRule fraud-detection: spec.trafficPolicy.tls is not supported"
     ):
-        envoy.resources([Routed(first.virtual_service, [rule], 80, first.endpoints)])
+        envoy.resources([Routed(first.virtual_service, rules, 80, first.endpoints)])
 
 
 # ---------------------------------------------------------------------------- through a real Envoy
