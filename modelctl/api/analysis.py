@@ -20,6 +20,7 @@ import orjson
 from pydantic import BaseModel
 
 from modelctl.api.local import local_prometheus
+from modelctl.core import contract
 from modelctl.core.analysis import window
 from modelctl.core.errors import UserError
 from modelctl.core.schema import Release
@@ -47,6 +48,8 @@ class Scope:
     url: str = ""
     taken_at: datetime = datetime.min
     history: list[StackChange] = dataclasses.field(default_factory=list)
+    # How long before a window's start its value may be read: Prometheus' lookback delta.
+    bound: str = contract.LOOKBACK_DELTA
 
     def release(self, model: str) -> Release:
         return self.state.stack(self.stack).config.releases[model]
@@ -109,14 +112,16 @@ def choose(
             "has uncommitted changes, and an analysis window starts at the commit that changed the release",
             "commit the change first (release commands commit unless --no-commit), or discard it",
         )
+    address = prometheus_url(root, state, stack, url)
     return Scope(
         root,
         stack,
         state,
         names,
-        prometheus_url(root, state, stack, url),
+        address,
         now or datetime.now(UTC),
         stack_history(root, stack) if history else [],
+        prometheus.lookback_delta(address),
     )
 
 
@@ -139,20 +144,24 @@ def prometheus_url(root: Path, state: State, stack: str, given: str | None) -> s
     return url
 
 
-def read_counts(
-    url: str, queries: dict[str, str], at: datetime, seconds: float
-) -> dict[str, list[window.Sample]]:
+def read_counts(url: str, queries: dict[str, str], at: datetime, seconds: float) -> window.WindowRead:
     """The window counts of `queries` (from `window.queries`) over the `seconds` before `at`,
-    exact: the samples of each series reset within the window are read too.
+    exact: the first parts, then whether the series without a value at the window's start
+    existed before it, then the samples of the series reset within the window or counted from
+    their first sample in it (see `modelctl.core.analysis.window`).
 
     Raises
     ------
     UserError
         Prometheus failing (see `modelctl.repo.prometheus`).
     """
-    answers = prometheus.query_all(url, queries, at)
-    reset = {key: window.sample_query(*key, seconds) for key in window.resets(answers)}
-    return window.window_counts(answers, prometheus.query_samples(url, reset, at) if reset else None)
+    answers = prometheus.query_all(url, window.first_queries(queries), at)
+    history = window.history_queries(queries, answers)
+    if history:
+        answers |= prometheus.query_all(url, history, at)
+    wanted = {key: window.sample_query(*key, seconds) for key in window.sampled(answers)}
+    samples = prometheus.query_samples(url, wanted, at) if wanted else None
+    return window.WindowRead(window.window_counts(answers, samples), window.late_starts(answers))
 
 
 def serves(release: Release | None, version: str) -> bool:

@@ -136,7 +136,8 @@ def _analyze(scope: Scope, model: str, options: TransactionOptions, *, record: b
     taken_at = scope.taken_at
     window_start = changes[0].date if changes else taken_at
     seconds = (taken_at - window_start).total_seconds()
-    queries = window.queries(model, seconds)
+    queries = window.queries(model, seconds, bound=scope.bound)
+    counted = read_counts(scope.url, queries, taken_at, seconds)
     snapshot = build_snapshot(
         model=model,
         stack=scope.stack,
@@ -145,7 +146,7 @@ def _analyze(scope: Scope, model: str, options: TransactionOptions, *, record: b
         taken_at=taken_at,
         window_start=window_start,
         canary_started=scope.since(model, lambda r: serves(r, arms.canary)) or window_start,
-        answers=read_counts(scope.url, queries, taken_at, seconds),
+        answers=counted.counts,
         source={"prometheus": scope.url, "queries": queries},
     )
     decision = judge(snapshot)

@@ -149,8 +149,10 @@ def _experiment_snapshot(scope: Scope, model: str) -> ExperimentSnapshot:
     looks, counts, source = [], None, {}
     for at in experiment.looks_at([started, taken_at], EXPERIMENT_LOOKS + 1)[-EXPERIMENT_LOOKS:]:
         seconds = (at - started).total_seconds()
-        queries = window.queries(model, seconds, (*window.WINDOW_QUERIES, *experiment.VALUE_QUERIES))
-        answers = read_counts(scope.url, queries, at, seconds)
+        queries = window.queries(
+            model, seconds, (*window.WINDOW_QUERIES, *experiment.VALUE_QUERIES), scope.bound
+        )
+        answers = read_counts(scope.url, queries, at, seconds).counts
         source = {"prometheus": scope.url, "queries": queries}
         counts = build_snapshot(
             model=model,

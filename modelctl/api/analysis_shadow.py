@@ -97,8 +97,8 @@ def _shadow_report(
     else:
         window_start = taken_at - timedelta(seconds=window)
     seconds = (taken_at - window_start).total_seconds()
-    queries = shadow.queries(model, seconds)
-    answers = read_counts(scope.url, queries, taken_at, seconds)
+    queries = shadow.queries(model, seconds, scope.bound)
+    answers = read_counts(scope.url, queries, taken_at, seconds).counts
     primary = [v for v in release.serving() if v != mirrored]
     files = (
         prediction_logs if prediction_logs is not None else local_server_logs(scope.root, scope.stack, model)

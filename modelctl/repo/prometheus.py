@@ -13,6 +13,7 @@ from collections.abc import Hashable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
+from modelctl.core import contract
 from modelctl.core.analysis.window import Sample
 from modelctl.core.errors import UserError
 
@@ -32,6 +33,21 @@ def query_all(url: str, queries: Mapping[str, str], at: datetime) -> dict[str, l
     return {
         name: [(item["metric"], float(item["value"][1])) for item in items] for name, items in results.items()
     }
+
+
+def lookback_delta(url: str) -> str:
+    """Prometheus' `--query.lookback-delta` (a Prometheus duration, "5m" by default), from its
+    flags (`GET /api/v1/status/flags`); `contract.LOOKBACK_DELTA` where it does not say (a
+    backend without that endpoint).
+    """
+    import httpx
+
+    try:
+        flags = httpx.get(url.rstrip("/") + "/api/v1/status/flags", timeout=TIMEOUT_SECONDS).json()
+        value = flags["data"]["query.lookback-delta"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return contract.LOOKBACK_DELTA
+    return value if isinstance(value, str) and value else contract.LOOKBACK_DELTA
 
 
 def query_samples(url: str, queries: Mapping[Key, str], at: datetime) -> dict[Key, list[float]]:
