@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from modelctl.api.local import local_prometheus
 from modelctl.core import contract
 from modelctl.core.analysis import window
+from modelctl.core.analysis.judge import duration_text
 from modelctl.core.errors import UserError
 from modelctl.core.schema import Release
 from modelctl.core.state import State, stack_file
@@ -64,6 +65,23 @@ class Scope:
         dates = [c.date for c in itertools.takewhile(lambda c: holds(c.release(model)), self.changes(model))]
         return dates[-1] if dates else None
 
+    def counted_from(self, model: str, began: datetime) -> tuple[datetime, list[str]]:
+        """Where a window that `began` (a commit's date) starts counting, with a note when not
+        there: a commit dated after `taken_at` was made by a clock ahead, and a window starting
+        in the future would count nothing (a failing canary read as "no requests"); it counts
+        from the newest change of `model`'s release dated before now (its previous state's
+        start: more requests than the step's own, never none)."""
+        if began <= self.taken_at:
+            return began, []
+        earlier = next((c for c in self.changes(model) if c.date <= self.taken_at), None)
+        start = earlier.date if earlier else self.taken_at
+        ahead = began - self.taken_at
+        return start, [
+            f"the commit that began this window is dated {duration_text(ahead.total_seconds())} after "
+            f"Prometheus' clock ({began.isoformat()}; a clock ahead where it was committed): counted from "
+            f"{start.isoformat()}, the change before it"
+        ]
+
     def snapshot_path(self, model: str) -> str:
         """Where `model`'s snapshot is committed: analysis/<stack>/<model>/<UTC time>.json."""
         return f"analysis/{self.stack}/{model}/{self.taken_at.astimezone(UTC):%Y%m%dT%H%M%SZ}.json"
@@ -82,9 +100,10 @@ def choose(
     history: bool = True,
 ) -> Scope:
     """The models on `stack` (only `model`, when given) whose release has `arms` (not None), with
-    Prometheus' URL (`url`, else see `prometheus_url`), the instant `now` (default: the current
-    time) and, when `history`, the stack's history. With no release chosen nothing else is read:
-    a stack without one needs no Prometheus (prod may have none).
+    Prometheus' URL (`url`, else see `prometheus_url`), the instant `now` (default: Prometheus'
+    own clock, which the machine running the analysis cannot move) and, when `history`, the
+    stack's history. With no release chosen nothing else is read: a stack without one needs no
+    Prometheus (prod may have none).
 
     Raises
     ------
@@ -119,7 +138,7 @@ def choose(
         state,
         names,
         address,
-        now or datetime.now(UTC),
+        now or prometheus.clock(address),
         stack_history(root, stack) if history else [],
         prometheus.lookback_delta(address),
     )

@@ -134,7 +134,8 @@ def _analyze(scope: Scope, model: str, options: TransactionOptions, *, record: b
     assert arms is not None  # canary_analyze chose only canaries
     changes = scope.changes(model)
     taken_at = scope.taken_at
-    window_start = changes[0].date if changes else taken_at
+    step_started = changes[0].date if changes else taken_at
+    window_start, notes = scope.counted_from(model, step_started)
     seconds = (taken_at - window_start).total_seconds()
     queries = window.queries(model, seconds, bound=scope.bound)
     counted = read_counts(scope.url, queries, taken_at, seconds)
@@ -145,9 +146,11 @@ def _analyze(scope: Scope, model: str, options: TransactionOptions, *, record: b
         analysis=release.analysis,
         taken_at=taken_at,
         window_start=window_start,
+        step_started=step_started,
         canary_started=scope.since(model, lambda r: serves(r, arms.canary)) or window_start,
         answers=counted.counts,
         source={"prometheus": scope.url, "queries": queries},
+        notes=[*notes, *counted.notes(scope.bound)],
     )
     decision = judge(snapshot)
     path = scope.snapshot_path(model)

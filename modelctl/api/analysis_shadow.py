@@ -93,7 +93,7 @@ def _shadow_report(
         began = scope.since(
             model, lambda r: r is not None and r.shadow is not None and r.shadow.version == mirrored
         )
-        window_start = began or taken_at - timedelta(hours=1)
+        window_start = scope.counted_from(model, began)[0] if began else taken_at - timedelta(hours=1)
     else:
         window_start = taken_at - timedelta(seconds=window)
     seconds = (taken_at - window_start).total_seconds()
