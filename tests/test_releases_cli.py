@@ -19,7 +19,7 @@ from modelctl.cli import main
 from modelctl.core import yamlio
 from modelctl.core.state import load_state
 from tests.conftest import Cli
-from tests.factories import commit_at, fake_hex, model_doc, run_git, stack_doc, write_repo
+from tests.factories import commit_at, fake_hex, model_doc, redate_head, run_git, stack_doc, write_repo
 
 MODEL = "fraud-detection"
 VERSIONS = ("v1.0.0", "v1.1.0", "v1.2.0")
@@ -436,6 +436,7 @@ def test_status_shows_what_serves_where(repo: Path, cli: Cli) -> None:
 
 
 def test_history_lists_changes_and_answers_what_served_when(repo: Path, cli: Cli) -> None:
+    redate_head(repo, "2026-01-01T00:00:00Z")
     stack = repo / "Pulumi.staging.yaml"
     for when, weights in [
         ("2026-03-01T10:00:00Z", {"v1.0.0": 90, "v1.1.0": 10}),

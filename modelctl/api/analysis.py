@@ -27,7 +27,7 @@ from modelctl.core.errors import UserError
 from modelctl.core.schema import Release
 from modelctl.core.state import State, stack_file
 from modelctl.repo import gitutil, prometheus
-from modelctl.repo.history import StackChange, release_changes, stack_history
+from modelctl.repo.history import StackChange, covers, release_changes, stack_history
 from modelctl.repo.state import read_state
 
 # Trailers of an analysis commit: what was done, the snapshot, and its digest.
@@ -36,16 +36,23 @@ SNAPSHOT_TRAILER = "Analysis-Snapshot"
 DIGEST_TRAILER = "Snapshot-Sha256"
 
 
+# What an analysis follows over time: given a release it looks at, whether a past state of it
+# (None: not deployed) belongs to the same run (the same canary serving, the same experiment).
+Run = Callable[[Release], Callable[[Release | None], bool]]
+
+
 @dataclass(frozen=True)
 class Scope:
     """The releases an analysis looks at on one stack (`names`), and what every look at them
     shares: the state as read once, where and when to query Prometheus, and the stack's history
-    (the windows' starts). With no release chosen, `url` is empty and nothing else was read."""
+    (the windows' starts), deep enough to show where each release's `run` began. With no
+    release chosen, `url` is empty and nothing else was read."""
 
     root: Path
     stack: str
     state: State
     names: list[str]
+    run: Run
     url: str = ""
     taken_at: datetime = datetime.min
     history: list[StackChange] = dataclasses.field(default_factory=list)
@@ -59,9 +66,10 @@ class Scope:
         """The commits that changed `model`'s release on the stack, newest first."""
         return release_changes(self.history, model)
 
-    def since(self, model: str, holds: Callable[[Release | None], bool]) -> datetime | None:
-        """When `model`'s release last began to satisfy `holds` (the commit from which every change
-        did), None when its current release does not."""
+    def began(self, model: str) -> datetime | None:
+        """When `model`'s current run began: the commit from which every change of its release
+        is in it; None when the release is not in it."""
+        holds = self.run(self.release(model))
         dates = [c.date for c in itertools.takewhile(lambda c: holds(c.release(model)), self.changes(model))]
         return dates[-1] if dates else None
 
@@ -92,6 +100,7 @@ def choose(
     stack: str,
     model: str | None,
     arms: Callable[[Release], object],
+    run: Run,
     *,
     problem: str,
     fix: str,
@@ -102,7 +111,8 @@ def choose(
     """The models on `stack` (only `model`, when given) whose release has `arms` (not None), with
     Prometheus' URL (`url`, else see `prometheus_url`), the instant `now` (default: Prometheus'
     own clock, which the machine running the analysis cannot move) and, when `history`, the
-    stack's history. With no release chosen nothing else is read: a stack without one needs no
+    stack's history back to where each release's `run` began (a shallow clone is deepened until
+    it shows that). With no release chosen nothing else is read: a stack without one needs no
     Prometheus (prod may have none).
 
     Raises
@@ -123,7 +133,7 @@ def choose(
     if model is not None and not names:
         raise UserError(stack_file(stack), f"{model} {problem}", fix)
     if not names:
-        return Scope(root, stack, state, names)
+        return Scope(root, stack, state, names, run)
     if gitutil.dirty_paths(root, stack_file(stack)):
         # The release is read from the file, but its window from the commits that changed it.
         raise UserError(
@@ -132,14 +142,19 @@ def choose(
             "commit the change first (release commands commit unless --no-commit), or discard it",
         )
     address = prometheus_url(root, state, stack, url)
+
+    def enough(past: list[StackChange]) -> bool:
+        return all(covers(past, name, run(config.releases[name])) for name in names)
+
     return Scope(
         root,
         stack,
         state,
         names,
+        run,
         address,
         now or prometheus.clock(address),
-        stack_history(root, stack) if history else [],
+        stack_history(root, stack, enough=enough) if history else [],
         prometheus.lookback_delta(address),
     )
 
@@ -181,11 +196,6 @@ def read_counts(url: str, queries: dict[str, str], at: datetime, seconds: float)
     wanted = {key: window.sample_query(*key, seconds) for key in window.sampled(answers)}
     samples = prometheus.query_samples(url, wanted, at) if wanted else None
     return window.WindowRead(window.window_counts(answers, samples), window.late_starts(answers))
-
-
-def serves(release: Release | None, version: str) -> bool:
-    """Whether `version` takes traffic in `release`."""
-    return release is not None and release.traffic.get(version, 0) > 0
 
 
 def snapshot_file(path: str, snapshot: BaseModel) -> dict[str, str]:

@@ -258,13 +258,16 @@ def run_history(args: argparse.Namespace) -> Result:
     root = repo_root(args)
     state = read_state(root)
     state.model(args.model)
-    history = stack_history(root, state.stack(args.stack).name)
+    stack = state.stack(args.stack).name
     if args.at:
-        return _history_at(args, history, parse_timestamp(args.at))
-    changes = release_changes(history, args.model)
+        when = parse_timestamp(args.at)
+        # A shallow clone is deepened back to that instant, not further.
+        history = stack_history(root, stack, enough=lambda past: past[-1].date <= when)
+        return _history_at(args, history, when)
+    changes = release_changes(stack_history(root, stack), args.model)
     data = [_change_data(s, args.model) for s in changes]
     lines = [
-        f"{s.commit[:12]}  {s.date.isoformat()}  {s.author}  {describe(s.release(args.model))}  ({s.subject})"
+        f"{s.commit[:12]}  {_date(s)}  {s.author}  {describe(s.release(args.model))}  ({s.subject})"
         for s in changes
     ]
     return Result(data, "\n".join(lines) or f"no commit on {stack_file(args.stack)} mentions {args.model}")
@@ -285,12 +288,21 @@ def _history_at(args: argparse.Namespace, history: list[StackChange], when: date
     return Result(data, text)
 
 
+def _date(change: StackChange) -> str:
+    """When it took effect, and the date its committer's clock wrote when that was earlier."""
+    dated = change.committed
+    return change.date.isoformat() + (
+        f" (dated {dated.isoformat()})" if dated and dated != change.date else ""
+    )
+
+
 def _change_data(change: StackChange, model: str) -> dict[str, Any]:
     release = change.release(model)
     return {
         "commit": change.commit,
         "author": change.author,
         "date": change.date.isoformat(),
+        "committed": change.committed.isoformat() if change.committed else None,
         "subject": change.subject,
         **(release_data(release) if release else dict.fromkeys(("traffic", "shadow", "sticky", "held"))),
     }

@@ -97,6 +97,11 @@ def describe_traffic(traffic: Mapping[str, int]) -> str:
     return ", ".join(f"{v} {w}%" for v, w in sorted(traffic.items(), key=lambda vw: Version(vw[0])))
 
 
+def serves(release: Release | None, version: str) -> bool:
+    """Whether `version` takes traffic in `release` (None: not deployed)."""
+    return release is not None and release.traffic.get(version, 0) > 0
+
+
 def gaining_traffic(before: Release, after: Release) -> list[str]:
     """Versions whose live weight rises from `before` to `after`."""
     return [v for v, w in after.traffic.items() if w > before.traffic.get(v, 0)]

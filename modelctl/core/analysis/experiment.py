@@ -723,6 +723,16 @@ def ab_arms(release: Release) -> tuple[str, str] | None:
     return control, treatment
 
 
+def running(release: Release | None, control: str, treatment: str) -> bool:
+    """Whether `release` runs the experiment of `control` against `treatment`: experiment
+    settings, both versions taking traffic (the commits from which it did began it)."""
+    return (
+        release is not None
+        and release.experiment is not None
+        and all(release.traffic.get(version, 0) > 0 for version in (control, treatment))
+    )
+
+
 # The window counts of the business value sent with labels: its sum, and how many labels carried one.
 VALUE_QUERIES = ("feedback_value_in_window", "feedback_values_in_window")
 
