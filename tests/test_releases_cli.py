@@ -453,7 +453,8 @@ def test_history_lists_changes_and_answers_what_served_when(repo: Path, cli: Cli
     ]
     _, out, _ = cli(repo, "history", MODEL, "--stack", "staging", "--at", "2026-03-01T23:00:00+02:00")
     assert out.startswith(
-        "at 2026-03-01T23:00:00+02:00 fraud-detection on staging: v1.0.0 90%, v1.1.0 10% (commit "
+        "at 2026-03-01T23:00:00+02:00 fraud-detection on staging: v1.0.0 90%, v1.1.0 10%; canary v1.1.0 from "
+        "v1.0.0 (commit "
     )
     _, out, _ = cli(repo, "history", MODEL, "--stack", "staging", "--at", "2026-03-02T10:00:00")
     assert "fraud-detection on staging: v1.1.0 100%" in out

@@ -219,6 +219,7 @@ def _applied(change: ReleaseChange) -> Result:
 def release_data(release: Release) -> dict[str, Any]:
     return {
         "traffic": dict(release.traffic),
+        "split": split_data(release),
         "shadow": release.shadow.model_dump() if release.shadow else None,
         "sticky": release.sticky.model_dump() if release.sticky else None,
         "rollback_to": release.rollback_to,
@@ -226,10 +227,22 @@ def release_data(release: Release) -> dict[str, Any]:
     }
 
 
+def split_data(release: Release) -> dict[str, str] | None:
+    """Who is who in a two-version split, from the release record (`releases.split_roles`): the
+    stable version it started from and the candidate (a canary, an experiment's treatment)."""
+    roles, text = releases.split_roles(release), releases.describe_split(release)
+    if roles is None or text is None:
+        return None
+    return {"kind": text.split(" ", 1)[0], "stable": roles[0], "candidate": roles[1]}
+
+
 def describe(release: Release | None) -> str:
     if release is None:
         return "not deployed"
     text = releases.describe_traffic(release.traffic)
+    split = releases.describe_split(release)
+    if split:
+        text += f"; {split}"
     if release.shadow:
         text += f"; shadow {release.shadow.version} {release.shadow.percent:g}%"
     if release.sticky:

@@ -82,9 +82,48 @@ class Proposal:
 
 
 def stable_version(release: Release) -> str:
-    """The version carrying the most traffic; on a tie, the older one (a canary at 50%)."""
+    """The version a split of `release` started from: the recorded `rollback_to` while it takes
+    traffic. For a stack file written before it was recorded, the version carrying the most
+    traffic; on a tie, the older one. Never read from version order or weights when recorded:
+    an older version can be canaried against a newer stable, at 50% too."""
+    if release.rollback_to is not None and release.traffic.get(release.rollback_to, 0) > 0:
+        return release.rollback_to
     oldest_first = sorted(release.traffic, key=Version)
     return max(oldest_first, key=release.traffic.__getitem__)
+
+
+def split_roles(release: Release) -> tuple[str, str] | None:
+    """(stable, candidate) of a release in which exactly two versions take traffic (a canary, an
+    A/B split), the stable one by `stable_version`; else None. `promote`, `canary analyze`,
+    `ab analyze`, `status`, the alert rules and the dashboard all read the roles here."""
+    serving = release.serving()
+    if len(serving) != 2:
+        return None
+    stable = stable_version(release)
+    (candidate,) = (v for v in serving if v != stable)
+    return stable, candidate
+
+
+def describe_split(release: Release) -> str | None:
+    """Who is who in a two-version split, as `status` and the dashboard say it: "canary v1.1.0
+    from v1.0.0", "experiment ..." (with `experiment` settings) or "split ..." (sticky, or the
+    candidate past half); None unless exactly two versions take traffic."""
+    roles = split_roles(release)
+    if roles is None:
+        return None
+    kinds = {"experiment": release.experiment is not None, "canary": canary_split(release) is not None}
+    kind = next((name for name, holds in kinds.items() if holds), "split")
+    return f"{kind} {roles[1]} from {roles[0]}"
+
+
+def canary_split(release: Release) -> tuple[str, str] | None:
+    """(stable, canary) of a release in a canary state: two versions take traffic, without
+    sticky sessions or `experiment` settings (an A/B experiment), the canary at most half; else
+    None."""
+    roles = split_roles(release)
+    if roles is None or release.sticky is not None or release.experiment is not None:
+        return None
+    return roles if release.traffic[roles[1]] <= 50 else None
 
 
 def fully_on(release: Release) -> str | None:
@@ -254,8 +293,7 @@ def promote(target: Target, release: Release) -> Proposal:
             f"{target.model.name} has {len(serving)} serving version(s) on {target.stack}, but promote needs a canary next to the stable version",
             f"start one with 'modelctl canary {target.model.name} VERSION --stack {target.stack}'",
         )
-    stable = stable_version(release)
-    (new_stable,) = (v for v in serving if v != stable)
+    stable, new_stable = split_roles(release) or (serving[0], serving[1])
     require_registered(target, new_stable)
     traffic = _ordered(release, {new_stable: 100, stable: 0})
     # No sticky cookie: it would keep pinned users on the old version at weight 0.
@@ -528,7 +566,7 @@ def clear_hold(target: Target, release: Release, version: str, reason: str) -> P
 def _starting_point(release: Release) -> str:
     """The stable version a new canary, A/B split or shadow starts from (and rolls back to)."""
     serving = release.serving()
-    return serving[0] if len(serving) == 1 else release.rollback_to or stable_version(release)
+    return serving[0] if len(serving) == 1 else stable_version(release)
 
 
 def _rollback_target(release: Release, exclude: set[str]) -> dict[str, int]:

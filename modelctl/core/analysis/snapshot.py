@@ -243,21 +243,13 @@ class Arms:
 
 
 def canary_arms(release: Release) -> Arms | None:
-    """The baseline and canary of a release in a canary state, else None.
-
-    A canary state: exactly two versions take traffic, without sticky sessions or `experiment`
-    settings (an A/B experiment, for `ab analyze`), and the canary (the version other than the recorded `rollback_to`, else the one
-    with less traffic, on a tie the newer) has at most half of it.
-    """
-    serving = release.serving()
-    if len(serving) != 2 or release.sticky is not None or release.experiment is not None:
+    """The baseline and canary of a release in a canary state (`releases.canary_split`: the
+    baseline is the version the release started from, as recorded), else None."""
+    roles = releases.canary_split(release)
+    if roles is None:
         return None
-    # The version the release started from, as recorded; a canary of an older version at 50%
-    # would otherwise be taken for the stable one.
-    stable = release.rollback_to if release.rollback_to in serving else releases.stable_version(release)
-    canary = next(v for v in serving if v != stable)
-    weight = release.traffic[canary]
-    return Arms(stable, canary, release.traffic[stable], weight) if weight <= 50 else None
+    stable, canary = roles
+    return Arms(stable, canary, release.traffic[stable], release.traffic[canary])
 
 
 def build_snapshot(
