@@ -165,13 +165,17 @@ def test_rollback_to_a_named_version(repo: Path, cli: Cli) -> None:
 
 
 def test_ab_with_sticky_sessions(repo: Path, cli: Cli) -> None:
-    code, _, _ = cli(repo, "ab", MODEL, "--stack", "staging", "--split", "v1.0.0=50,v1.1.0=50", "--sticky")
+    code, _, _ = cli(
+        repo, "ab", MODEL, "--stack", "staging", "--split", "v1.0.0=50,v1.1.0=50", "--sticky", "--metric",
+        "accuracy", "--effect", "0.02",
+    )  # fmt: skip
     assert code == 0
     release = load_state(repo).stack("staging").config.releases[MODEL]
     assert dict(release.traffic) == {"v1.0.0": 50, "v1.1.0": 50}
     assert release.sticky is not None
     assert head_subject(repo) == (
-        "ab: fraud-detection v1.0.0 50%, v1.1.0 50% on staging, sticky by cookie model-version"
+        "ab: fraud-detection v1.0.0 50%, v1.1.0 50% on staging, sticky by cookie model-version; "
+        "experiment on accuracy, effect 0.02, at least 7d"
     )
 
 

@@ -18,7 +18,7 @@ from modelctl import api
 from modelctl.cli import MODEL_HELP, Result, add_command, add_lock_timeout, repo_root
 from modelctl.core import releases
 from modelctl.core.errors import UserError
-from modelctl.core.schema import Release, Version
+from modelctl.core.schema import EXPERIMENT_METRICS, Release, Version
 from modelctl.core.state import stack_file
 from modelctl.repo.history import (
     StackChange,
@@ -45,6 +45,30 @@ def register(sub: SubParsers) -> None:
     ab.add_argument("model", help=MODEL_HELP)
     ab.add_argument("--split", required=True, metavar="V=W,...", help="e.g. v1.0.0=50,v1.1.0=50")
     ab.add_argument("--sticky", action="store_true", help="keep each user on one version by cookie")
+    experiment = ab.add_argument_group(
+        "the experiment ('ab analyze' decides it; settings already beside the release are kept unless given)"
+    )
+    experiment.add_argument("--metric", choices=EXPERIMENT_METRICS, help="the primary metric (required)")
+    experiment.add_argument(
+        "--effect",
+        type=float,
+        help="the smallest difference worth detecting, in the metric's unit (required)",
+    )
+    experiment.add_argument(
+        "--min-duration", metavar="DURATION", help="no decision before this long (default 7d: whole weeks)"
+    )
+    experiment.add_argument(
+        "--max-duration",
+        metavar="DURATION",
+        help="past it, a warning asks to end the experiment (default 28d)",
+    )
+    experiment.add_argument(
+        "--guardrails", metavar="M,...", help="metrics the winner must not worsen (default errors,latency)"
+    )
+    experiment.add_argument("--alpha", type=float, help="the error rate of the decision (default 0.05)")
+    experiment.add_argument(
+        "--value-sd", type=float, help="for the value metric: its spread per labelled request"
+    )
     shadow = _release_command(
         sub, "shadow", run_shadow, "mirror traffic to a version, discarding its responses"
     )
@@ -157,7 +181,25 @@ def run_promote(args: argparse.Namespace) -> Result:
 
 def run_ab(args: argparse.Namespace) -> Result:
     split = releases.parse_split(args.split)
-    return _applied(api.ab(repo_root(args), args.model, split=split, sticky=args.sticky, **_options(args)))
+    settings = {
+        "metric": args.metric,
+        "effect": args.effect,
+        "min_duration": args.min_duration,
+        "max_duration": args.max_duration,
+        "guardrails": args.guardrails.split(",") if args.guardrails else None,
+        "alpha": args.alpha,
+        "value_sd": args.value_sd,
+    }
+    return _applied(
+        api.ab(
+            repo_root(args),
+            args.model,
+            split=split,
+            sticky=args.sticky,
+            experiment=settings,
+            **_options(args),
+        )
+    )
 
 
 def run_shadow(args: argparse.Namespace) -> Result:

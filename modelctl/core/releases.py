@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from ruamel.yaml.comments import CommentedMap
 
 from modelctl.core import yamlio
-from modelctl.core.errors import UserError, revoked_version, unknown_version
+from modelctl.core.errors import UserError, collect, revoked_version, unknown_version
 from modelctl.core.schema import (
+    Experiment,
     Hold,
     ModelFile,
     Release,
@@ -33,7 +34,7 @@ from modelctl.core.schema import (
     Version,
     duration_seconds,
 )
-from modelctl.core.state import CONFIG_NAMESPACE, stack_file
+from modelctl.core.state import CONFIG_NAMESPACE, pydantic_errors, stack_file
 
 # The release fields a release command may change; replicas, resources and analysis settings
 # are edited by hand and survive every command. Overrides change only when a rollback holds
@@ -324,15 +325,37 @@ def parse_split(text: str) -> dict[str, int]:
     return split
 
 
-def ab(target: Target, release: Release, split: Mapping[str, int], sticky: bool) -> Proposal:
-    """An A/B experiment over two or more versions, optionally sticky per user by cookie."""
-    for version in split:
-        require_releasable(target, release, version)
-    if len(split) < 2 or any(not 1 <= w <= 99 for w in split.values()) or sum(split.values()) != 100:
+# What `modelctl ab` writes for the settings it is not given (the README's example experiment);
+# the metric and the effect worth detecting have no default: they are the experiment's question.
+EXPERIMENT_DEFAULTS: dict[str, Any] = {"min_duration": "7d", "max_duration": "28d"}
+EXPERIMENT_REQUIRED = ("metric", "effect")
+
+
+def ab(
+    target: Target,
+    release: Release,
+    split: Mapping[str, int],
+    sticky: bool,
+    experiment: Mapping[str, Any] | None = None,
+) -> Proposal:
+    """An A/B experiment between two versions, optionally sticky per user by cookie, with its
+    settings: `experiment` (keys of `schema.Experiment`) over those already beside the release
+    (hand-written), over `EXPERIMENT_DEFAULTS`; `metric` and `effect` must be given one way.
+
+    Raises
+    ------
+    UserError
+        A version is unknown, revoked or held; the split is not two versions summing to 100; or
+        the settings are missing or invalid (one line naming the setting).
+    """
+    if len(split) != 2 or any(not 1 <= w <= 99 for w in split.values()) or sum(split.values()) != 100:
         raise target.refuse(
             f"split {describe_traffic(split)} is not an A/B split",
-            "give two or more versions, each 1-99, summing to 100",
+            "give two versions, each 1-99, summing to 100 (an experiment compares two)",
         )
+    for version in split:
+        require_releasable(target, release, version)
+    settings = _experiment_settings(target, release, experiment or {})
     stable = _starting_point(release)
     traffic = dict(split)
     if stable not in traffic:
@@ -344,10 +367,35 @@ def ab(target: Target, release: Release, split: Mapping[str, int], sticky: bool)
         traffic=_ordered(release, traffic),
         sticky=(release.sticky or Sticky()) if sticky else None,
         shadow=None if release.shadow and release.shadow.version in split else release.shadow,
+        experiment=settings,
         rollback_to=stable,
     )
     cookie = f", sticky by cookie {new.sticky.cookie}" if new.sticky else ""
-    return Proposal("ab", new, f"{target.model.name} {describe_traffic(split)} on {target.stack}{cookie}")
+    summary = (
+        f"{target.model.name} {describe_traffic(split)} on {target.stack}{cookie}; "
+        f"experiment on {settings.metric}, effect {settings.effect:g}, at least {settings.min_duration}"
+    )
+    return Proposal("ab", new, summary)
+
+
+def _experiment_settings(target: Target, release: Release, given: Mapping[str, Any]) -> Experiment:
+    existing = release.experiment.model_dump(exclude_unset=True) if release.experiment else {}
+    merged = {**EXPERIMENT_DEFAULTS, **existing, **{k: v for k, v in given.items() if v is not None}}
+    missing = [key for key in EXPERIMENT_REQUIRED if key not in merged]
+    if missing:
+        flags = " and ".join(f"--{key.replace('_', '-')}" for key in missing)
+        raise target.refuse(
+            f"an A/B experiment needs its {' and its '.join(missing)} (else 'canary analyze' would judge "
+            "the split as a canary, and 'ab analyze' could not decide it)",
+            f"pass {flags}, e.g. --metric accuracy --effect 0.02 ('modelctl ab plan' sizes the effect)",
+            key="experiment",
+        )
+    try:
+        return Experiment.model_validate(merged)
+    except ValidationError as exc:
+        prefix = ("config", f"{CONFIG_NAMESPACE}:releases", target.model.name, "experiment")
+        collect(pydantic_errors(exc, target.file, {}, prefix, Experiment))
+        raise  # unreachable: collect raises for a non-empty list
 
 
 def conclude(target: Target, release: Release, keep: str) -> Proposal:
@@ -670,6 +718,8 @@ def edit_stack_text(text: str, stack: str, model: str, before: Release, after: R
     doc = yamlio.loads(text, stack_file(stack))
     node = doc["config"][f"{CONFIG_NAMESPACE}:releases"][model]
     dumped = after.model_dump(mode="json", by_alias=True, include=set(RELEASE_FIELDS))
+    if dumped["experiment"]:  # settings left unset are not written as empty keys
+        dumped["experiment"] = {k: v for k, v in dumped["experiment"].items() if v is not None}
     for field in RELEASE_FIELDS:
         if getattr(before, field) == getattr(after, field):
             continue
