@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from threading import Thread
@@ -22,6 +22,7 @@ from wsgiref.simple_server import WSGIServer
 
 import httpx
 import numpy as np
+import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from modelctl.core import contract
@@ -198,3 +199,13 @@ class PrometheusServer:
         if pod.server is None:
             pod.start()
         self.wait(f'up{{pod="{pod.name}"}}', lambda v: v == 1)
+
+
+@pytest.fixture
+def pods() -> Iterator[list[Pod]]:
+    """Pods made by a test, each stopped at the end if it still serves."""
+    made: list[Pod] = []
+    yield made
+    for pod in made:
+        if pod.server is not None:
+            pod.stop()

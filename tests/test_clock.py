@@ -4,12 +4,11 @@ step committed by a clock ahead neither blinds them nor passes its interval earl
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,10 +16,10 @@ from modelctl import api
 from modelctl.core.state import load_state
 from tests.conftest import Cli
 from tests.factories import commit_at, redate_head, run_git
-from tests.promstack import MODEL, Pod, PrometheusServer
-from tests.test_canary_analyze import STACK, canary_repo
+from tests.promstack import MODEL, Pod, PrometheusServer, pods
+from tests.test_canary_analyze import STACK, analyze, canary_repo
 
-__all__ = ["canary_repo"]  # the fixture, used by name
+__all__ = ["canary_repo", "pods"]  # the fixtures, used by name
 
 
 def dated(delta: timedelta) -> str:
@@ -108,15 +107,6 @@ def test_case_13_a_canary_committed_by_a_clock_two_days_behind_does_not_pass_pro
     assert f" (dated {past}" in out.splitlines()[0]
 
 
-@pytest.fixture
-def pods() -> Iterator[list[Pod]]:
-    made: list[Pod] = []
-    yield made
-    for pod in made:
-        if pod.server is not None:
-            pod.stop()
-
-
 @pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus is not installed (make tools)")
 def test_case_13_a_step_dated_ahead_does_not_blind_the_analysis(
     canary_repo: Path, tmp_path: Path, pods: list[Pod], cli: Cli, monkeypatch: pytest.MonkeyPatch
@@ -138,26 +128,15 @@ def test_case_13_a_step_dated_ahead_does_not_blind_the_analysis(
         baseline.serve(7_500, 8, seed=3)
         canary.serve(2_500, 100, seed=4)
         prometheus.scraped(10_000)
-        code, out, err = cli(
-            canary_repo,
-            "canary",
-            "analyze",
-            "--stack",
-            STACK,
-            "--prometheus",
-            prometheus.url,
-            "--dry-run",
-            "--json",
-        )
+        code, [analysis] = analyze(cli, canary_repo, prometheus.url, "--dry-run")
     finally:
         prometheus.stop()
-    assert code == 2, err
-    [analysis] = json.loads(out)["analyses"]
-    assert analysis["outcome"] == "rollback"
-    errors = next(e for e in analysis["decision"]["evidence"] if e["metric"] == "errors")
+    assert (code, analysis["outcome"]) == (2, "rollback")
+    decision: dict[str, Any] = analysis["decision"]  # type: ignore[assignment]
+    errors = next(e for e in decision["evidence"] if e["metric"] == "errors")
     assert errors["samples"] == {"baseline": 7_500, "canary": 2_500}
-    [note] = [w for w in analysis["decision"]["warnings"] if "dated" in w]
+    [note] = [w for w in decision["warnings"] if "dated" in w]
     assert note.startswith("the commit that began this window is dated 10 min after Prometheus' clock")
-    assert not any(w.startswith("no traffic") for w in analysis["decision"]["warnings"])
+    assert not any(w.startswith("no traffic") for w in decision["warnings"])
     release = load_state(canary_repo).stack(STACK).config.releases[MODEL]
     assert release.traffic == {"v1.0.0": 90, "v1.1.0": 10}  # a dry run: nothing written

@@ -5,10 +5,8 @@ case 12 (a failed scrape of the baseline at a canary step) through `canary analy
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,24 +18,14 @@ from modelctl.core.analysis import window
 from modelctl.core.analysis.window import WindowRead, by_version
 from modelctl.repo.prometheus import lookback_delta
 from tests.conftest import Cli
-from tests.promstack import MODEL, Pod, PrometheusServer
-from tests.test_canary_analyze import STACK, canary_repo
+from tests.promstack import MODEL, Pod, PrometheusServer, pods
+from tests.test_canary_analyze import STACK, analyze, canary_repo
 
-__all__ = ["canary_repo"]  # the fixture, used by name
+__all__ = ["canary_repo", "pods"]  # the fixtures, used by name
 
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None, reason="prometheus is not installed (make tools)"
 )
-
-
-@pytest.fixture
-def pods() -> Iterator[list[Pod]]:
-    """Pods made by a test, each stopped at the end if it still serves."""
-    made: list[Pod] = []
-    yield made
-    for pod in made:
-        if pod.server is not None:
-            pod.stop()
 
 
 def running(tmp_path: Path, pods: list[Pod], *, lookback: str | None = None) -> PrometheusServer:
@@ -186,22 +174,10 @@ def test_case_12_a_failed_scrape_of_the_baseline_at_a_step_is_not_its_lifetime(
         baseline.serve(7_500, 8, seed=3)
         canary.serve(2_500, 100, seed=4)
         prometheus.scraped(112_000)
-        code, out, err = cli(
-            canary_repo,
-            "canary",
-            "analyze",
-            "--stack",
-            STACK,
-            "--prometheus",
-            prometheus.url,
-            "--dry-run",
-            "--json",
-        )
+        code, [analysis] = analyze(cli, canary_repo, prometheus.url, "--dry-run")
     finally:
         prometheus.stop()
-    assert code == 2, err
-    [analysis] = json.loads(out)["analyses"]
-    assert analysis["outcome"] == "rollback"
-    errors = next(e for e in analysis["decision"]["evidence"] if e["metric"] == "errors")
+    assert (code, analysis["outcome"]) == (2, "rollback")
+    errors = next(e for e in analysis["decision"]["evidence"] if e["metric"] == "errors")  # type: ignore[index]
     assert errors["samples"] == {"baseline": 7_500, "canary": 2_500}
     assert (errors["baseline"]["count"], errors["canary"]["count"]) == (8, 100)
