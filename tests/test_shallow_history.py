@@ -4,12 +4,16 @@ as the decision needs, and a clone that cannot be deepened says so instead of bl
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from infra.analysis_job import SCRIPT
 from modelctl import api
 from modelctl.api.analysis import Scope, choose
 from modelctl.api.analysis_canary import _canary_run
@@ -18,6 +22,9 @@ from modelctl.core.analysis.snapshot import canary_arms
 from modelctl.repo import gitutil
 from tests.conftest import Cli
 from tests.factories import commit_at, redate_head, run_git, write_repo
+from tests.test_canary_analyze import Exposition, exposition, prometheus, scraped
+
+__all__ = ["exposition", "prometheus"]  # the fixtures, used by name
 
 MODEL = "fraud-detection"
 UNRELATED = 60  # ordinary commits since staging began serving v1.1.0: more than the job's --depth 50
@@ -148,3 +155,45 @@ def test_a_canary_window_and_start_read_in_a_shallow_clone_are_the_full_clones(
     assert shallow.began(MODEL) == full.began(MODEL)
     # Deepened to the change before the canary began, not to the first commit.
     assert gitutil.shallow_commits(shallow_repo)
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus is not installed (make tools)")
+def test_case_14_the_analysis_jobs_own_script_steps_a_prod_canary_from_its_depth_50_clone(
+    soaked: Path, tmp_path: Path, exposition: Exposition, prometheus: str
+) -> None:
+    """The CronJob's script as rendered (`git clone --depth 50`, then `canary analyze`, then a
+    push) against a bare repository: a healthy prod canary is stepped and the step pushed, as a
+    full clone does (it was refused with 'served on staging for only 0m')."""
+    stack = soaked / "Pulumi.prod.yaml"
+    doc = yamlio.load(stack)
+    doc["config"]["modelctl:releases"][MODEL]["analysis"] = {"interval": "1s"}
+    yamlio.dump_file(stack, doc)
+    run_git(soaked, "commit", "-q", "-am", "prod: steps a second apart")
+    bare = tmp_path / "models.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(soaked), str(bare)], check=True)
+    exposition.serve("v1.0.0", 95_000, error_rate=0.001, seed=1)
+    exposition.serve("v1.1.0", 5_000, error_rate=0.001, slower=0.9, seed=2)
+    scraped(prometheus, 100_000)
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "STACK": "prod",
+        "REPOSITORY": f"file://{bare}",
+        "BRANCH": "main",
+        "PROMETHEUS_URL": prometheus,
+        "KEY_DIR": str(workspace),
+        "HOME": str(workspace),
+    }
+    assert "--depth 50 " in SCRIPT
+    done = subprocess.run(
+        ["/bin/sh", "-c", SCRIPT.replace("/workspace", str(workspace))],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    subject = run_git(bare, "log", "-1", "--format=%s", "main").strip()
+    assert subject == "canary analyze step: fraud-detection v1.1.0 at 10% on prod (v1.0.0 90%)"
