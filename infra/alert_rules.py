@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from infra.common import ModelTarget, Obj, metadata
 from modelctl.core.analysis.margins import error_margin_promql, latency_ratio
-from modelctl.core.contract import FEEDBACK_WINDOW, LIVE_QUALITY, LIVE_QUALITY_ALIASES, query
+from modelctl.core.contract import FEEDBACK_WINDOW, LABEL_COVERAGE, LIVE_QUALITY, LIVE_QUALITY_ALIASES, query
 from modelctl.core.schema import ThresholdAlert
 
 RUNBOOKS = "infra/runbooks.md"
@@ -37,9 +37,19 @@ def prometheus_rule(target: ModelTarget) -> Obj:
 
 
 def feedback_recording_rules(target: ModelTarget) -> list[Obj]:
-    """Live quality from the feedback confusion counter, recorded per version across replicas: the
-    class names are the model's, so dashboards and alerts read them without knowing the classes."""
-    return [{"record": LIVE_QUALITY[name], "expr": _feedback_ratio(target, name)} for name in LIVE_QUALITY]
+    """Live quality from the feedback confusion counter, recorded per version across replicas (the
+    class names are the model's, so dashboards and alerts read them without knowing the classes),
+    and the label coverage: labels per prediction."""
+    quality = [{"record": LIVE_QUALITY[name], "expr": _feedback_ratio(target, name)} for name in LIVE_QUALITY]
+    return [*quality, {"record": LABEL_COVERAGE, "expr": _label_coverage(target)}]
+
+
+def _label_coverage(target: ModelTarget) -> str:
+    """Labels counted per row predicted, per version, over FEEDBACK_WINDOW (a label counts on the
+    version that predicted it, whichever replica took it)."""
+    by = "namespace, model, version"
+    labels = f"sum by ({by}) ({query('feedback_rate', _matchers(target), window=FEEDBACK_WINDOW)})"
+    return f"{labels}\n/ {query('prediction_rate', _matchers(target), by, FEEDBACK_WINDOW)}"
 
 
 def _feedback_ratio(target: ModelTarget, name: str) -> str:

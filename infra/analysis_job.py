@@ -13,8 +13,16 @@ fails the run, and the next one starts from the new main.
 
 from __future__ import annotations
 
-from infra.common import MANAGED_BY, MONITORING_NAMESPACE, STACK_LABEL, Obj, metadata, secret_placeholder
-from infra.workloads import RUN_AS, container_security
+from infra.common import (
+    MANAGED_BY,
+    MONITORING_NAMESPACE,
+    STACK_LABEL,
+    Obj,
+    container_security,
+    metadata,
+    secret_placeholder,
+)
+from infra.workloads import RUN_AS
 from modelctl.core.schema import AnalysisJob
 from modelctl.core.state import Stack
 

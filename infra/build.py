@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-from infra import alert_rules, alertmanager, analysis_job, dashboard, monitoring, routing, workloads
+from infra import (
+    alert_rules,
+    alertmanager,
+    analysis_job,
+    dashboard,
+    feedback_store,
+    monitoring,
+    routing,
+    workloads,
+)
 from infra.common import ModelTarget, Obj
 from modelctl.core.state import State
 
 
 def build_stack(state: State, stack_name: str) -> list[Obj]:
-    """The objects Pulumi applies and render writes: the namespace, each model, alertmanager, then
-    the canary analysis job."""
+    """The objects Pulumi applies and render writes: the namespace, the feedback store, each model,
+    alertmanager, then the canary analysis job."""
     stack = state.stack(stack_name)
     objects = [workloads.namespace(stack.config.environment.namespace, stack.name)]
+    objects += feedback_store.objects(stack)
     for model_name, release in sorted(stack.config.releases.items()):
         objects += build_model(ModelTarget(stack, state.model(model_name), release))
     objects.append(dashboard.dashboard_config_map(stack))

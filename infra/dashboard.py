@@ -6,7 +6,14 @@ import json
 
 from infra.common import Obj, metadata
 from modelctl.core import releases
-from modelctl.core.contract import FEEDBACK_WINDOW, LIVE_QUALITY, MANAGED_BY, STACK_LABEL, query
+from modelctl.core.contract import (
+    FEEDBACK_WINDOW,
+    LABEL_COVERAGE,
+    LIVE_QUALITY,
+    MANAGED_BY,
+    STACK_LABEL,
+    query,
+)
 from modelctl.core.state import Stack
 
 NAME = "modelctl-dashboard"
@@ -67,6 +74,11 @@ def dashboard(stack: Stack) -> Obj:
                 )
                 for metric, recorded in LIVE_QUALITY.items()
             ],
+        ),
+        _panel(
+            f"Label coverage (labels per prediction over {FEEDBACK_WINDOW}, all replicas)",
+            "percentunit",
+            [(query("gauge", sel, "version", aggregation="max", metric=LABEL_COVERAGE), "{{version}}")],
         ),
     ]
     for index, panel in enumerate(panels):

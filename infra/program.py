@@ -41,6 +41,7 @@ TYPED_KINDS: dict[tuple[str, str], Any] = {
     ("v1", "ConfigMap"): k8s.core.v1.ConfigMap,
     ("v1", "Secret"): k8s.core.v1.Secret,
     ("apps/v1", "Deployment"): k8s.apps.v1.Deployment,
+    ("apps/v1", "StatefulSet"): k8s.apps.v1.StatefulSet,
     ("batch/v1", "CronJob"): k8s.batch.v1.CronJob,
     ("autoscaling/v2", "HorizontalPodAutoscaler"): k8s.autoscaling.v2.HorizontalPodAutoscaler,
     ("policy/v1", "PodDisruptionBudget"): k8s.policy.v1.PodDisruptionBudget,
@@ -134,8 +135,8 @@ def _depends_on(
     if obj["kind"] == "VirtualService":
         # Pulumi waits for these rollouts, so traffic only moves to pods that are ready.
         depends += deployments.get(obj["metadata"]["labels"]["app"], [])
-    if obj["kind"] == "AlertmanagerConfig":
-        depends += secrets
+    if obj["kind"] in ("AlertmanagerConfig", "Deployment", "StatefulSet"):
+        depends += secrets  # what they mount or read (the feedback Secret, the alerting credentials)
     return depends
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from infra import feedback_store
 from infra.common import (
     HTTP_PORT,
     MANAGED_BY,
@@ -11,6 +12,7 @@ from infra.common import (
     STACK_LABEL,
     ModelTarget,
     Obj,
+    container_security,
     metadata,
 )
 from modelctl.core.contract import LIVE_PATH, READY_PATH
@@ -110,6 +112,7 @@ def _pod_spec(target: ModelTarget, version: str, record: VersionRecord) -> Obj:
         "volumes": [
             {"name": "models", "emptyDir": {"sizeLimit": "2Gi"}},
             {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+            feedback_store.secret_volume()[0],
         ],
         "topologySpreadConstraints": [
             _spread(target, version, "topology.kubernetes.io/zone"),
@@ -150,7 +153,7 @@ def _server_container(target: ModelTarget, spec: ServingSpec) -> Obj:
         "name": "server",
         "image": target.env.image,
         "command": ["python", "-m", "serving"],
-        **_prediction_log_args(target),
+        "args": [*feedback_store.server_args(target.stack), *_prediction_log_args(target)],
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "env": [{"name": key, "value": value} for key, value in spec.to_env().items()],
         "resources": {
@@ -165,17 +168,18 @@ def _server_container(target: ModelTarget, spec: ServingSpec) -> Obj:
         "volumeMounts": [
             {"name": "models", "mountPath": MODEL_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
+            feedback_store.secret_volume()[1],
         ],
     }
 
 
-def _prediction_log_args(target: ModelTarget) -> Obj:
+def _prediction_log_args(target: ModelTarget) -> list[str]:
     """The server's prediction-log flags: standard output, which the cluster's log pipeline
     collects with the pod's labels and `kubectl logs` reads (see serving/predlog.py)."""
     settings = target.release.prediction_log
     if settings is None:
-        return {}
-    return {"args": ["--prediction-log", "-", "--prediction-log-sample", f"{settings.sample:g}"]}
+        return []
+    return ["--prediction-log", "-", "--prediction-log-sample", f"{settings.sample:g}"]
 
 
 def _probe(path: str, period: int, failures: int) -> Obj:
@@ -184,16 +188,6 @@ def _probe(path: str, period: int, failures: int) -> Obj:
         "periodSeconds": period,
         "timeoutSeconds": 2,
         "failureThreshold": failures,
-    }
-
-
-def container_security() -> Obj:
-    return {
-        "runAsNonRoot": True,
-        "readOnlyRootFilesystem": True,
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
     }
 
 

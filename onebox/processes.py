@@ -2,7 +2,7 @@
 
 A pid alone is not proof a process is ours (pids are reused), so a process counts as running only
 while /proc/<pid>/stat still gives the start time recorded when we started it (argv cannot serve:
-nginx rewrites its process title).
+a server may rewrite its process title).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class Proc:
     pid: int = 0
     start_ticks: int = 0  # field 22 of /proc/<pid>/stat: clock ticks after boot
     extra: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # added to the starting environment
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,11 +116,29 @@ def signal_reload(proc: Proc) -> None:
 
 
 def healthy(url: str, expect: Callable[[httpx.Response], bool] | None = None) -> bool:
+    """Whether `url` answers: 200 (or `expect`) over HTTP; a redis:// URL, any answer to PING
+    (a store with a password answers it NOAUTH: it is up)."""
+    if url.startswith("redis://"):
+        return _redis_answers(url)
     try:
         response = httpx.get(url, timeout=2.0)
     except httpx.HTTPError:
         return False
     return expect(response) if expect else response.status_code == 200
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    try:
+        return bool(client.ping())
+    except redis.AuthenticationError:
+        return True
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
 
 
 def wait_until_healthy(

@@ -1,9 +1,8 @@
 """Traffic through the local gateway: rows of held-out data, users as cookies, optional feedback.
 
 Each user keeps the cookies the gateway sets (the sticky routes' `Set-Cookie`), as a browser would.
-Feedback (the true label) goes to the version that answered, at its own address: it must reach the
-server holding that prediction, and only sticky or override routes could steer it through the
-gateway.
+Feedback (the true label) goes back through the gateway with the prediction's receipt, as an
+application sends it: whichever server takes it counts it on the version that predicted.
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ class Workload:
     users: int = 100
     rate: float | None = None  # requests per second; None: as fast as CONCURRENCY allows
     feedback: bool = False
-    versions: dict[str, str] = field(default_factory=dict)  # version -> server URL, for feedback
     seed: int = 0
 
 
@@ -149,7 +147,7 @@ async def _one(
         tally.errors[version] += 1
         return
     tally.latencies[version].append(elapsed)
-    if work.feedback and version in work.versions:
-        body = {"request_id": response.json()["request_id"], "label": work.labels[row]}
-        answer = await client.post(f"{work.versions[version]}/feedback", json=body)
+    if work.feedback:
+        body = {"receipt": response.json()["receipt"], "label": work.labels[row]}
+        answer = await client.post(f"{work.gateway}/feedback", json=body, headers=headers)
         tally.feedback += answer.status_code == 200

@@ -7,12 +7,11 @@ give the same md5.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import re
 import sys
-import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,11 @@ import numpy as np
 import numpy.typing as npt
 from ruamel.yaml import YAML
 
-from modelctl.core import buildenv
+from modelctl.core import buildenv, formats
+from modelctl.core.errors import UserError, UserErrors, as_list
 
 PARAMS_FILE = Path("params.yaml")
 ARRAYS = ("X_train", "y_train", "X_test", "y_test")
-# A fixed zip timestamp (the earliest a zip can hold), so saving twice gives the same bytes.
-ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -41,7 +39,15 @@ class Paths:
 
     @property
     def artifact(self) -> Path:
-        return Path("artifacts") / self.model / "model.skops"
+        """`artifacts/<model>/<params.yaml's artifact>`: its suffix picks the format."""
+        name = model_params(self.model).get("artifact")
+        known = ", ".join(f"{f.file_name} ({f.name})" for f in formats.FORMATS.values())
+        if name not in {f.file_name for f in formats.FORMATS.values()}:
+            raise SystemExit(
+                f"{PARAMS_FILE}: models.{self.model}.artifact is {name!r}; name one of {known} "
+                "(modelctl/core/formats)"
+            )
+        return Path("artifacts") / self.model / str(name)
 
     @property
     def profile(self) -> Path:
@@ -106,67 +112,32 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def save_skops(model: Any, path: Path) -> None:
-    """Save with skops, normalised so that the same fitted model always gives the same bytes."""
-    import skops.io
-
+def save_artifact(model: Any, path: Path) -> None:
+    """Save a fitted model in the format its file name gives (modelctl/core/formats), as
+    reproducible bytes; exits naming the problem when the format cannot hold it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(normalise_skops(skops.io.dumps(model)))
+    with _one_line_errors():
+        formats.by_suffix(str(path)).save(model, path)
 
 
-def load_skops(path: Path) -> Any:
-    """Load an artifact this pipeline just wrote, trusting its types only where the repository's
-    reviewed allow-list allows each one (a stage exits naming those it refuses)."""
-    import skops.io
-
-    from modelctl.core.errors import UserError, UserErrors, as_list
+def load_artifact(path: Path) -> formats.Loaded:
+    """An artifact this pipeline just wrote, read by its format's own library; a format that
+    holds code (skops) trusts its types only where the repository's reviewed allow-list
+    allows each one (a stage exits naming those it refuses)."""
     from modelctl.core.state import load_allow_list
     from modelctl.core.trusted import reviewed
 
+    with _one_line_errors():
+        fmt = formats.by_suffix(str(path))
+        data = path.read_bytes()
+        stored = fmt.stored_types(data) if fmt.stored_types else []
+        trusted = reviewed(stored, load_allow_list(Path.cwd()), str(path))
+        return fmt.read(data, trusted, str(path))
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
     try:
-        trusted = reviewed(skops.io.get_untrusted_types(file=path), load_allow_list(Path.cwd()), str(path))
+        yield
     except (UserError, UserErrors) as exc:
         raise SystemExit("\n".join(f"error: {error}" for error in as_list(exc))) from None
-    return skops.io.load(path, trusted=trusted)
-
-
-def normalise_skops(raw: bytes) -> bytes:
-    """Rewrite a skops zip without what varies between runs.
-
-    skops names each array file and each `__id__` after the Python object's id() (and byte
-    blobs after a random uuid), and stamps every zip entry with the current time. Renumbering
-    both in order of first appearance keeps every reference intact, since the mapping is one
-    to one; entries are then written sorted, with a fixed timestamp.
-    """
-    with zipfile.ZipFile(io.BytesIO(raw)) as source:
-        members = {name: source.read(name) for name in source.namelist()}
-    schema = json.loads(members.pop("schema.json"))
-    ids: dict[int, int] = {}
-    files: dict[str, str] = {}
-    _renumber(schema, ids, files, set(members))
-    renamed = {files.get(name, name): data for name, data in members.items()}
-    renamed["schema.json"] = json.dumps(schema, indent=2).encode()
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as target:
-        for name in sorted(renamed):
-            info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
-            info.external_attr = 0o644 << 16
-            target.writestr(info, renamed[name])
-    return out.getvalue()
-
-
-def _renumber(node: Any, ids: dict[int, int], files: dict[str, str], members: set[str]) -> None:
-    if isinstance(node, list):
-        for item in node:
-            _renumber(item, ids, files, members)
-        return
-    if not isinstance(node, dict):
-        return
-    for key, value in node.items():
-        if key == "__id__" and isinstance(value, int):
-            node[key] = ids.setdefault(value, len(ids) + 1)
-        elif key == "file" and isinstance(value, str) and value in members:
-            suffix = re.sub(r"^[^.]*", "", value)
-            node[key] = files.setdefault(value, f"{len(files) + 1}{suffix}")
-        else:
-            _renumber(value, ids, files, members)

@@ -17,7 +17,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from pipeline.common import Paths, load_dataset, load_skops, model_from_argv, write_json
+from pipeline.common import Paths, load_artifact, load_dataset, model_from_argv, write_json
 
 DIGITS = 6
 
@@ -54,10 +54,11 @@ def curves(y: npt.NDArray[np.int64], scores: npt.NDArray[np.float64]) -> dict[st
 def evaluate(model: str) -> None:
     paths = Paths(model)
     data = load_dataset(paths.data)
-    classifier = load_skops(paths.artifact)
-    scores = classifier.predict_proba(data.X_test)[:, 1]
-    write_json(paths.metrics, metrics(data.y_test, classifier.predict(data.X_test), scores))
-    for name, points in curves(data.y_test, scores).items():
+    probabilities = load_artifact(paths.artifact).predict_proba(data.X_test)
+    # The predicted class is the most probable one, as scikit-learn's predict and the server say.
+    predicted = probabilities.argmax(axis=1)
+    write_json(paths.metrics, metrics(data.y_test, predicted, probabilities[:, 1]))
+    for name, points in curves(data.y_test, probabilities[:, 1]).items():
         write_json(paths.plots / f"{name}.json", {name: points})
 
 

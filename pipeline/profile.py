@@ -7,13 +7,13 @@ not fit, scored the way live traffic will be.
 from __future__ import annotations
 
 from modelctl.core.drift.profile import Profile, fit_profile
-from pipeline.common import Paths, load_dataset, load_skops, model_from_argv
+from pipeline.common import Paths, load_artifact, load_dataset, model_from_argv
 
 
 def profile(model: str) -> Profile:
     paths = Paths(model)
     data = load_dataset(paths.data)
-    scores = load_skops(paths.artifact).predict_proba(data.X_test)[:, 1]
+    scores = load_artifact(paths.artifact).predict_proba(data.X_test)[:, 1]
     return fit_profile(data.X_test, data.features, scores=scores, categorical=data.categorical)
 
 

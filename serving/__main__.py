@@ -27,6 +27,7 @@ SPEC_FLAGS = {
     "version": "VERSION",
     "artifact": "ARTIFACT",
     "sha256": "SHA256",
+    "format": "FORMAT",
     "profile": "PROFILE",
     "profile_sha256": "PROFILE_SHA256",
 }

@@ -31,7 +31,7 @@ from modelctl.core.contract import LIVE_PATH, METRICS_PATH, READY_PATH
 from modelctl.core.servingspec import ServingSpec
 from serving import BUILD
 from serving.batcher import Batcher, Predictions
-from serving.feedback import PredictionMemory
+from serving.feedback import LabelStore, label_path, stored_label
 from serving.inputs import (
     INFER_OUTPUTS,
     MAX_REQUEST_ID,
@@ -51,11 +51,16 @@ from serving.model import LoadedModel
 from serving.monitor import DriftMonitor
 from serving.options import Settings
 from serving.predlog import PredictionLog
+from serving.receipts import Receipts
 
 log = logging.getLogger("serving")
 # The binary tensor data extension's header: the length of the JSON before the tensor bytes.
 BINARY_HEADER = "Inference-Header-Content-Length"
-FEEDBACK_KEYS = frozenset({"request_id", "label", "labels", "value"})
+FEEDBACK_KEYS = frozenset({"receipt", "request_id", "label", "labels", "value"})
+FEEDBACK_SHAPE = (
+    'send {"receipt": "<the receipt of the prediction\'s answer>", "label": "<class>"} (or "labels": '
+    '[...], one per row of the prediction), optionally with "value": <a number, e.g. revenue>'
+)
 # Content codings a body may carry (RFC 9110 section 8.4.1) -> zlib's wbits for them; gzip and
 # deflate are what HTTP clients (tritonclient, requests with a compressed body) send.
 CONTENT_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
@@ -103,7 +108,9 @@ class ModelServer:
         self.batcher = Batcher(
             model.predict_proba, self._observe, settings.max_batch_rows, settings.max_wait_ms / 1000
         )
-        self.memory = PredictionMemory(settings.feedback_capacity, settings.feedback_ttl_s)
+        feedback = label_path(settings, spec.model, spec.version, model.classes)
+        self.receipts: Receipts | None = feedback[0] if feedback else None
+        self.labels: LabelStore | None = feedback[1] if feedback else None
         self.predlog = (
             PredictionLog(
                 settings.prediction_log, settings.prediction_log_sample, model=spec.model,
@@ -261,10 +268,23 @@ class ModelServer:
 
     async def predict_once(self, rows: Rows, request_id: str) -> Predictions:
         result = await self.batcher.submit(rows.rows)
-        self.memory.remember(request_id, result.class_indices)
         if self.predlog is not None:
             self.predlog.record(request_id, result)
         return result
+
+    def receipt(self, result: Predictions) -> str | None:
+        """The signed receipt of one request's rows (None when this server takes no labels)."""
+        if self.receipts is None:
+            return None
+        positive = self.model.positive_index
+        if result.end - result.start == 1:
+            row = result.start
+            classes = [self.model.classes[result.batch.class_list[row]]]
+            scores = [result.batch.probability_rows[row][positive]]
+        else:
+            classes = self._classes[result.classes].tolist()
+            scores = result.probabilities[:, positive].tolist()
+        return self.receipts.issue(classes, scores)
 
     def answer(self, rows: Rows, result: Predictions, request_id: str) -> dict[str, Any]:
         """The /predict answer; `out_of_range` names the features outside their range, if any."""
@@ -285,6 +305,9 @@ class ModelServer:
             if any(rows.flagged):
                 answer["out_of_range"] = rows.flagged
         answer["timestamp"] = result.timestamp
+        receipt = self.receipt(result)
+        if receipt is not None:
+            answer["receipt"] = receipt
         return answer
 
     async def _predict_rows(self, request: Request, rows: Rows) -> Response:
@@ -320,9 +343,15 @@ class ModelServer:
             "model_version": self.spec.version,
             "id": request_id,
         }
+        parameters: dict[str, str] = {}
         flagged = sorted({name for names in infer.rows.flagged for name in names})
         if flagged:
-            header["parameters"] = {"out_of_range": ",".join(flagged)}
+            parameters["out_of_range"] = ",".join(flagged)
+        receipt = self.receipt(result)
+        if receipt is not None:
+            parameters["receipt"] = receipt
+        if parameters:
+            header["parameters"] = parameters
         header["outputs"], chunks = self._tensors(infer.outputs, result)
         if not chunks:
             return JSONResponse(header)
@@ -360,47 +389,68 @@ class ModelServer:
         return tensors, chunks
 
     async def feedback(self, request: Request) -> Response:
+        """A label for the prediction a receipt names, counted once on the version that made it,
+        whichever replica (of whichever version of the model) takes it; the same label again is
+        answered the same way and not counted, another label for it is a 409."""
         body = await self.read_json(request)
-        request_id, labels, value = self._feedback_body(body)
-        predicted = self.memory.take(request_id)
-        if predicted is None:
+        token, labels, value = self._feedback_body(body)
+        if self.receipts is None or self.labels is None:
             raise ClientError(
-                404,
-                "unknown_request",
-                f"request_id {show(request_id)} is unknown, already labelled, or older than the feedback "
-                f"window ({self.settings.feedback_ttl_s:g} s, {self.settings.feedback_capacity} rows); "
-                "send it sooner",
+                503,
+                "feedback_store",
+                "this server takes no labels: it runs without --feedback-secret and --feedback-store "
+                "(modelctl up and the cluster's Deployments set both)",
             )
-        if len(labels) != len(predicted):
-            self.memory.remember(request_id, predicted)
+        receipt = self.receipts.verify(token)
+        if len(labels) != len(receipt.classes):
             raise invalid(
-                f"request {show(request_id)} predicted {len(predicted)} rows; send one label per row"
+                f"the receipt's prediction has {len(receipt.classes)} rows and {len(labels)} labels came; "
+                "send one label per row"
             )
-        actual = [self.model.classes.index(label) for label in labels]
-        self.metrics.feedback(list(zip(actual, predicted, strict=True)), value)
-        return JSONResponse(
-            {
-                "request_id": request_id,
-                "correct": [a == p for a, p in zip(actual, predicted, strict=True)],
-                "value": value,
-            }
-        )
+        label = stored_label(labels, value)
+        before = await self.labels.claim(receipt, label, self.receipts.clock())
+        if before is not None and before != label:
+            taken, taken_value = orjson.loads(before)
+            raise ClientError(
+                409,
+                "already_labelled",
+                f"prediction {receipt.id} already has its label {show(taken)}"
+                + (f" with value {taken_value:g}" if taken_value is not None else "")
+                + "; a label is final, so this one was not counted",
+            )
+        classes = self.model.classes
+        pairs = [(classes.index(a), classes.index(p)) for a, p in zip(labels, receipt.classes, strict=True)]
+        if before is None:
+            self.metrics.feedback(receipt.version, pairs, value)
+        answer = {
+            "receipt_id": receipt.id,
+            "model": receipt.model,
+            "version": receipt.version,
+            "predicted": list(receipt.classes),
+            "correct": [a == p for a, p in pairs],
+            "value": value,
+            "counted": before is None,
+        }
+        if "request_id" in body:
+            answer["request_id"] = body["request_id"]
+        return JSONResponse(answer)
 
     def _feedback_body(self, body: Any) -> tuple[str, list[str], float | None]:
-        shape = (
-            'send {"request_id": "...", "label": "<class>"} (or "labels": [...] for a batch), '
-            'optionally with "value": <a number, e.g. revenue>'
-        )
+        if type(body) is dict and "receipt" not in body and "request_id" in body:
+            raise invalid(
+                "a label by request_id alone is no longer taken (only the replica that predicted knew "
+                f"it, and request ids may repeat); {FEEDBACK_SHAPE}"
+            )
         if (
             type(body) is not dict
-            or type(body.get("request_id")) is not str
+            or type(body.get("receipt")) is not str
             or ("label" in body) == ("labels" in body)
             or not set(body) <= FEEDBACK_KEYS
         ):
-            raise invalid(shape)
+            raise invalid(FEEDBACK_SHAPE)
         labels = [body["label"]] if "label" in body else body["labels"]
         if type(labels) is not list or not labels:
-            raise invalid(shape)
+            raise invalid(FEEDBACK_SHAPE)
         unknown = [label for label in labels if label not in self.model.classes]
         if unknown:
             raise invalid(
@@ -409,7 +459,7 @@ class ModelServer:
         value = body.get("value")
         if value is not None and (type(value) not in (int, float) or not 0 <= value < math.inf):
             raise invalid(f"value is {show(value)}; send a number of at least 0 (it is summed in a counter)")
-        return body["request_id"], labels, None if value is None else float(value)
+        return body["receipt"], labels, None if value is None else float(value)
 
     async def version(self, request: Request) -> Response:
         return JSONResponse(
@@ -497,6 +547,8 @@ class ModelServer:
             yield
         finally:
             drift_task.cancel()
+            if self.labels is not None:
+                await self.labels.close()
             if log_task is not None:
                 log_task.cancel()
                 await asyncio.gather(log_task, return_exceptions=True)
@@ -509,7 +561,7 @@ _ids = itertools.count(1)
 
 
 def _request_id(header: str | None) -> str:
-    # Istio and most gateways send x-request-id; reuse it so logs and feedback line up.
+    # Istio and most gateways send x-request-id; reuse it so logs line up.
     if header and len(header) <= MAX_REQUEST_ID:
         return header
     return f"{_ID_PREFIX}-{next(_ids):x}"

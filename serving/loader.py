@@ -12,6 +12,8 @@ import numpy as np
 import numpy.typing as npt
 
 from modelctl.core.errors import UserError
+from modelctl.core.formats import ArtifactFormat, Loaded, check
+from modelctl.core.servingspec import ServingSpec
 
 Matrix = npt.NDArray[np.float64]
 FIX_RECORD = "fetch it again with 'modelctl fetch' or check the registry record"
@@ -31,3 +33,13 @@ def read_verified(path: str, sha256: str, what: str) -> bytes:
             FIX_RECORD,
         )
     return data
+
+
+def read_native(fmt: ArtifactFormat, data: bytes, spec: ServingSpec) -> Loaded:
+    """Verified bytes read by the format's own library (trusting only the record's types),
+    checked against the spec's signature and output; UserError, one line, otherwise."""
+    model = fmt.read(data, spec.trusted_types, spec.artifact_path)
+    problem = check(model, spec.signature.names, spec.output.classes)
+    if problem is not None:
+        raise UserError(spec.artifact_path, problem.problem, problem.fix)
+    return model

@@ -140,10 +140,15 @@ class ServerMetrics:
             self.registry.register(collector)
         out_of_distribution = self._metric(contract.OUT_OF_DISTRIBUTION)
         self._out_of_distribution = [out_of_distribution.labels(model, version, name) for name in features]
-        feedback = self._metric(contract.FEEDBACK)
-        # Every cell exists from the start, so rates over a window never miss a first label.
-        self._feedback = [[feedback.labels(model, version, a, p) for p in classes] for a in classes]
-        self._feedback_value = self._bound(self._metric(contract.FEEDBACK_VALUE))
+        self._feedback_family = self._metric(contract.FEEDBACK)
+        self._feedback_value_family = self._metric(contract.FEEDBACK_VALUE)
+        # Labels by the version that predicted them, whichever version's server took them: every
+        # cell of this server's own version exists from the start, so rates never miss a first label.
+        self._feedback: dict[str, tuple[list[list[Any]], Any]] = {}
+        self._feedback_cells(version)
+        # Versions whose series no scrape has seen yet, and the labels they wait to count.
+        self._unscraped: set[str] = set()
+        self._held: list[tuple[str, list[tuple[int, int]], float | None]] = []
         drift = self._metric(contract.FEATURE_DRIFT)
         self._drift = {name: drift.labels(model, version, name) for name in features}
         for child in self._drift.values():
@@ -191,12 +196,31 @@ class ServerMetrics:
                 self._out_of_distribution[index].inc(int(out_of_distribution[index]))
         self._score.observe_all(probabilities[:, positive_index])
 
-    def feedback(self, pairs: list[tuple[int, int]], value: float | None) -> None:
-        """Labels as (actual, predicted) class indices, and the request's business value if sent."""
+    def _feedback_cells(self, version: str) -> tuple[list[list[Any]], Any]:
+        model, classes = self._labels["model"], self._classes
+        cells = [[self._feedback_family.labels(model, version, a, p) for p in classes] for a in classes]
+        self._feedback[version] = (cells, self._feedback_value_family.labels(model, version))
+        return self._feedback[version]
+
+    def feedback(self, version: str, pairs: list[tuple[int, int]], value: float | None) -> None:
+        """Labels of predictions `version` made, as (actual, predicted) class indices, and the
+        request's business value if sent.
+
+        Another version's series are exported at 0 first: a label for a version this server has
+        not counted yet is counted once a scrape has seen its zeros (Prometheus' rate() and
+        increase() cannot count a series' first value).
+        """
+        if version not in self._feedback:
+            self._feedback_cells(version)
+            self._unscraped.add(version)
+        if version in self._unscraped:
+            self._held.append((version, pairs, value))
+            return
+        cells, values = self._feedback[version]
         for actual, predicted in pairs:
-            self._feedback[actual][predicted].inc()
+            cells[actual][predicted].inc()
         if value is not None:
-            self._feedback_value.observe(value)
+            values.observe(value)
 
     def engine(self, name: str, fallback_from: str, parity_error: float) -> None:
         """Which engine predicts, the compiled one it replaces if any, and the parity error measured."""
@@ -209,7 +233,13 @@ class ServerMetrics:
                 self._drift[feature].set(value)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The scrape's text; labels held until their version's series had been scraped count now."""
+        text = generate_latest(self.registry)
+        self._unscraped.clear()
+        held, self._held = self._held, []
+        for version, pairs, value in held:
+            self.feedback(version, pairs, value)
+        return text
 
     def watch_gc(self) -> None:
         """Time every collection: full collections of a large model were the whole p99 tail."""

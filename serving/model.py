@@ -11,7 +11,6 @@ from modelctl.core.errors import UserError
 from modelctl.core.servingspec import ServingSpec
 from serving.formats import RUNTIMES, Runtime
 from serving.loader import FIX_RECORD, Matrix, read_verified
-from serving.options import PARITY_TOLERANCE
 
 
 @dataclass(frozen=True)
@@ -29,14 +28,15 @@ class LoadedModel:
         return self.runtime.metadata()
 
 
-def load_model(spec: ServingSpec, reference_rows: Matrix, tolerance: float = PARITY_TOLERANCE) -> LoadedModel:
+def load_model(spec: ServingSpec, reference_rows: Matrix, tolerance: float | None = None) -> LoadedModel:
     """The model of `spec`, its artifact verified first; UserError on any problem.
 
     `reference_rows` (rows, features) are what a compiled engine is checked on: it serves only
-    if its probabilities are within `tolerance` of the format's reference implementation.
+    if its probabilities are within `tolerance` of the format's native library (default: the
+    format's own, `serving.formats.RUNTIMES`).
     """
-    make_runtime = RUNTIMES.get(spec.format)
-    if make_runtime is None:
+    runtime = RUNTIMES.get(spec.format)
+    if runtime is None:
         raise UserError(
             spec.artifact_path,
             f"format {spec.format!r} is not served by this server",
@@ -44,7 +44,9 @@ def load_model(spec: ServingSpec, reference_rows: Matrix, tolerance: float = PAR
         )
     data = read_verified(spec.artifact_path, spec.sha256, "artifact")
     model = LoadedModel(
-        runtime=make_runtime(data, spec, reference_rows, tolerance),
+        runtime=runtime.load(
+            data, spec, reference_rows, runtime.tolerance if tolerance is None else tolerance
+        ),
         classes=tuple(spec.output.classes),
         positive_index=spec.output.classes.index(spec.output.positive_class),
     )

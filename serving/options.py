@@ -6,10 +6,15 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, fields
 
-from modelctl.core.contract import HTTP_PORT
+from modelctl.core.contract import HTTP_PORT, RECEIPT_KEYS_FILE, STORE_PASSWORD_FILE
 
-# The largest |compiled - scikit-learn| probability difference allowed on the reference rows.
+# The largest |compiled - native| probability difference allowed on the reference rows: for
+# formats computed in float64, and for ONNX graphs, computed in float32 (measured in
+# serving/formats/onnx.py).
 PARITY_TOLERANCE = 1e-9
+FLOAT32_PARITY_TOLERANCE = 1e-6
+# How long a prediction's receipt takes its label: fraud labels come with chargebacks, weeks later.
+RECEIPT_TTL_S = 35 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -18,11 +23,12 @@ class Settings:
     max_wait_ms: float = 1.0
     max_rows: int = 1000
     max_body_bytes: int = 1 << 20
-    feedback_capacity: int = 100_000
-    feedback_ttl_s: float = 3600.0
+    feedback_store: str = ""
+    feedback_secret: str = ""
+    feedback_ttl_s: float = RECEIPT_TTL_S
     drift_window: int = 10_000
     drift_interval_s: float = 30.0
-    parity_tolerance: float = PARITY_TOLERANCE
+    parity_tolerance: float | None = None  # None: the format's own (serving.formats.RUNTIMES)
     prediction_log: str = ""
     prediction_log_sample: float = 1.0
 
@@ -71,7 +77,7 @@ def fraction(text: str) -> float:
 
 
 def add_server_options(parser: argparse.ArgumentParser, host: str) -> None:
-    """Listening address, batching, limits, feedback memory, drift, parity, prediction log, shutdown,
+    """Listening address, batching, limits, feedback (store, secret, receipt lifetime), drift, parity, prediction log, shutdown,
     access log."""
     d = Settings()
     parser.add_argument("--host", default=host, help="address to listen on")
@@ -88,12 +94,18 @@ def add_server_options(parser: argparse.ArgumentParser, host: str) -> None:
         "--max-body-bytes", type=positive, default=d.max_body_bytes, help="request body limit"
     )
     parser.add_argument(
-        "--feedback-capacity", type=positive, default=d.feedback_capacity,
-        help="predictions remembered for feedback, in rows",
+        "--feedback-store", default=d.feedback_store, metavar="URL",
+        help="the Redis that remembers which predictions took their label (redis://host:port/db; "
+        "its password in the secret folder's store-password)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--feedback-secret", default=d.feedback_secret, metavar="DIR",
+        help=f"the folder of the receipt keys ({RECEIPT_KEYS_FILE}: one per line, the first signs) and the "
+        f"store's password ({STORE_PASSWORD_FILE}); without it and --feedback-store no receipts, no labels",
     )  # fmt: skip
     parser.add_argument(
         "--feedback-ttl-s", type=above_zero, default=d.feedback_ttl_s,
-        help="seconds a prediction is remembered for feedback",
+        help="seconds a prediction's receipt takes its label",
     )  # fmt: skip
     parser.add_argument(
         "--drift-window", type=positive, default=d.drift_window, help="rows in the drift window"
@@ -106,7 +118,8 @@ def add_server_options(parser: argparse.ArgumentParser, host: str) -> None:
     )
     parser.add_argument(
         "--parity-tolerance", type=not_negative, default=d.parity_tolerance,
-        help="largest probability difference allowed between a compiled engine and scikit-learn",
+        help="largest probability difference allowed between a compiled engine and the format's own "
+        f"library (default: {PARITY_TOLERANCE:g}; {FLOAT32_PARITY_TOLERANCE:g} for onnx, computed in float32)",
     )  # fmt: skip
     parser.add_argument(
         "--prediction-log", default=d.prediction_log, metavar="FILE",

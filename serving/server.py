@@ -29,7 +29,9 @@ def build(spec: ServingSpec, settings: Settings) -> ModelServer:
     model = load_model(spec, reference_rows(profile, spec.signature), settings.parity_tolerance)
     engine = model.metadata()
     if engine["fallback_from"]:
-        log.warning("serving with scikit-learn, not %s: %s", engine["fallback_from"], engine["reason"])
+        log.warning(
+            "serving with %s, not %s: %s", engine["engine"], engine["fallback_from"], engine["reason"]
+        )
     else:
         log.info("predicting with %s (parity error %.3g)", engine["engine"], engine["parity_error"])
     drift = DriftMonitor(profile, spec.signature, settings.drift_window)

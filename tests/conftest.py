@@ -1,21 +1,24 @@
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
 
 from modelctl.cli import main
 from modelctl.core.state import Folder
+from serving.options import Settings
 from tests.factories import default_docs, full_docs, write_repo
 
 REPOSITORY = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 
 # Runs the CLI in-process on a repository: (exit code, stdout, stderr).
 Cli = Callable[..., tuple[int, str, str]]
@@ -96,3 +99,45 @@ def rendered_stacks(tmp_path_factory: pytest.TempPathFactory) -> list[RenderedSt
             )
             rendered.append(RenderedStack(label, stack, out))
     return rendered
+
+
+@dataclass(frozen=True)
+class FeedbackStore:
+    """A real Redis (Debian's redis-server, as `modelctl up` runs it) and the Secret's files."""
+
+    url: str
+    secret: Path
+    port: int
+
+    def settings(self, **fields: Any) -> Settings:
+        """Server settings that take labels through this store, and `fields`."""
+        return Settings(**{"feedback_store": self.url, "feedback_secret": str(self.secret), **fields})
+
+    def flags(self) -> list[str]:
+        return ["--feedback-store", self.url, "--feedback-secret", str(self.secret)]
+
+
+@pytest.fixture(scope="session")
+def feedback_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FeedbackStore]:
+    """One store per test process, started as the local stack starts it and stopped by its pid."""
+    from onebox import feedback, processes
+
+    run = tmp_path_factory.mktemp("feedback")
+    port = processes.free_port()
+    proc = feedback.store_proc(run, port, str(run / "store.log"))
+    processes.start(proc, dict(os.environ), run)
+    try:
+        processes.wait_until_healthy(proc, 30)
+        yield FeedbackStore(feedback.store_url(port), feedback.secret_folder(run), port)
+    finally:
+        processes.stop(proc)
+
+
+def run_fresh(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run `coroutine` on a loop of its own, leaving the thread's event loop as it was
+    (`asyncio.run` unsets it, and later tests in the process, Pulumi's, need one)."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        loop.close()

@@ -82,6 +82,8 @@ def stack_doc(
         "dvc_remote": "s3://acme-ml-artifacts/dvc",
         "production": production,
     }
+    if production:  # production pins every image by digest, the feedback store's too
+        environment["feedback_store"] = {"image": STORE_IMAGE}
     environment.update(env)
     return {
         "config": {
@@ -167,6 +169,7 @@ def redate_head(root: Path, when: str) -> None:
 
 
 PROD_IMAGE = "ghcr.io/acme/modelctl-serving:0.1.0@sha256:" + fake_hex("image", 64)
+STORE_IMAGE = "ghcr.io/acme/redis:7.0.15-alpine@sha256:" + fake_hex("store image", 64)
 
 
 # The in-cluster canary analysis job's settings (full_docs' dev stack).

@@ -18,19 +18,24 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 from modelctl.core import yamlio
+from modelctl.core.formats import FORMATS
+from modelctl.core.schema import Version
 from modelctl.repo import dvcstore
 
+# The broken version of the test repository (tests/pipeline_repo.py: v1.0.0 and v1.1.0).
 BROKEN = "v1.2.0"
 
 
 def add_broken_version(
-    root: Path, remote: Path, model: str = "fraud-detection", version: str = BROKEN
-) -> None:
-    """Register `version` of `model`: fitted on one row only, with an encoder that refuses unseen
-    values, so it loads and passes the server's warm-up, then fails on real rows. Its artifact
-    goes to `remote`; its record is v1.1.0's with that artifact (not committed here)."""
+    root: Path, remote: Path, model: str = "fraud-detection", version: str | None = None
+) -> str:
+    """Register `version` of `model` (default: the next minor version): fitted on one row only,
+    with an encoder that refuses unseen values, so it loads and passes the server's warm-up,
+    then fails on real rows. Its artifact goes to `remote`; its record is v1.1.0's with that
+    skops artifact (not committed here). Returns the version."""
     model_file = root / "models" / model / "model.yaml"
     doc = yamlio.load(model_file)
+    version = version or Version(max(doc["versions"], key=Version)).bump("minor").name
     middle = [
         (f["min"] + f["max"]) / 2 if "min" in f and "max" in f else 0.0 for f in doc["signature"]["features"]
     ]
@@ -44,12 +49,18 @@ def add_broken_version(
     dvcstore.push(artifact, dvcstore.Location.of(str(remote)), md5, sha256)
     record = json.loads(json.dumps(doc["versions"]["v1.1.0"]))
     record["artifact"].update(
-        md5=md5, sha256=sha256, size=len(data), trusted_types=skops.io.get_untrusted_types(data=data)
+        path=f"artifacts/{model}/{FORMATS['skops'].file_name}",
+        format="skops",
+        md5=md5,
+        sha256=sha256,
+        size=len(data),
+        trusted_types=skops.io.get_untrusted_types(data=data),
     )
     doc["versions"][version] = record
     yamlio.dump_file(model_file, doc)
+    return version
 
 
 if __name__ == "__main__":
-    # make demo: python -m tests.faults REPOSITORY REMOTE
-    add_broken_version(Path(sys.argv[1]), Path(sys.argv[2]))
+    # make demo: python -m tests.faults REPOSITORY REMOTE; prints the version it added
+    print(add_broken_version(Path(sys.argv[1]), Path(sys.argv[2])))

@@ -33,6 +33,7 @@ MODEL = "fraud-detection"
 PARAMS: dict[str, Any] = {
     "models": {
         MODEL: {
+            "artifact": "model.skops",
             "data": {
                 "generator": "transactions",
                 "rows": 1500,
@@ -51,6 +52,7 @@ PARAMS: dict[str, Any] = {
             },
         },
         "churn": {
+            "artifact": "model.skops",
             "data": {"generator": "churn", "rows": 300, "churn_rate": 0.25, "test_size": 0.25, "seed": 3},
             "train": {"algorithm": "logistic_regression", "C": 1.0, "max_iter": 200},
         },
@@ -68,14 +70,44 @@ def stages(model: str = MODEL) -> list[str]:
     return registry.stage_names(model)
 
 
+# The other formats' versions of formats_template(): (model, artifact, train params).
+FORMAT_VERSIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "xgboost": (
+        MODEL,
+        "model.ubj",
+        {"algorithm": "xgboost", "n_estimators": 20, "max_depth": 3, "learning_rate": 0.3, "random_state": 0},
+    ),
+    "lightgbm": (
+        MODEL,
+        "model.txt",
+        {
+            "algorithm": "lightgbm",
+            "n_estimators": 20,
+            "num_leaves": 7,
+            "learning_rate": 0.3,
+            "random_state": 0,
+        },
+    ),
+    "onnx": ("churn", "model.onnx", PARAMS["models"]["churn"]["train"]),
+}
+
+
 def set_train_param(root: Path, key: str, value: Any, model: str = MODEL) -> None:
     params = yamlio.load(root / "params.yaml")
     params["models"][model]["train"][key] = value
     yamlio.dump_file(root / "params.yaml", params)
 
 
-def repro_and_commit(root: Path, message: str) -> None:
-    dvcstore.run_dvc(root, "repro", *stages())
+def set_training(root: Path, model: str, artifact: str, train: dict[str, Any]) -> None:
+    """params.yaml trains `model` with `train` into `artifact` (its format by the suffix)."""
+    params = yamlio.load(root / "params.yaml")
+    params["models"][model]["artifact"] = artifact
+    params["models"][model]["train"] = train
+    yamlio.dump_file(root / "params.yaml", params)
+
+
+def repro_and_commit(root: Path, message: str, model: str = MODEL) -> None:
+    dvcstore.run_dvc(root, "repro", *stages(model))
     run_git(root, "add", "-A")
     run_git(root, "commit", "-q", "-m", message)
 
@@ -152,6 +184,24 @@ def template(factory: pytest.TempPathFactory) -> Path:
     if "template" not in _BUILT:
         _BUILT["template"] = build(factory.mktemp("template") / "repo")
     return _BUILT["template"]
+
+
+def formats_template(factory: pytest.TempPathFactory) -> Path:
+    """The template with a version in every other format, each trained, registered and pushed
+    to the DVC remote beside it: fraud-detection v1.2.0 (XGBoost) and v1.3.0 (LightGBM), churn
+    v1.0.0 (ONNX, its logistic regression converted by skl2onnx). Built once per test process."""
+    if "formats" not in _BUILT:
+        root = copy(template(factory), factory.mktemp("formats") / "repo")
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in GIT_ENV.items():
+                patch.setenv(key, value)
+            for name, (model, artifact, train) in FORMAT_VERSIONS.items():
+                set_training(root, model, artifact, train)
+                repro_and_commit(root, f"train {model}: {name}", model)
+                registry.register(root, model)
+        push_all(root)
+        _BUILT["formats"] = root
+    return _BUILT["formats"]
 
 
 def push_all(root: Path) -> None:

@@ -211,7 +211,7 @@ def test_the_profile_stage_depends_on_exactly_the_code_it_runs() -> None:
 
 
 def test_serving_imports_only_serving_dependencies() -> None:
-    build_only = {"dvc", "pulumi", "pulumi_kubernetes", "pulumi_policy", "ruamel", "sklearn_onnx"}
+    build_only = {"dvc", "pulumi", "pulumi_kubernetes", "pulumi_policy", "ruamel", "skl2onnx", "onnxmltools"}
     for path in python_files("serving"):
         assert not imported_packages(path) & build_only, path
 

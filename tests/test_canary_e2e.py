@@ -1,10 +1,11 @@
-"""Canary analysis end to end on the local stack: real model servers behind nginx, a real
+"""Canary analysis end to end on the local stack: real model servers behind Envoy, a real
 Prometheus scraping them, `modelctl traffic` running throughout, and `modelctl canary analyze`
 committing every decision with its snapshot.
 
-- A healthy canary (fraud-detection v1.1.0 against v1.0.0 on dev) is taken through every step
-  of its `analysis.steps` to promotion by analyze commits alone.
-- A genuinely broken version (v1.2.0: a real model that loads and passes the server's warm-up,
+- A healthy canary in another format (fraud-detection v1.2.0, XGBoost's own model file, served
+  by treelite) against the scikit-learn stable (v1.0.0, skops) on dev is taken through every
+  step of its `analysis.steps` to promotion by analyze commits alone.
+- A genuinely broken version (v1.4.0: a real model that loads and passes the server's warm-up,
   then fails on every real row; tests/faults.py builds it) is rolled back by an
   analyze commit on its errors. (A 600-tree ensemble was tried first: slower at the median, 50%
   of its requests over 1 ms against 18%, but not at p99, where this machine's scheduling stalls
@@ -30,13 +31,14 @@ import pytest
 from modelctl.core import yamlio
 from tests import pipeline_repo
 from tests.factories import run_git, stack_doc
-from tests.faults import BROKEN, add_broken_version
+from tests.faults import add_broken_version
 from tests.test_local_stack import modelctl, up
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("local-stack")]
 
 MODEL = pipeline_repo.MODEL
-STABLE, HEALTHY = "v1.0.0", "v1.1.0"
+# scikit-learn (skops) stable, XGBoost canary (tests/pipeline_repo.py formats_template).
+STABLE, HEALTHY, BROKEN = "v1.0.0", "v1.2.0", "v1.4.0"
 # The analysis settings of the scratch dev stack, chosen so that each decision is reachable
 # within seconds at the rate the local stack takes on a shared 2-core machine:
 # - steps 20 then 50: every step is exercised, and at 20% the canary still gets ~40 req/s;
@@ -64,17 +66,19 @@ LOOK_EVERY = 3.0  # seconds between analyses while the judge holds
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = pipeline_repo.copy(
-        pipeline_repo.template(tmp_path_factory), tmp_path_factory.mktemp("e2e") / "repo"
+        pipeline_repo.formats_template(tmp_path_factory), tmp_path_factory.mktemp("e2e") / "repo"
     )
-    pipeline_repo.push_all(root)
-    add_broken_version(root, pipeline_repo.remote(root))
+    add_broken_version(root, pipeline_repo.remote(root), version=BROKEN)
     dev = stack_doc({STABLE: 100}, namespace="models-dev")
     dev["config"]["modelctl:releases"][MODEL]["analysis"] = ANALYSIS
+    dev["config"]["modelctl:releases"][MODEL]["replicas"] = {"min": 1}  # one pod per version is enough here
     yamlio.dump_file(root / "Pulumi.dev.yaml", dev)
     # staging is no canary: `canary analyze` without --stack skips it (it has no Prometheus).
     yamlio.dump_file(root / "Pulumi.staging.yaml", stack_doc({STABLE: 100}, namespace="models-staging"))
     run_git(root, "add", "-A")
-    run_git(root, "commit", "-qm", "dev and staging on v1.0.0, with test analysis settings; a broken v1.2.0")
+    run_git(
+        root, "commit", "-qm", f"dev and staging on v1.0.0, with test analysis settings; a broken {BROKEN}"
+    )
     yield root
     modelctl(root, "down", "--stack", "dev")
 

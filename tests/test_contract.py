@@ -68,7 +68,7 @@ def test_the_check_finds_a_retyped_metric_name(tmp_path: Path) -> None:
 def test_the_server_exports_exactly_the_contracts_metrics() -> None:
     metrics = ServerMetrics("fraud-detection", "v1.0.0", "0" * 64, ["amount"], ["legit", "fraud"])
     metrics.engine("treelite", "", 0.0)
-    metrics.feedback([(0, 1)], 2.5)
+    metrics.feedback("v1.0.0", [(0, 1)], 2.5)
     exported = {
         family.name: {label for sample in family.samples for label in sample.labels if label != "le"}
         for family in text_string_to_metric_families(metrics.render().decode())

@@ -79,7 +79,54 @@ def test_init_containers_fetch_the_recorded_artifact_and_profile_by_content_addr
         "fetch-profile": ["modelctl", "fetch", "--md5", record.profile.md5, "--sha256", record.profile.sha256,
                           "--remote", remote, "-o", "/models/profile.npz"],
     }  # fmt: skip
-    assert {v["name"]: v["emptyDir"] for v in pod["volumes"]}.keys() == {"models", "tmp"}
+    assert {v["name"] for v in pod["volumes"] if "emptyDir" in v} == {"models", "tmp"}
+
+
+def test_every_server_takes_labels_through_the_stacks_feedback_store(state: State) -> None:
+    objects = build_stack(state, "prod")
+    namespace = state.stacks["prod"].config.environment.namespace
+    store = {
+        (o["kind"], o["metadata"]["name"]): o for o in objects if "modelctl-feedback" in o["metadata"]["name"]
+    }
+    assert set(store) == {
+        ("Secret", "modelctl-feedback"), ("Service", "modelctl-feedback"),
+        ("StatefulSet", "modelctl-feedback"), ("NetworkPolicy", "modelctl-feedback"),
+    }  # fmt: skip
+    secret = store[("Secret", "modelctl-feedback")]["stringData"]
+    assert secret == {
+        "receipt-keys": "<secret:modelctl:receiptKeys>",
+        "store-password": "<secret:modelctl:feedbackStorePassword>",
+    }
+    redis = store[("StatefulSet", "modelctl-feedback")]["spec"]["template"]["spec"]["containers"][0]
+    assert redis["args"][redis["args"].index("--appendfsync") + 1] == "always"
+    assert redis["env"][0]["valueFrom"]["secretKeyRef"] == {
+        "name": "modelctl-feedback",
+        "key": "store-password",
+    }
+    for deployment in (o for o in objects if o["kind"] == "Deployment"):
+        [server] = deployment["spec"]["template"]["spec"]["containers"]
+        args = server["args"]
+        assert args[args.index("--feedback-store") + 1] == (
+            f"redis://modelctl-feedback.{namespace}.svc.cluster.local:6379/0"
+        )
+        assert args[args.index("--feedback-secret") + 1] == "/etc/modelctl/feedback"
+        assert float(args[args.index("--feedback-ttl-s") + 1]) == 35 * 86400
+        mounts = {m["mountPath"]: m for m in server["volumeMounts"]}
+        assert mounts["/etc/modelctl/feedback"]["readOnly"] is True
+    ingress = store[("NetworkPolicy", "modelctl-feedback")]["spec"]["ingress"]
+    assert ingress == [
+        {
+            "from": [
+                {
+                    "podSelector": {
+                        "matchLabels": {"app.kubernetes.io/managed-by": "modelctl"},
+                        "matchExpressions": [{"key": "version", "operator": "Exists"}],
+                    }
+                }
+            ],
+            "ports": [{"protocol": "TCP", "port": 6379}],
+        }
+    ]
 
 
 def test_server_env_is_the_serving_spec_contract(state: State) -> None:
@@ -193,7 +240,7 @@ def test_network_policy_admits_the_mesh_and_prometheus_only(state: State) -> Non
 
 
 def test_alerting_objects_reference_secrets_without_values(state: State) -> None:
-    secret = one(state, "prod", "Secret")
+    [secret] = [o for o in build_stack(state, "prod") if o["metadata"]["name"] == "modelctl-alerting"]
     assert secret["stringData"] == {
         "smtpPassword": "<secret:modelctl:smtpPassword>",
         "slackUrl": "<secret:modelctl:slackUrl>",
@@ -220,8 +267,12 @@ def test_alerting_objects_reference_secrets_without_values(state: State) -> None
             }
         },
     }
-    # dev has no receivers: no alerting Secret (its one Secret is the canary analysis deploy key).
-    assert [o["metadata"]["name"] for o in objects_of(state, "dev", "Secret")] == ["modelctl-canary-analysis"]
+    # dev has no receivers: no alerting Secret (its Secrets are the feedback store's and the canary
+    # analysis deploy key).
+    assert [o["metadata"]["name"] for o in objects_of(state, "dev", "Secret")] == [
+        "modelctl-feedback",
+        "modelctl-canary-analysis",
+    ]
     assert objects_of(state, "dev", "AlertmanagerConfig") == []
 
 
@@ -232,7 +283,8 @@ def test_dashboard_shows_traffic_errors_latency_drift_ood_and_accuracy(state: St
     board = json.loads(text)
     queries = " ".join(t["expr"] for p in board["panels"] for t in p.get("targets", []))
     for metric in ["model_requests_total", "model_prediction_duration_seconds_bucket", "model_feature_drift_p_value",
-                   "model_out_of_distribution_total", "model_version:feedback_accuracy"]:  # fmt: skip
+                   "model_out_of_distribution_total", "model_version:feedback_accuracy",
+                   "model_version:feedback_coverage"]:  # fmt: skip
         assert metric in queries
     assert "histogram_quantile(0.5," in queries
     assert "histogram_quantile(0.99," in queries

@@ -12,9 +12,10 @@ import skops.io
 from ruamel.yaml import YAML
 from sklearn.ensemble import HistGradientBoostingClassifier
 
+from modelctl.core.formats.skops import normalise
 from modelctl.core.state import load_model
 from modelctl.repo import dvcstore
-from pipeline.common import load_dataset, load_skops, normalise_skops
+from pipeline.common import load_artifact, load_dataset
 from pipeline.datasets import generate
 from tests import pipeline_repo
 from tests.pipeline_repo import MODEL
@@ -35,12 +36,12 @@ def test_normalised_skops_bytes_do_not_depend_on_object_identity(
     model = HistGradientBoostingClassifier(max_iter=5, random_state=0).fit(X, y)
     twin = copy.deepcopy(model)
 
-    saved = normalise_skops(skops.io.dumps(model))
+    saved = normalise(skops.io.dumps(model))
 
-    assert saved == normalise_skops(skops.io.dumps(twin))
+    assert saved == normalise(skops.io.dumps(twin))
     (tmp_path / "model.skops").write_bytes(saved)
     monkeypatch.chdir(ROOT)  # stages run from the repository root, where the allow-list is
-    loaded = load_skops(tmp_path / "model.skops")
+    loaded = load_artifact(tmp_path / "model.skops")
     assert np.array_equal(loaded.predict_proba(X), model.predict_proba(X))
 
 

@@ -103,7 +103,7 @@ def test_a_plan_that_removes_every_model_of_a_stack_is_refused(repo: Path, cli: 
     assert out == ""
     assert err.splitlines() == [
         "error: Pulumi.staging.yaml: config.modelctl:releases: this change removes every model of stack staging "
-        "(12 objects deleted on deploy); restore its modelctl:releases, or pass --allow-destroy if the stack is "
+        "(16 objects deleted on deploy); restore its modelctl:releases, or pass --allow-destroy if the stack is "
         "meant to go"
     ]
 

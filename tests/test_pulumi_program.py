@@ -15,7 +15,7 @@ import pytest
 import yaml
 from pulumi.runtime import rpc
 
-from infra import alertmanager, program
+from infra import program
 from infra.build import build_stack
 from infra.monitoring import KUBE_PROMETHEUS_STACK
 from infra.program import Registered, main
@@ -28,7 +28,12 @@ ALERTING_SECRETS = {
     "slackUrl": "https://hooks.example.com/s",
     "pagerToken": "pager-token",
 }
-SECRET_VALUES = {**ALERTING_SECRETS, "analysisDeployKey": "-----BEGIN OPENSSH PRIVATE KEY-----"}
+FEEDBACK_SECRETS = {"receiptKeys": "k" * 64, "feedbackStorePassword": "p" * 32}
+SECRET_VALUES = {
+    **ALERTING_SECRETS,
+    **FEEDBACK_SECRETS,
+    "analysisDeployKey": "-----BEGIN OPENSSH PRIVATE KEY-----",
+}
 Obj = dict[str, Any]
 
 
@@ -135,13 +140,26 @@ def test_secret_values_are_registered_only_as_pulumi_secrets(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = run_program(root, "prod", monkeypatch)
-    [secret] = [r for r in run.recorder.resources if r.typ == "kubernetes:core/v1:Secret"]
-    wrapped: list[Any] = []
-    plain = reveal(secret.inputs, wrapped)
-    assert plain["stringData"] == ALERTING_SECRETS
-    assert wrapped == [ALERTING_SECRETS], "stringData must travel as a Pulumi secret"
-    others = json.dumps([r.inputs for r in run.recorder.resources if r is not secret])
-    assert not any(value in others for value in ALERTING_SECRETS.values())
+    secrets = {
+        r.inputs["metadata"]["name"]: r
+        for r in run.recorder.resources
+        if r.typ == "kubernetes:core/v1:Secret"
+    }
+    expected = {
+        "modelctl-alerting": ALERTING_SECRETS,
+        "modelctl-feedback": {
+            "receipt-keys": FEEDBACK_SECRETS["receiptKeys"],
+            "store-password": FEEDBACK_SECRETS["feedbackStorePassword"],
+        },
+    }
+    assert set(secrets) == set(expected)
+    for name, values in expected.items():
+        wrapped: list[Any] = []
+        plain = reveal(secrets[name].inputs, wrapped)
+        assert plain["stringData"] == values
+        assert wrapped == [values], "stringData must travel as a Pulumi secret"
+    others = json.dumps([r.inputs for r in run.recorder.resources if r not in secrets.values()])
+    assert not any(value in others for value in SECRET_VALUES.values())
 
 
 def test_a_missing_secret_names_the_config_command(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -164,9 +182,12 @@ def test_traffic_moves_only_after_the_deployments_it_routes_to(
     assert waited >= {"fraud-detection-v1-0-0", "fraud-detection-v1-1-0", "fraud-detection-v1-2-0"}
     assert not any(name.startswith("churn") and "deploy" in name for name in waited)
     [config] = [r for r in run.registered if r.obj["kind"] == "AlertmanagerConfig"]
-    assert [by_resource[id(d)].obj["kind"] for d in config.depends_on if id(d) in by_resource] == [
-        "Namespace",
-        "Secret",
+    assert [
+        by_resource[id(d)].obj["metadata"]["name"] for d in config.depends_on if id(d) in by_resource
+    ] == [
+        "models-prod",
+        "modelctl-feedback",
+        "modelctl-alerting",
     ]
 
 
@@ -212,7 +233,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_entry_point(root: Path, stack: Stack, monkeypatch: pytest.MonkeyPatch) -> set[str]:
     """Run `infra/__main__.py` as Pulumi starts it (`main: infra/`); the kinds it registers."""
-    secrets = {key: f"https://hooks.example.com/{key}" for key in alertmanager.secret_keys(stack)}
+    secrets = {key: f"https://hooks.example.com/{key}" for key in stack.config.environment.secret_keys()}
     config = load_yaml_config(root, stack.name) | {f"modelctl:{k}": v for k, v in secrets.items()}
     recorder = Recorder()
     monkeypatch.setattr(program, "find_root", lambda start: root)

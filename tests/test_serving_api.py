@@ -11,6 +11,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import jwt
 import numpy as np
 import orjson
 import pytest
@@ -24,9 +25,12 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
+from onebox.processes import free_port
 from serving.app import ModelServer, create_app
 from serving.options import PARITY_TOLERANCE, Settings
+from serving.receipts import Receipts
 from serving.server import build
+from tests.conftest import FeedbackStore
 from tests.test_serving_helpers import SIGNATURE, Version, as_json_row, labels_for, reference_rows, served
 
 __all__ = ["served"]  # the session fixture, used by name
@@ -35,9 +39,9 @@ JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture
-def client(served: Version) -> Iterator[TestClient]:
-    server = build(served.spec, Settings(max_rows=50, max_body_bytes=20_000, drift_interval_s=3600))
-    with TestClient(create_app(server), raise_server_exceptions=False) as test_client:
+def client(served: Version, feedback_store: FeedbackStore) -> Iterator[TestClient]:
+    settings = feedback_store.settings(max_rows=50, max_body_bytes=20_000, drift_interval_s=3600)
+    with TestClient(create_app(build(served.spec, settings)), raise_server_exceptions=False) as test_client:
         yield test_client
 
 
@@ -212,16 +216,17 @@ def test_a_compressed_body_is_decoded_as_its_content_encoding_says(
 
 
 def answered(body: dict[str, Any]) -> dict[str, Any]:
-    """An answer without what differs per request (its id and time)."""
-    return {k: v for k, v in body.items() if k not in {"request_id", "id", "timestamp"}}
+    """An answer without what differs per request (its id, time and receipt)."""
+    return {
+        k: answered(v) if k == "parameters" else v
+        for k, v in body.items()
+        if k not in {"request_id", "id", "timestamp", "receipt"}
+    }
 
 
 def test_compressed_feedback_is_taken(client: TestClient) -> None:
-    predicted = client.post(
-        "/predict", content=orjson.dumps({"features": GOOD}), headers={**JSON, "x-request-id": "gz-1"}
-    )
-    label = predicted.json()["prediction"]
-    body = gzip.compress(orjson.dumps({"request_id": "gz-1", "label": label}))
+    predicted = post(client, "/predict", {"features": GOOD}).json()
+    body = gzip.compress(orjson.dumps({"receipt": predicted["receipt"], "label": predicted["prediction"]}))
     assert (
         client.post("/feedback", content=body, headers={**JSON, "content-encoding": "gzip"}).status_code
         == 200
@@ -324,14 +329,13 @@ def test_feedback_counts_a_confusion_matrix_and_sums_values(client: TestClient, 
     truth = labels_for(rows)
     truth[:5] = 1 - truth[:5]  # some labels the model cannot have got right
     predicted = served.estimator.predict(rows)
-    request_ids = [
-        post(client, "/predict", {"features": as_json_row(row)}).json()["request_id"] for row in rows
-    ]
-    for index, (request_id, label) in enumerate(zip(request_ids, truth, strict=True)):
-        body = {"request_id": request_id, "label": ["legit", "fraud"][label], "value": index * 0.5}
+    receipts = [post(client, "/predict", {"features": as_json_row(row)}).json()["receipt"] for row in rows]
+    for index, (receipt, label) in enumerate(zip(receipts, truth, strict=True)):
+        body = {"receipt": receipt, "label": ["legit", "fraud"][label], "value": index * 0.5}
         response = post(client, "/feedback", body)
         assert response.status_code == 200
         assert response.json()["correct"] == [bool(label == predicted[index])]
+        assert response.json()["counted"] is True
     samples = metric_samples(client)
     matrix = confusion_matrix(truth, predicted, labels=[0, 1])
     for (actual, guess), expected in np.ndenumerate(matrix):
@@ -341,32 +345,160 @@ def test_feedback_counts_a_confusion_matrix_and_sums_values(client: TestClient, 
     assert sample(samples, "model_feedback_value_count") == 30
 
 
+def test_every_prediction_answer_carries_its_signed_receipt(
+    client: TestClient, served: Version, feedback_store: FeedbackStore
+) -> None:
+    key = (feedback_store.secret / "receipt-keys").read_text().split()[0]
+    answers = {
+        "predict": post(client, "/predict", {"features": GOOD}).json()["receipt"],
+        "batch": post(client, "/predict", {"instances": [as_json_row(r) for r in ROWS[:3]]}).json()[
+            "receipt"
+        ],
+        "invocations": post(client, "/invocations", {"inputs": [as_json_row(ROWS[0])]}).json()["receipt"],
+        "kserve": post(client, f"/v1/models/{MODEL}:predict", {"instances": [GOOD]}).json()["receipt"],
+        "infer": post(
+            client,
+            f"/v2/models/{MODEL}/infer",
+            {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "shape": [1, len(GOOD)],
+                        "datatype": "FP64",
+                        "data": [float(v) for v in GOOD],
+                    }
+                ]
+            },
+        ).json()["parameters"]["receipt"],
+    }
+    ids = set()
+    for where, receipt in answers.items():
+        # Any JWT library reads it: PyJWT with the Secret's key and HS256.
+        claims = jwt.decode(receipt, key, algorithms=["HS256"])
+        assert (claims["model"], claims["version"]) == (MODEL, "v1.2.0"), where
+        assert claims["exp"] - claims["iat"] == 35 * 86400
+        assert set(claims["class"]) <= {"legit", "fraud"}
+        ids.add(claims["jti"])
+    batch = jwt.decode(answers["batch"], key, algorithms=["HS256"])
+    expected = served.estimator.predict_proba(ROWS[:3])
+    assert batch["class"] == [["legit", "fraud"][i] for i in expected.argmax(axis=1)]
+    np.testing.assert_allclose(batch["score"], expected[:, 1], rtol=0, atol=PARITY_TOLERANCE)
+    assert len(ids) == len(answers)
+
+
+def test_a_label_counts_once_and_a_different_one_is_refused(client: TestClient) -> None:
+    answer = post(client, "/predict", {"features": GOOD}).json()
+    body = {"receipt": answer["receipt"], "label": "fraud", "value": 3}
+    first, retry = post(client, "/feedback", body), post(client, "/feedback", body)
+    assert (first.status_code, retry.status_code) == (200, 200)
+    assert (first.json()["counted"], retry.json()["counted"]) == (True, False)
+    assert retry.json()["correct"] == first.json()["correct"]
+    other = post(client, "/feedback", {**body, "label": "legit"})
+    assert other.status_code == 409
+    assert 'already has its label ["fraud"] with value 3' in other.json()["error"]
+    samples = metric_samples(client)
+    assert (
+        sum(sample(samples, "model_feedback_total", actual="fraud", predicted=p) for p in ("legit", "fraud"))
+        == 1
+    )
+    assert sample(samples, "model_feedback_value_count") == 1
+
+
 def test_feedback_value_must_be_a_number_of_at_least_zero(client: TestClient) -> None:
-    request_id = post(client, "/predict", {"features": GOOD}).json()["request_id"]
+    receipt = post(client, "/predict", {"features": GOOD}).json()["receipt"]
     for value in (-1, "12", True):
-        response = post(client, "/feedback", {"request_id": request_id, "label": "fraud", "value": value})
+        response = post(client, "/feedback", {"receipt": receipt, "label": "fraud", "value": value})
         assert response.status_code == 422
         assert "value" in response.json()["error"]
 
 
-def test_feedback_for_a_batch_takes_one_label_per_row(client: TestClient, served: Version) -> None:
-    request_id = post(client, "/predict", {"instances": [as_json_row(r) for r in ROWS[:2]]}).json()[
-        "request_id"
-    ]
-    assert post(client, "/feedback", {"request_id": request_id, "label": "fraud"}).status_code == 422
-    response = post(client, "/feedback", {"request_id": request_id, "labels": ["fraud", "legit"]})
+def test_feedback_for_a_batch_takes_one_label_per_row(client: TestClient) -> None:
+    receipt = post(client, "/predict", {"instances": [as_json_row(r) for r in ROWS[:2]]}).json()["receipt"]
+    short = post(client, "/feedback", {"receipt": receipt, "label": "fraud"})
+    assert short.status_code == 422
+    assert "2 rows and 1 labels" in short.json()["error"]
+    response = post(client, "/feedback", {"receipt": receipt, "labels": ["fraud", "legit"]})
     assert response.status_code == 200
     assert len(response.json()["correct"]) == 2
 
 
-def test_feedback_refuses_unknown_requests_repeats_and_labels(client: TestClient) -> None:
-    assert post(client, "/feedback", {"request_id": "never-seen", "label": "fraud"}).status_code == 404
-    request_id = post(client, "/predict", {"features": GOOD}).json()["request_id"]
-    wrong = post(client, "/feedback", {"request_id": request_id, "label": "maybe"})
+def test_feedback_refuses_forged_and_foreign_receipts_and_unknown_labels(client: TestClient) -> None:
+    receipt = post(client, "/predict", {"features": GOOD}).json()["receipt"]
+    header, claims, signature = receipt.split(".")
+    forged_claims = jwt.utils.base64url_encode(
+        orjson.dumps({**orjson.loads(jwt.utils.base64url_decode(claims)), "class": ["legit"]})
+    ).decode()
+    cases = {
+        "forged": f"{header}.{forged_claims}.{signature}",
+        "another key": jwt.encode({"jti": "x", "iat": 1, "exp": 2**40}, "k" * 32, algorithm="HS256"),
+        "not a token": "order-17",
+    }
+    for name, token in cases.items():
+        response = post(client, "/feedback", {"receipt": token, "label": "fraud"})
+        assert response.status_code == 422, name
+        assert response.json()["error"].startswith("the receipt is not valid"), name
+    wrong = post(client, "/feedback", {"receipt": receipt, "label": "maybe"})
     assert wrong.status_code == 422
     assert "legit" in wrong.json()["error"]
-    assert post(client, "/feedback", {"request_id": request_id, "label": "fraud"}).status_code == 200
-    assert post(client, "/feedback", {"request_id": request_id, "label": "fraud"}).status_code == 404
+    assert post(client, "/feedback", {"receipt": receipt, "label": "fraud"}).status_code == 200
+
+
+def test_a_label_by_request_id_alone_says_what_to_send(client: TestClient) -> None:
+    request_id = post(client, "/predict", {"features": GOOD}).json()["request_id"]
+    response = post(client, "/feedback", {"request_id": request_id, "label": "fraud"})
+    assert response.status_code == 422
+    assert "request_id alone is no longer taken" in response.json()["error"]
+    assert '"receipt"' in response.json()["error"]
+
+
+def test_an_expired_receipt_is_refused_with_410(client: TestClient) -> None:
+    server = client.app.server  # type: ignore[attr-defined]
+    now = time.time()
+    server.receipts.clock = lambda: now - 36 * 86400  # issued 36 days ago, for 35 days
+    receipt = post(client, "/predict", {"features": GOOD}).json()["receipt"]
+    server.receipts.clock = lambda: now
+    response = post(client, "/feedback", {"receipt": receipt, "label": "fraud"})
+    assert response.status_code == 410
+    assert "expired at" in response.json()["error"]
+    assert "within 35 days" in response.json()["error"]
+
+
+def test_a_label_for_another_version_counts_on_that_version_after_a_scrape(client: TestClient) -> None:
+    server = client.app.server  # type: ignore[attr-defined]
+    receipts = server.receipts
+    other = Receipts([receipts._signing], MODEL, "v1.0.0", ["legit", "fraud"], ttl=3600)
+    for _ in range(2):
+        response = post(client, "/feedback", {"receipt": other.issue(["fraud"], [0.9]), "label": "fraud"})
+        assert response.status_code == 200
+        assert response.json()["version"] == "v1.0.0"
+    cell = {"actual": "fraud", "predicted": "fraud"}
+    first = metric_samples(client)  # the new version's series, at 0: rate() can count from here
+    key = frozenset({"model": MODEL, "version": "v1.0.0", **cell}.items())
+    assert first[("model_feedback_total", key)] == 0
+    assert metric_samples(client)[("model_feedback_total", key)] == 2
+    assert sample(metric_samples(client), "model_feedback_total", **cell) == 0  # its own version: none
+
+
+def test_feedback_store_down_is_a_503_that_counts_nothing(
+    served: Version, feedback_store: FeedbackStore
+) -> None:
+    unused = f"redis://127.0.0.1:{free_port()}/0"
+    settings = feedback_store.settings(drift_interval_s=3600, feedback_store=unused)
+    with TestClient(create_app(build(served.spec, settings)), raise_server_exceptions=False) as down:
+        receipt = post(down, "/predict", {"features": GOOD}).json()["receipt"]
+        response = post(down, "/feedback", {"receipt": receipt, "label": "fraud"})
+        assert response.status_code == 503
+        assert "nothing was counted: send the label again later" in response.json()["error"]
+        assert "password" not in response.json()["error"]
+
+
+def test_without_a_store_no_receipts_and_no_labels(served: Version) -> None:
+    with TestClient(create_app(build(served.spec, Settings(drift_interval_s=3600)))) as bare:
+        answer = post(bare, "/predict", {"features": GOOD}).json()
+        assert "receipt" not in answer
+        response = post(bare, "/feedback", {"receipt": "x.y.z", "label": "fraud"})
+        assert response.status_code == 503
+        assert "--feedback-secret and --feedback-store" in response.json()["error"]
 
 
 def test_metrics_describe_predictions(client: TestClient, served: Version) -> None:

@@ -164,6 +164,6 @@ def test_serve_exposes_the_server_options(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
     text = capsys.readouterr().out
-    for flag in ("--max-batch-rows", "--max-wait-ms", "--feedback-capacity", "--feedback-ttl-s",
+    for flag in ("--max-batch-rows", "--max-wait-ms", "--feedback-store", "--feedback-secret", "--feedback-ttl-s",
                  "--drift-interval-s", "--drift-window", "--host", "--port", "--access-log"):  # fmt: skip
         assert flag in text

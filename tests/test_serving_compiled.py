@@ -1,5 +1,5 @@
-"""Compiled inference equals scikit-learn's within the tolerance, for every registered version,
-and a model the compiler cannot match is served by scikit-learn, saying so."""
+"""Compiled inference equals the format's own library within the tolerance, for every registered
+version of every format, and a model the compiler cannot match is served by its library, saying so."""
 
 from __future__ import annotations
 
@@ -21,15 +21,15 @@ from modelctl.core import drift, formats
 from modelctl.core.schema import Output
 from modelctl.core.servingspec import PROFILE_FILE, ServingSpec
 from modelctl.core.state import load_state
-from modelctl.repo import dvcstore, registry
+from modelctl.repo import registry
 from serving.app import create_app
 from serving.compiled import reference_rows
+from serving.formats import RUNTIMES
 from serving.model import load_model
 from serving.monitor import load_profile
-from serving.options import PARITY_TOLERANCE, Settings
+from serving.options import Settings
 from serving.server import build
 from tests import pipeline_repo
-from tests.factories import run_git
 from tests.test_serving_helpers import SIGNATURE, Version, served
 from tests.test_serving_helpers import reference_rows as signature_rows
 
@@ -38,20 +38,9 @@ __all__ = ["served"]
 
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The pipeline test repository with churn (a scaled logistic regression) registered too,
-    every version pushed to its DVC remote."""
-    root = pipeline_repo.copy(
-        pipeline_repo.template(tmp_path_factory), tmp_path_factory.mktemp("registered") / "repo"
-    )
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in pipeline_repo.GIT_ENV.items():
-            patch.setenv(key, value)
-        dvcstore.run_dvc(root, "repro", *pipeline_repo.stages("churn"))
-        run_git(root, "add", "-A")
-        run_git(root, "commit", "-q", "-m", "train churn")
-        registry.register(root, "churn", version="v1.0.0")
-    pipeline_repo.push_all(root)
-    return root
+    """The pipeline test repository with a version in every format (skops, XGBoost, LightGBM,
+    ONNX), every version pushed to its DVC remote."""
+    return pipeline_repo.formats_template(tmp_path_factory)
 
 
 def fetched_specs(root: Path, folder: Path) -> list[ServingSpec]:
@@ -72,22 +61,33 @@ def fetched_specs(root: Path, folder: Path) -> list[ServingSpec]:
     return specs
 
 
+# The compiled engine of each registered version's format (fraud-detection's are tree ensembles).
+ENGINES = {"skops": "treelite", "xgboost": "treelite", "lightgbm": "treelite", "onnx": "onnxruntime"}
+
+
 def test_every_registered_version_is_compiled_within_the_tolerance(registered: Path, tmp_path: Path) -> None:
     specs = fetched_specs(registered, tmp_path)
-    assert {(s.model, s.version) for s in specs} >= {
-        ("fraud-detection", "v1.0.0"),
-        ("fraud-detection", "v1.1.0"),
-        ("churn", "v1.0.0"),
+    assert {(s.model, s.format) for s in specs} == {
+        ("fraud-detection", "skops"),
+        ("fraud-detection", "xgboost"),
+        ("fraud-detection", "lightgbm"),
+        ("churn", "onnx"),
     }
     for spec in specs:
         profile = load_profile(spec)
         model = load_model(spec, reference_rows(profile, spec.signature))
-        estimator = skops.io.load(spec.artifact_path, trusted=list(spec.trusted_types))
-        engine = model.metadata()["engine"]
-        assert engine == ("numpy" if spec.model == "churn" else "treelite"), spec
+        native = formats.FORMATS[spec.format].read(
+            Path(spec.artifact_path).read_bytes(), spec.trusted_types, spec.artifact_path
+        )
+        metadata = model.metadata()
+        assert (metadata["engine"], metadata["fallback_from"]) == (ENGINES[spec.format], None), spec
+        tolerance = RUNTIMES[spec.format].tolerance
+        assert metadata["parity_error"] <= tolerance
         rows = reference_rows(profile, spec.signature, seed=99)  # rows the start-up check did not see
-        difference = np.abs(model.predict_proba(rows) - estimator.predict_proba(rows)).max()
-        assert difference <= PARITY_TOLERANCE, (spec.model, spec.version, difference)
+        difference = np.abs(model.predict_proba(rows) - native.predict_proba(rows)).max()
+        assert difference <= tolerance, (spec.model, spec.version, difference)
+        # The tree formats equal their library exactly; ONNX's float32 engines differ in the last bits.
+        assert (difference == 0) == (spec.format != "onnx"), (spec.format, difference)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_a_model_the_compiler_cannot_match_is_served_by_sklearn_saying_so(
     with caplog.at_level(logging.WARNING, logger="serving"):
         server = build(three_classes.spec, Settings(drift_interval_s=3600))
     assert server.model.metadata()["engine"] == "sklearn"
-    assert "serving with scikit-learn, not treelite: its probabilities differ" in caplog.text
+    assert "serving with sklearn, not treelite: its probabilities differ from sklearn's" in caplog.text
     rows = three_classes.rows[:50]
     np.testing.assert_array_equal(
         server.model.predict_proba(rows), three_classes.estimator.predict_proba(rows)

@@ -64,9 +64,23 @@ def test_types_the_record_does_not_trust_are_refused(version: Version) -> None:
         load_model(dataclasses.replace(version.spec, trusted_types=()), ROWS)
 
 
-def test_only_skops_artifacts_are_served(version: Version) -> None:
-    with pytest.raises(UserError, match="format 'onnx' is not served"):
-        load_model(dataclasses.replace(version.spec, format="onnx"), ROWS)
+def test_only_the_format_tables_formats_are_served(version: Version) -> None:
+    with pytest.raises(UserError, match="format 'pmml' is not served by this server"):
+        load_model(dataclasses.replace(version.spec, format="pmml"), ROWS)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "library"), [("xgboost", "XGBoost"), ("lightgbm", "LightGBM"), ("onnx", "ONNX")]
+)
+def test_a_skops_file_recorded_as_another_format_is_refused_in_one_line(
+    version: Version, fmt: str, library: str
+) -> None:
+    with pytest.raises(UserError) as refused:
+        load_model(dataclasses.replace(version.spec, format=fmt, trusted_types=()), ROWS)
+    assert len(str(refused.value).splitlines()) == 1
+    assert f"is not a readable {library} model" in str(refused.value) or (
+        f"is not a complete {library}" in str(refused.value)
+    )
 
 
 def test_a_model_whose_classes_differ_from_the_output_is_refused(version: Version) -> None:

@@ -17,6 +17,7 @@ import httpx
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import FeedbackStore
 from tests.test_serving_helpers import (
     ROOT,
     ServerProcess,
@@ -128,25 +129,26 @@ def test_missing_configuration_stops_startup_with_one_line() -> None:
     assert "MODELCTL_MODEL is not set" in process.stderr
 
 
-def test_feedback_counters_add_up_across_replicas(served: Version) -> None:
+def test_feedback_counters_add_up_across_replicas(served: Version, feedback_store: FeedbackStore) -> None:
     """Two replicas of one version: summing their counters gives the Deployment's confusion matrix
-    (what PromQL's sum by (actual, predicted) does), which per-pod gauges could not."""
+    (what PromQL's sum by (actual, predicted) does), which per-pod gauges could not; each label
+    goes to the replica that did not predict it."""
     rows = reference_rows(24, seed=12)
     truth = ["legit", "fraud", "fraud"] * 8
     replicas = []
     try:
         for _ in range(2):
             port = free_port()
-            process = start_server(served.spec, "--port", str(port))
+            process = start_server(served.spec, "--port", str(port), *feedback_store.flags())
             replicas.append(ServerProcess(process, f"http://127.0.0.1:{port}"))
         for replica in replicas:
             wait_ready(replica.process, replica.url)
         expected: Counter[tuple[str, str]] = Counter()
         for index, (row, label) in enumerate(zip(rows, truth, strict=True)):
-            replica = replicas[index % 2]
+            replica, other = replicas[index % 2], replicas[1 - index % 2]
             answer = httpx.post(f"{replica.url}/predict", json={"features": as_json_row(row)}).json()
-            feedback = {"request_id": answer["request_id"], "label": label, "value": 2.5}
-            assert httpx.post(f"{replica.url}/feedback", json=feedback).status_code == 200
+            feedback = {"receipt": answer["receipt"], "label": label, "value": 2.5}
+            assert httpx.post(f"{other.url}/feedback", json=feedback).status_code == 200
             expected[(label, answer["prediction"])] += 1
         totals: Counter[tuple[str, str]] = Counter()
         value = 0.0

@@ -220,7 +220,7 @@ def test_pickle_formats_are_refused(tmp_path: Path, fmt: str) -> None:
         ),
         (
             lambda m, s: s["dev"]["config"].update({"modelctl:zzz": 1}),
-            "config.modelctl:zzz: unknown key 'modelctl:zzz'; remove it; known keys: modelctl:environment, modelctl:releases",
+            "config.modelctl:zzz: unknown key 'modelctl:zzz'; remove it; known keys: modelctl:environment, modelctl:feedbackStorePassword, modelctl:receiptKeys, modelctl:releases",
         ),
     ],
     ids=[

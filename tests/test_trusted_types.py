@@ -35,7 +35,7 @@ from modelctl.core.servingspec import ServingSpec
 from modelctl.core.state import load_allow_list
 from modelctl.core.trusted import ALLOW_LIST_FILE, AllowList
 from modelctl.repo import dvcstore, gitutil, registry
-from pipeline.common import load_skops
+from pipeline.common import load_artifact
 from tests import pipeline_repo
 from tests.conftest import Cli
 from tests.factories import model_doc, run_git, write_repo
@@ -259,7 +259,7 @@ def test_the_pipeline_loads_with_the_reviewed_list(
     monkeypatch.chdir(ROOT)
 
     with pytest.raises(SystemExit) as stopped:
-        load_skops(artifact)
+        load_artifact(artifact)
 
     assert str(stopped.value).startswith(f"error: {artifact}: trusted type posix.system starts processes")
 
@@ -275,9 +275,9 @@ def test_dvc_repro_stops_at_evaluate_when_train_saves_code(template: Path, tmp_p
     train = root / "pipeline" / "train.py"
     train.write_text(
         train.read_text().replace(
-            "save_skops(train(name), Paths(name).artifact)",
+            "save_artifact(train(name), Paths(name).artifact)",
             "import os\n    from sklearn.preprocessing import FunctionTransformer\n"
-            "    save_skops(FunctionTransformer(func=os.system), Paths(name).artifact)",
+            "    save_artifact(FunctionTransformer(func=os.system), Paths(name).artifact)",
         )
     )
     dvcstore.run_dvc(root, "repro", f"train@{MODEL}")

@@ -8,7 +8,6 @@
 set -euo pipefail
 bin=$1 repo=$2 remote=$3 model=$4 version=$5 stack=$6
 bin=$(cd "$bin" && pwd)  # absolute: the broken build is registered from inside the clone
-broken=v1.2.0  # tests/faults.py's broken build
 # Demo timings: scrape and evaluate every 2 s, alerts after 6 s instead of minutes.
 timing=(--scrape-interval=2s --evaluation-interval=2s --alert-for=6s --group-wait=2s --group-interval=5s)
 modelctl() { "$bin/modelctl" -C "$repo" "$@"; }
@@ -46,7 +45,7 @@ print(a["outcome"], a["decision"]["canary_version"], reason if len(reason) <= 20
   exit 1
 }
 
-step "modelctl up --stack $stack: servers, nginx gateway, Prometheus, Alertmanager, from the rendered objects"
+step "modelctl up --stack $stack: pods, Envoy gateway, Prometheus, Alertmanager, from the rendered objects"
 modelctl up --stack "$stack" --remote "$remote" "${timing[@]}" --json | tee "$addresses"
 field() { "$bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$addresses" "$1"; }
 step "modelctl traffic: held-out rows through the gateway, $version already a canary"
@@ -114,8 +113,8 @@ for version, count in grown.items():
     print(f"  {version:<10}{count:>7.0f} requests  {count / total:6.1%}")
 PY
 
+broken=$(cd "$repo" && "$bin/python" -m tests.faults . "$remote")  # the next minor version
 step "a broken build: $broken (a real model that loads, then fails on real rows), registered and canaried"
-(cd "$repo" && "$bin/python" -m tests.faults . "$remote")
 git -C "$repo" commit -qam "register $model $broken"
 modelctl canary "$model" "$broken" --stack "$stack"
 modelctl up --stack "$stack" --remote "$remote" "${timing[@]}" >/dev/null

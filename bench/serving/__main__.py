@@ -1,11 +1,13 @@
 """`python -m bench.serving`: the seed-style baseline, `serving` and a bare ASGI ceiling app on the
-same model, machine and load.
+same model, machine and load, for every artifact format.
 
-Trains a 30-feature HistGradientBoosting model (seeded), serves it with each server, loads each
-with wrk at every concurrency for the same duration, and prints req/s, p50, p99, non-2xx answers
-and server CPU per request, with the ratios and the targets. Every server runs with one
-OpenMP/BLAS thread. The table also goes to bench/serving/RESULTS.md; the exit code is 1 when
-any answer was not a 2xx (the figures would not be comparable), else 0.
+Trains a 30-feature HistGradientBoosting model (seeded), an XGBoost and a LightGBM model of the
+same size on the same data, and converts the HistGradientBoosting to ONNX; serves each format
+with the baseline (its own library behind the seed's Flask app) and with `serving`, and the
+ceiling app once; loads each with wrk at every concurrency for the same duration, and prints
+req/s, p50, p99, non-2xx answers and server CPU per request, with the ratios and the targets.
+Every server runs with one OpenMP/BLAS thread. The table also goes to bench/serving/RESULTS.md;
+the exit code is 1 when any answer was not a 2xx (the figures would not be comparable), else 0.
 """
 
 from __future__ import annotations
@@ -28,19 +30,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import numpy.typing as npt
 import orjson
 import skops.io
+from lightgbm import LGBMClassifier
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import make_classification
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.model_selection import train_test_split
 from threadpoolctl import threadpool_limits
+from xgboost import XGBClassifier
 
 from modelctl.core.drift import fit_profile
+from modelctl.core.formats import FORMATS
 from modelctl.core.schema import Feature, Output, Signature
 from modelctl.core.servingspec import ServingSpec
 from modelctl.core.state import load_allow_list
@@ -68,6 +74,25 @@ TRAIN_PARAMS = {
     "early_stopping": False,
     "random_state": 0,
 }
+# The same size in the other libraries: 150 trees of depth 4 (at most 16 leaves), of 15 leaves.
+XGBOOST_PARAMS: dict[str, Any] = {
+    "n_estimators": 150,
+    "max_depth": 4,
+    "learning_rate": 0.1,
+    "n_jobs": 1,
+    "random_state": 0,
+}
+LIGHTGBM_PARAMS: dict[str, Any] = {
+    "n_estimators": 150,
+    "num_leaves": 15,
+    "learning_rate": 0.08,
+    "reg_lambda": 1.0,
+    "class_weight": "balanced",
+    "n_jobs": 1,
+    "verbose": -1,
+    "random_state": 0,
+}
+SKOPS = "skops"  # the format the targets, the floor and the one-row cost are measured on
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 GC_AND_BATCH = (
     "model_batch_size_sum",
@@ -80,6 +105,7 @@ GC_AND_BATCH = (
 @dataclass(frozen=True)
 class Run:
     server: str
+    format: str  # the artifact format served ("" for the ceiling, which serves none)
     concurrency: int
     requests: int
     seconds: float
@@ -98,16 +124,22 @@ class Run:
         return self.requests / self.seconds
 
 
-def train(folder: Path) -> tuple[ServingSpec, npt.NDArray[np.float64]]:
-    """A realistic model, its artifact, profile and spec; returns the held-out rows to send."""
+def train(folder: Path) -> tuple[dict[str, ServingSpec], npt.NDArray[np.float64]]:
+    """A realistic model in every format, its artifact, profile and spec; returns the held-out
+    rows to send."""
     rows, labels = make_classification(
         n_samples=30_000, n_features=FEATURES, n_informative=12, n_redundant=6,
         weights=[0.9], flip_y=0.02, random_state=SEED,
     )  # fmt: skip
     train_rows, test_rows, train_labels, _ = train_test_split(rows, labels, test_size=0.2, random_state=SEED)
-    model = HistGradientBoostingClassifier(**TRAIN_PARAMS).fit(train_rows, train_labels)
-    artifact = skops.io.dumps(model)
-    (folder / "model.skops").write_bytes(artifact)
+    with threadpool_limits(limits=1):
+        forest = HistGradientBoostingClassifier(**TRAIN_PARAMS).fit(train_rows, train_labels)
+        models = {
+            SKOPS: forest,
+            "xgboost": XGBClassifier(**XGBOOST_PARAMS).fit(train_rows, train_labels),
+            "lightgbm": LGBMClassifier(**LIGHTGBM_PARAMS).fit(train_rows, train_labels),
+            "onnx": forest,  # converted by skl2onnx
+        }
     names = [f"f{j:02d}" for j in range(FEATURES)]
     fit_profile(train_rows, names).save(folder / "profile.npz")
     spread = train_rows.std(axis=0)
@@ -121,26 +153,28 @@ def train(folder: Path) -> tuple[ServingSpec, npt.NDArray[np.float64]]:
             for j, name in enumerate(names)
         ]
     )
-    spec = ServingSpec(
-        model="bench",
-        version="v1.0.0",
-        artifact_path=str(folder / "model.skops"),
-        sha256=hashlib.sha256(artifact).hexdigest(),
-        format="skops",
-        # What `modelctl register` records: the artifact's types, each allowed by the reviewed list.
-        trusted_types=tuple(
-            reviewed(
-                skops.io.get_untrusted_types(data=artifact),
-                load_allow_list(Path(__file__).resolve().parents[2]),
-                "model.skops",
-            )
-        ),
-        signature=signature,
-        output=Output(classes=["negative", "positive"], positive_class="positive"),
-        profile_path=str(folder / "profile.npz"),
-        profile_sha256=hashlib.sha256((folder / "profile.npz").read_bytes()).hexdigest(),
-    )
-    return spec, test_rows
+    specs = {}
+    for fmt, model in models.items():
+        artifact = folder / FORMATS[fmt].file_name
+        FORMATS[fmt].save(model, artifact)
+        data = artifact.read_bytes()
+        stored = FORMATS[fmt].stored_types
+        specs[fmt] = ServingSpec(
+            model="bench",
+            version="v1.0.0",
+            artifact_path=str(artifact),
+            sha256=hashlib.sha256(data).hexdigest(),
+            format=fmt,
+            # What `modelctl register` records: the artifact's types, each allowed by the reviewed list.
+            trusted_types=tuple(
+                reviewed(stored(data), load_allow_list(ROOT), artifact.name) if stored else ()
+            ),
+            signature=signature,
+            output=Output(classes=["negative", "positive"], positive_class="positive"),
+            profile_path=str(folder / "profile.npz"),
+            profile_sha256=hashlib.sha256((folder / "profile.npz").read_bytes()).hexdigest(),
+        )
+    return specs, test_rows
 
 
 @dataclass(frozen=True)
@@ -213,23 +247,28 @@ def free_port() -> int:
         return port
 
 
-def commands(spec: ServingSpec) -> dict[str, tuple[list[str], dict[str, str]]]:
-    """Each server's command line (without its port) and environment."""
+def commands(spec: ServingSpec | None) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """Each server's command line (without its port) and environment: the baseline and ours for
+    `spec`, or the ceiling, which serves no model, for None."""
     env = {**os.environ, **THREAD_PINS, "PYTHONPATH": str(ROOT)}
+    if spec is None:
+        return {
+            CEILING: (
+                [sys.executable, "-m", "uvicorn", "bench.serving.ceiling:app", "--loop", "uvloop", "--http",
+                 "httptools", "--no-access-log", "--log-level", "warning", "--host", "127.0.0.1", "--port"],
+                env,
+            ),
+        }  # fmt: skip
     return {
         BASELINE: (
             [sys.executable, "-m", "gunicorn", "--workers", "2", "--worker-class", "sync", "bench.serving.baseline:app",
              "--bind"],
-            {**env, "BENCH_MODEL": spec.artifact_path, "BENCH_TRUSTED": json.dumps(list(spec.trusted_types))},
+            {**env, "BENCH_MODEL": spec.artifact_path, "BENCH_FORMAT": spec.format,
+             "BENCH_TRUSTED": json.dumps(list(spec.trusted_types))},
         ),
         OURS: (
             [sys.executable, "-m", "serving", "--host", "127.0.0.1", "--drift-interval-s", "10", "--port"],
             {**env, **spec.to_env()},
-        ),
-        CEILING: (
-            [sys.executable, "-m", "uvicorn", "bench.serving.ceiling:app", "--loop", "uvloop", "--http", "httptools",
-             "--no-access-log", "--log-level", "warning", "--host", "127.0.0.1", "--port"],
-            env,
         ),
     }  # fmt: skip
 
@@ -323,7 +362,7 @@ def wrk_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(server: str, pid: int, load: Load, concurrency: int) -> Run:
+def measure(server: str, fmt: str, pid: int, load: Load, concurrency: int) -> Run:
     before, metrics_before = cpu_seconds(pid), server_metrics(load.url)
     busy_before, wrk_before = machine_busy_seconds(), wrk_cpu_seconds()
     summary = wrk(load.url, concurrency, load.seconds, load.bodies)
@@ -334,6 +373,7 @@ def measure(server: str, pid: int, load: Load, concurrency: int) -> Run:
     errors = sum(summary[k] for k in ("connect", "read", "write", "non_2xx", "timeout"))
     return Run(
         server=server,
+        format=fmt,
         concurrency=concurrency,
         requests=requests,
         seconds=summary["duration_us"] / 1e6,
@@ -351,19 +391,27 @@ def measure(server: str, pid: int, load: Load, concurrency: int) -> Run:
 @dataclass(frozen=True)
 class Server:
     name: str
+    format: str
     pid: int
     load: Load
+
+    def engine(self) -> str:
+        """What predicts in our server (its OIP metadata), or the baseline's library."""
+        if self.name != OURS:
+            return ""
+        metadata = httpx.get(self.load.url.replace("/predict", "/v2/models/bench"), timeout=5).json()
+        return str(metadata["parameters"]["engine"])
 
 
 @contextmanager
 def running(
-    name: str, command: tuple[list[str], dict[str, str]], args: argparse.Namespace, folder: Path
+    name: str, fmt: str, command: tuple[list[str], dict[str, str]], args: argparse.Namespace, folder: Path
 ) -> Iterator[Server]:
     """A started, answering and warmed-up server; stopped on exit."""
     port = free_port()
     address = f"127.0.0.1:{port}" if name == BASELINE else str(port)
     load = Load(f"http://127.0.0.1:{port}/predict", folder / "bodies.jsonl", args.duration)
-    with (folder / f"{name}.log").open("wb") as output:
+    with (folder / f"{name}-{fmt}.log").open("wb") as output:
         process = subprocess.Popen(
             [*command[0], address], env=command[1], cwd=ROOT, stdout=output, stderr=subprocess.STDOUT
         )
@@ -372,7 +420,7 @@ def running(
             wrk(
                 load.url, max(args.concurrency), args.warmup, load.bodies
             )  # warm caches and allocators; discarded
-            yield Server(name, process.pid, load)
+            yield Server(name, fmt, process.pid, load)
         finally:
             process.terminate()
             process.wait(timeout=60)
@@ -380,11 +428,11 @@ def running(
 
 def table(runs: list[Run]) -> str:
     lines = [
-        "| server | concurrency | req/s | p50 ms | p99 ms | errors | server CPU µs/req | mean batch | GC pauses (total ms) | other load (cores) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| server | format | concurrency | req/s | p50 ms | p99 ms | errors | server CPU µs/req | mean batch | GC pauses (total ms) | other load (cores) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {r.server} | {r.concurrency} | {r.rate:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {r.cpu_us:,.0f} | "
+        f"| {r.server} | {r.format or '–'} | {r.concurrency} | {r.rate:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {r.cpu_us:,.0f} | "
         + (f"{r.batch_mean:.1f} | {r.gc_pauses} ({r.gc_ms:.0f}) |" if r.batch_mean is not None else "– | – |")
         + f" {r.other_cores:.2f} |"
         for r in runs
@@ -393,7 +441,7 @@ def table(runs: list[Run]) -> str:
 
 
 def verdicts(runs: list[Run]) -> str:
-    by = {(r.server, r.concurrency): r for r in runs}
+    by = {(r.server, r.concurrency): r for r in runs if r.format in (SKOPS, "")}
     lines = [
         "| concurrency | req/s ratio (target) | share of the ceiling (target) | p99 ms (target) | "
         "CPU µs/req (target) | CPU ratio | non-2xx and errors | targets |",
@@ -470,8 +518,35 @@ feedback memory.
 """
 
 
+def formats_section(runs: list[Run], engines: dict[str, str]) -> str:
+    """One row per format and concurrency: our server beside the baseline serving the same
+    artifact with the format's own library, and beside the ceiling app, from the same run."""
+    by = {(r.server, r.format, r.concurrency): r for r in runs}
+    lines = [
+        "| format | concurrency | baseline (its library) req/s, p99 | serving req/s, p99 | engine | ceiling req/s, p99 "
+        "| vs baseline | share of the ceiling |",
+        "|---|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for fmt in (f for f in FORMATS if (OURS, f, runs[0].concurrency) in by):
+        for concurrency in sorted({r.concurrency for r in runs}):
+            base, ours = by[(BASELINE, fmt, concurrency)], by[(OURS, fmt, concurrency)]
+            ceiling = by[(CEILING, "", concurrency)]
+            lines.append(
+                f"| {fmt} | {concurrency} | {base.rate:,.0f}, {base.p99_ms:.1f} ms | {ours.rate:,.0f}, "
+                f"{ours.p99_ms:.2f} ms | {engines[fmt]} | {ceiling.rate:,.0f}, {ceiling.p99_ms:.2f} ms | "
+                f"{ours.rate / base.rate:.1f}× | {ours.rate / ceiling.rate:.0%} |"
+            )
+    return "\n".join(lines)
+
+
 def report(
-    runs: list[Run], args: argparse.Namespace, load_before: float, cost: OneRow, engine: EngineCost
+    runs: list[Run],
+    args: argparse.Namespace,
+    load_before: float,
+    cost: OneRow,
+    engine: EngineCost,
+    *,
+    engines: dict[str, str],
 ) -> str:
     return f"""# Serving benchmark
 
@@ -479,23 +554,35 @@ def report(
 ({platform.processor() or platform.machine()}), Python {platform.python_version()}, wrk with one
 thread on the same cores.
 
-Model: HistGradientBoostingClassifier, 30 features, 150 trees of 15 leaves (params.yaml's
-fraud-detection settings, seeded synthetic data). Requests: one-row `/predict` bodies cycling
+Models, one per format, on the same seeded synthetic data (30 features): skops, a
+HistGradientBoostingClassifier of 150 trees of 15 leaves (the settings fraud-detection v1.1.0
+was trained with); xgboost, 150 trees of depth 4; lightgbm, 150 trees of 15 leaves; onnx, the
+HistGradientBoosting converted by skl2onnx. Requests: one-row `/predict` bodies cycling
 through 1,024 held-out rows. {args.duration} s per run after a {args.warmup} s warm-up. The servers
-stay up and their runs alternate (baseline, serving, ceiling at each concurrency), so a change in
-the machine's other load falls on all alike. OMP/OpenBLAS pinned to one thread for every server.
+stay up and their runs alternate (the ceiling, then each format's baseline and serving, at each
+concurrency), so a change in the machine's other load falls on all alike. OMP/OpenBLAS pinned to one thread for every server.
 1-minute load average before the run: {load_before:.2f}. "Other load" is the CPU that other
 processes used during each run, in cores (the 2 cores are shared with other work). "Errors"
 counts every answer that is not a 2xx, plus connection errors and timeouts.
 
-- baseline: the seed's Flask app under gunicorn, 2 sync workers, `predict` + `predict_proba` per request.
-- serving: `python -m serving` (one process: Starlette on uvicorn with uvloop/httptools, orjson,
-  batching, treelite's GTIL for the trees, metrics, the drift window and the feedback memory on,
-  drift recomputed every 10 s).
+- baseline: the seed's Flask app under gunicorn, 2 sync workers, the format's own library per
+  request: scikit-learn's and XGBoost's `predict` + `predict_proba`, a LightGBM Booster's
+  `predict`, an onnxruntime session with its defaults (bench/serving/baseline.py).
+- serving: `python -m serving`, what `modelctl serve` runs (one process: Starlette on uvicorn
+  with uvloop/httptools, orjson, batching, the format's compiled engine, metrics, the drift
+  window and the feedback memory on, drift recomputed every 10 s).
 - ceiling: a bare ASGI app on the same uvicorn stack (one process) that parses the same JSON body
   and returns a fixed answer: the most a Python server can do here.
 
+## Every format
+
+{formats_section(runs, engines)}
+
+## All runs
+
 {table(runs)}
+
+## The targets (skops)
 
 {verdicts(runs)}
 
@@ -513,6 +600,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--servers", nargs="+", choices=[BASELINE, OURS, CEILING], default=[BASELINE, OURS, CEILING],
         help="measure only these (a development run: the report is printed, not written)",
     )  # fmt: skip
+    parser.add_argument(
+        "--formats", nargs="+", choices=list(FORMATS), default=list(FORMATS),
+        help="serve only these formats (a development run without skops: the report is printed, not written)",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -524,27 +615,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         folder = Path(tmp)
-        spec, rows = train(folder)
-        cost, engine = one_row_cost(spec, rows[0]), engine_cost(spec, rows)
+        specs, rows = train(folder)
+        cost, engine = one_row_cost(specs[SKOPS], rows[0]), engine_cost(specs[SKOPS], rows)
         bodies = folder / "bodies.jsonl"
         bodies.write_bytes(
             b"\n".join(orjson.dumps({"features": row.tolist()}) for row in rows[:1024]) + b"\n"
         )
         with ExitStack() as stack:
             servers = [
-                stack.enter_context(running(name, command, args, folder))
+                stack.enter_context(running(name, fmt, command, args, folder))
+                for fmt, spec in [("", None), *((f, specs[f]) for f in args.formats)]
                 for name, command in commands(spec).items()
                 if name in args.servers
             ]
+            engines = {s.format: s.engine() for s in servers if s.name == OURS}
             # All run all along (an idle server costs nothing), and their runs alternate, so a
             # change in the machine's other load falls on all alike.
-            runs = [measure(s.name, s.pid, s.load, c) for c in args.concurrency for s in servers]
+            runs = [measure(s.name, s.format, s.pid, s.load, c) for c in args.concurrency for s in servers]
     order = [BASELINE, OURS, CEILING]
-    runs.sort(key=lambda run: (order.index(run.server), run.concurrency))
-    if set(args.servers) != set(order):  # a development run: the table only
+    formats = ["", *FORMATS]
+    runs.sort(key=lambda run: (formats.index(run.format), order.index(run.server), run.concurrency))
+    if set(args.servers) != set(order) or SKOPS not in args.formats:  # a development run: the table only
         print(table(runs))
         return 1 if any(run.errors for run in runs) else 0
-    text = report(runs, args, load_before, cost, engine)
+    text = report(runs, args, load_before, cost, engine, engines=engines)
     print(text)
     args.output.write_text(text, encoding="utf-8")
     return 1 if any(run.errors for run in runs) else 0

@@ -109,6 +109,7 @@ def run_register(args: argparse.Namespace) -> Result:
         "version": done.version,
         "commit": done.commit,
         "record": done.record.model_dump(mode="json"),
+        "trust": done.trust,
     }
     where = f"committed {done.commit[:12]}" if done.commit else "not committed (--no-commit)"
     return Result(
@@ -161,6 +162,7 @@ def _version_rows(state: State, model: ModelFile) -> list[dict[str, Any]]:
             {
                 "version": version,
                 "status": record.status,
+                "format": record.artifact.format,
                 "created_at": record.created_at.isoformat(),
                 "metrics": record.metrics,
                 "passes_gates": not failed,
@@ -195,7 +197,9 @@ def run_show(args: argparse.Namespace) -> Result:
         "versions": rows,
     }
     gates = ", ".join(f"{metric} >= {minimum:g}" for metric, minimum in model.gates.items()) or "none"
-    table = [["VERSION", "STATUS", "CREATED", *(m.upper() for m in KEY_METRICS), "GATES", "SERVED BY"]]
+    table = [
+        ["VERSION", "STATUS", "FORMAT", "CREATED", *(m.upper() for m in KEY_METRICS), "GATES", "SERVED BY"]
+    ]
     for row in rows:
         metrics = [f"{row['metrics'][m]:.4f}" if m in row["metrics"] else "-" for m in KEY_METRICS]
         verdict = "pass" if row["passes_gates"] else "FAIL: " + "; ".join(row["failed_gates"])
@@ -203,6 +207,7 @@ def run_show(args: argparse.Namespace) -> Result:
             [
                 row["version"],
                 row["status"],
+                row["format"],
                 row["created_at"][:10],
                 *metrics,
                 verdict,

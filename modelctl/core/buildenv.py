@@ -35,8 +35,20 @@ X86_64_KERNELS = {"OPENBLAS_CORETYPE": "Haswell", "NPY_ENABLE_CPU_FEATURES": "X8
 CLEARED = ("NPY_DISABLE_CPU_FEATURES",)
 # /proc/cpuinfo flags the x86-64-v3 kernels execute; without them the forced core would crash.
 X86_64_V3_FLAGS = ("avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "abm", "movbe")
-# The packages the stages import whose code computes the bytes (pyproject's `pipeline` extra).
-PACKAGES = ("numpy", "scipy", "scikit-learn", "skops", "threadpoolctl")
+# The packages the stages import whose code computes the bytes (pyproject's `pipeline` extra):
+# the numerics, and each format's library (modelctl/core/formats; protobuf writes ONNX's bytes).
+PACKAGES = (
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "skops",
+    "threadpoolctl",
+    "xgboost-cpu",
+    "lightgbm",
+    "onnx",
+    "skl2onnx",
+    "protobuf",
+)
 CPUINFO = Path("/proc/cpuinfo")
 
 

@@ -8,6 +8,8 @@ import error, never a silently empty alert.
 - The Secret of the alert receivers' credentials and the files Alertmanager reads them from
   (infra renders the paths, a local stack writes the files).
 - The server's probe and metrics paths (serving answers, infra probes and scrapes).
+- The feedback store and the Secret of the receipt keys (serving reads them, infra declares
+  them, a local stack runs and writes them).
 - The metrics the server exports, with their label sets (serving registers them), and the
   PromQL built from them as one named table of queries (alert rules, dashboard, canary analysis),
   in the manner of Flagger's per-mesh query table (`pkg/metrics/observers/istio.go`).
@@ -39,6 +41,17 @@ METRICS_PATH = "/metrics"
 # `spec.secrets` at /etc/alertmanager/secrets/<name>/<key>; a local stack writes the same files.
 ALERTING_SECRET = "modelctl-alerting"
 ALERTMANAGER_SECRETS_DIR = "/etc/alertmanager/secrets"
+
+
+# Feedback: the Redis that remembers which predictions took their label (a StatefulSet and its
+# Service per stack), and the Secret holding the receipts' signing keys and the store's password,
+# mounted as files in every model pod (the server reads them; a local stack writes the same files).
+FEEDBACK_STORE = "modelctl-feedback"
+FEEDBACK_STORE_PORT = 6379
+FEEDBACK_SECRET = "modelctl-feedback"
+FEEDBACK_SECRET_DIR = "/etc/modelctl/feedback"
+RECEIPT_KEYS_FILE = "receipt-keys"
+STORE_PASSWORD_FILE = "store-password"
 
 
 def secret_file(key: str) -> str:
@@ -123,7 +136,7 @@ ENGINE = Metric(
 PARITY_ERROR = Metric(
     "model_engine_parity_error",
     "gauge",
-    "Largest probability difference between the engine and scikit-learn on the reference rows.",
+    "Largest probability difference between the engine and the format's own library on the reference rows.",
 )
 GC_PAUSES = Metric(
     "model_gc_pause_seconds", "histogram", "Garbage-collector pauses by generation.", ("generation",)
@@ -138,6 +151,9 @@ LIVE_QUALITY = {
     for name in ("accuracy", "precision", "recall")
 }
 LIVE_QUALITY_ALIASES = {f"model_{name}": recorded for name, recorded in LIVE_QUALITY.items()}
+# Labels received per prediction made over FEEDBACK_WINDOW, per version across replicas (recorded
+# beside live quality): with labels that come late, the share of the traffic whose outcome is known.
+LABEL_COVERAGE = f"model_version:feedback_coverage:ratio_rate{FEEDBACK_WINDOW}"
 
 # The prediction log's JSON-lines records (the server writes them, `shadow report` reads them):
 # one line per predicted row, `score` being the positive class's probability as in SCORE.

@@ -10,7 +10,7 @@ import itertools
 import re
 from datetime import datetime
 from functools import total_ordering
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -285,11 +285,23 @@ class Artifact(Strict):
         if value.lower() in UNSAFE_FORMATS:
             raise ValueError(
                 f"format {value!r} is refused because loading it runs arbitrary code; "
-                "save the model with skops (its trusted types are listed in the record)"
+                f"save the model in one of {', '.join(SAFE_FORMATS)} (modelctl/core/formats)"
             )
         if value not in SAFE_FORMATS:
             raise ValueError(f"format {value!r} is unknown; use one of {', '.join(SAFE_FORMATS)}")
         return value
+
+    @model_validator(mode="after")
+    def _matches_format(self) -> Artifact:
+        fmt = FORMATS[self.format]
+        if not self.path.endswith(fmt.suffix):
+            raise ValueError(
+                f"path {self.path} does not end in {fmt.suffix}, the {fmt.name} format's file name "
+                f"({fmt.file_name}); register the artifact again rather than editing its record"
+            )
+        if self.trusted_types and not fmt.holds_code:
+            raise ValueError(f"a {fmt.name} artifact lists trusted_types, but {fmt.trust}; remove them")
+        return self
 
     @field_validator("path")
     @classmethod
@@ -507,6 +519,21 @@ class Ingress(Strict):
     domain: str | None = None
 
 
+class FeedbackStore(Strict):
+    """The Redis of a stack that remembers which predictions took their label (infra: a
+    StatefulSet with its Service, NetworkPolicy and Secret). The receipts' signing keys and the
+    store's password are the Pulumi secret config keys `receiptKeys` and `feedbackStorePassword`."""
+
+    # Redis 7.0 or later (its SET takes NX and GET together); production pins it by digest.
+    image: Annotated[str, Field(min_length=1)] = "docker.io/library/redis:7.0.15-alpine"
+    storage: Annotated[str, Field(pattern=r"^\d+(Mi|Gi|Ti)$")] = "1Gi"
+    # How long a prediction's receipt takes its label, in Prometheus' duration grammar.
+    receipt_ttl: Duration = "35d"
+
+    RECEIPT_KEYS_SECRET: ClassVar[str] = "receiptKeys"
+    PASSWORD_SECRET: ClassVar[str] = "feedbackStorePassword"
+
+
 class Environment(Strict):
     namespace: ModelName
     image: str
@@ -521,11 +548,14 @@ class Environment(Strict):
     # On each model's ServiceAccount, e.g. eks.amazonaws.com/role-arn for reading the remote.
     service_account_annotations: dict[str, str] = {}
     analysis: AnalysisJob | None = None
+    feedback_store: FeedbackStore = FeedbackStore()
 
     def secret_keys(self) -> list[str]:
         """The Pulumi secret config keys (without the namespace) this environment names: its
-        receivers' credentials and the analysis job's deploy key."""
+        receivers' credentials, the analysis job's deploy key, the receipt keys and the feedback
+        store's password."""
         keys = [key for receiver in self.receivers for key in receiver.secret_keys()]
+        keys += [FeedbackStore.RECEIPT_KEYS_SECRET, FeedbackStore.PASSWORD_SECRET]
         return keys + ([self.analysis.deploy_key_secret] if self.analysis else [])
 
     @model_validator(mode="after")

@@ -162,15 +162,27 @@ def _cached_digest(cache: Path, md5: str, path: str) -> dvcstore.Digest:
 
 
 def _trusted_types(root: Path, path: Path, shown: str) -> list[str]:
-    """The non-default types the artifact at `path` (named `shown`) holds, each allowed by the
-    repository's reviewed allow-list.
+    """The types the artifact at `path` (named `shown`) asks its format to build, each allowed
+    by the repository's reviewed allow-list; none for a format that holds no code.
 
     Raises
     ------
     UserError, UserErrors
         One line per type the allow-list refuses, naming it.
     """
-    return reviewed(formats.by_suffix(shown).stored_types(path), load_allow_list(root), shown)
+    fmt = formats.by_suffix(shown)
+    if fmt.stored_types is None:
+        return []
+    return reviewed(fmt.stored_types(path.read_bytes()), load_allow_list(root), shown)
+
+
+def _require_servable(model: ModelFile, path: Path, trusted: list[str], shown: str) -> None:
+    """The artifact is what its suffix says (its format's library reads it) and fits the model
+    file's signature and output; UserError, one line, otherwise."""
+    loaded = formats.by_suffix(shown).read(path.read_bytes(), trusted, shown)
+    problem = formats.check(loaded, model.signature.names, model.output.classes)
+    if problem is not None:
+        raise UserError(shown, problem.problem, problem.fix)
 
 
 def _metrics(root: Path, model: str) -> dict[str, float]:
@@ -181,12 +193,16 @@ def _metrics(root: Path, model: str) -> dict[str, float]:
     return {name: float(value) for name, value in values.items() if isinstance(value, int | float)}
 
 
-def build_record(root: Path, model: str, run: PipelineRun, cache: Path, commit: str) -> dict[str, Any]:
+def build_record(root: Path, model: ModelFile, run: PipelineRun, cache: Path, commit: str) -> dict[str, Any]:
+    """The version record of `run`, after checking that its artifact serves `model`."""
     artifact_path, artifact_md5, size = run.artifact
     profile_path, profile_md5, _ = run.profile
     artifact = _cached_digest(cache, artifact_md5, artifact_path)
     profile = _cached_digest(cache, profile_md5, profile_path)
     fmt = formats.by_suffix(artifact_path)
+    cached = cache / dvcstore.object_path(artifact_md5)
+    trusted = _trusted_types(root, cached, artifact_path)
+    _require_servable(model, cached, trusted, artifact_path)
     return {
         "artifact": {
             "path": artifact_path,
@@ -194,10 +210,10 @@ def build_record(root: Path, model: str, run: PipelineRun, cache: Path, commit: 
             "sha256": artifact.sha256,
             "size": size,
             "format": fmt.name,
-            "trusted_types": _trusted_types(root, cache / dvcstore.object_path(artifact_md5), artifact_path),
+            "trusted_types": trusted,
         },
         "profile": {"path": profile_path, "md5": profile_md5, "sha256": profile.sha256},
-        "metrics": _metrics(root, model),
+        "metrics": _metrics(root, model.name),
         "params": run.params,
         "source_commit": commit,
         "data_md5": run.data_md5,
@@ -214,6 +230,7 @@ class Registered:
     version: str
     record: VersionRecord
     commit: str | None
+    trust: str  # why the record's trusted_types are what they are (the format table's words)
 
 
 def register(
@@ -244,8 +261,11 @@ def _register(
     say(f"checking that {', '.join(stage_names(model))} match dvc.lock")
     _require_up_to_date(root, model)
     _require_new_artifact(current, run.artifact[1])
-    say("hashing the artifact and profile")
-    record = build_record(root, model, run, dvcstore.repo_config(root).cache, gitutil.head(root))
+    say("hashing the artifact and profile, reading the artifact with its format's library")
+    record = build_record(root, current, run, dvcstore.repo_config(root).cache, gitutil.head(root))
+    fmt = formats.FORMATS[record["artifact"]["format"]]
+    trust = fmt.trust if fmt.holds_code else f"no trusted types recorded: {fmt.trust}"
+    say(f"{fmt.name} artifact: {trust}")
     doc = yamlio.load(root / model_file(model), model_file(model))
     if not doc.get("versions"):
         doc["versions"] = CommentedMap()  # block style, also where the file says `versions: {}`
@@ -255,7 +275,7 @@ def _register(
         f"register {model} {name}\n\nartifact md5 {run.artifact[1]}, trained at {record['source_commit']}"
     )
     made = _save(root, model, text, message, commit)
-    return Registered(model, name, parse_model(text, model_file(model)).versions[name], made)
+    return Registered(model, name, parse_model(text, model_file(model)).versions[name], made, trust)
 
 
 def _save(root: Path, model: str, text: str, message: str, commit: bool) -> str | None:
