@@ -15,6 +15,7 @@ from modelctl.core.contract import (
     subset_name,
 )
 from modelctl.core.errors import UserError
+from modelctl.core.releases import stable_version
 from modelctl.core.schema import Environment, ModelFile, Release
 from modelctl.core.state import CONFIG_NAMESPACE, Stack
 
@@ -118,9 +119,8 @@ class ModelTarget:
         return names
 
     def stable(self) -> str:
-        """The version with the most traffic (the older one on a tie): the canary baseline."""
-        serving = self.release.serving()
-        return max(serving, key=lambda v: (self.release.traffic[v], -serving.index(v)))
+        """The canary baseline: the version the release started from (`releases.stable_version`)."""
+        return stable_version(self.release)
 
     def canaries(self) -> list[str]:
         stable = self.stable()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from infra.common import Obj, metadata
+from modelctl.core import releases
 from modelctl.core.contract import (
     FEEDBACK_WINDOW,
     LABEL_COVERAGE,
@@ -81,8 +82,9 @@ def dashboard(stack: Stack) -> Obj:
         ),
     ]
     for index, panel in enumerate(panels):
-        panel["id"] = index + 1
-        panel["gridPos"] = {"h": 8, "w": 12, "x": 12 * (index % 2), "y": 8 * (index // 2)}
+        panel["id"] = index + 2
+        panel["gridPos"] = {"h": 8, "w": 12, "x": 12 * (index % 2), "y": 4 + 8 * (index // 2)}
+    panels.insert(0, _releases(stack))
     return {
         "title": f"modelctl models ({stack.name})",
         "uid": f"modelctl-{stack.name}",
@@ -102,6 +104,24 @@ def dashboard(stack: Stack) -> Obj:
             ]
         },
         "panels": panels,
+    }
+
+
+def _releases(stack: Stack) -> Obj:
+    """What serves, and who is who in each split, as the stack file records it (the roles
+    `status` and the judge read: `releases.describe_split`)."""
+    rows = [
+        f"| {model} | {releases.describe_traffic(release.traffic)} | {releases.describe_split(release) or ''} |"
+        for model, release in stack.config.releases.items()
+    ]
+    content = "\n".join(["| model | traffic | split |", "|---|---|---|", *rows])
+    return {
+        "id": 1,
+        "title": "Releases (from the stack file's last deployed commit)",
+        "type": "text",
+        "gridPos": {"h": 4, "w": 24, "x": 0, "y": 0},
+        "options": {"mode": "markdown", "content": content},
+        "targets": [],  # it queries nothing; readers of the panels' queries find none here
     }
 
 

@@ -154,6 +154,20 @@ def commit_at(root: Path, when: str, message: str, *paths: str) -> None:
     )
 
 
+def redate_head(root: Path, when: str) -> None:
+    """Give HEAD (committed now by write_repo) the author and committer date `when`, so commits
+    dated after it with `commit_at` follow it on the branch."""
+    env = {**os.environ, "GIT_AUTHOR_DATE": when, "GIT_COMMITTER_DATE": when}
+    git_args = ["-c", "user.name=Test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false"]
+    subprocess.run(
+        ["git", *git_args, "commit", "-q", "--amend", "--no-edit", "--reset-author"],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+
+
 PROD_IMAGE = "ghcr.io/acme/modelctl-serving:0.1.0@sha256:" + fake_hex("image", 64)
 STORE_IMAGE = "ghcr.io/acme/redis:7.0.15-alpine@sha256:" + fake_hex("store image", 64)
 

@@ -5,6 +5,7 @@ file's experiment settings refused in one line when incomplete."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -30,9 +31,7 @@ def set_experiment(root: Path, settings: dict[str, object]) -> None:
 @pytest.fixture
 def ab_repo(repo: Path) -> Path:
     """staging split 50/50 between v1.0.0 (the control) and v1.1.0, with experiment settings."""
-    api.ab(repo, MODEL, stack=STACK, split={"v1.0.0": 50, "v1.1.0": 50})
-    set_experiment(repo, EXPERIMENT)
-    run_git(repo, "commit", "-q", "-am", "staging: the experiment's settings")
+    api.ab(repo, MODEL, stack=STACK, split={"v1.0.0": 50, "v1.1.0": 50}, experiment=EXPERIMENT)
     return repo
 
 
@@ -147,12 +146,102 @@ def test_a_canary_is_refused_while_experiment_settings_would_make_it_an_experime
 
 def test_an_uncommitted_split_is_refused_in_one_line(repo: Path, cli: Cli) -> None:
     """The window starts at the commit that changed the release: an uncommitted split has none."""
-    code, _, err = cli(repo, "ab", MODEL, "--split", "v1.0.0=50,v1.1.0=50", "--stack", STACK, "--no-commit")
+    code, _, err = cli(
+        repo, "ab", MODEL, "--split", "v1.0.0=50,v1.1.0=50", "--stack", STACK, "--metric", "accuracy",
+        "--effect", "0.05", "--no-commit",
+    )  # fmt: skip
     assert code == 0, err
-    set_experiment(repo, EXPERIMENT)
     code, out, err = cli(
         repo, "ab", "analyze", "--stack", STACK, "--prometheus", "http://127.0.0.1:9", "--dry-run"
     )
     assert (code, out) == (1, "")
     [error] = [line for line in err.splitlines() if line.startswith("error:")]
     assert error.startswith(f"error: Pulumi.{STACK}.yaml: has uncommitted changes")
+
+
+def test_the_experiment_counts_from_the_commit_that_began_it_and_plots_its_first_look(
+    repo: Path, exposition: Exposition, prometheus: str, cli: Cli, tmp_path: Path
+) -> None:
+    """A canary at 50% served 2,000 labelled requests before `modelctl ab` gave the split its
+    settings: the experiment counts only the 200 after that commit (not since both versions
+    first served together), and its plot shows the estimate and its interval from the first
+    look that has labels."""
+    api.canary(repo, MODEL, "v1.1.0", stack=STACK, weight=50)
+    label(exposition, "v1.0.0", 800, 200)
+    label(exposition, "v1.1.0", 990, 10)
+    scraped(prometheus, 2000)
+    time.sleep(1.5)  # git dates have whole seconds: the experiment begins after these requests
+    api.ab(repo, MODEL, stack=STACK, split={"v1.0.0": 50, "v1.1.0": 50}, experiment=EXPERIMENT)
+    label(exposition, "v1.0.0", 90, 10)
+    label(exposition, "v1.1.0", 95, 5)
+    scraped(prometheus, 2200)
+    report = tmp_path / "ab.html"
+    code, (result,), _ = analyze(cli, repo, prometheus, "--dry-run", "--html", str(report))
+    assert code == 3
+    decision = result["decision"]
+    assert decision["requests"] == {"v1.0.0": 100, "v1.1.0": 100}  # type: ignore[index]
+    assert decision["labelled"] == {"v1.0.0": 100, "v1.1.0": 100}  # type: ignore[index]
+    figure = report.read_text().split("<figcaption>accuracy:", 1)[1].split("</figure>", 1)[0]
+    assert "<circle" in figure
+    assert "no labels yet" not in figure
+
+
+def test_ab_takes_the_experiments_settings_or_refuses_in_one_line(repo: Path, cli: Cli) -> None:
+    head = run_git(repo, "rev-parse", "HEAD")
+    code, _, err = cli(repo, "ab", MODEL, "--split", "v1.0.0=50,v1.1.0=50", "--stack", STACK)
+    assert code == 1
+    [error] = err.splitlines()
+    assert error.startswith(f"error: Pulumi.{STACK}.yaml: config.modelctl:releases.{MODEL}.experiment: ")
+    assert "needs its metric and its effect" in error
+    assert error.endswith(
+        "pass --metric and --effect, e.g. --metric accuracy --effect 0.02 ('modelctl ab plan' sizes the effect)"
+    )
+    code, _, err = cli(
+        repo, "ab", MODEL, "--split", "v1.0.0=40,v1.1.0=30,v1.2.0=30", "--stack", STACK, "--metric", "accuracy",
+        "--effect", "0.02",
+    )  # fmt: skip
+    assert code == 1
+    assert "an experiment compares two" in err
+    assert run_git(repo, "rev-parse", "HEAD") == head
+    code, out, err = cli(
+        repo,
+        "ab",
+        MODEL,
+        "--split",
+        "v1.0.0=50,v1.1.0=50",
+        "--stack",
+        STACK,
+        "--metric",
+        "recall",
+        "--effect",
+        "0.03",
+    )
+    assert code == 0, err
+    release = yamlio.load(repo / f"Pulumi.{STACK}.yaml")["config"]["modelctl:releases"][MODEL]
+    assert release["experiment"] == {
+        "metric": "recall",
+        "guardrails": ["errors", "latency"],
+        "alpha": 0.05,
+        "effect": 0.03,
+        "min_duration": "7d",
+        "max_duration": "28d",
+    }
+    _, out, _ = cli(repo, "status", "--stack", STACK)
+    assert out.strip().endswith("v1.0.0 50%, v1.1.0 50%; experiment v1.1.0 from v1.0.0")
+    code, out, _ = cli(repo, "canary", "analyze", "--stack", STACK, "--prometheus", "http://127.0.0.1:9")
+    assert (code, out.strip()) == (0, "skipped staging: no release in a canary state")
+
+
+def test_settings_written_beside_the_release_are_kept_unless_given(repo: Path, cli: Cli) -> None:
+    set_experiment(repo, {"metric": "f1", "effect": 0.04, "min_duration": "14d"})
+    run_git(repo, "commit", "-q", "-am", "staging: the experiment's settings, by hand")
+    code, _, err = cli(
+        repo, "ab", MODEL, "--split", "v1.0.0=50,v1.1.0=50", "--stack", STACK, "--effect", "0.05"
+    )
+    assert code == 0, err
+    release = yamlio.load(repo / f"Pulumi.{STACK}.yaml")["config"]["modelctl:releases"][MODEL]
+    assert {k: release["experiment"][k] for k in ("metric", "effect", "min_duration")} == {
+        "metric": "f1",
+        "effect": 0.05,
+        "min_duration": "14d",
+    }

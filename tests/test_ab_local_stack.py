@@ -27,7 +27,7 @@ MODEL = pipeline_repo.MODEL
 STACK = "dev"
 WEAK, STRONG = "v1.2.0", "v1.0.0"
 REQUESTS = 2000
-EXPERIMENT = {"metric": "accuracy", "effect": 0.03, "min_duration": "0s", "guardrails": ["errors"]}
+EXPERIMENT = ("--metric", "accuracy", "--effect", "0.03", "--min-duration", "0s", "--guardrails", "errors")
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +52,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yamlio.dump_file(root / f"Pulumi.{STACK}.yaml", doc)
     run_git(root, "add", "-A")
     run_git(root, "commit", "-q", "-m", "dev serves the weak version")
-    split = modelctl(root, "ab", MODEL, "--split", f"{WEAK}=50,{STRONG}=50", "--stack", STACK)
+    split = modelctl(root, "ab", MODEL, "--split", f"{WEAK}=50,{STRONG}=50", "--stack", STACK, *EXPERIMENT)
     assert split.returncode == 0, split.stderr
-    doc = yamlio.load(root / f"Pulumi.{STACK}.yaml")
-    doc["config"]["modelctl:releases"][MODEL]["experiment"] = EXPERIMENT
-    yamlio.dump_file(root / f"Pulumi.{STACK}.yaml", doc)
-    run_git(root, "commit", "-q", "-am", "dev: the experiment's settings")
     yield root
     modelctl(root, "down", "--stack", STACK)
 

@@ -63,7 +63,14 @@ def test_the_policy_check_is_a_parameter_and_a_violation_changes_nothing(repo: P
 
 
 def test_every_traffic_mode_as_a_function(repo: Path) -> None:
-    api.ab(repo, MODEL, stack="staging", split={"v1.0.0": 50, "v1.1.0": 50}, sticky=True)
+    api.ab(
+        repo,
+        MODEL,
+        stack="staging",
+        split={"v1.0.0": 50, "v1.1.0": 50},
+        sticky=True,
+        experiment={"metric": "accuracy", "effect": 0.02},
+    )
     assert traffic(repo, "staging") == {"v1.0.0": 50, "v1.1.0": 50}
     rolled_back = api.rollback(repo, MODEL, stack="staging")
     assert traffic(repo, "staging") == {"v1.0.0": 100}

@@ -157,10 +157,13 @@ def scraped(url: str, total: int) -> None:
 
 @pytest.fixture
 def canary_repo(repo: Path) -> Path:
-    """staging fully on v1.0.0, then a canary of v1.1.0 at the first step (5%), both committed."""
+    """staging fully on v1.0.0, then a canary of v1.1.0 at the first step (5%), both committed;
+    a step may follow one second after the one before (analysis.interval: 1s)."""
     stack = repo / f"Pulumi.{STACK}.yaml"
     stack.write_text(
-        stack.read_text().replace("v1.0.0: 90\n", "v1.0.0: 100\n").replace("      v1.1.0: 10\n", "")
+        stack.read_text()
+        .replace("v1.0.0: 90\n", "v1.0.0: 100\n")
+        .replace("        v1.1.0: 10\n", "      analysis: {interval: 1s}\n")
     )
     run_git(repo, "commit", "-q", "-am", "staging on v1.0.0")
     api.canary(repo, MODEL, "v1.1.0", stack=STACK)
@@ -399,3 +402,28 @@ def test_the_baseline_is_the_version_the_release_started_from(
 ) -> None:
     release = Release.model_validate({"traffic": traffic, "rollback_to": rollback_to})
     assert canary_arms(release) == expected
+
+
+def test_case_15_a_step_is_not_taken_before_the_last_has_run_for_its_interval(
+    canary_repo: Path, prometheus: str, exposition: Exposition, cli: Cli
+) -> None:
+    """Case 15: staging's `interval: 10m`; a healthy canary with 100,000 requests seconds after its
+    step holds, saying how long is left, and its recorded snapshot replays to the same hold."""
+    stack = canary_repo / f"Pulumi.{STACK}.yaml"
+    stack.write_text(stack.read_text().replace("analysis: {interval: 1s}", "analysis: {interval: 10m}"))
+    run_git(canary_repo, "commit", "-q", "-am", "staging: steps 10 minutes apart")
+    exposition.serve("v1.1.0", 25_000, error_rate=0.001, slower=0.9, seed=1)
+    exposition.serve("v1.0.0", 75_000, error_rate=0.001, seed=2)
+    scraped(prometheus, 100_000)
+    code, [result] = analyze(cli, canary_repo, prometheus, "--record")
+    assert code == 3, result
+    assert result["outcome"] == "hold"
+    reasons = result["decision"]["reasons"]  # type: ignore[index]
+    assert reasons[0].startswith("interval: the step has run for ")
+    assert reasons[0].endswith(" min")
+    assert "of its 10m (analysis.interval); look again in " in reasons[0]
+    assert read_state(canary_repo).stack(STACK).config.releases[MODEL].traffic == {"v1.0.0": 95, "v1.1.0": 5}
+    snapshot = json.loads((canary_repo / str(result["snapshot"])).read_text())
+    assert (snapshot["format"], snapshot["window_start"]) == (2, snapshot["step_started"])
+    code, out, _ = cli(canary_repo, "judge", "--replay", "HEAD", "--json")
+    assert (code, json.loads(out)["matches"], json.loads(out)["decision"]["action"]) == (0, True, "hold")

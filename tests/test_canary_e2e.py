@@ -42,6 +42,7 @@ STABLE, HEALTHY, BROKEN = "v1.0.0", "v1.2.0", "v1.4.0"
 # The analysis settings of the scratch dev stack, chosen so that each decision is reachable
 # within seconds at the rate the local stack takes on a shared 2-core machine:
 # - steps 20 then 50: every step is exercised, and at 20% the canary still gets ~40 req/s;
+# - interval 5s: each step runs at least that long (the judge holds until it has);
 # - min_requests 200 per arm: a decision never rests on a handful of requests;
 # - error_margin 2 points: these models return no errors, and non-inferiority with zero errors
 #   needs about 8 (1 - m) / m canary requests, so ~400 at 2 points (the default 0.5 point would
@@ -52,6 +53,7 @@ STABLE, HEALTHY, BROKEN = "v1.0.0", "v1.2.0", "v1.4.0"
 #   (p between 0.15 and 0.8), while within 2x it is shown in seconds; make demo uses the same.
 ANALYSIS: dict[str, Any] = {
     "steps": [20, 50],
+    "interval": "5s",
     "min_requests": 200,
     "error_margin": 0.02,
     "latency_margin": 1.0,

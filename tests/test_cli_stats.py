@@ -16,6 +16,7 @@ from tests.factories import FEATURES, model_doc, write_repo
 from tests.test_judge import arm, identical, snapshot
 
 MODEL = "fraud-detection"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -170,6 +171,33 @@ def test_the_judge_says_hold_with_exit_code_three(tmp_path: Path, capsys: pytest
     code, out, _ = run(tmp_path, capsys, "judge", "--snapshot", str(path), "--json")
     assert json.loads(out)["action"] == "hold"
     assert code == 3
+
+
+def test_case_15_the_example_snapshot_with_a_window_shorter_than_its_interval_holds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Case 15's snapshot half: analysis/snapshot.example.json with a 5-second window and
+    `interval: 10m` is a hold (exit 3) saying how long is left; the same window as a format 1
+    snapshot (committed before the format said when the step began) is judged as it was, and
+    says that the interval is not applied to it."""
+    example = json.loads((ROOT / "analysis" / "snapshot.example.json").read_text())
+    example["window_start"] = example["step_started"] = "2026-11-24T12:29:55Z"
+    example["analysis"]["interval"] = "10m"
+    path = tmp_path / "snapshot.json"
+    path.write_text(json.dumps(example))
+    code, out, err = run(tmp_path, capsys, "judge", "--snapshot", str(path))
+    assert code == 3, err
+    assert (
+        out.splitlines()[1]
+        == "  - interval: the step has run for 5s of its 10m (analysis.interval); look again in 10 min"
+    )
+    assert "  needs: time, about 10 min (analysis.interval)" in out.splitlines()
+    for key in ("format", "step_started", "notes"):
+        del example[key]
+    path.write_text(json.dumps(example))
+    code, out, err = run(tmp_path, capsys, "judge", "--snapshot", str(path))
+    assert code == 0
+    assert err.startswith(f"note: {path} is a format 1 snapshot (no 'format' key), whose window is shorter")
 
 
 def test_canary_judge_bad_snapshot_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -210,12 +210,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, feedback_store: FeedbackSt
     yamlio.dump_file(root / f"Pulumi.{STACK}.yaml", stack_doc({A: 100}, namespace=NAMESPACE))
     run_git(root, "add", "-A")
     run_git(root, "commit", "-q", "-m", "dev serves v1.0.0")
-    split = modelctl(root, "ab", MODEL, "--split", f"{A}=50,{B}=50", "--stack", STACK)
+    split = modelctl(
+        root, "ab", MODEL, "--split", f"{A}=50,{B}=50", "--stack", STACK,
+        "--metric", "accuracy", "--effect", "0.01", "--min-duration", "0s",
+    )  # fmt: skip
     assert split.returncode == 0, split.stderr
-    doc = yamlio.load(root / f"Pulumi.{STACK}.yaml")
-    doc["config"]["modelctl:releases"][MODEL]["experiment"] = {"metric": "accuracy", "min_duration": "0s"}
-    yamlio.dump_file(root / f"Pulumi.{STACK}.yaml", doc)
-    run_git(root, "commit", "-q", "-am", "dev: the experiment's settings")
     rendered = modelctl(root, "render", "--stack", STACK, "--out", str(folder / "rendered"))
     assert rendered.returncode == 0, rendered.stderr
 

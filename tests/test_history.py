@@ -12,7 +12,7 @@ import pytest
 from modelctl.core import yamlio
 from modelctl.repo import gitutil
 from modelctl.repo.history import release_changes, snapshot_at, stack_history
-from tests.factories import commit_at, run_git, stack_doc, write_repo
+from tests.factories import commit_at, redate_head, run_git, stack_doc, write_repo
 
 MODEL = "fraud-detection"
 
@@ -25,6 +25,13 @@ def commit_stack(root: Path, when: str, doc: dict[str, Any], message: str = "edi
 def traffic_of(snapshot: Any) -> dict[str, int] | None:
     release = snapshot.release(MODEL)
     return dict(release.traffic) if release else None
+
+
+@pytest.fixture
+def repo(repo: Path) -> Path:
+    """The test repository, its initial commit dated before every date these tests commit at."""
+    redate_head(repo, "2026-01-01T00:00:00Z")
+    return repo
 
 
 def test_history_reads_each_commit_with_its_committer_date(repo: Path) -> None:
@@ -112,3 +119,18 @@ def test_a_history_read_again_reads_no_version_of_the_file_and_says_the_same(
     assert len(streamed) == 1
     cache.write_text("not json")
     assert [traffic_of(s) for s in release_changes(stack_history(repo, "staging"), MODEL)] == after
+
+
+def test_a_commit_dated_before_the_commit_before_it_took_effect_no_earlier(repo: Path) -> None:
+    """A clock behind where it was committed (case 13): the history reads the commit as made no
+    earlier than its parent, whatever its date says (kept as `committed`)."""
+    commit_stack(repo, "2026-03-05T10:00:00Z", stack_doc({"v1.0.0": 100}), "rollback")
+    (repo / "README.md").write_text("unrelated\n")
+    commit_at(repo, "2026-03-06T10:00:00Z", "readme", "README.md")
+    commit_stack(
+        repo, "2026-03-04T10:00:00Z", stack_doc({"v1.0.0": 90, "v1.1.0": 10}), "canary, clock behind"
+    )
+    latest = stack_history(repo, "staging")[0]
+    assert latest.subject == "canary, clock behind"
+    assert latest.date == datetime(2026, 3, 6, 10, tzinfo=UTC)
+    assert latest.committed == datetime(2026, 3, 4, 10, tzinfo=UTC)

@@ -326,7 +326,7 @@ def test_dashboard_shows_traffic_errors_latency_drift_ood_and_accuracy(state: St
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     [text] = config_map["data"].values()
     board = json.loads(text)
-    queries = " ".join(t["expr"] for p in board["panels"] for t in p["targets"])
+    queries = " ".join(t["expr"] for p in board["panels"] for t in p.get("targets", []))
     for metric in ["model_requests_total", "model_prediction_duration_seconds_bucket", "model_feature_drift_p_value",
                    "model_out_of_distribution_total", "model_version:feedback_accuracy",
                    "model_version:feedback_coverage"]:  # fmt: skip

@@ -392,3 +392,82 @@ def test_accuracy_is_judged_when_labels_arrive_and_required_only_when_asked() ->
     required = judge(equal)
     assert required.action == "hold"
     assert required.reasons[0].startswith("accuracy: not yet shown within the 1.00% margin")
+
+
+# ---------------------------------------------------------------- analysis.interval (case 15)
+
+
+def stepped(
+    snap: dict[str, Any], *, window: str, interval: str, started: str | None = None
+) -> dict[str, Any]:
+    """`snap` as format 2, its step begun at `started` (default the window's start)."""
+    snap = {**snap, "format": 2, "window_start": window, "step_started": started or window}
+    snap["analysis"] = {**snap["analysis"], "interval": interval}
+    return snap
+
+
+@pytest.mark.parametrize(
+    ("window", "interval", "left"),
+    [
+        ("2026-11-24T11:59:55Z", "10m", 595),
+        ("2026-11-24T11:58:00Z", "5m", 180),
+        ("2026-11-24T11:00:01Z", "1h", 1),
+    ],
+    ids=["5 s of 10m", "2 min of 5m", "a second short of 1h"],
+)
+def test_a_step_younger_than_its_interval_holds_however_good_the_data(
+    window: str, interval: str, left: int
+) -> None:
+    snap = stepped(identical(15_000), window=window, interval=interval)
+    decision = judge(snap)
+    assert decision.action == "hold"
+    assert decision.reasons[0].startswith("interval: the step has run for ")
+    assert f"of its {interval} (analysis.interval)" in decision.reasons[0]
+    assert decision.needs == {"canary_requests": 0, "seconds": left}
+    # The evidence is kept: once the interval has passed, the same counts promote.
+    assert any(r.startswith("errors: canary error rate is within") for r in decision.reasons)
+    assert (
+        judge(stepped(identical(15_000), window="2026-11-24T10:00:00Z", interval=interval)).action
+        == "promote"
+    )
+
+
+def test_a_rollback_never_waits_for_the_interval() -> None:
+    snap = stepped(
+        snapshot(arm("v1.1.0", 10, 5000, 100), arm("v1.0.0", 90, 45_000, 450)),
+        window="2026-11-24T11:59:55Z",
+        interval="10m",
+    )
+    assert judge(snap).action == "rollback"
+
+
+def test_a_step_dated_after_the_snapshot_counts_its_interval_from_that_date() -> None:
+    """A commit by a clock 10 minutes ahead: the window counted from the change before it, the
+    step's interval from its own date."""
+    snap = stepped(
+        identical(15_000), window="2026-11-24T11:00:00Z", started="2026-11-24T12:10:00Z", interval="5m"
+    )
+    decision = judge(snap)
+    assert decision.action == "hold"
+    assert decision.reasons[0].startswith("interval: the step's commit is dated 10 min after this snapshot")
+    assert decision.needs == {"canary_requests": 0, "seconds": 900}
+
+
+def test_a_format_1_snapshot_is_judged_as_it_was_committed() -> None:
+    """Snapshots committed before the format said when the step began: the same decision and the
+    same digest as then (what replay compares), however short their window."""
+    old = {**identical(15_000), "window_start": "2026-11-24T11:59:55Z"}
+    old["analysis"]["interval"] = "10m"
+    decision = judge(old)
+    assert decision.action == "promote"
+    parsed = parse_snapshot(old)
+    assert parsed.format == 1
+    assert "format" not in parsed.model_dump(mode="json")
+    assert decision.snapshot_sha256 == judge(json.loads(json.dumps(old))).snapshot_sha256
+    assert judge({**old, "format": 2}).action == "hold"
+
+
+def test_the_counts_notes_are_the_decisions_warnings() -> None:
+    note = 'v1.0.0: no sample within 5m before the window\'s start from pod="a" ...'
+    decision = judge({**identical(15_000), "format": 2, "notes": [note]})
+    assert note in decision.warnings

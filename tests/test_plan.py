@@ -37,7 +37,10 @@ def test_a_canary_commit_shows_its_manifest_diff_and_exits_2(repo: Path, cli: Cl
     code, out, _ = cli(repo, "plan", "--base", "HEAD~1")
     assert code == 2
     assert "  staging: " in out
-    assert "    fraud-detection: v1.0.0 90%, v1.1.0 10% -> v1.0.0 0%, v1.1.0 100%" in out
+    assert (
+        "    fraud-detection: v1.0.0 90%, v1.1.0 10%; canary v1.1.0 from v1.0.0 -> v1.0.0 0%, v1.1.0 100%"
+        in out
+    )
     assert "+++ b/staging/fraud-detection/virtualservice.yaml" in out
     assert "\n-      weight: 90\n" in out
     assert "  prod: no changes" in out

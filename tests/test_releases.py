@@ -124,8 +124,12 @@ def test_parse_split() -> None:
         assert "VERSION=WEIGHT" in refusal(lambda bad=bad: releases.parse_split(bad))
 
 
+# An A/B experiment's question: its metric and the smallest effect worth detecting.
+EXPERIMENT = {"metric": "accuracy", "effect": 0.02}
+
+
 def test_ab_split_sticky_and_previous_stable_kept_warm() -> None:
-    proposal = releases.ab(target(), release({"v1.0.0": 100}), {"v1.1.0": 50, "v1.2.0": 50}, sticky=True)
+    proposal = releases.ab(target(), release({"v1.0.0": 100}), {"v1.1.0": 50, "v1.2.0": 50}, True, EXPERIMENT)
     assert proposal.release.traffic == {"v1.0.0": 0, "v1.1.0": 50, "v1.2.0": 50}
     assert proposal.release.sticky is not None
     assert proposal.release.sticky.cookie == "model-version"
@@ -162,8 +166,8 @@ def test_every_release_records_the_stable_version_it_started_from() -> None:
     stable = release({"v1.0.0": 100})
     started = [
         releases.canary(target(), stable, "v1.1.0").release,
-        releases.ab(target(), stable, {"v1.0.0": 50, "v1.1.0": 50}, sticky=False).release,
-        releases.ab(target(), stable, {"v1.1.0": 50, "v1.2.0": 50}, sticky=True).release,
+        releases.ab(target(), stable, {"v1.0.0": 50, "v1.1.0": 50}, False, EXPERIMENT).release,
+        releases.ab(target(), stable, {"v1.1.0": 50, "v1.2.0": 50}, True, EXPERIMENT).release,
         releases.shadow(target(), stable, "v1.1.0", 10).release,
         releases.bluegreen(target(), stable, "v1.1.0").release,
     ]

@@ -19,7 +19,7 @@ from modelctl.cli import main
 from modelctl.core import yamlio
 from modelctl.core.state import load_state
 from tests.conftest import Cli
-from tests.factories import commit_at, fake_hex, model_doc, run_git, stack_doc, write_repo
+from tests.factories import commit_at, fake_hex, model_doc, redate_head, run_git, stack_doc, write_repo
 
 MODEL = "fraud-detection"
 VERSIONS = ("v1.0.0", "v1.1.0", "v1.2.0")
@@ -165,13 +165,17 @@ def test_rollback_to_a_named_version(repo: Path, cli: Cli) -> None:
 
 
 def test_ab_with_sticky_sessions(repo: Path, cli: Cli) -> None:
-    code, _, _ = cli(repo, "ab", MODEL, "--stack", "staging", "--split", "v1.0.0=50,v1.1.0=50", "--sticky")
+    code, _, _ = cli(
+        repo, "ab", MODEL, "--stack", "staging", "--split", "v1.0.0=50,v1.1.0=50", "--sticky", "--metric",
+        "accuracy", "--effect", "0.02",
+    )  # fmt: skip
     assert code == 0
     release = load_state(repo).stack("staging").config.releases[MODEL]
     assert dict(release.traffic) == {"v1.0.0": 50, "v1.1.0": 50}
     assert release.sticky is not None
     assert head_subject(repo) == (
-        "ab: fraud-detection v1.0.0 50%, v1.1.0 50% on staging, sticky by cookie model-version"
+        "ab: fraud-detection v1.0.0 50%, v1.1.0 50% on staging, sticky by cookie model-version; "
+        "experiment on accuracy, effect 0.02, at least 7d"
     )
 
 
@@ -436,6 +440,7 @@ def test_status_shows_what_serves_where(repo: Path, cli: Cli) -> None:
 
 
 def test_history_lists_changes_and_answers_what_served_when(repo: Path, cli: Cli) -> None:
+    redate_head(repo, "2026-01-01T00:00:00Z")
     stack = repo / "Pulumi.staging.yaml"
     for when, weights in [
         ("2026-03-01T10:00:00Z", {"v1.0.0": 90, "v1.1.0": 10}),
@@ -452,7 +457,8 @@ def test_history_lists_changes_and_answers_what_served_when(repo: Path, cli: Cli
     ]
     _, out, _ = cli(repo, "history", MODEL, "--stack", "staging", "--at", "2026-03-01T23:00:00+02:00")
     assert out.startswith(
-        "at 2026-03-01T23:00:00+02:00 fraud-detection on staging: v1.0.0 90%, v1.1.0 10% (commit "
+        "at 2026-03-01T23:00:00+02:00 fraud-detection on staging: v1.0.0 90%, v1.1.0 10%; canary v1.1.0 from "
+        "v1.0.0 (commit "
     )
     _, out, _ = cli(repo, "history", MODEL, "--stack", "staging", "--at", "2026-03-02T10:00:00")
     assert "fraud-detection on staging: v1.1.0 100%" in out

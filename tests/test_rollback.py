@@ -106,8 +106,22 @@ def test_a_stack_file_without_rollback_to_still_rolls_back(tmp_path: Path, cli: 
 START = {
     "canary": [["canary", MODEL, "v1.1.0"], ["canary", MODEL, "v1.1.0"]],
     "canary-promoted": [["canary", MODEL, "v1.1.0"], ["promote", MODEL]],
-    "ab": [["ab", MODEL, "--split", "v1.0.0=50,v1.1.0=50", "--sticky"]],
-    "ab-without-stable": [["ab", MODEL, "--split", "v1.1.0=50,v1.2.0=50"]],
+    "ab": [
+        [
+            "ab",
+            MODEL,
+            "--split",
+            "v1.0.0=50,v1.1.0=50",
+            "--sticky",
+            "--metric",
+            "accuracy",
+            "--effect",
+            "0.02",
+        ]
+    ],
+    "ab-without-stable": [
+        ["ab", MODEL, "--split", "v1.1.0=50,v1.2.0=50", "--metric", "recall", "--effect", "0.05"]
+    ],
     "shadow": [["shadow", MODEL, "v1.1.0", "--percent", "20"]],
     "bluegreen": [["bluegreen", MODEL, "v1.1.0", "--mirror", "10"]],
     "bluegreen-switched": [["bluegreen", MODEL, "v1.1.0"], ["bluegreen", MODEL, "--switch"]],

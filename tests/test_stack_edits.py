@@ -68,7 +68,12 @@ STEPS: list[tuple[str, Step]] = [
     ("rollback", lambda t, r: releases.rollback(t, r, NOW, reason="INC-1")),
     ("clear hold", lambda t, r: releases.clear_hold(t, r, "v1.1.0", "fixed")),
     ("clear the other hold", lambda t, r: releases.clear_hold(t, r, "v1.2.0", "fixed")),
-    ("ab", lambda t, r: releases.ab(t, r, {"v1.0.0": 50, "v1.1.0": 50}, sticky=True)),
+    (
+        "ab",
+        lambda t, r: releases.ab(
+            t, r, {"v1.0.0": 50, "v1.1.0": 50}, True, {"metric": "accuracy", "effect": 0.02}
+        ),
+    ),
     ("shadow again", lambda t, r: releases.shadow(t, r, "v1.2.0", 10)),
     ("shadow off", releases.shadow_off),
     ("rollback again", lambda t, r: releases.rollback(t, r, NOW)),

@@ -6,8 +6,10 @@ output: the snapshot with the stack file's next state, and the trailers `replay`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -20,7 +22,6 @@ from modelctl.api.analysis import (
     Scope,
     choose,
     read_counts,
-    serves,
     snapshot_file,
 )
 from modelctl.api.releases import TransactionOptions, apply, check_policies
@@ -119,6 +120,7 @@ def canary_analyze(
         stack,
         model,
         canary_arms,
+        _canary_run,
         problem=f"has no canary on {stack}",
         fix=f"start one with 'modelctl canary {model} VERSION --stack {stack}'",
         url=prometheus,
@@ -128,15 +130,24 @@ def canary_analyze(
     return [_analyze(scope, name, options, record=record) for name in scope.names]
 
 
+def _canary_run(release: Release) -> Callable[[Release | None], bool]:
+    """A canary's run: the states in which its canary takes traffic."""
+    arms = canary_arms(release)
+    assert arms is not None  # canary_analyze follows only canaries
+    return partial(releases.serves, version=arms.canary)
+
+
 def _analyze(scope: Scope, model: str, options: TransactionOptions, *, record: bool) -> Analysis:
     release = scope.release(model)
     arms = canary_arms(release)
     assert arms is not None  # canary_analyze chose only canaries
     changes = scope.changes(model)
     taken_at = scope.taken_at
-    window_start = changes[0].date if changes else taken_at
+    step_started = changes[0].date if changes else taken_at
+    window_start, notes = scope.counted_from(model, step_started)
     seconds = (taken_at - window_start).total_seconds()
-    queries = window.queries(model, seconds)
+    queries = window.queries(model, seconds, bound=scope.bound)
+    counted = read_counts(scope.url, queries, taken_at, seconds)
     snapshot = build_snapshot(
         model=model,
         stack=scope.stack,
@@ -144,9 +155,11 @@ def _analyze(scope: Scope, model: str, options: TransactionOptions, *, record: b
         analysis=release.analysis,
         taken_at=taken_at,
         window_start=window_start,
-        canary_started=scope.since(model, lambda r: serves(r, arms.canary)) or window_start,
-        answers=read_counts(scope.url, queries, taken_at, seconds),
+        step_started=step_started,
+        canary_started=scope.began(model) or window_start,
+        answers=counted.counts,
         source={"prometheus": scope.url, "queries": queries},
+        notes=[*notes, *counted.notes(scope.bound)],
     )
     decision = judge(snapshot)
     path = scope.snapshot_path(model)

@@ -6,8 +6,10 @@ since the split began, at `EXPERIMENT_LOOKS` instants) and concludes the experim
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +21,6 @@ from modelctl.api.analysis import (
     choose,
     prometheus_url,
     read_counts,
-    serves,
     snapshot_file,
 )
 from modelctl.api.releases import TransactionOptions, apply, check_policies
@@ -28,6 +29,7 @@ from modelctl.core.analysis import experiment, window
 from modelctl.core.analysis.experiment import ExperimentDecision, ExperimentSnapshot, ab_arms
 from modelctl.core.analysis.snapshot import Arms, Source, build_snapshot
 from modelctl.core.releases import Proposal
+from modelctl.core.schema import Release
 from modelctl.repo.prometheus import query_all
 from modelctl.repo.state import read_state
 from modelctl.repo.transaction import PolicyCheck, ReleaseChange
@@ -95,6 +97,7 @@ def ab_analyze(
         stack,
         model,
         ab_arms,
+        _experiment_run,
         problem=f"has no A/B experiment on {stack} (two versions with traffic and experiment settings)",
         fix=f"split it with 'modelctl ab {model} --split V1=50,V2=50 --stack {stack}' and add "
         f"modelctl:releases.{model}.experiment",
@@ -103,6 +106,13 @@ def ab_analyze(
     )
     options: TransactionOptions = {"dry_run": dry_run, "policies": policies, "lock_timeout": lock_timeout}
     return [_experiment(scope, name, options) for name in scope.names]
+
+
+def _experiment_run(release: Release) -> Callable[[Release | None], bool]:
+    """An experiment's run: the states with experiment settings in which both its arms serve."""
+    arms = ab_arms(release)
+    assert arms is not None  # ab_analyze follows only experiments
+    return partial(experiment.running, control=arms[0], treatment=arms[1])
 
 
 def _experiment(scope: Scope, model: str, options: TransactionOptions) -> Experiment:
@@ -144,13 +154,18 @@ def _experiment_snapshot(scope: Scope, model: str) -> ExperimentSnapshot:
     assert settings is not None
     control, treatment = arms
     taken_at = scope.taken_at
-    started = scope.since(model, lambda r: serves(r, control) and serves(r, treatment)) or taken_at
+    # The experiment began with the commit that gave the split its settings (`modelctl ab`, or
+    # settings added to a running split), not when both versions first served (a canary's).
+    began = scope.began(model) or taken_at
+    started, notes = scope.counted_from(model, began)
     weights = Arms(control, treatment, release.traffic[control], release.traffic[treatment])
     looks, counts, source = [], None, {}
     for at in experiment.looks_at([started, taken_at], EXPERIMENT_LOOKS + 1)[-EXPERIMENT_LOOKS:]:
         seconds = (at - started).total_seconds()
-        queries = window.queries(model, seconds, (*window.WINDOW_QUERIES, *experiment.VALUE_QUERIES))
-        answers = read_counts(scope.url, queries, at, seconds)
+        queries = window.queries(
+            model, seconds, (*window.WINDOW_QUERIES, *experiment.VALUE_QUERIES), scope.bound
+        )
+        counted = read_counts(scope.url, queries, at, seconds)
         source = {"prometheus": scope.url, "queries": queries}
         counts = build_snapshot(
             model=model,
@@ -159,11 +174,13 @@ def _experiment_snapshot(scope: Scope, model: str) -> ExperimentSnapshot:
             analysis=release.analysis,
             taken_at=at,
             window_start=started,
+            step_started=began,
             canary_started=started,
-            answers=answers,
+            answers=counted.counts,
             source=source,
+            notes=[*notes, *counted.notes(scope.bound)],
         )
-        looks.append(experiment.look(at, counts, answers))
+        looks.append(experiment.look(at, counts, counted.counts))
     assert counts is not None
     return ExperimentSnapshot(
         model=model,

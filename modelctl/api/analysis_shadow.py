@@ -20,6 +20,7 @@ from modelctl.core.analysis import shadow
 from modelctl.core.analysis.shadow import Logged, ShadowReport, parse_log
 from modelctl.core.errors import UserError
 from modelctl.core.releases import Proposal
+from modelctl.core.schema import Release
 
 # The trailer of a canary's commit naming the shadow report committed with it.
 SHADOW_REPORT_TRAILER = "Shadow-Report"
@@ -73,6 +74,7 @@ def shadow_report(
         stack,
         model,
         lambda release: release.shadow,
+        _shadow_run,
         problem=f"mirrors no version on {stack}",
         fix=f"start one with 'modelctl shadow {model} VERSION --percent 100 --stack {stack}'",
         url=prometheus,
@@ -80,6 +82,12 @@ def shadow_report(
         history=window is None,
     )
     return [_shadow_report(scope, name, window, prediction_logs) for name in scope.names]
+
+
+def _shadow_run(release: Release) -> Callable[[Release | None], bool]:
+    """A shadow's run: the states mirroring the same version."""
+    mirrored = release.shadow.version if release.shadow else None
+    return lambda past: past is not None and past.shadow is not None and past.shadow.version == mirrored
 
 
 def _shadow_report(
@@ -90,15 +98,13 @@ def _shadow_report(
     mirrored = release.shadow.version
     taken_at = scope.taken_at
     if window is None:
-        began = scope.since(
-            model, lambda r: r is not None and r.shadow is not None and r.shadow.version == mirrored
-        )
-        window_start = began or taken_at - timedelta(hours=1)
+        began = scope.began(model)
+        window_start = scope.counted_from(model, began)[0] if began else taken_at - timedelta(hours=1)
     else:
         window_start = taken_at - timedelta(seconds=window)
     seconds = (taken_at - window_start).total_seconds()
-    queries = shadow.queries(model, seconds)
-    answers = read_counts(scope.url, queries, taken_at, seconds)
+    queries = shadow.queries(model, seconds, scope.bound)
+    answers = read_counts(scope.url, queries, taken_at, seconds).counts
     primary = [v for v in release.serving() if v != mirrored]
     files = (
         prediction_logs if prediction_logs is not None else local_server_logs(scope.root, scope.stack, model)

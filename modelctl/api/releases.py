@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypedDict, Unpack
+from typing import Any, TypedDict, Unpack
 
 from modelctl.core import releases
 from modelctl.core.errors import UserError, collect
@@ -145,9 +145,10 @@ def ab(
     stack: str,
     split: Mapping[str, int],
     sticky: bool = False,
+    experiment: Mapping[str, Any] | None = None,
     **options: Unpack[TransactionOptions],
 ) -> ReleaseChange:
-    """Split traffic between versions for an A/B experiment.
+    """Split traffic between two versions for an A/B experiment, with its settings.
 
     Parameters
     ----------
@@ -155,8 +156,12 @@ def ab(
         Version -> percent of traffic, summing to 100.
     sticky
         Keep each user on one version by cookie.
+    experiment
+        The experiment's settings (`schema.Experiment` keys: metric, effect, min_duration, ...),
+        over those already beside the release; `metric` and `effect` must be set one way
+        (`releases.ab`).
     """
-    return apply(root, model, stack, lambda t, r, _: releases.ab(t, r, split, sticky), options)
+    return apply(root, model, stack, lambda t, r, _: releases.ab(t, r, split, sticky, experiment), options)
 
 
 def shadow(

@@ -94,8 +94,28 @@ def run(args: argparse.Namespace) -> Result:
     if args.replay:
         return _replay(args)
     path = Path(args.snapshot)
-    decision = judge(read_snapshot(path), source=str(path))
+    data = read_snapshot(path)
+    decision = judge(data, source=str(path))
+    if decision.action == "promote" and _short_format_1(data):
+        # Format 1 is judged as it was when committed (its replay must not change).
+        progress(
+            f"note: {path} is a format 1 snapshot (no 'format' key), whose window is shorter than its "
+            'analysis.interval: the interval is not applied; write "format": 2 to have it'
+        )
     return Result(decision.to_dict(), format_decision(decision), EXIT_CODE[decision.action])
+
+
+def _short_format_1(data: Any) -> bool:
+    from modelctl.core.analysis.snapshot import parse_snapshot
+    from modelctl.core.schema import duration_seconds
+
+    snapshot = parse_snapshot(data)
+    seconds = snapshot.window_seconds()
+    return (
+        snapshot.format == 1
+        and seconds is not None
+        and seconds < duration_seconds(snapshot.analysis.interval)
+    )
 
 
 def _replay(args: argparse.Namespace) -> Result:
@@ -223,6 +243,8 @@ def _needs(decision: Decision) -> list[str]:
     if not decision.needs:
         return []
     more, seconds = decision.needs["canary_requests"], decision.needs["seconds"]
+    if more == 0 and seconds is not None:
+        return [f"  needs: time, about {duration_text(seconds)} (analysis.interval)"]
     if more is None:
         return ["  needs: better estimates; more requests alone would not pass them (early ones often move)"]
     eta = f" (about {duration_text(seconds)} at the current rate)" if seconds is not None else ""

@@ -18,7 +18,7 @@ from modelctl import api
 from modelctl.cli import MODEL_HELP, Result, add_command, add_lock_timeout, repo_root
 from modelctl.core import releases
 from modelctl.core.errors import UserError
-from modelctl.core.schema import Release, Version
+from modelctl.core.schema import EXPERIMENT_METRICS, Release, Version
 from modelctl.core.state import stack_file
 from modelctl.repo.history import (
     StackChange,
@@ -45,6 +45,30 @@ def register(sub: SubParsers) -> None:
     ab.add_argument("model", help=MODEL_HELP)
     ab.add_argument("--split", required=True, metavar="V=W,...", help="e.g. v1.0.0=50,v1.1.0=50")
     ab.add_argument("--sticky", action="store_true", help="keep each user on one version by cookie")
+    experiment = ab.add_argument_group(
+        "the experiment ('ab analyze' decides it; settings already beside the release are kept unless given)"
+    )
+    experiment.add_argument("--metric", choices=EXPERIMENT_METRICS, help="the primary metric (required)")
+    experiment.add_argument(
+        "--effect",
+        type=float,
+        help="the smallest difference worth detecting, in the metric's unit (required)",
+    )
+    experiment.add_argument(
+        "--min-duration", metavar="DURATION", help="no decision before this long (default 7d: whole weeks)"
+    )
+    experiment.add_argument(
+        "--max-duration",
+        metavar="DURATION",
+        help="past it, a warning asks to end the experiment (default 28d)",
+    )
+    experiment.add_argument(
+        "--guardrails", metavar="M,...", help="metrics the winner must not worsen (default errors,latency)"
+    )
+    experiment.add_argument("--alpha", type=float, help="the error rate of the decision (default 0.05)")
+    experiment.add_argument(
+        "--value-sd", type=float, help="for the value metric: its spread per labelled request"
+    )
     shadow = _release_command(
         sub, "shadow", run_shadow, "mirror traffic to a version, discarding its responses"
     )
@@ -157,7 +181,25 @@ def run_promote(args: argparse.Namespace) -> Result:
 
 def run_ab(args: argparse.Namespace) -> Result:
     split = releases.parse_split(args.split)
-    return _applied(api.ab(repo_root(args), args.model, split=split, sticky=args.sticky, **_options(args)))
+    settings = {
+        "metric": args.metric,
+        "effect": args.effect,
+        "min_duration": args.min_duration,
+        "max_duration": args.max_duration,
+        "guardrails": args.guardrails.split(",") if args.guardrails else None,
+        "alpha": args.alpha,
+        "value_sd": args.value_sd,
+    }
+    return _applied(
+        api.ab(
+            repo_root(args),
+            args.model,
+            split=split,
+            sticky=args.sticky,
+            experiment=settings,
+            **_options(args),
+        )
+    )
 
 
 def run_shadow(args: argparse.Namespace) -> Result:
@@ -219,6 +261,7 @@ def _applied(change: ReleaseChange) -> Result:
 def release_data(release: Release) -> dict[str, Any]:
     return {
         "traffic": dict(release.traffic),
+        "split": split_data(release),
         "shadow": release.shadow.model_dump() if release.shadow else None,
         "sticky": release.sticky.model_dump() if release.sticky else None,
         "rollback_to": release.rollback_to,
@@ -226,10 +269,22 @@ def release_data(release: Release) -> dict[str, Any]:
     }
 
 
+def split_data(release: Release) -> dict[str, str] | None:
+    """Who is who in a two-version split, from the release record (`releases.split_roles`): the
+    stable version it started from and the candidate (a canary, an experiment's treatment)."""
+    roles, text = releases.split_roles(release), releases.describe_split(release)
+    if roles is None or text is None:
+        return None
+    return {"kind": text.split(" ", 1)[0], "stable": roles[0], "candidate": roles[1]}
+
+
 def describe(release: Release | None) -> str:
     if release is None:
         return "not deployed"
     text = releases.describe_traffic(release.traffic)
+    split = releases.describe_split(release)
+    if split:
+        text += f"; {split}"
     if release.shadow:
         text += f"; shadow {release.shadow.version} {release.shadow.percent:g}%"
     if release.sticky:
@@ -258,13 +313,16 @@ def run_history(args: argparse.Namespace) -> Result:
     root = repo_root(args)
     state = read_state(root, only=[args.model])
     state.model(args.model)
-    history = stack_history(root, state.stack(args.stack).name)
+    stack = state.stack(args.stack).name
     if args.at:
-        return _history_at(args, history, parse_timestamp(args.at))
-    changes = release_changes(history, args.model)
+        when = parse_timestamp(args.at)
+        # A shallow clone is deepened back to that instant, not further.
+        history = stack_history(root, stack, enough=lambda past: past[-1].date <= when)
+        return _history_at(args, history, when)
+    changes = release_changes(stack_history(root, stack), args.model)
     data = [_change_data(s, args.model) for s in changes]
     lines = [
-        f"{s.commit[:12]}  {s.date.isoformat()}  {s.author}  {describe(s.release(args.model))}  ({s.subject})"
+        f"{s.commit[:12]}  {_date(s)}  {s.author}  {describe(s.release(args.model))}  ({s.subject})"
         for s in changes
     ]
     return Result(data, "\n".join(lines) or f"no commit on {stack_file(args.stack)} mentions {args.model}")
@@ -285,12 +343,21 @@ def _history_at(args: argparse.Namespace, history: list[StackChange], when: date
     return Result(data, text)
 
 
+def _date(change: StackChange) -> str:
+    """When it took effect, and the date its committer's clock wrote when that was earlier."""
+    dated = change.committed
+    return change.date.isoformat() + (
+        f" (dated {dated.isoformat()})" if dated and dated != change.date else ""
+    )
+
+
 def _change_data(change: StackChange, model: str) -> dict[str, Any]:
     release = change.release(model)
     return {
         "commit": change.commit,
         "author": change.author,
         "date": change.date.isoformat(),
+        "committed": change.committed.isoformat() if change.committed else None,
         "subject": change.subject,
         **(release_data(release) if release else dict.fromkeys(("traffic", "shadow", "sticky", "held"))),
     }

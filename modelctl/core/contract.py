@@ -190,8 +190,9 @@ class WindowCount:
     `series` is the sample name (a histogram's `_bucket`, `_sum` or `_count`); `server_errors`
     keeps only SERVER_ERRORS. The count is exact, not PromQL's `increase()`, which extrapolates
     the sampled span to the window's edges (689 requests for 600 sent in a short window): it is
-    computed from the instant queries of WINDOW_PARTS (and, for a series reset within the window,
-    its samples: `series_samples`) by `modelctl.core.analysis.window.window_counts`.
+    computed from the instant queries of WINDOW_PARTS (and, for a series reset within the window
+    or without a value at its start, its samples: `series_samples`) by
+    `modelctl.core.analysis.window.window_counts`.
     """
 
     series: str
@@ -212,21 +213,38 @@ WINDOW_COUNTS: dict[str, WindowCount] = {
     "feedback_in_window": WindowCount(FEEDBACK.name, FEEDBACK.labels),
 }
 # The instant queries (at the window's end) each window count is computed from, per series: the
-# last value in the window, the value at its start, and the counter resets within it.
+# last value in the window; the value at its start, which is the last real sample at or before
+# it within `bound` (a range selector skips the staleness markers a failed scrape writes, which
+# hide the series from an instant selector: `x offset w` would read it as born in the window);
+# the counter resets within it; and, asked only for a count with a series that has no value at
+# the start, whether the series had any sample in the `history` before it (if not, it is new).
 WINDOW_PARTS: dict[str, str] = {
     "end": "last_over_time({series}{selector}[{window}])",
-    "start": "{series}{selector} offset {window}",
+    "start": "last_over_time({series}{selector}[{bound}] offset {window})",
     "resets": "resets({series}{selector}[{window}])",
+    "earlier": "present_over_time({series}{selector}[{history}] offset {window})",
 }
+# The bound of a window's start value when Prometheus does not say its own lookback delta
+# (`--query.lookback-delta`, default 5m: how old a sample an instant query still answers with).
+LOOKBACK_DELTA = "5m"
+# How far before a window's start a series without a value there is looked for: one seen in this
+# span existed before the window (a target down across the start), one not seen is new (a pod
+# born in the window, its counters starting at 0).
+SERIES_HISTORY = "1d"
 
 
-def window_queries(name: str, matchers: Mapping[str, str], window: str) -> dict[str, str]:
+def window_queries(
+    name: str, matchers: Mapping[str, str], window: str, bound: str = LOOKBACK_DELTA
+) -> dict[str, str]:
     """The PromQL of each part of the window count `name` (a key of WINDOW_COUNTS) over the
-    series matching `matchers`, keyed `<name>/<part>`; `window` is a Prometheus duration."""
+    series matching `matchers`, keyed `<name>/<part>`; `window` and `bound` (how long before the
+    window's start its value may be read) are Prometheus durations."""
     count = WINDOW_COUNTS[name]
     matching = selector(matchers, SERVER_ERRORS) if count.server_errors else selector(matchers)
     return {
-        f"{name}/{part}": template.format(series=count.series, selector=matching, window=window)
+        f"{name}/{part}": template.format(
+            series=count.series, selector=matching, window=window, bound=bound, history=SERIES_HISTORY
+        )
         for part, template in WINDOW_PARTS.items()
     }
 

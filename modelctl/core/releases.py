@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from modelctl.core import yamlio
-from modelctl.core.errors import UserError, revoked_version, unknown_version
+from modelctl.core.errors import UserError, collect, revoked_version, unknown_version
 from modelctl.core.schema import (
+    Experiment,
     Hold,
     ModelFile,
     Release,
@@ -32,7 +33,7 @@ from modelctl.core.schema import (
     Version,
     duration_seconds,
 )
-from modelctl.core.state import CONFIG_NAMESPACE, stack_file
+from modelctl.core.state import CONFIG_NAMESPACE, pydantic_errors, stack_file
 
 # The release fields a release command may change; replicas, resources and analysis settings
 # are edited by hand and survive every command. Overrides change only when a rollback holds
@@ -81,9 +82,48 @@ class Proposal:
 
 
 def stable_version(release: Release) -> str:
-    """The version carrying the most traffic; on a tie, the older one (a canary at 50%)."""
+    """The version a split of `release` started from: the recorded `rollback_to` while it takes
+    traffic. For a stack file written before it was recorded, the version carrying the most
+    traffic; on a tie, the older one. Never read from version order or weights when recorded:
+    an older version can be canaried against a newer stable, at 50% too."""
+    if release.rollback_to is not None and release.traffic.get(release.rollback_to, 0) > 0:
+        return release.rollback_to
     oldest_first = sorted(release.traffic, key=Version)
     return max(oldest_first, key=release.traffic.__getitem__)
+
+
+def split_roles(release: Release) -> tuple[str, str] | None:
+    """(stable, candidate) of a release in which exactly two versions take traffic (a canary, an
+    A/B split), the stable one by `stable_version`; else None. `promote`, `canary analyze`,
+    `ab analyze`, `status`, the alert rules and the dashboard all read the roles here."""
+    serving = release.serving()
+    if len(serving) != 2:
+        return None
+    stable = stable_version(release)
+    (candidate,) = (v for v in serving if v != stable)
+    return stable, candidate
+
+
+def describe_split(release: Release) -> str | None:
+    """Who is who in a two-version split, as `status` and the dashboard say it: "canary v1.1.0
+    from v1.0.0", "experiment ..." (with `experiment` settings) or "split ..." (sticky, or the
+    candidate past half); None unless exactly two versions take traffic."""
+    roles = split_roles(release)
+    if roles is None:
+        return None
+    kinds = {"experiment": release.experiment is not None, "canary": canary_split(release) is not None}
+    kind = next((name for name, holds in kinds.items() if holds), "split")
+    return f"{kind} {roles[1]} from {roles[0]}"
+
+
+def canary_split(release: Release) -> tuple[str, str] | None:
+    """(stable, canary) of a release in a canary state: two versions take traffic, without
+    sticky sessions or `experiment` settings (an A/B experiment), the canary at most half; else
+    None."""
+    roles = split_roles(release)
+    if roles is None or release.sticky is not None or release.experiment is not None:
+        return None
+    return roles if release.traffic[roles[1]] <= 50 else None
 
 
 def fully_on(release: Release) -> str | None:
@@ -119,6 +159,11 @@ def restores(before: Release | None, after: Release | None) -> bool:
         and after.experiment in (None, before.experiment)
         and after.model_copy(update=untouched) == after
     )
+
+
+def serves(release: Release | None, version: str) -> bool:
+    """Whether `version` takes traffic in `release` (None: not deployed)."""
+    return release is not None and release.traffic.get(version, 0) > 0
 
 
 def gaining_traffic(before: Release, after: Release) -> list[str]:
@@ -273,8 +318,7 @@ def promote(target: Target, release: Release) -> Proposal:
             f"{target.model.name} has {len(serving)} serving version(s) on {target.stack}, but promote needs a canary next to the stable version",
             f"start one with 'modelctl canary {target.model.name} VERSION --stack {target.stack}'",
         )
-    stable = stable_version(release)
-    (new_stable,) = (v for v in serving if v != stable)
+    stable, new_stable = split_roles(release) or (serving[0], serving[1])
     require_registered(target, new_stable)
     traffic = _ordered(release, {new_stable: 100, stable: 0})
     # No sticky cookie: it would keep pinned users on the old version at weight 0.
@@ -305,15 +349,37 @@ def parse_split(text: str) -> dict[str, int]:
     return split
 
 
-def ab(target: Target, release: Release, split: Mapping[str, int], sticky: bool) -> Proposal:
-    """An A/B experiment over two or more versions, optionally sticky per user by cookie."""
-    for version in split:
-        require_releasable(target, release, version)
-    if len(split) < 2 or any(not 1 <= w <= 99 for w in split.values()) or sum(split.values()) != 100:
+# What `modelctl ab` writes for the settings it is not given (the README's example experiment);
+# the metric and the effect worth detecting have no default: they are the experiment's question.
+EXPERIMENT_DEFAULTS: dict[str, Any] = {"min_duration": "7d", "max_duration": "28d"}
+EXPERIMENT_REQUIRED = ("metric", "effect")
+
+
+def ab(
+    target: Target,
+    release: Release,
+    split: Mapping[str, int],
+    sticky: bool,
+    experiment: Mapping[str, Any] | None = None,
+) -> Proposal:
+    """An A/B experiment between two versions, optionally sticky per user by cookie, with its
+    settings: `experiment` (keys of `schema.Experiment`) over those already beside the release
+    (hand-written), over `EXPERIMENT_DEFAULTS`; `metric` and `effect` must be given one way.
+
+    Raises
+    ------
+    UserError
+        A version is unknown, revoked or held; the split is not two versions summing to 100; or
+        the settings are missing or invalid (one line naming the setting).
+    """
+    if len(split) != 2 or any(not 1 <= w <= 99 for w in split.values()) or sum(split.values()) != 100:
         raise target.refuse(
             f"split {describe_traffic(split)} is not an A/B split",
-            "give two or more versions, each 1-99, summing to 100",
+            "give two versions, each 1-99, summing to 100 (an experiment compares two)",
         )
+    for version in split:
+        require_releasable(target, release, version)
+    settings = _experiment_settings(target, release, experiment or {})
     stable = _starting_point(release)
     traffic = dict(split)
     if stable not in traffic:
@@ -325,10 +391,35 @@ def ab(target: Target, release: Release, split: Mapping[str, int], sticky: bool)
         traffic=_ordered(release, traffic),
         sticky=(release.sticky or Sticky()) if sticky else None,
         shadow=None if release.shadow and release.shadow.version in split else release.shadow,
+        experiment=settings,
         rollback_to=stable,
     )
     cookie = f", sticky by cookie {new.sticky.cookie}" if new.sticky else ""
-    return Proposal("ab", new, f"{target.model.name} {describe_traffic(split)} on {target.stack}{cookie}")
+    summary = (
+        f"{target.model.name} {describe_traffic(split)} on {target.stack}{cookie}; "
+        f"experiment on {settings.metric}, effect {settings.effect:g}, at least {settings.min_duration}"
+    )
+    return Proposal("ab", new, summary)
+
+
+def _experiment_settings(target: Target, release: Release, given: Mapping[str, Any]) -> Experiment:
+    existing = release.experiment.model_dump(exclude_unset=True) if release.experiment else {}
+    merged = {**EXPERIMENT_DEFAULTS, **existing, **{k: v for k, v in given.items() if v is not None}}
+    missing = [key for key in EXPERIMENT_REQUIRED if key not in merged]
+    if missing:
+        flags = " and ".join(f"--{key.replace('_', '-')}" for key in missing)
+        raise target.refuse(
+            f"an A/B experiment needs its {' and its '.join(missing)} (else 'canary analyze' would judge "
+            "the split as a canary, and 'ab analyze' could not decide it)",
+            f"pass {flags}, e.g. --metric accuracy --effect 0.02 ('modelctl ab plan' sizes the effect)",
+            key="experiment",
+        )
+    try:
+        return Experiment.model_validate(merged)
+    except ValidationError as exc:
+        prefix = ("config", f"{CONFIG_NAMESPACE}:releases", target.model.name, "experiment")
+        collect(pydantic_errors(exc, target.file, {}, prefix, Experiment))
+        raise  # unreachable: collect raises for a non-empty list
 
 
 def conclude(target: Target, release: Release, keep: str) -> Proposal:
@@ -547,7 +638,7 @@ def clear_hold(target: Target, release: Release, version: str, reason: str) -> P
 def _starting_point(release: Release) -> str:
     """The stable version a new canary, A/B split or shadow starts from (and rolls back to)."""
     serving = release.serving()
-    return serving[0] if len(serving) == 1 else release.rollback_to or stable_version(release)
+    return serving[0] if len(serving) == 1 else stable_version(release)
 
 
 def _rollback_target(release: Release, exclude: set[str]) -> dict[str, int]:
@@ -650,6 +741,8 @@ def edit_stack_text(text: str, stack: str, model: str, before: Release, after: R
         `yamlio.edit_block`).
     """
     dumped = after.model_dump(mode="json", by_alias=True, include=set(RELEASE_FIELDS))
+    if dumped["experiment"]:  # settings left unset are not written as empty keys
+        dumped["experiment"] = {k: v for k, v in dumped["experiment"].items() if v is not None}
 
     def edit(node: Any) -> None:
         for field in RELEASE_FIELDS:

@@ -162,3 +162,33 @@ def commit_only(root: Path, paths: list[str], message: str) -> str:
     git(root, "add", "--", *paths)
     git(root, "commit", "--quiet", "--only", "-m", message, "--", *paths)
     return head(root)
+
+
+def shallow_commits(root: Path) -> set[str]:
+    """The boundary commits of a shallow clone (their parents were not fetched); none in a full one."""
+    path = Path(git(root, "rev-parse", "--git-path", "shallow").strip())
+    shallow = path if path.is_absolute() else root / path
+    return set(shallow.read_text().split()) if shallow.is_file() else set()
+
+
+def deepen(root: Path, commits: int) -> None:
+    """Fetch `commits` more commits of history behind a shallow clone's boundary.
+
+    Raises
+    ------
+    UserError
+        The fetch failed or fetched nothing (no remote, no network): the error says the clone is
+        shallow.
+    """
+    before = shallow_commits(root)
+    proc = subprocess.run(
+        ["git", "fetch", "--quiet", f"--deepen={commits}"], cwd=root, capture_output=True, text=True
+    )
+    detail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+    if proc.returncode != 0 or shallow_commits(root) == before:
+        raise UserError(
+            str(root),
+            "is a shallow clone (git clone --depth) without the history this needs, and deepening it "
+            f"failed: {detail[-1] if detail else 'nothing more was fetched'}",
+            "fetch the history ('git fetch --unshallow') or clone without --depth",
+        )

@@ -1,8 +1,14 @@
 """What a stack file said at each commit, read from git alone.
 
 History follows the first parent, so a state counts from the moment it landed on the branch
-(a merge commit's date), and times are committer dates: when the change was committed or
-merged, not when it was first written.
+(a merge commit's date). Times are committer dates, which the committing machine's clock sets:
+each is read as no earlier than the commit before it on the branch (a commit is made after its
+parent), so a commit dated by a clock that is behind never makes a version look older than the
+change before it (`modelctl check` refuses such commits in CI; see `repo.clock`).
+
+In a shallow clone (the analysis CronJob clones with --depth) the oldest fetched commit looks as
+if it added every file; history is deepened from the remote until the decision reading it has
+what it needs (`enough`), never read from that boundary as if it were a change.
 
 One `git log` of the stack file lists its commits with the file's blob at each; a blob is read
 when a snapshot is first asked about it, once however many commits hold it. A stack file is
@@ -15,11 +21,12 @@ be cut out for sure is parsed whole, as before.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import sys
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
@@ -414,7 +421,11 @@ def _entry(lines: str) -> tuple[str, Release] | None:
 
 @dataclass(frozen=True)
 class StackChange:
-    """One commit that changed a stack file, and the stack's releases as they stood after it."""
+    """One commit that changed a stack file, and the stack's releases as they stood after it.
+
+    `date` is when it took effect on the branch: its committer date, or the commit before it's
+    when that is later (`committed` is the date as recorded).
+    """
 
     commit: str
     author: str
@@ -423,6 +434,7 @@ class StackChange:
     # The file's blob at this commit: None where the commit deleted it.
     blob: str | None = None
     blobs: StackBlobs | None = field(default=None, repr=False, compare=False)
+    committed: datetime | None = None
 
     def release(self, model: str) -> Release | None:
         """The model's release; None where it has none, or where the file was deleted or does
@@ -430,10 +442,49 @@ class StackChange:
         return self.blobs.release(self.blob, model) if self.blobs and self.blob else None
 
 
-def stack_history(root: Path, stack: str, rev: str = "HEAD") -> list[StackChange]:
+# Whether a history (newest first) holds what a decision needs.
+Enough = Callable[[list["StackChange"]], bool]
+
+
+def stack_history(
+    root: Path, stack: str, rev: str = "HEAD", enough: Enough | None = None
+) -> list[StackChange]:
     """Every commit reachable from `rev` (first parents) that touched the stack file, newest
-    first; each change reads its file when first asked (`StackChange.release`)."""
+    first; each change reads its file when first asked (`StackChange.release`).
+
+    In a shallow clone whose oldest fetched commit holds the file (so its history is cut),
+    history is fetched deeper (doubling) until `enough(history)` holds, or, without `enough`,
+    until the file's whole history is there.
+
+    Raises
+    ------
+    UserError
+        The clone is shallow and deepening it failed.
+    """
+    while True:
+        history = _read(root, stack, rev)
+        boundary = gitutil.shallow_commits(root)
+        if not (history and history[-1].commit in boundary) or (enough is not None and enough(history)):
+            return history
+        gitutil.deepen(root, max(len(_dates(root, rev)), 50))
+
+
+def covers(
+    history: Sequence[StackChange],
+    model: str,
+    holds: Callable[[Release | None], bool],
+    back_to: datetime | None = None,
+) -> bool:
+    """Whether `history` (newest first) shows where the current run of `model`'s release
+    satisfying `holds` began (a change before it does not satisfy it), or reaches back to
+    `back_to`: an `Enough` for `stack_history`."""
+    run = list(itertools.takewhile(lambda change: holds(change.release(model)), history))
+    return len(run) < len(history) or (back_to is not None and bool(history) and history[-1].date <= back_to)
+
+
+def _read(root: Path, stack: str, rev: str) -> list[StackChange]:
     path = stack_file(stack)
+    effective = _dates(root, rev)
     out = gitutil.git(
         root,
         "log",
@@ -450,10 +501,24 @@ def stack_history(root: Path, stack: str, rev: str = "HEAD") -> list[StackChange
     for record in out.split(_RECORD)[1:]:
         meta, _, raw = record.partition("\n")
         commit, author, date, subject = meta.split(_FIELD)
-        found.append((commit, author, datetime.fromisoformat(date), subject, _blob(raw)))
-    oldest_first = list(dict.fromkeys(blob for *_, blob in reversed(found) if blob))
+        committed = datetime.fromisoformat(date)
+        found.append((commit, author, effective.get(commit, committed), subject, _blob(raw), committed))
+    oldest_first = list(dict.fromkeys(blob for *_, blob, _ in reversed(found) if blob))
     blobs = StackBlobs(root, stack, oldest_first)
-    return [StackChange(*change, blobs) for change in found]
+    return [StackChange(c, a, d, s, blob, blobs, committed) for c, a, d, s, blob, committed in found]
+
+
+def _dates(root: Path, rev: str) -> dict[str, datetime]:
+    """Each first-parent commit of `rev`: the latest committer date of it and the commits before it."""
+    lines = gitutil.git(root, "log", "--first-parent", "--format=%H %cI", rev).split("\n")
+    dates: dict[str, datetime] = {}
+    latest: datetime | None = None
+    for line in reversed([line for line in lines if line]):
+        commit, date = line.split(" ", 1)
+        committed = datetime.fromisoformat(date)
+        latest = committed if latest is None or committed > latest else latest
+        dates[commit] = latest
+    return dates
 
 
 def _blob(raw: str) -> str | None:

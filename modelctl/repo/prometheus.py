@@ -10,9 +10,10 @@ an HTTP error, a PromQL error) is one UserError naming the URL and the query.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from modelctl.core import contract
 from modelctl.core.analysis.window import Sample
 from modelctl.core.errors import UserError
 
@@ -32,6 +33,45 @@ def query_all(url: str, queries: Mapping[str, str], at: datetime) -> dict[str, l
     return {
         name: [(item["metric"], float(item["value"][1])) for item in items] for name, items in results.items()
     }
+
+
+def clock(url: str) -> datetime:
+    """Prometheus' own time (`time()` evaluated at its now): the instant an analysis reads its
+    windows at, whatever the clock of the machine running it says.
+
+    Raises
+    ------
+    UserError
+        Prometheus cannot be reached or answers with an error.
+    """
+    import httpx
+
+    endpoint = url.rstrip("/") + "/api/v1/query"
+    try:
+        with httpx.Client(timeout=TIMEOUT_SECONDS) as client:
+            response = client.get(endpoint, params={"query": "time()"})
+            body = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise UserError(endpoint, f"Prometheus did not answer ({type(exc).__name__}: {exc})", _FIX) from None
+    data = body.get("data", {}) if isinstance(body, dict) else {}
+    if response.status_code != 200 or data.get("resultType") != "scalar":
+        raise UserError(endpoint, f"the query 'time()' failed: HTTP {response.status_code}", _FIX)
+    return datetime.fromtimestamp(float(data["result"][0]), UTC)
+
+
+def lookback_delta(url: str) -> str:
+    """Prometheus' `--query.lookback-delta` (a Prometheus duration, "5m" by default), from its
+    flags (`GET /api/v1/status/flags`); `contract.LOOKBACK_DELTA` where it does not say (a
+    backend without that endpoint).
+    """
+    import httpx
+
+    try:
+        flags = httpx.get(url.rstrip("/") + "/api/v1/status/flags", timeout=TIMEOUT_SECONDS).json()
+        value = flags["data"]["query.lookback-delta"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return contract.LOOKBACK_DELTA
+    return value if isinstance(value, str) and value else contract.LOOKBACK_DELTA
 
 
 def query_samples(url: str, queries: Mapping[Key, str], at: datetime) -> dict[Key, list[float]]:

@@ -24,7 +24,8 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -32,10 +33,10 @@ from filelock import FileLock, Timeout
 from modelctl.core import releases, yamlio
 from modelctl.core.errors import UserError, collect
 from modelctl.core.releases import Proposal, Target
-from modelctl.core.schema import Release
+from modelctl.core.schema import Release, duration_seconds
 from modelctl.core.state import State, cross_check, model_file, parse_stack, stack_file
 from modelctl.repo import gitutil
-from modelctl.repo.history import releases_by_date, stack_history
+from modelctl.repo.history import StackChange, covers, releases_by_date, stack_history
 from modelctl.repo.state import read_state
 
 # (state with the proposed stack file, stack name) -> raises UserError(s) on a violation.
@@ -329,8 +330,16 @@ def _require_soak(root: Path, state: State, target: Target, before: Release, pro
     gaining = releases.gaining_traffic(before, proposal.release)
     if requires is None or not gaining:
         return
-    past = releases_by_date(stack_history(root, requires.stack), target.model.name)
-    releases.require_soaked(target, gaining, requires, past, datetime.now(UTC))
+    now = datetime.now(UTC)
+    model = target.model.name
+    soak_start = now - timedelta(seconds=duration_seconds(requires.soak))
+
+    def enough(history: list[StackChange]) -> bool:
+        # When each version began serving there, or that it already served a soak ago.
+        return all(covers(history, model, partial(releases.serves, version=v), soak_start) for v in gaining)
+
+    past = releases_by_date(stack_history(root, requires.stack, enough=enough), model)
+    releases.require_soaked(target, gaining, requires, past, now)
 
 
 def unified_diff(path: str, old: str, new: str) -> str:

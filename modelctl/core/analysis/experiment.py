@@ -54,7 +54,7 @@ from modelctl.core.analysis.metrics import definition
 from modelctl.core.analysis.sequential import normal_mixture_radius
 from modelctl.core.analysis.snapshot import Arm, Feedback, Snapshot, Source, digest, finite
 from modelctl.core.errors import UserError
-from modelctl.core.releases import format_duration, stable_version
+from modelctl.core.releases import format_duration, split_roles
 from modelctl.core.schema import (
     EXPERIMENT_METRICS,
     Experiment,
@@ -715,12 +715,17 @@ def ab_arms(release: Release) -> tuple[str, str] | None:
     An experiment: `experiment` settings and exactly two versions taking traffic. The control is
     the version the split started from (the recorded `rollback_to`), else the stable one.
     """
-    serving = release.serving()
-    if release.experiment is None or len(serving) != 2:
-        return None
-    control = release.rollback_to if release.rollback_to in serving else stable_version(release)
-    (treatment,) = (v for v in serving if v != control)
-    return control, treatment
+    return split_roles(release) if release.experiment is not None else None
+
+
+def running(release: Release | None, control: str, treatment: str) -> bool:
+    """Whether `release` runs the experiment of `control` against `treatment`: experiment
+    settings, both versions taking traffic (the commits from which it did began it)."""
+    return (
+        release is not None
+        and release.experiment is not None
+        and all(release.traffic.get(version, 0) > 0 for version in (control, treatment))
+    )
 
 
 # The window counts of the business value sent with labels: its sum, and how many labels carried one.

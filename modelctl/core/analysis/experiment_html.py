@@ -1,5 +1,6 @@
 """The HTML A/B report: per experiment, the decision, the table, and a plot per metric of the
-difference treatment - control over time with its always-valid interval.
+difference treatment - control over time with its always-valid interval (each look a point with
+its interval bar, the looks joined by a line and a band: one look is already a point and a bar).
 
 Only the CLI imports this module. Inline SVG in the drift report's style (its page style, plot
 size and colours), so the report is one self-contained file and needs no plotting library.
@@ -90,7 +91,8 @@ def _figure(metric: str, points: list[Point], effect: float) -> str:
     left, right, base = PAD, WIDTH - 8, HEIGHT - PAD
 
     def x(i: int) -> float:
-        return left + (right - left) * (i / max(len(shown) - 1, 1))
+        # One look stands in the middle: its point and interval, not an empty plot.
+        return left + (right - left) * (i / (len(shown) - 1) if len(shown) > 1 else 0.5)
 
     def y(value: float) -> float:
         return base - (value - bottom) / (top - bottom) * (base - 16)
@@ -112,11 +114,22 @@ def _figure(metric: str, points: list[Point], effect: float) -> str:
             )
         ),
         f'<polyline fill="none" stroke="{CURRENT_COLOUR}" stroke-width="1.5" points="{line}"/>',
+        # Each look: the estimate as a point, its interval as a bar.
+        *(
+            f'<line x1="{x(i):.1f}" y1="{y(p.upper):.1f}" x2="{x(i):.1f}" y2="{y(p.lower):.1f}" '
+            f'stroke="{CURRENT_COLOUR}"/><circle cx="{x(i):.1f}" cy="{y(p.difference):.1f}" r="3" '
+            f'fill="{CURRENT_COLOUR}"><title>{html.escape(_look(p))}</title></circle>'
+            for i, p in enumerate(shown)
+        ),
         f'<text x="{left}" y="{base + 16}" font-size="11">{html.escape(_when(shown[0]))}</text>',
         f'<text x="{right}" y="{base + 16}" font-size="11" text-anchor="end">{html.escape(_when(shown[-1]))}</text>',
         "</svg>",
     ]
     return f"<figure><figcaption>{html.escape(caption)}</figcaption>{''.join(parts)}</figure>"
+
+
+def _look(p: Point) -> str:
+    return f"{_when(p)}: {_number(p.difference)} in [{_number(p.lower)}, {_number(p.upper)}]"
 
 
 def _when(p: Point) -> str:

@@ -18,7 +18,11 @@ little data, and no traffic is a hold with a warning, never a promotion. A hold 
 needs: the canary requests after which the pending tests would pass if the estimates stay as
 they are, and at the current rate about how long. A canary still inconclusive
 `max_duration` after it started is rolled back (or promoted, `on_inconclusive: promote`, when
-both arms have `min_requests` and nothing shows harm).
+both arms have `min_requests` and nothing shows harm). A step is never taken (nor the canary
+promoted) before the current step has run for `analysis.interval`, as Flagger's analysis
+interval paces its steps: the judge holds, saying how long is left; a rollback never waits.
+(Format 1 snapshots, committed before the format said when the step began, are judged as they
+were.)
 
 Where the guarantee is approximate: the traffic split is the realized share of requests (it
 equals the routing weight up to noise, and stays right when routing departs from the weights);
@@ -40,7 +44,7 @@ from modelctl.core.analysis.snapshot import Arm, Histogram, Snapshot, digest, fi
 from modelctl.core.drift.statistics import adjust_pvalues
 from modelctl.core.schema import duration_seconds
 
-JUDGE_VERSION = 2
+JUDGE_VERSION = 3
 Action = Literal["promote", "hold", "rollback"]
 # Growth factors of the data at which a hold's projection re-runs the pending tests.
 PROJECTION = (1.1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10, 13, 16, 20, 25, 32, 40, 50, 64, 80, 100)
@@ -108,7 +112,9 @@ def judge(snapshot: dict[str, Any] | Snapshot, source: str = "snapshot") -> Deci
     ]
     if snap.canary.requests == 0:
         warnings.append(_no_traffic_warning(snap))
+    warnings += snap.notes
     action, reasons, warnings = _past_max_duration(snap, action, reasons, warnings)
+    action, reasons, needs = _within_interval(snap, action, reasons, needs)
     return Decision(
         action=action,
         reasons=reasons,
@@ -192,6 +198,27 @@ def _past_max_duration(
     if settings.on_inconclusive == "promote" and not enough:
         return action, reasons, [*warnings, f"{why}; not promoted without {settings.min_requests} requests"]
     return settings.on_inconclusive, [why], warnings
+
+
+def _within_interval(
+    snap: Snapshot, action: Action, reasons: list[str], needs: dict[str, float | None] | None
+) -> tuple[Action, list[str], dict[str, float | None] | None]:
+    """A step (or promotion) is never taken before the current step has run for
+    analysis.interval (format 2 snapshots); a rollback never waits."""
+    ran = snap.step_seconds()
+    interval = duration_seconds(snap.analysis.interval)
+    if action != "promote" or ran is None or ran >= interval:
+        return action, reasons, needs
+    left = interval - ran
+    why = (
+        f"interval: the step has run for {duration_text(max(ran, 0.0))} of its {snap.analysis.interval} "
+        f"(analysis.interval); look again in {duration_text(left)}"
+        if ran >= 0
+        else f"interval: the step's commit is dated {duration_text(-ran)} after this snapshot was taken "
+        f"(a clock ahead where it was committed); its {snap.analysis.interval} (analysis.interval) "
+        f"counts from that date: look again in {duration_text(left)}"
+    )
+    return "hold", [why, *reasons], {"canary_requests": 0, "seconds": left}
 
 
 # ---------------------------------------------------------------- what a hold needs

@@ -141,10 +141,10 @@ class ShadowReport:
         return data
 
 
-def queries(model: str, seconds: float) -> dict[str, str]:
-    """The PromQL of each of `QUERIES` over every version of `model` for the last `seconds`
-    (their parts: the answers go through `window.window_counts`)."""
-    return window.queries(model, seconds, QUERIES)
+def queries(model: str, seconds: float, bound: str = contract.LOOKBACK_DELTA) -> dict[str, str]:
+    """The PromQL of each of `QUERIES` over every version of `model` for the last `seconds`, the
+    start's value read at most `bound` before it (the parts `window.window_counts` reads)."""
+    return window.queries(model, seconds, QUERIES, bound)
 
 
 def side(answers: Mapping[str, Sequence[window.Sample]], versions: Sequence[str]) -> Side:

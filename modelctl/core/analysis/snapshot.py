@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -24,11 +24,13 @@ import orjson
 from pydantic import (
     BaseModel,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
     WithJsonSchema,
     field_serializer,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -116,25 +118,38 @@ class Source(Strict):
     queries: dict[str, str]
 
 
+# The snapshot format `build_snapshot` writes. 1 (no `format` key, every snapshot committed
+# before it): the judge ignores analysis.interval. 2: the judge holds a step younger than its
+# interval (from `step_started`), and the snapshot carries `notes` on how its counts were read.
+SNAPSHOT_FORMAT = 2
+FORMAT_2_KEYS = ("format", "step_started", "notes")
+
+
 class Snapshot(Strict):
     """The judge's whole input: both arms' counts over one window, and the analysis settings.
 
-    `window_start` is when the counts begin (the current step's commit); `canary_started` when
-    the canary first took traffic (for `max_duration`). The JSON Schema of this format is
-    `analysis/snapshot.schema.json`.
+    `window_start` is when the counts begin (the current step's commit); `step_started` when
+    the step began by its commit's date (format 2; the same instant, except for a commit dated
+    after `taken_at`, whose window starts at the change before it); `canary_started` when the
+    canary first took traffic (for `max_duration`); `notes` what the counts could not see (a
+    series without a value at the window's start, a commit dated ahead). The JSON Schema of
+    this format is `analysis/snapshot.schema.json`.
     """
 
+    format: Literal[1, 2] = 1
     model: ModelName
     stack: Annotated[str, Field(min_length=1)]
     taken_at: datetime
     window_start: datetime | None = None
+    step_started: datetime | None = None
     canary_started: datetime | None = None
     baseline: Arm
     canary: Arm
     analysis: Analysis
     source: Source | None = None
+    notes: list[str] = Field(default_factory=list)
 
-    @field_validator("taken_at", "window_start", "canary_started")
+    @field_validator("taken_at", "window_start", "step_started", "canary_started")
     @classmethod
     def _aware(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
         if value is not None and value.tzinfo is None:
@@ -152,10 +167,26 @@ class Snapshot(Strict):
             raise ValueError("the arms' score buckets differ; collect both with the same bounds")
         return self
 
+    @model_serializer(mode="wrap")
+    def _as_written(self, write: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A format 1 snapshot is written (and digested) as it was: without format 2's keys.
+        data: dict[str, Any] = write(self)
+        if self.format == 1:
+            for key in FORMAT_2_KEYS:
+                data.pop(key, None)
+        return data
+
     def window_seconds(self) -> float | None:
         if self.window_start is None:
             return None
         return (self.taken_at - self.window_start).total_seconds()
+
+    def step_seconds(self) -> float | None:
+        """How long the current step has run when the snapshot was taken (format 2), else None."""
+        started = self.step_started or self.window_start
+        if self.format < 2 or started is None:
+            return None
+        return (self.taken_at - started).total_seconds()
 
 
 def snapshot_schema() -> dict[str, Any]:
@@ -212,21 +243,13 @@ class Arms:
 
 
 def canary_arms(release: Release) -> Arms | None:
-    """The baseline and canary of a release in a canary state, else None.
-
-    A canary state: exactly two versions take traffic, without sticky sessions or `experiment`
-    settings (an A/B experiment, for `ab analyze`), and the canary (the version other than the recorded `rollback_to`, else the one
-    with less traffic, on a tie the newer) has at most half of it.
-    """
-    serving = release.serving()
-    if len(serving) != 2 or release.sticky is not None or release.experiment is not None:
+    """The baseline and canary of a release in a canary state (`releases.canary_split`: the
+    baseline is the version the release started from, as recorded), else None."""
+    roles = releases.canary_split(release)
+    if roles is None:
         return None
-    # The version the release started from, as recorded; a canary of an older version at 50%
-    # would otherwise be taken for the stable one.
-    stable = release.rollback_to if release.rollback_to in serving else releases.stable_version(release)
-    canary = next(v for v in serving if v != stable)
-    weight = release.traffic[canary]
-    return Arms(stable, canary, release.traffic[stable], weight) if weight <= 50 else None
+    stable, canary = roles
+    return Arms(stable, canary, release.traffic[stable], release.traffic[canary])
 
 
 def build_snapshot(
@@ -240,8 +263,11 @@ def build_snapshot(
     canary_started: datetime | None,
     answers: Mapping[str, Sequence[Sample]],
     source: Mapping[str, Any],
+    step_started: datetime | None = None,
+    notes: Sequence[str] = (),
 ) -> Snapshot:
-    """The judge's snapshot from the answers to `queries` (name -> samples).
+    """The judge's snapshot (format `SNAPSHOT_FORMAT`) from the window counts `answers` (name ->
+    samples); `step_started` defaults to `window_start`.
 
     Raises
     ------
@@ -266,15 +292,18 @@ def build_snapshot(
         }
 
     data = {
+        "format": SNAPSHOT_FORMAT,
         "model": model,
         "stack": stack,
         "taken_at": taken_at.isoformat(),
         "window_start": window_start.isoformat(),
+        "step_started": (step_started or window_start).isoformat(),
         "canary_started": canary_started.isoformat() if canary_started else None,
         "baseline": arm(arms.baseline, arms.baseline_weight),
         "canary": arm(arms.canary, arms.canary_weight),
         "analysis": analysis.model_dump(mode="json"),
         "source": dict(source),
+        "notes": list(notes),
     }
     return parse_snapshot(data, f"analysis of {model} on {stack}")
 

@@ -4,19 +4,32 @@ Pure: `queries` names the PromQL (from the contract's table) that one analysis r
 `window_counts` turns the answers (instant vectors, as Prometheus' HTTP API returns them) into
 counts per version, which every analysis reads (`snapshot.build_snapshot` for the canary judge
 and the A/B experiments, `shadow.side` for the shadow report). The reading itself is
-`modelctl.repo.prometheus`, driven by `modelctl.api`.
+`modelctl.repo.prometheus`, driven by `modelctl.api.analysis.read_counts` in three rounds: the
+`FIRST_PARTS`, then `history_queries` for the counts that need them, then the samples of the
+series `sampled` names.
 
 Every count is a counter's increase over the window since the current step's commit, summed
-across replicas, and exact (`window_counts`): each series' last value in the window less its value
-at the window's start, or, for a series reset within the window (a restarted process), the sum of
-its increases sample by sample. A histogram's buckets are made cumulative again where they
-are read (the running maximum), never trusted to be.
+across replicas (`increase` per series, over its samples):
+
+- its value at the window's start is its last real sample at or before the start, within the
+  bound (Prometheus' lookback delta): a failed scrape or a Prometheus restart there hides the
+  series from an instant query (staleness markers), never from this range read;
+- a series with no sample within the bound but some in the `SERIES_HISTORY` before (a target down
+  across the start for longer) is counted from its first sample in the window: only requests
+  known to be in the window, never its lifetime (`late_starts` names them);
+- a series with no sample before the window at all is new (a pod born in it): counted from 0,
+  where counters start;
+- a series reset within the window (a restarted process) adds its increases sample by sample.
+
+A histogram's buckets are made cumulative again where they are read (the running maximum),
+never trusted to be.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from modelctl.core import contract
 
@@ -32,6 +45,8 @@ WINDOW_QUERIES = (
     "score_buckets_in_window",
     "feedback_in_window",
 )
+# The parts read for every count; `earlier` only where a series has no value at the start.
+FIRST_PARTS = ("end", "start", "resets")
 
 
 def promql_range(seconds: float) -> str:
@@ -39,20 +54,57 @@ def promql_range(seconds: float) -> str:
     return f"{max(math.ceil(seconds), 1)}s"
 
 
-def queries(model: str, seconds: float, names: Sequence[str] = WINDOW_QUERIES) -> dict[str, str]:
+def queries(
+    model: str,
+    seconds: float,
+    names: Sequence[str] = WINDOW_QUERIES,
+    bound: str = contract.LOOKBACK_DELTA,
+) -> dict[str, str]:
     """The PromQL of the window counts `names` (keys of `contract.WINDOW_COUNTS`) over every
-    version of `model` and the last `seconds`: the parts `window_counts` reads, by part name."""
+    version of `model` and the last `seconds`, reading the start's value at most `bound` (a
+    Prometheus duration) before it: the parts `window_counts` reads, by part name
+    (`<count>/<part>`, the parts of `contract.WINDOW_PARTS`)."""
     span = promql_range(seconds)
     return {
         part: promql
         for name in names
-        for part, promql in contract.window_queries(name, {"model": model}, span).items()
+        for part, promql in contract.window_queries(name, {"model": model}, span, bound).items()
     }
 
 
+def first_queries(parts: Mapping[str, str]) -> dict[str, str]:
+    """Of `parts` (from `queries`), those read for every count: `FIRST_PARTS`."""
+    return {key: promql for key, promql in parts.items() if key.rpartition("/")[2] in FIRST_PARTS}
+
+
+def history_queries(parts: Mapping[str, str], answers: Mapping[str, Sequence[Sample]]) -> dict[str, str]:
+    """Of `parts`, the `earlier` part of each count with a series that has no value at the
+    window's start in `answers` (the first parts' answers): whether it existed before."""
+    return {
+        f"{name}/earlier": parts[f"{name}/earlier"]
+        for name in contract.WINDOW_COUNTS
+        if f"{name}/earlier" in parts and _unread(answers, name)
+    }
+
+
+def _unread(answers: Mapping[str, Sequence[Sample]], name: str) -> list[Series]:
+    end, start = (_by_series(answers.get(f"{name}/{part}", ())) for part in ("end", "start"))
+    return [series for series in end if series not in start]
+
+
+def late_starts(answers: Mapping[str, Sequence[Sample]]) -> list[tuple[str, Series]]:
+    """(window count, series) of each series that existed before the window (a sample in the
+    `earlier` part) but has no value at its start within the bound: counted from its first
+    sample in the window."""
+    found = []
+    for name in contract.WINDOW_COUNTS:
+        earlier = _by_series(answers.get(f"{name}/earlier", ()))
+        found += [(name, series) for series in _unread(answers, name) if series in earlier]
+    return found
+
+
 def resets(answers: Mapping[str, Sequence[Sample]]) -> list[tuple[str, Series]]:
-    """(window count, series) of each series reset within its window, in `answers` (the parts of
-    `queries`): their counts need every sample (`sample_query`)."""
+    """(window count, series) of each series reset within its window, in `answers`."""
     found = []
     for name in contract.WINDOW_COUNTS:
         end, start, reset = (
@@ -66,9 +118,28 @@ def resets(answers: Mapping[str, Sequence[Sample]]) -> list[tuple[str, Series]]:
     return found
 
 
+def sampled(answers: Mapping[str, Sequence[Sample]]) -> list[tuple[str, Series]]:
+    """(window count, series) of each series whose count needs its samples in the window
+    (`sample_query`): those reset within it, and those counted from their first sample."""
+    return list(dict.fromkeys([*resets(answers), *late_starts(answers)]))
+
+
 def sample_query(name: str, series: Series, seconds: float) -> str:
     """The PromQL of the samples of `series` (of the window count `name`) over the last `seconds`."""
     return contract.series_samples(name, dict(series), promql_range(seconds))
+
+
+def increase(values: Sequence[float], start: float = 0.0) -> float:
+    """What a counter counted from `start` (its value at the window's start) through `values`
+    (its samples in the window, oldest first): every rise, and after a value below the one
+    before it (a restart, counters start at 0) that value itself. PromQL's `increase()` counts
+    resets the same way but extrapolates to the window's edges; this does not.
+    """
+    total, previous = 0.0, start
+    for value in values:
+        total += value - previous if value >= previous else value
+        previous = value
+    return total
 
 
 def window_counts(
@@ -78,14 +149,14 @@ def window_counts(
     """Each window count in `answers` (the parts of `queries`, by part name), by count name:
     samples labelled by version and the count's own labels, summed across series (replicas).
 
-    Per series: the last value in the window less the value at its start (0 for a series born in
-    the window: counters start at 0). A series reset within the window (see `resets`) counts its
-    increases sample by sample from `samples` (its values in the window, oldest first), a value
-    below the one before it being a restart from 0, as PromQL's `increase()` counts them but
-    without extrapolating to the window's edges; without its samples it counts its last value.
-    Exact either way: counts of requests are whole numbers.
+    Per series (see the module docstring): `increase` from its value at the start (0 for a
+    series new in the window) to its last value in the window; through its `samples` (its
+    values in the window, oldest first, for the series `sampled` names) where it was reset or is
+    counted from its first sample. A series that needs samples and has none counts what is known
+    to be in the window: its last value after a reset, nothing after a late start.
     """
-    reset = set(resets(answers))
+    sampled_series = set(resets(answers))
+    late = set(late_starts(answers))
     counts: dict[str, list[Sample]] = {}
     for name, count in contract.WINDOW_COUNTS.items():
         if f"{name}/end" not in answers:
@@ -94,11 +165,13 @@ def window_counts(
         grouped: dict[tuple[str, ...], float] = {}
         group = ("version", *count.labels)
         for series, last in end.items():
-            first = start.get(series, 0.0)
-            if (name, series) in reset:
-                value = _through_resets(first, (samples or {}).get((name, series), [last]))
+            values = list((samples or {}).get((name, series), ()))
+            if (name, series) in late:
+                value = increase(values[1:], values[0]) if values else 0.0
+            elif (name, series) in sampled_series:
+                value = increase(values or [last], start.get(series, 0.0))
             else:
-                value = last - first
+                value = last - start.get(series, 0.0)
             labels = dict(series)
             if all(label in labels for label in group) and math.isfinite(value):
                 key = tuple(labels[label] for label in group)
@@ -107,12 +180,29 @@ def window_counts(
     return counts
 
 
-def _through_resets(first: float, values: Sequence[float]) -> float:
-    total, previous = 0.0, first
-    for value in values:
-        total += value - previous if value >= previous else value
-        previous = value
-    return total
+@dataclass(frozen=True)
+class WindowRead:
+    """One window as read: its counts (`window_counts`) and the series counted from their first
+    sample in it (`late_starts`)."""
+
+    counts: dict[str, list[Sample]]
+    late: list[tuple[str, Series]] = field(default_factory=list)
+
+    def notes(self, bound: str) -> list[str]:
+        """One line per version with series counted from their first sample in the window,
+        naming where they were scraped (`bound` is the start's bound, a Prometheus duration)."""
+        where: dict[str, set[str]] = {}
+        for name, series in self.late:
+            labels = dict(series)
+            own = {"model", "version", "code", *contract.WINDOW_COUNTS[name].labels}
+            target = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()) if k not in own)
+            where.setdefault(labels.get("version", "?"), set()).add(target or "its series")
+        return [
+            f"{version}: no sample within {bound} before the window's start from {', '.join(sorted(targets))}, "
+            "though scraped before it (a target down, or Prometheus restarting, across the start): "
+            "counted from the first sample in the window"
+            for version, targets in sorted(where.items())
+        ]
 
 
 def _by_series(samples: Sequence[Sample]) -> dict[Series, float]:
