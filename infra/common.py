@@ -9,9 +9,11 @@ from modelctl.core.contract import (
     APP_LABEL,
     HTTP_PORT,
     MANAGED_BY,
+    SERVICE_PORT,
     STACK_LABEL,
     VERSION_HEADER,
     VERSION_LABEL,
+    service_host,
     subset_name,
 )
 from modelctl.core.errors import UserError
@@ -20,9 +22,8 @@ from modelctl.core.state import CONFIG_NAMESPACE, Stack
 
 Obj = dict[str, Any]
 # Re-exported for the builders: the names are the contract's.
-__all__ = ["HTTP_PORT", "MANAGED_BY", "STACK_LABEL", "VERSION_HEADER", "subset_name"]
+__all__ = ["HTTP_PORT", "MANAGED_BY", "SERVICE_PORT", "STACK_LABEL", "VERSION_HEADER", "subset_name"]
 
-SERVICE_PORT = 80
 MODEL_DIR = "/models"
 MONITORING_NAMESPACE = "monitoring"
 
@@ -63,7 +64,7 @@ class ModelTarget:
 
     @property
     def host(self) -> str:
-        return f"{self.name}.{self.namespace}.svc.cluster.local"
+        return service_host(self.name, self.namespace)
 
     @property
     def external_host(self) -> str | None:

@@ -39,15 +39,18 @@ def promql_range(seconds: float) -> str:
     return f"{max(math.ceil(seconds), 1)}s"
 
 
-def queries(model: str, seconds: float, names: Sequence[str] = WINDOW_QUERIES) -> dict[str, str]:
+def queries(
+    model: str, seconds: float, names: Sequence[str] = WINDOW_QUERIES, namespace: str = ""
+) -> dict[str, str]:
     """The PromQL of the window counts `names` (keys of `contract.WINDOW_COUNTS`) over every
-    version of `model` and the last `seconds`: the parts `window_counts` reads, by part name."""
+    version of `model` (in `namespace`, for the mesh's counts) and the last `seconds`: the parts
+    `window_counts` reads, by part name."""
     span = promql_range(seconds)
-    return {
-        part: promql
-        for name in names
-        for part, promql in contract.window_queries(name, {"model": model}, span).items()
-    }
+    parts: dict[str, str] = {}
+    for name in names:
+        matchers, raw = contract.count_selection(name, namespace, model)
+        parts.update(contract.window_queries(name, matchers, span, raw))
+    return parts
 
 
 def resets(answers: Mapping[str, Sequence[Sample]]) -> list[tuple[str, Series]]:
@@ -77,6 +80,8 @@ def window_counts(
 ) -> dict[str, list[Sample]]:
     """Each window count in `answers` (the parts of `queries`, by part name), by count name:
     samples labelled by version and the count's own labels, summed across series (replicas).
+    The `version` label holds the value of the count's own version label (a mesh's: see
+    `contract.MeshSource.version_value`).
 
     Per series: the last value in the window less the value at its start (0 for a series born in
     the window: counters start at 0). A series reset within the window (see `resets`) counts its
@@ -92,7 +97,7 @@ def window_counts(
             continue
         end, start = (_by_series(answers.get(f"{name}/{part}", ())) for part in ("end", "start"))
         grouped: dict[tuple[str, ...], float] = {}
-        group = ("version", *count.labels)
+        group = (count.version, *count.labels)
         for series, last in end.items():
             first = start.get(series, 0.0)
             if (name, series) in reset:
@@ -103,7 +108,8 @@ def window_counts(
             if all(label in labels for label in group) and math.isfinite(value):
                 key = tuple(labels[label] for label in group)
                 grouped[key] = grouped.get(key, 0.0) + value
-        counts[name] = [(dict(zip(group, key, strict=True)), value) for key, value in grouped.items()]
+        named = ("version", *count.labels)
+        counts[name] = [(dict(zip(named, key, strict=True)), value) for key, value in grouped.items()]
     return counts
 
 
