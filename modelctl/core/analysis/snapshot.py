@@ -6,6 +6,13 @@ score histograms, the feedback labels) with the analysis settings; its JSON Sche
 counts `modelctl.core.analysis.window` reads; an A/B experiment's snapshot holds one for its
 guardrails. Every analysis stores its input through `digest` (a decision names its snapshot by
 it) and its output through `finite` (JSON has no NaN).
+
+Two formats. Format 1 (no `format` key) counts everything at the model servers. Format 2
+(`format: 2`) takes an arm's requests, errors and latency from the mesh, what callers got
+(`contract.MESH_SOURCES`: a request that never reached a server is counted, and fails), keeps
+what only the servers know (scores, feedback labels) from them, records the servers' own counts
+beside the mesh's (`Arm.server`), and names the source of each count (`sources`). A format-1
+snapshot reads, dumps and digests exactly as it was written, so its decision replays unchanged.
 """
 
 from __future__ import annotations
@@ -13,10 +20,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -24,11 +31,13 @@ import orjson
 from pydantic import (
     BaseModel,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
     WithJsonSchema,
     field_serializer,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -84,8 +93,28 @@ class Feedback(Strict):
     count: Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
+class Served(Strict):
+    """What one arm's servers counted themselves: the requests that reached them, their 5xx
+    answers, and their latency histogram (format 2 keeps them beside the mesh's counts)."""
+
+    requests: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    errors: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    latency_seconds: Histogram
+
+
+# Where a count came from: the model servers' metrics, or a mesh of `contract.MESH_SOURCES`.
+SourceName = Literal["server", "istio", "envoy"]
+# Fields format 2 added: left out of a format-1 snapshot's JSON (and digest) when unset.
+FORMAT_2_FIELDS = frozenset({"format", "sources", "server"})
+
+
+def _without_unset_format_2(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k not in FORMAT_2_FIELDS or v is not None}
+
+
 class Arm(Strict):
-    """One version's cumulative counts since the canary step began."""
+    """One version's cumulative counts since the canary step began (`server`: format 2's
+    servers' own counts, when `requests`, `errors` and `latency_seconds` are the mesh's)."""
 
     version: VersionName
     weight: Annotated[float, Field(ge=0, le=100)]
@@ -94,6 +123,11 @@ class Arm(Strict):
     latency_seconds: Histogram
     score: Histogram | None = None
     feedback: list[Feedback] = Field(default_factory=list)
+    server: Served | None = None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_unset_format_2(handler(self))
 
     @model_validator(mode="after")
     def _errors_are_requests(self) -> Arm:
@@ -120,10 +154,13 @@ class Snapshot(Strict):
     """The judge's whole input: both arms' counts over one window, and the analysis settings.
 
     `window_start` is when the counts begin (the current step's commit); `canary_started` when
-    the canary first took traffic (for `max_duration`). The JSON Schema of this format is
-    `analysis/snapshot.schema.json`.
+    the canary first took traffic (for `max_duration`). `format` 2 (None: format 1) names in
+    `sources` where each arm field's counts came from (see the module docstring). The JSON
+    Schema of this format is `analysis/snapshot.schema.json`.
     """
 
+    format: Literal[2] | None = None
+    sources: dict[str, SourceName] | None = None
     model: ModelName
     stack: Annotated[str, Field(min_length=1)]
     taken_at: datetime
@@ -134,6 +171,15 @@ class Snapshot(Strict):
     analysis: Analysis
     source: Source | None = None
 
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_unset_format_2(handler(self))
+
+    @property
+    def mesh(self) -> str | None:
+        """The mesh the requests, errors and latency were counted at (format 2), else None."""
+        return None if self.sources is None else self.sources.get("requests")
+
     @field_validator("taken_at", "window_start", "canary_started")
     @classmethod
     def _aware(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
@@ -143,6 +189,8 @@ class Snapshot(Strict):
 
     @model_validator(mode="after")
     def _comparable(self) -> Snapshot:
+        if (self.format == 2) != (self.sources is not None):
+            raise ValueError("format 2 names the source of each count in sources; give both or neither")
         if self.canary.version == self.baseline.version:
             raise ValueError(f"canary and baseline are both {self.canary.version}; compare two versions")
         if self.canary.latency_seconds.le != self.baseline.latency_seconds.le:
@@ -229,6 +277,20 @@ def canary_arms(release: Release) -> Arms | None:
     return Arms(stable, canary, release.traffic[stable], weight) if weight <= 50 else None
 
 
+@dataclass(frozen=True)
+class Mesh:
+    """Where an analysis reads what callers got: a mesh of `contract.MESH_SOURCES` and the
+    namespace its series name (`MeshSource.version_value`)."""
+
+    source: contract.MeshSource
+    namespace: str
+
+    def queries(self) -> tuple[str, ...]:
+        """The window counts (keys of `contract.WINDOW_COUNTS`) of this mesh a snapshot reads."""
+        name = self.source.name
+        return tuple(contract.mesh_count(name, what) for what in ("requests", "errors", "latency_buckets"))
+
+
 def build_snapshot(
     *,
     model: str,
@@ -240,8 +302,10 @@ def build_snapshot(
     canary_started: datetime | None,
     answers: Mapping[str, Sequence[Sample]],
     source: Mapping[str, Any],
+    mesh: Mesh | None = None,
 ) -> Snapshot:
-    """The judge's snapshot from the answers to `queries` (name -> samples).
+    """The judge's snapshot from the answers to `queries` (name -> samples): format 2 with
+    requests, errors and latency from `mesh` (and the servers' own beside them), else format 1.
 
     Raises
     ------
@@ -253,19 +317,28 @@ def build_snapshot(
     latency = histograms(answers.get("latency_buckets_in_window", ()))
     scores = histograms(answers.get("score_buckets_in_window", ()))
 
-    def arm(version: str, weight: int) -> dict[str, Any]:
+    def served(version: str) -> dict[str, Any]:
         total = requests.get(version, 0.0)
         return {
-            "version": version,
-            "weight": weight,
             "requests": total,
             "errors": min(errors.get(version, 0.0), total),
             "latency_seconds": _histogram(latency, version),
+        }
+
+    called = _called(model, mesh, answers) if mesh else served
+
+    def arm(version: str, weight: int) -> dict[str, Any]:
+        return {
+            "version": version,
+            "weight": weight,
+            **called(version),
             "score": _histogram(scores, version) if scores else None,
             "feedback": _feedback(answers.get("feedback_in_window", ()), version),
+            **({"server": served(version)} if mesh else {}),
         }
 
     data = {
+        **({"format": 2, "sources": _sources(mesh.source.name)} if mesh else {}),
         "model": model,
         "stack": stack,
         "taken_at": taken_at.isoformat(),
@@ -277,6 +350,36 @@ def build_snapshot(
         "source": dict(source),
     }
     return parse_snapshot(data, f"analysis of {model} on {stack}")
+
+
+def _sources(mesh: str) -> dict[str, str]:
+    called = dict.fromkeys(("requests", "errors", "latency_seconds"), mesh)
+    return {**called, **dict.fromkeys(("score", "feedback", "server"), "server")}
+
+
+def _called(
+    model: str, mesh: Mesh, answers: Mapping[str, Sequence[Sample]]
+) -> Callable[[str], dict[str, Any]]:
+    """An arm's requests, errors and latency as the mesh counted them, by version."""
+    requests_name, errors_name, latency_name = mesh.queries()
+    requests = by_version(answers.get(requests_name, ()))
+    errors = by_version(answers.get(errors_name, ()))
+    unit = mesh.source.seconds_per_unit
+    latency = {
+        key: {bound * unit: count for bound, count in per.items()}
+        for key, per in histograms(answers.get(latency_name, ())).items()
+    }
+
+    def called(version: str) -> dict[str, Any]:
+        key = mesh.source.version_value(mesh.namespace, model, version)
+        total = requests.get(key, 0.0)
+        return {
+            "requests": total,
+            "errors": min(errors.get(key, 0.0), total),
+            "latency_seconds": _histogram(latency, key),
+        }
+
+    return called
 
 
 def _histogram(buckets: Mapping[str, Mapping[float, float]], version: str) -> dict[str, Any]:
