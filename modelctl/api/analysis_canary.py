@@ -24,10 +24,10 @@ from modelctl.api.analysis import (
     snapshot_file,
 )
 from modelctl.api.releases import TransactionOptions, apply, check_policies
-from modelctl.core import releases
+from modelctl.core import contract, releases
 from modelctl.core.analysis import window
 from modelctl.core.analysis.judge import Decision, judge
-from modelctl.core.analysis.snapshot import Snapshot, build_snapshot, canary_arms
+from modelctl.core.analysis.snapshot import Mesh, Snapshot, build_snapshot, canary_arms
 from modelctl.core.errors import UserError
 from modelctl.core.releases import Proposal, Target
 from modelctl.core.schema import Release
@@ -136,7 +136,9 @@ def _analyze(scope: Scope, model: str, options: TransactionOptions, *, record: b
     taken_at = scope.taken_at
     window_start = changes[0].date if changes else taken_at
     seconds = (taken_at - window_start).total_seconds()
-    queries = window.queries(model, seconds)
+    namespace = scope.state.stack(scope.stack).config.environment.namespace
+    mesh = Mesh(contract.MESH_SOURCES[scope.mesh], namespace)
+    queries = window.queries(model, seconds, (*window.WINDOW_QUERIES, *mesh.queries()), namespace)
     snapshot = build_snapshot(
         model=model,
         stack=scope.stack,
@@ -147,6 +149,7 @@ def _analyze(scope: Scope, model: str, options: TransactionOptions, *, record: b
         canary_started=scope.since(model, lambda r: serves(r, arms.canary)) or window_start,
         answers=read_counts(scope.url, queries, taken_at, seconds),
         source={"prometheus": scope.url, "queries": queries},
+        mesh=mesh,
     )
     decision = judge(snapshot)
     path = scope.snapshot_path(model)
