@@ -9,10 +9,13 @@ from modelctl.core.contract import (
     APP_LABEL,
     HTTP_PORT,
     MANAGED_BY,
+    MESH_SOURCES,
     SERVICE_PORT,
     STACK_LABEL,
     VERSION_HEADER,
     VERSION_LABEL,
+    MeshName,
+    MeshSource,
     service_host,
     subset_name,
 )
@@ -49,6 +52,8 @@ class ModelTarget:
     stack: Stack
     model: ModelFile
     release: Release
+    # The mesh whose request metrics the alerts read; None: the stack's monitoring.mesh.
+    mesh_name: MeshName | None = None
 
     @property
     def env(self) -> Environment:
@@ -57,6 +62,11 @@ class ModelTarget:
     @property
     def name(self) -> str:
         return self.model.name
+
+    @property
+    def mesh(self) -> MeshSource:
+        """What callers got, as this stack's mesh counts it (`contract.MESH_SOURCES`)."""
+        return MESH_SOURCES[self.mesh_name or self.env.monitoring.mesh]
 
     @property
     def namespace(self) -> str:
