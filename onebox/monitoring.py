@@ -10,12 +10,15 @@ rule file as they are.
 from __future__ import annotations
 
 import copy
+import json
+import re
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from modelctl.core.schema import duration_seconds
-from onebox.proxy import Unsupported
+from onebox.envoy import Unsupported
 
 Obj = dict[str, Any]
 
@@ -85,6 +88,37 @@ def scrape_configs(
                 job["scrape_timeout"] = timeout if shorter else interval
             jobs.append(job)
     return jobs
+
+
+ENVOY_JOB = "envoy-stats"
+ENVOY_STATS_PATH = "/stats/prometheus"
+
+
+def envoy_scrape_config(admin: str, clusters: dict[str, dict[str, str]], timing: Timing) -> Obj:
+    """The gateway's own statistics (Envoy's admin `/stats/prometheus` at `admin`, host:port), as
+    Istio's sample PodMonitor `envoy-stats-monitor` scrapes a sidecar's. Each series of an outbound
+    cluster (`cluster_name="outbound|<port>|<subset>|<host>"`) gains the `model`, `version` and
+    `namespace` of the pods its subset selects (`clusters`: cluster name -> those labels), so a
+    query selects model and version as it does on the servers' own metrics."""
+    relabel = [
+        {
+            "source_labels": ["cluster_name"],
+            "regex": re.escape(name),
+            "target_label": label,
+            "replacement": value,
+        }
+        for name, labels in sorted(clusters.items())
+        for label, value in labels.items()
+    ]
+    job: Obj = {
+        "job_name": ENVOY_JOB,
+        "metrics_path": ENVOY_STATS_PATH,
+        "static_configs": [{"targets": [admin], "labels": {"job": ENVOY_JOB, "pod": "gateway"}}],
+        "metric_relabel_configs": relabel,
+    }
+    if timing.scrape_interval:
+        job["scrape_interval"] = job["scrape_timeout"] = timing.scrape_interval
+    return job
 
 
 def _static(service: Obj, target: Target) -> Obj:
@@ -177,3 +211,26 @@ def local_secret_files(config: Obj, folder: Path) -> Obj:
                     item.pop(field, None)
                     item[file_field] = str(path)
     return config
+
+
+def graph_links(objects: list[Obj], prometheus: str, model: str) -> list[Obj]:
+    """Each panel of the rendered Grafana dashboards as a link to Prometheus' own graph page
+    (`/graph?g0.expr=...`, one expression per panel target), its `$model` variable set to `model`:
+    `[{"panel": title, "url": url}]`."""
+    links = []
+    for config_map in objects:
+        if config_map["kind"] != "ConfigMap" or "grafana_dashboard" not in config_map["metadata"].get(
+            "labels", {}
+        ):
+            continue
+        for text in config_map["data"].values():
+            for panel in json.loads(text)["panels"]:
+                params = {}
+                for index, target in enumerate(panel["targets"]):
+                    params[f"g{index}.expr"] = target["expr"].replace("$model", model)
+                    params[f"g{index}.tab"] = "0"
+                    params[f"g{index}.range_input"] = "1h"
+                links.append(
+                    {"panel": panel["title"], "url": f"{prometheus}/graph?{urllib.parse.urlencode(params)}"}
+                )
+    return links

@@ -2,7 +2,7 @@
 
 A pid alone is not proof a process is ours (pids are reused), so a process counts as running only
 while /proc/<pid>/stat still gives the start time recorded when we started it (argv cannot serve:
-nginx rewrites its process title).
+a server may rewrite its process title).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class Proc:
     pid: int = 0
     start_ticks: int = 0  # field 22 of /proc/<pid>/stat: clock ticks after boot
     extra: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # added to the starting environment
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

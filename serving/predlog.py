@@ -8,7 +8,7 @@ shadow on (request_id, row) to measure how often they agree.
 
 Sampling is decided by a hash of the request id, not a random draw, so every replica of every
 version keeps the same requests: a mirrored request carries the primary's `x-request-id` (Envoy
-copies the headers into the mirrored request; nginx's mirror subrequest inherits them), so the
+copies the headers into the mirrored request, in a cluster and on the local stack), so the
 primary and the shadow log the same requests, and per-request agreement can be computed from a
 sample of either.
 

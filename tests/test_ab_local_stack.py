@@ -47,6 +47,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         registry.register(root, MODEL, version=WEAK)
     pipeline_repo.push_all(root)
     doc = stack_doc({WEAK: 100}, namespace=f"models-{STACK}")
+    # One pod per version: feedback goes to the pod that answered (labels across replicas: issue 23).
+    doc["config"]["modelctl:releases"][MODEL]["replicas"] = {"min": 1}
     yamlio.dump_file(root / f"Pulumi.{STACK}.yaml", doc)
     run_git(root, "add", "-A")
     run_git(root, "commit", "-q", "-m", "dev serves the weak version")

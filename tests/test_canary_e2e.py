@@ -1,4 +1,4 @@
-"""Canary analysis end to end on the local stack: real model servers behind nginx, a real
+"""Canary analysis end to end on the local stack: real model servers behind Envoy, a real
 Prometheus scraping them, `modelctl traffic` running throughout, and `modelctl canary analyze`
 committing every decision with its snapshot.
 
@@ -68,6 +68,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     add_broken_version(root, pipeline_repo.remote(root))
     dev = stack_doc({STABLE: 100}, namespace="models-dev")
     dev["config"]["modelctl:releases"][MODEL]["analysis"] = ANALYSIS
+    dev["config"]["modelctl:releases"][MODEL]["replicas"] = {"min": 1}  # one pod per version is enough here
     yamlio.dump_file(root / "Pulumi.dev.yaml", dev)
     # staging is no canary: `canary analyze` without --stack skips it (it has no Prometheus).
     yamlio.dump_file(root / "Pulumi.staging.yaml", stack_doc({STABLE: 100}, namespace="models-staging"))

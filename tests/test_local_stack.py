@@ -1,7 +1,9 @@
-"""`modelctl up` end to end: real model servers, nginx, Prometheus, Alertmanager and mailbox.
+"""`modelctl up` end to end: real model servers (pods under the supervisor), Envoy, Prometheus,
+Alertmanager and mailbox.
 
 Two stacks of one test repository run for the whole module (starting one takes ~15 s):
-- staging: fraud-detection v1.0.0 70% / v1.1.0 30%, sticky sessions, header overrides;
+- staging: fraud-detection v1.0.0 70% / v1.1.0 30%, three replicas each, sticky sessions, header
+  overrides;
 - dev: v1.0.0 50% / v1.2.0 50% (a version whose model fails on every real row) and v1.1.0 as a
   25% shadow.
 Test settings shorten scrape and evaluation intervals, every rule's `for`, and group_wait, by
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -76,13 +80,16 @@ def write_stack(root: Path, name: str, release: dict[str, Any]) -> None:
 
 WEIGHTS = {"v1.0.0": 70, "v1.1.0": 30}
 OVERRIDES = {"canary": "v1.1.0", "stable": "v1.0.0"}
+REPLICAS = 3
 STAGING: dict[str, Any] = {
     "traffic": WEIGHTS,
+    "replicas": {"min": REPLICAS},
     "sticky": {"cookie": "model-version"},
     "overrides": OVERRIDES,
 }
 DEV: dict[str, Any] = {
     "traffic": {"v1.0.0": 50, BROKEN: 50},
+    "replicas": {"min": 1},
     "shadow": {"version": "v1.1.0", "percent": SHADOW_PERCENT},
 }
 
@@ -260,6 +267,91 @@ def test_mirror_copies_its_share_and_clients_see_only_primaries(dev: dict[str, A
     assert within(int(mirrored), total, SHADOW_PERCENT), mirrored
 
 
+def ps(root: Path, stack: str) -> tuple[int, list[dict[str, Any]]]:
+    proc = modelctl(root, "ps", "--stack", stack, "--json")
+    rows: list[dict[str, Any]] = json.loads(proc.stdout)["processes"]
+    return proc.returncode, rows
+
+
+def test_each_replica_is_an_endpoint_of_its_subset_and_a_target_of_its_own(staging: dict[str, Any]) -> None:
+    pods = staging["models"][MODEL]["pods"]
+    assert {version: len(urls) for version, urls in pods.items()} == dict.fromkeys(WEIGHTS, REPLICAS)
+    before = {url: requests_counted(url) for url in pods["v1.1.0"]}
+    with httpx.Client(timeout=10, cookies=no_cookie_jar()) as client:
+        for _ in range(60):
+            response = predict(client, staging, {contract.VERSION_HEADER: "canary"})
+            assert response.status_code == 200
+    served = {url: requests_counted(url) - count for url, count in before.items()}
+    print(f"60 requests to v1.1.0 across its replicas: {served}")
+    assert all(n > 0 for n in served.values()), served  # Envoy balances over every replica
+    assert sum(served.values()) == 60
+
+    def targets() -> list[dict[str, Any]]:
+        return query(staging, 'up{job="fraud-detection", pod=~"fraud-detection-v1-1-0-.+"} == 1')
+
+    up = wait_for("Prometheus scrapes each replica", lambda: len(targets()) == REPLICAS, 30)
+    assert up
+    assert len({t["metric"]["pod"] for t in targets()}) == REPLICAS
+
+
+def test_envoy_statistics_count_what_callers_got_by_model_and_version(staging: dict[str, Any]) -> None:
+    series = f'sum by (version) (envoy_cluster_upstream_rq_completed{{model="{MODEL}", namespace="models-staging"}})'
+
+    def counted() -> dict[str, float]:
+        return {r["metric"]["version"]: float(r["value"][1]) for r in query(staging, series)}
+
+    before = counted()
+    with httpx.Client(timeout=10, cookies=no_cookie_jar()) as client:
+        answered = Counter(predict(client, staging).headers[contract.VERSION_HEADER] for _ in range(200))
+
+    def caught_up() -> dict[str, float] | None:
+        now = counted()
+        delta = {v: now.get(v, 0) - before.get(v, 0) for v in now}
+        return delta if sum(delta.values()) >= 200 else None
+
+    delta = wait_for("Envoy's counters reach Prometheus", caught_up, 30)
+    assert {v: int(n) for v, n in delta.items() if n} == dict(answered)
+
+
+def test_a_killed_replica_is_restarted_with_back_off_and_callers_see_no_error(
+    repo: Path, staging: dict[str, Any]
+) -> None:
+    _, rows = ps(repo, "staging")
+    victim = next(r for r in rows if r["kind"] == "server" and r["version"] == "v1.0.0")
+    os.kill(victim["pid"], signal.SIGKILL)
+    killed = time.monotonic()
+
+    def waiting() -> dict[str, Any] | None:
+        code, now = ps(repo, "staging")
+        row = next(r for r in now if r["name"] == victim["name"])
+        return {**row, "exit": code} if row["state"] == "waiting" else None
+
+    row = wait_for("ps shows the pod in back-off", waiting, 10)
+    assert row["exit"] == 2  # a pod not running is a finding
+    assert row["last_exit"]["signal"] == "SIGKILL"
+    assert row["restarts"] == 0
+    # Meanwhile the gateway retries on the other replicas (connect-failure, previous hosts).
+    with httpx.Client(timeout=10, cookies=no_cookie_jar()) as client:
+        codes = Counter(
+            predict(client, staging, {contract.VERSION_HEADER: "stable"}).status_code for _ in range(30)
+        )
+    assert codes == Counter({200: 30})
+
+    def ready() -> dict[str, Any] | None:
+        code, now = ps(repo, "staging")
+        row = next(r for r in now if r["name"] == victim["name"])
+        return {**row, "exit": code} if row["healthy"] and code == 0 else None
+
+    row = wait_for("the pod is restarted and ready again", ready, 90)
+    print(f"killed replica ready again {time.monotonic() - killed:.1f} s after SIGKILL")
+    assert time.monotonic() - killed >= 10  # Kubernetes' first back-off: 10 s
+    assert row["restarts"] == 1
+    assert row["pid"] != victim["pid"]
+    assert row["port"] == victim["port"]  # a pod keeps its address across restarts
+    text = modelctl(repo, "ps", "--stack", "staging").stdout
+    assert "last exit: killed by SIGKILL" in text
+
+
 # ---------------------------------------------------------------------------- alerts
 
 
@@ -348,7 +440,7 @@ def test_up_again_changes_nothing_and_a_release_commit_reconciles(
     pids = {p["name"]: p["pid"] for p in before}
     rows = json.loads(modelctl(repo, "ps", "--stack", "staging", "--json").stdout)["processes"]
     now = {p["name"]: p["pid"] for p in rows}
-    assert "fraud-detection-v1-0-0" not in now
+    assert not [name for name in now if name.startswith("fraud-detection-v1-0-0-")]
     assert now == {n: p for n, p in pids.items() if n in now}
 
 

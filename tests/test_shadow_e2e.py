@@ -3,7 +3,7 @@ configuration mirrors 50% of the traffic of the registered stable version, with 
 both servers write the prediction log (the stack file's `prediction_log`); `modelctl shadow report` shows how often they disagree,
 and the canary that takes the shadow out cites the report in its commit.
 
-Real git, dvc, model servers, nginx and Prometheus; every wait is bounded, and the stack is
+Real git, dvc, model servers, Envoy and Prometheus; every wait is bounded, and the stack is
 stopped by pid (`modelctl down`) at the end.
 """
 
@@ -55,6 +55,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             "sticky": {"cookie": "model-version"},
             "shadow": {"version": WEAK, "percent": PERCENT},
             "prediction_log": {"sample": 1},
+            "replicas": {"min": 1},  # one pod per version is enough here
         }
     )
     yamlio.dump_file(root / "Pulumi.dev.yaml", doc)

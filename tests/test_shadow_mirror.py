@@ -10,10 +10,9 @@ import pytest
 
 from infra.build import build_stack
 from modelctl.core.state import load_state
-from onebox.processes import free_port
-from onebox.proxy import nginx_config
+from onebox import envoy
 from tests.factories import full_docs, write_repo
-from tests.test_onebox_proxy import NGINX, nginx_check, routed
+from tests.test_onebox_envoy import routed
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +42,30 @@ def test_sticky_and_weighted_routes_mirror_and_overrides_do_not(root: Path) -> N
     }
 
 
-@pytest.mark.skipif(NGINX is None, reason="nginx is not installed; run make tools")
-def test_nginx_mirrors_every_route_that_holds_a_mirror(root: Path, tmp_path: Path) -> None:
+def test_envoy_mirrors_every_route_that_holds_a_mirror(root: Path) -> None:
     [fraud] = [
         r for r in routed("staging", root) if r.virtual_service["metadata"]["name"] == "fraud-detection"
     ]
-    conf = nginx_config([fraud], free_port(), str(tmp_path))
-    check = nginx_check(conf, tmp_path)
-    assert check.returncode == 0, check.stderr
-    # One mirror decision per mirrored route, each with the route's percentage.
-    assert conf.count("40% vs0_v1-0-0;") == 3
+    _, route_config = envoy.resources([fraud])
+    mirrors = {
+        r["name"]: r["route"].get("request_mirror_policies")
+        for r in route_config["virtual_hosts"][0]["routes"]
+    }
+    host = fraud.virtual_service["spec"]["hosts"][0]
+    # One mirror policy per mirrored route, each with the route's percentage (per million).
+    shadow = [
+        {
+            "cluster": f"outbound|80|v1-0-0|{host}",
+            "runtime_fraction": {"default_value": {"numerator": 400000, "denominator": "MILLION"}},
+            "trace_sampled": False,
+        }
+    ]
+    assert mirrors == {
+        "override-v1-2-0-0": None,
+        "sticky-v1-1-0": shadow,
+        "sticky-v1-2-0": shadow,
+        "weighted": shadow,
+    }
 
 
 def test_every_version_of_the_model_logs_predictions_with_one_sample(root: Path) -> None:

@@ -46,7 +46,7 @@ print(a["outcome"], a["decision"]["canary_version"], reason if len(reason) <= 20
   exit 1
 }
 
-step "modelctl up --stack $stack: servers, nginx gateway, Prometheus, Alertmanager, from the rendered objects"
+step "modelctl up --stack $stack: pods, Envoy gateway, Prometheus, Alertmanager, from the rendered objects"
 modelctl up --stack "$stack" --remote "$remote" "${timing[@]}" --json | tee "$addresses"
 field() { "$bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$addresses" "$1"; }
 step "modelctl traffic: held-out rows through the gateway, $version already a canary"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from modelctl.cli import Result, add_command, progress, repo_root
+from modelctl.cli import EXIT_FINDING, EXIT_OK, Result, add_command, progress, repo_root
 from modelctl.core.errors import UserError
 from modelctl.core.state import State
 from modelctl.repo import dvcstore, registry
@@ -38,7 +39,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
 
     _stack_flag(add_command(sub, "down", run_down, "stop everything `up` started for a stack"))
-    _stack_flag(add_command(sub, "ps", run_ps, "the processes of a local stack, with ports and health"))
+    _stack_flag(
+        add_command(
+            sub,
+            "ps",
+            run_ps,
+            "the processes of a local stack: ports, readiness, restarts; exit 2 if one is not running or not ready",
+        )
+    )
 
     parser = add_command(sub, "traffic", run_traffic, "send held-out rows through the local stack's gateway")
     _stack_flag(parser)
@@ -99,15 +107,27 @@ def run_up(args: argparse.Namespace) -> Result:
 
 
 def _up_text(data: dict[str, Any]) -> str:
-    lines = [f"stack {data['stack']} runs on this machine:", f"  gateway       {data['gateway']}"]
+    lines = [
+        f"stack {data['stack']} runs on this machine:",
+        f"  gateway       {data['gateway']}  (Envoy; its admin and statistics: {data['gateway_admin']})",
+    ]
     for model, entry in data["models"].items():
         lines.append(f"  {model}  (Host: {entry['host']})")
-        lines += [f"    {version:<12}{url}" for version, url in entry["versions"].items()]
+        for version, urls in entry["pods"].items():
+            lines.append(f"    {version:<12}{'  '.join(urls)}")
+    alertmanager = data["alertmanager"]
+    if not data["alertmanager_ui"]:
+        alertmanager += (
+            f"  (API only, no web UI in this build: amtool alert query --alertmanager.url={alertmanager})"
+        )
     lines += [
         f"  prometheus    {data['prometheus']}",
-        f"  alertmanager  {data['alertmanager']}",
+        f"  alertmanager  {alertmanager}",
         f"  mailbox       {data['mailbox']}",
+        "where to look (the dashboard's panels, in Prometheus):",
     ]
+    for model, entry in data["models"].items():
+        lines += [f"  {model}: {graph['panel']}\n    {graph['url']}" for graph in entry["graphs"]]
     return "\n".join(lines)
 
 
@@ -133,11 +153,32 @@ def run_ps(args: argparse.Namespace) -> Result:
     rows = ps(root, name)
     if not rows:
         state.stack(name)
-    lines = [f"{'NAME':<28}{'PID':>8}  {'PORT':>6}  STATE"]
+        return Result({"stack": name, "processes": rows}, f"stack {name} is not up")
+    lines = [f"{'NAME':<40}{'PID':>8}  {'PORT':>6}  {'RESTARTS':>8}  STATE"]
     for row in rows:
-        health = "healthy" if row["healthy"] else ("running, not ready" if row["running"] else "stopped")
-        lines.append(f"{row['name']:<28}{row['pid']:>8}  {row['port']:>6}  {health}")
-    return Result({"stack": name, "processes": rows}, "\n".join(lines) if rows else f"stack {name} is not up")
+        lines.append(
+            f"{row['name']:<40}{row['pid']:>8}  {row['port']:>6}  {row.get('restarts', ''):>8}  {_ps_state(row)}"
+        )
+    down = [row["name"] for row in rows if not row["healthy"]]
+    if down:
+        lines.append(f"not running or not ready: {', '.join(down)}")
+    # Something not running or not ready is a finding (exit 2), as `doctor` finding missing objects.
+    return Result({"stack": name, "processes": rows}, "\n".join(lines), EXIT_FINDING if down else EXIT_OK)
+
+
+def _ps_state(row: dict[str, Any]) -> str:
+    if row.get("state") == "waiting":
+        state = f"CrashLoopBackOff (restarting in {row['restart_in_s']:g} s)"
+    elif row["healthy"]:
+        state = "ready" if row["kind"] == "server" else "running"
+    else:
+        state = "running, not ready" if row["running"] else "stopped"
+    last = row.get("last_exit")
+    if last:
+        how = f"killed by {last['signal']}" if last.get("signal") else f"exit code {last.get('code')}"
+        ago = time.time() - last["at"]
+        state += f"; last exit: {how}, {ago:.0f} s ago"
+    return state
 
 
 def run_traffic(args: argparse.Namespace) -> Result:
