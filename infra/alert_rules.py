@@ -196,7 +196,7 @@ def _no_traffic(target: ModelTarget) -> Obj:
         if shadow is not None and shadow.version not in target.release.serving()
         else []
     )
-    requests = f"{mesh.requests}{_mesh_selector(target, *mirrored)}"
+    requests = f"{mesh.requests}{_mesh_selector(target, mesh.answered, *mirrored)}"
     return _alert(
         target,
         "ModelNoTraffic",
@@ -216,7 +216,7 @@ def _mesh_errors(target: ModelTarget, version: str) -> Obj:
     """A version failing its callers: 5xx at the mesh, the mesh's own 503 and 504 included."""
     mesh = target.mesh
     matchers = mesh.matchers(target.namespace, target.name, version)
-    requests = f"sum(rate({mesh.requests}{_mesh_selector(target, **matchers)}[{MESH_WINDOW}]))"
+    requests = f"sum(rate({mesh.requests}{_mesh_selector(target, mesh.answered, **matchers)}[{MESH_WINDOW}]))"
     errors = f"sum(rate({mesh.requests}{_mesh_selector(target, mesh.errors, **matchers)}[{MESH_WINDOW}]))"
     return _alert(
         target,

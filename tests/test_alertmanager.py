@@ -161,6 +161,13 @@ def pod_up(version: str, value: int) -> tuple[str, str]:
     return _series("up", {"namespace": NAMESPACE, "job": "fraud-detection", "pod": pod}), f"{value}x40"
 
 
+def by_class(version: str, per_minute: float, code_class: str = "5xx") -> tuple[str, str]:
+    """Envoy's count of the same requests by code class, under the same name (not to be added)."""
+    envoy = MESH_SOURCES["envoy"]
+    found = {**envoy.matchers(NAMESPACE, "fraud-detection", version), "envoy_response_code_class": code_class}
+    return _series(envoy.requests, found), f"0+{per_minute:g}x40"
+
+
 # Both versions take traffic and answer it, and every pod is up: no mesh alert has cause.
 HEALTHY_MESH = [called(STABLE, 900), called(CANARY, 100), pod_up(STABLE, 1), pod_up(CANARY, 1)]
 MESH_ALERTS = ["ModelVersionFailingCallers", "ModelVersionUnavailable", "ModelNoTraffic"]
@@ -241,6 +248,19 @@ SCENARIOS = [
         [*requests(STABLE, 900), called(STABLE, 900), called(CANARY, 100, "503"), *HEALTHY_MESH[2:]],
         fires={"ModelVersionFailingCallers": [labels("critical", CANARY)]},
         quiet=["ModelHighErrorRate"],
+    ),
+    Scenario(
+        "6% of the canary's requests time out at Envoy (its count by class would halve that to 3%)",
+        [
+            called(STABLE, 900, mesh="envoy"),
+            called(CANARY, 6, "504", "envoy"),
+            by_class(CANARY, 6),
+            called(CANARY, 94, mesh="envoy"),
+            by_class(CANARY, 94, "2xx"),
+            *HEALTHY_MESH[2:],
+        ],
+        fires={"ModelVersionFailingCallers": [labels("critical", CANARY)]},
+        mesh="envoy",
     ),
     Scenario(
         "the canary times out at Envoy",

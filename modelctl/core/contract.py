@@ -246,6 +246,13 @@ class MeshSource:
         return {**exact, self.version: self.version_value(namespace, model, version)}
 
     @property
+    def answered(self) -> str:
+        """The raw matcher of the series counting requests by response code: Envoy also writes
+        each count by code class (`envoy_response_code_class`) under the same name, and summing
+        both would count every request twice."""
+        return f'{self.code}!=""'
+
+    @property
     def errors(self) -> str:
         """The raw matcher of server errors (5xx answers, the mesh's own 503 and 504 included)."""
         return f'{self.code}=~"5.."'
@@ -297,7 +304,7 @@ def _mesh_counts(mesh: MeshSource) -> dict[str, WindowCount]:
         return WindowCount(series, labels, only, mesh.name, mesh.version)
 
     return {
-        f"{mesh.name}_requests_in_window": count(mesh.requests),
+        f"{mesh.name}_requests_in_window": count(mesh.requests, only=mesh.answered),
         f"{mesh.name}_errors_in_window": count(mesh.requests, only=mesh.errors),
         f"{mesh.name}_latency_buckets_in_window": count(f"{mesh.duration}_bucket", "le"),
     }
