@@ -248,8 +248,8 @@ class MeshSource:
     @property
     def answered(self) -> str:
         """The raw matcher of the series counting requests by response code: Envoy also writes
-        each count by code class (`envoy_response_code_class`) under the same name, and summing
-        both would count every request twice."""
+        each count by code class (`response_code_class`) under the same name, and summing both
+        would count every request twice."""
         return f'{self.code}!=""'
 
     @property
@@ -267,13 +267,14 @@ MESH_SOURCES: dict[str, MeshSource] = {
         seconds_per_unit=0.001,
         version="destination_version",
     ),
+    # Tagged as Istio's bootstrap tags a sidecar's statistics (`cluster_name`, `response_code`).
     "envoy": MeshSource(
         "envoy",
         requests="envoy_cluster_upstream_rq",
-        code="envoy_response_code",
+        code="response_code",
         duration="envoy_cluster_upstream_rq_time",
         seconds_per_unit=0.001,
-        version="envoy_cluster_name",
+        version="cluster_name",
     ),
 }
 
