@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# The story `make demo` tells, in a scratch clone: a stack runs on this machine and takes traffic;
-# while traffic runs, `modelctl canary analyze` judges the canary from Prometheus and takes it
-# through every step to promotion, one commit each with the snapshot it decided on; a broken
-# build's canary is rolled back by the same analysis, its error-rate alert is emailed to the
-# local SMTP sink, and everything stops.
+# The story `make demo` tells, in a scratch clone: a stack runs on this machine (model servers
+# behind Envoy) and takes traffic; the canary's server is killed under traffic, and `modelctl
+# canary analyze` rolls it back on what callers got at Envoy (their 503s; the servers counted
+# none of them), one commit with the snapshot it decided on, while the critical alert naming the
+# version is emailed to the local SMTP sink; the hold is cleared in a reviewed commit, and the same
+# analysis takes the canary through every step to promotion; everything stops.
 # Usage: tools/demo-local-stack.sh BIN REPO REMOTE MODEL VERSION STACK
 set -euo pipefail
 bin=$1 repo=$2 remote=$3 model=$4 version=$5 stack=$6
-bin=$(cd "$bin" && pwd)  # absolute: the broken build is registered from inside the clone
-broken=v1.2.0  # tests/faults.py's broken build
+bin=$(cd "$bin" && pwd)
 # Demo timings: scrape and evaluate every 2 s, alerts after 6 s instead of minutes.
 timing=(--scrape-interval=2s --evaluation-interval=2s --alert-for=6s --group-wait=2s --group-interval=5s)
 modelctl() { "$bin/modelctl" -C "$repo" "$@"; }
@@ -81,55 +81,43 @@ yamlio.dump_file(path, doc)
 PY
 git -C "$repo" commit -qam "demo: analysis settings for a local stack's traffic; on-call email for critical alerts"
 git -C "$repo" log -1 -p --format='%h %s' | grep '^[-+] ' || true
-settings=$(git -C "$repo" rev-parse HEAD)
 
-step "traffic runs on; modelctl canary analyze judges $version from Prometheus, and commits each step"
+step "traffic runs on; the canary $version serves its share through Envoy"
 "$bin/modelctl" -C "$repo" traffic --stack "$stack" --model "$model" --requests 1000000 --users 200 >/dev/null 2>&1 &
 traffic_pid=$!
-rollout_began=$(date +%s)
-analyze_until promote
-step "the automatic commits: each holds its snapshot and the stack edit"
-git -C "$repo" log --reverse --stat --format='%n%h %s%n%b' "$settings..HEAD"
-last=$(git -C "$repo" rev-parse HEAD)
-step "modelctl judge --replay $(git -C "$repo" rev-parse --short HEAD): the decision recomputed from its snapshot"
-modelctl judge --replay HEAD | head -4
+sleep 5
+step "the canary's server is killed under traffic (SIGKILL; the supervisor restarts it after 10 s, as the kubelet would)"
+pids=$(modelctl ps --stack "$stack" --json | "$bin/python" -c '
+import json, sys
+rows = json.load(sys.stdin)["processes"]
+print(" ".join(str(r["pid"]) for r in rows if r["kind"] == "server" and r.get("version") == sys.argv[1]))' "$version")
+echo "kill -9 $pids"
+kill -9 $pids
+step "canary analyze: Envoy counted the callers' 503s the dead server never saw; rolled back at the first look that shows them"
+analyze_until rollback
+git -C "$repo" log -1 --stat --format='%n%h %s%n%b'
+snapshot=$(git -C "$repo" log -1 --format=%b | sed -n 's/^Analysis-Snapshot: //p')
+"$bin/python" - "$repo/$snapshot" <<'PY'
+import json, sys
 
-step "the split during the rollout, as Prometheus scraped it from the servers"
-"$bin/python" - "$(field prometheus)" "$model" "$rollout_began" "$(date +%s)" <<'PY'
-import sys
-import httpx
-
-prometheus, model, start, end = sys.argv[1:]
-query = f'sum by (version) (model_requests_total{{model="{model}",code="200"}})'
-
-def counts(at: str) -> dict[str, float]:
-    answer = httpx.get(f"{prometheus}/api/v1/query", params={"query": query, "time": at}).json()
-    return {r["metric"]["version"]: float(r["value"][1]) for r in answer["data"]["result"]}
-
-first, last = counts(start), counts(end)
-grown = {version: last[version] - first.get(version, 0.0) for version in sorted(last)}
-total = sum(grown.values())
-for version, count in grown.items():
-    print(f"  {version:<10}{count:>7.0f} requests  {count / total:6.1%}")
+snap = json.load(open(sys.argv[1]))
+print(f"snapshot format {snap['format']}: requests, errors and latency from {snap['sources']['requests']}")
+for arm in ("canary", "baseline"):
+    a = snap[arm]
+    print(f"  {arm:<8} {a['version']}: callers sent {a['requests']:.0f}, {a['errors']:.0f} failed; "
+          f"its servers counted {a['server']['requests']:.0f}")
 PY
+modelctl judge --replay HEAD | head -1
 
-step "a broken build: $broken (a real model that loads, then fails on real rows), registered and canaried"
-(cd "$repo" && "$bin/python" -m tests.faults . "$remote")
-git -C "$repo" commit -qam "register $model $broken"
-modelctl canary "$model" "$broken" --stack "$stack"
-modelctl up --stack "$stack" --remote "$remote" "${timing[@]}" >/dev/null
-
-step "the error-rate alert on the broken canary, emailed to on-call (the local SMTP sink's mailbox)"
+step "the critical alert naming $model $version, emailed to on-call (the local SMTP sink's mailbox)"
 mailbox=$(field mailbox)
-printf 'waiting for the ModelHighErrorRate email on %s' "$broken"
 found=""
-for _ in $(seq 60); do
-  found=$(grep -l "ModelHighErrorRate" "$mailbox"/*.eml 2>/dev/null | xargs -r grep -l "$broken" | head -1 || true)
+for _ in $(seq 90); do
+  found=$(grep -lE "ModelVersionFailingCallers|ModelVersionUnavailable" "$mailbox"/*.eml 2>/dev/null | xargs -r grep -l "$version" | head -1 || true)
   [ -n "$found" ] && break
-  printf '.'; sleep 1
+  sleep 1
 done
-echo
-[ -n "$found" ] || { echo "no error-rate email for $broken arrived within 60 s" >&2; exit 1; }
+[ -n "$found" ] || { echo "no critical email for $version arrived within 90 s" >&2; exit 1; }
 echo "delivered: $(basename "$found") (in the stack's mailbox, removed with the demo's clone)"
 "$bin/python" - "$found" <<'PY'
 import email, email.policy, html, re, sys
@@ -144,10 +132,15 @@ words = " ".join(html.unescape(re.sub(r"<style.*?</style>|<[^>]+>", " ", text, f
 print(words[:700])
 PY
 
-step "canary analyze rolls the broken canary back, by one commit"
-analyze_until rollback
+step "the fix reviewed: the hold on $version cleared by one commit, the canary started again"
+modelctl release-hold clear "$model" "$version" --stack "$stack" --reason "demo: the server was killed, not broken"
+modelctl canary "$model" "$version" --stack "$stack"
+modelctl up --stack "$stack" --remote "$remote" "${timing[@]}" >/dev/null
+last=$(git -C "$repo" rev-parse HEAD)
+step "modelctl canary analyze takes $version through every step to promotion, one commit each"
+analyze_until promote
 stop_traffic
-git -C "$repo" log -1 --stat --format='%n%h %s%n%b' "$last..HEAD"
+git -C "$repo" log --reverse --format='%h %s' "$last..HEAD"
 
 step "modelctl down: everything stops"
 modelctl down --stack "$stack"
