@@ -78,6 +78,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     dev = stack_doc({STABLE: 100}, namespace="models-dev")
     dev["config"]["modelctl:releases"][MODEL]["analysis"] = ANALYSIS
     dev["config"]["modelctl:releases"][MODEL]["replicas"] = {"min": 1}  # one pod per version is enough here
+    dev["config"]["modelctl:environment"]["receivers"] = [ONCALL]
     yamlio.dump_file(root / "Pulumi.dev.yaml", dev)
     # staging is no canary: `canary analyze` without --stack skips it (it has no Prometheus).
     yamlio.dump_file(root / "Pulumi.staging.yaml", stack_doc({STABLE: 100}, namespace="models-staging"))

@@ -42,7 +42,7 @@ import httpx
 
 from modelctl.core import contract, yamlio
 from tests import pipeline_repo
-from tests.factories import full_docs, run_git, stack_doc
+from tests.factories import run_git, stack_doc
 from tests.faults import BROKEN, add_broken_version
 
 MODEL = pipeline_repo.MODEL
@@ -55,6 +55,11 @@ TIMING = ("--scrape-interval=2s", "--evaluation-interval=2s", "--alert-for=6s", 
 ANALYSIS = {"steps": [20, 50], "min_requests": 200, "error_margin": 0.02, "latency_margin": 1.0}
 LIMIT_SECONDS = 300.0
 RESULTS = Path(__file__).parent / "RESULTS.md"
+ONCALL = {
+    "name": "oncall-email",
+    "severities": ["critical"],
+    "email": {"to": "oncall@example.com", "from": "alerts@example.com", "smarthost": "smtp.example.com:587"},
+}
 
 
 def modelctl(root: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -185,7 +190,7 @@ def scratch_repo(folder: Path) -> Path:
     add_broken_version(root, pipeline_repo.remote(root))
     doc = stack_doc({STABLE: 100}, namespace=NAMESPACE)
     environment = doc["config"]["modelctl:environment"]
-    environment["receivers"] = full_docs()[1]["prod"]["config"]["modelctl:environment"]["receivers"]
+    environment["receivers"] = [ONCALL]
     doc["config"]["modelctl:releases"][MODEL]["analysis"] = ANALYSIS
     yamlio.dump_file(root / f"Pulumi.{STACK}.yaml", doc)
     run_git(root, "add", "-A")
