@@ -96,6 +96,7 @@ bench: install tools
 	$(BIN)/python -m bench.judge.bench
 	$(BIN)/python -m bench.ab.bench
 	$(BIN)/python -m bench.serving
+	$(BIN)/python -m bench.safety
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

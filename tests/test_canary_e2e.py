@@ -245,7 +245,7 @@ def test_a_broken_version_is_rolled_back_by_an_analyze_commit(
     started = time.monotonic()
     canary = modelctl(repo, "canary", MODEL, BROKEN, "--stack", "dev")
     assert canary.returncode == 0, canary.stderr
-    up(repo, "dev")
+    mailbox = Path(up(repo, "dev")["mailbox"])
     result, holds = analyze_until_decided(repo, traffic)
     check_commit(repo, result, "rollback")
     reason = result["decision"]["reasons"][0]
@@ -253,6 +253,7 @@ def test_a_broken_version_is_rolled_back_by_an_analyze_commit(
     snapshot = json.loads((repo / str(result["snapshot"])).read_text())
     assert snapshot["sources"]["errors"] == "envoy"
     assert snapshot["canary"]["errors"] > 0
+    assert "critical" in critical_email(mailbox, BROKEN)
     after = release(repo)
     assert after["traffic"].get(BROKEN, 0) == 0
     assert after["traffic"][HEALTHY] == 100
