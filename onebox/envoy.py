@@ -49,12 +49,13 @@ ROUTE_CONFIG = "modelctl"
 # Istio's MeshConfig defaults: connectTimeout 10s; unset circuit-breaker limits are 2^32-1.
 MESH_CONNECT_TIMEOUT = "10s"
 UNLIMITED = 2**32 - 1
-# Istio's bootstrap (pkg/bootstrap/testdata/*_golden.json): the cluster's alt_stat_name ends in
-# ';' so a name holding dots is one tag; use_all_default_tags is off.
+# Istio's bootstrap regexes (pkg/bootstrap/testdata/*_golden.json: the cluster's alt_stat_name
+# ends in ';' so a name holding dots is one tag; use_all_default_tags off) under Envoy's default
+# tag names, so the labels are `envoy_cluster_name`, `envoy_response_code` as Envoy documents them.
 STATS_TAGS = [
-    {"tag_name": "cluster_name", "regex": r"^cluster(\.(.+);)"},
-    {"tag_name": "response_code", "regex": r"_rq(_(\d{3}))$"},
-    {"tag_name": "response_code_class", "regex": r"_rq(_(\dxx))$"},
+    {"tag_name": "envoy.cluster_name", "regex": r"^cluster(\.(.+);)"},
+    {"tag_name": "envoy.response_code", "regex": r"_rq(_(\d{3}))$"},
+    {"tag_name": "envoy.response_code_class", "regex": r"_rq(_(\dxx))$"},
 ]
 RETRY_DEFAULT_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
 PREVIOUS_HOSTS = {

@@ -97,12 +97,12 @@ ENVOY_STATS_PATH = "/stats/prometheus"
 def envoy_scrape_config(admin: str, clusters: dict[str, dict[str, str]], timing: Timing) -> Obj:
     """The gateway's own statistics (Envoy's admin `/stats/prometheus` at `admin`, host:port), as
     Istio's sample PodMonitor `envoy-stats-monitor` scrapes a sidecar's. Each series of an outbound
-    cluster (`cluster_name="outbound|<port>|<subset>|<host>"`) gains the `model`, `version` and
+    cluster (`envoy_cluster_name="outbound|<port>|<subset>|<host>"`) gains the `model`, `version` and
     `namespace` of the pods its subset selects (`clusters`: cluster name -> those labels), so a
     query selects model and version as it does on the servers' own metrics."""
     relabel = [
         {
-            "source_labels": ["cluster_name"],
+            "source_labels": ["envoy_cluster_name"],
             "regex": re.escape(name),
             "target_label": label,
             "replacement": value,

@@ -791,11 +791,13 @@ def _stop_all(run: Path, state: RunState) -> list[Obj]:
     (one an earlier supervisor left), Prometheus, Alertmanager and the sinks."""
     order = {"gateway": 0, "supervisor": 1, "server": 2, "prometheus": 3, "alertmanager": 4, "sinks": 5}
     _pods(run, state)
+    # Whether each ran before anything stopped: the supervisor's pods stop with it.
+    procs = sorted(state.procs.values(), key=lambda p: order.get(p.kind, 0))
+    was_running = [processes.running(proc) for proc in procs]
     stopped = []
-    for proc in sorted(state.procs.values(), key=lambda p: order.get(p.kind, 0)):
-        was_running = processes.running(proc)
+    for proc, ran in zip(procs, was_running, strict=True):
         processes.stop(proc)
-        stopped.append({"name": proc.name, "pid": proc.pid, "was_running": was_running})
+        stopped.append({"name": proc.name, "pid": proc.pid, "was_running": ran})
     for name in ("state.json", supervisor.DESIRED, supervisor.STATUS):
         (run / name).unlink(missing_ok=True)
     return stopped

@@ -300,7 +300,13 @@ def test_envoy_statistics_count_what_callers_got_by_model_and_version(staging: d
     def counted() -> dict[str, float]:
         return {r["metric"]["version"]: float(r["value"][1]) for r in query(staging, series)}
 
-    before = counted()
+    def settled() -> dict[str, float] | None:
+        # Earlier tests' requests are still reaching Prometheus: wait until the counts stop moving.
+        first = counted()
+        time.sleep(2.5)
+        return first if counted() == first else None
+
+    before = wait_for("Envoy's counters settle in Prometheus", settled, 30)
     with httpx.Client(timeout=10, cookies=no_cookie_jar()) as client:
         answered = Counter(predict(client, staging).headers[contract.VERSION_HEADER] for _ in range(200))
 
