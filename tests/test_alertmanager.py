@@ -164,7 +164,7 @@ def pod_up(version: str, value: int) -> tuple[str, str]:
 def by_class(version: str, per_minute: float, code_class: str = "5xx") -> tuple[str, str]:
     """Envoy's count of the same requests by code class, under the same name (not to be added)."""
     envoy = MESH_SOURCES["envoy"]
-    found = {**envoy.matchers(NAMESPACE, "fraud-detection", version), "response_code_class": code_class}
+    found = {**envoy.matchers(NAMESPACE, "fraud-detection", version), "envoy_response_code_class": code_class}
     return _series(envoy.requests, found), f"0+{per_minute:g}x40"
 
 

@@ -112,7 +112,7 @@ MESH_SERIES = {
 }
 MESH_LABELS = {
     "istio": {"reporter", "destination_service_namespace", "destination_service_name", "response_code"},
-    "envoy": {"cluster_name", "response_code"},
+    "envoy": {"envoy_cluster_name", "envoy_response_code"},
 }
 
 

@@ -248,7 +248,7 @@ class MeshSource:
     @property
     def answered(self) -> str:
         """The raw matcher of the series counting requests by response code: Envoy also writes
-        each count by code class (`response_code_class`) under the same name, and summing both
+        each count by code class (`envoy_response_code_class`) under the same name, and summing both
         would count every request twice."""
         return f'{self.code}!=""'
 
@@ -267,14 +267,14 @@ MESH_SOURCES: dict[str, MeshSource] = {
         seconds_per_unit=0.001,
         version="destination_version",
     ),
-    # Tagged as Istio's bootstrap tags a sidecar's statistics (`cluster_name`, `response_code`).
+    # Envoy's tag names, the whole cluster name one value (onebox/README.md).
     "envoy": MeshSource(
         "envoy",
         requests="envoy_cluster_upstream_rq",
-        code="response_code",
+        code="envoy_response_code",
         duration="envoy_cluster_upstream_rq_time",
         seconds_per_unit=0.001,
-        version="cluster_name",
+        version="envoy_cluster_name",
     ),
 }
 
