@@ -93,23 +93,7 @@ rows = json.load(sys.stdin)["processes"]
 print(" ".join(str(r["pid"]) for r in rows if r["kind"] == "server" and r.get("version") == sys.argv[1]))' "$version")
 echo "kill -9 $pids"
 kill -9 $pids
-step "canary analyze: Envoy counted the callers' 503s the dead server never saw; rolled back at the first look that shows them"
-analyze_until rollback
-git -C "$repo" log -1 --stat --format='%n%h %s%n%b'
-snapshot=$(git -C "$repo" log -1 --format=%b | sed -n 's/^Analysis-Snapshot: //p')
-"$bin/python" - "$repo/$snapshot" <<'PY'
-import json, sys
-
-snap = json.load(open(sys.argv[1]))
-print(f"snapshot format {snap['format']}: requests, errors and latency from {snap['sources']['requests']}")
-for arm in ("canary", "baseline"):
-    a = snap[arm]
-    print(f"  {arm:<8} {a['version']}: callers sent {a['requests']:.0f}, {a['errors']:.0f} failed; "
-          f"its servers counted {a['server']['requests']:.0f}")
-PY
-modelctl judge --replay HEAD | head -1
-
-step "the critical alert naming $model $version, emailed to on-call (the local SMTP sink's mailbox)"
+step "the critical alert naming $model $version, emailed to on-call (the local SMTP sink's mailbox): the demo waits for it, since the rollback ends the version's alerts"
 mailbox=$(field mailbox)
 found=""
 for _ in $(seq 90); do
@@ -131,6 +115,22 @@ text = body.get_content() if body is not None else ""
 words = " ".join(html.unescape(re.sub(r"<style.*?</style>|<[^>]+>", " ", text, flags=re.S)).split())
 print(words[:700])
 PY
+
+step "canary analyze: Envoy counted the callers' 503s the dead server never saw; rolled back at the first look that shows them"
+analyze_until rollback
+git -C "$repo" log -1 --stat --format='%n%h %s%n%b'
+snapshot=$(git -C "$repo" log -1 --format=%b | sed -n 's/^Analysis-Snapshot: //p')
+"$bin/python" - "$repo/$snapshot" <<'PY'
+import json, sys
+
+snap = json.load(open(sys.argv[1]))
+print(f"snapshot format {snap['format']}: requests, errors and latency from {snap['sources']['requests']}")
+for arm in ("canary", "baseline"):
+    a = snap[arm]
+    print(f"  {arm:<8} {a['version']}: callers sent {a['requests']:.0f}, {a['errors']:.0f} failed; "
+          f"its servers counted {a['server']['requests']:.0f}")
+PY
+modelctl judge --replay HEAD | head -1
 
 step "the fix reviewed: the hold on $version cleared by one commit, the canary started again"
 modelctl release-hold clear "$model" "$version" --stack "$stack" --reason "demo: the server was killed, not broken"
