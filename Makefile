@@ -99,6 +99,7 @@ bench: install tools
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.feedback
 	$(BIN)/python -m bench.scale
+	$(BIN)/python -m bench.safety
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,12 +1,24 @@
 """Alert rules: the PrometheusRule of each model (built-in alerts, canary comparison, owner alerts).
 
-A new alert goes here; where alerts are delivered (Alertmanager routing) is `infra/alertmanager.py`."""
+What callers got is read at the mesh (`ModelTarget.mesh`: Istio's standard metrics at the
+callers' proxies, or Envoy's cluster statistics): a request that never reached a server (refused,
+reset, timed out, no ready endpoint) is counted there and nowhere else, and a mirror's copies are
+not (Istio's reporter="source" never counts them, istio/istio#23496; Envoy's shadow cluster is
+left out). A new alert goes here; where alerts are delivered (Alertmanager routing) is
+`infra/alertmanager.py`."""
 
 from __future__ import annotations
 
 from infra.common import ModelTarget, Obj, metadata
 from modelctl.core.analysis.margins import error_margin_promql, latency_ratio
-from modelctl.core.contract import FEEDBACK_WINDOW, LABEL_COVERAGE, LIVE_QUALITY, LIVE_QUALITY_ALIASES, query
+from modelctl.core.contract import (
+    FEEDBACK_WINDOW,
+    LABEL_COVERAGE,
+    LIVE_QUALITY,
+    LIVE_QUALITY_ALIASES,
+    query,
+    selector,
+)
 from modelctl.core.schema import ThresholdAlert
 
 RUNBOOKS = "infra/runbooks.md"
@@ -18,6 +30,10 @@ DRIFT_P_VALUE = 0.001
 OOD_RATIO = 0.05
 WINDOW = "5m"
 CANARY_WINDOW = "10m"
+# A version failing its callers, or with no scrapeable pod, is paged fast: a canary takes real
+# traffic, and a dead one fails every request it is sent.
+MESH_WINDOW = "1m"
+MESH_FOR = "1m"
 # Owner alerts compare one value per version; several pods of a version report their own gauge.
 AGGREGATION = "avg"
 
@@ -82,6 +98,8 @@ def alert_rules(target: ModelTarget) -> list[Obj]:
         _drift(target),
         _out_of_distribution(target),
         _no_traffic(target),
+        *(_mesh_errors(target, version) for version in target.release.serving()),
+        *(_unavailable(target, version) for version in target.release.deployed()),
         *_live_quality(target),
         *(_canary_worse(target, canary) for canary in target.canaries()),
     ]
@@ -182,16 +200,72 @@ def _out_of_distribution(target: ModelTarget) -> Obj:
     )
 
 
+def _mesh_selector(target: ModelTarget, *extra: str, **matchers: str) -> str:
+    exact, raw = target.mesh.selection(target.namespace, target.name)
+    return selector({**exact, **matchers}, *raw, *extra)
+
+
 def _no_traffic(target: ModelTarget) -> Obj:
-    requests = query("requests", _matchers(target))
+    mesh = target.mesh
+    shadow = target.release.shadow
+    mirrored = (
+        [f'{mesh.version}!="{mesh.version_value(target.namespace, target.name, shadow.version)}"']
+        if shadow is not None and shadow.version not in target.release.serving()
+        else []
+    )
+    requests = f"{mesh.requests}{_mesh_selector(target, mesh.answered, *mirrored)}"
     return _alert(
         target,
         "ModelNoTraffic",
-        f"sum by (model) (rate({requests}[10m])) == 0\nor absent({requests})",
+        # `or vector(0)`: none of the series at all is no traffic too (absent() would add the
+        # selector's matchers to the alert's labels).
+        f"(sum(rate({requests}[10m])) or vector(0)) == 0",
         for_="15m",
         severity="warning",
         summary=f"{target.name} receives no requests",
-        description="No request reached any version for 25 minutes; check the routes and the clients.",
+        description=f"The callers' proxies ({mesh.name}) sent no request to any version for 25 minutes "
+        "(a shadow's mirrored copies do not count); check the routes and the clients.",
+        model=target.name,
+    )
+
+
+def _mesh_errors(target: ModelTarget, version: str) -> Obj:
+    """A version failing its callers: 5xx at the mesh, the mesh's own 503 and 504 included."""
+    mesh = target.mesh
+    matchers = mesh.matchers(target.namespace, target.name, version)
+    requests = f"sum(rate({mesh.requests}{_mesh_selector(target, mesh.answered, **matchers)}[{MESH_WINDOW}]))"
+    errors = f"sum(rate({mesh.requests}{_mesh_selector(target, mesh.errors, **matchers)}[{MESH_WINDOW}]))"
+    return _alert(
+        target,
+        "ModelVersionFailingCallers",
+        f"(({errors}) or (0 * {requests}))\n  / {requests}\n> {ERROR_RATIO:g}",
+        for_=MESH_FOR,
+        severity="critical",
+        summary=f"{target.name} {version} fails {{{{ $value | humanizePercentage }}}} of its callers' requests",
+        description=f"More than {ERROR_RATIO:.0%} of the requests routed to {version} over {MESH_WINDOW} "
+        f"failed as its callers saw them ({mesh.name}: answered 5xx, refused, reset or timed out); "
+        f"'modelctl rollback {target.name} --stack {target.stack.name}' moves its traffic back.",
+        model=target.name,
+        version=version,
+    )
+
+
+def _unavailable(target: ModelTarget, version: str) -> Obj:
+    """No scrapeable pod of a deployed version: every target down, or none at all."""
+    # Pods are named after their Deployment: <deployment>-<replica set>-<pod> in a cluster.
+    pods = f'pod=~"{target.versioned_name(version)}-[^-]+(-[^-]+)?"'
+    up = f"up{selector({'namespace': target.namespace, 'job': target.name}, pods)}"
+    return _alert(
+        target,
+        "ModelVersionUnavailable",
+        f"(max({up}) or vector(0)) == 0",
+        for_=MESH_FOR,
+        severity="critical",
+        summary=f"{target.name} {version} has no pod up",
+        description=f"Prometheus scrapes no pod of {target.name} {version}: no ready endpoint serves "
+        "its traffic (crashing, killed, or not scheduled); check 'kubectl get pods' and its logs.",
+        model=target.name,
+        version=version,
     )
 
 

@@ -13,17 +13,19 @@ from infra import (
     workloads,
 )
 from infra.common import ModelTarget, Obj
+from modelctl.core.contract import MeshName
 from modelctl.core.state import State
 
 
-def build_stack(state: State, stack_name: str) -> list[Obj]:
+def build_stack(state: State, stack_name: str, mesh: MeshName | None = None) -> list[Obj]:
     """The objects Pulumi applies and render writes: the namespace, the feedback store, each model,
-    alertmanager, then the canary analysis job."""
+    alertmanager, then the canary analysis job. `mesh` replaces the stack's monitoring.mesh
+    (`modelctl up` runs Envoy as the data plane)."""
     stack = state.stack(stack_name)
     objects = [workloads.namespace(stack.config.environment.namespace, stack.name)]
     objects += feedback_store.objects(stack)
     for model_name, release in sorted(stack.config.releases.items()):
-        objects += build_model(ModelTarget(stack, state.model(model_name), release))
+        objects += build_model(ModelTarget(stack, state.model(model_name), release, mesh))
     objects.append(dashboard.dashboard_config_map(stack))
     objects += [obj for obj in (alertmanager.secret(stack), alertmanager.alertmanager_config(stack)) if obj]
     return objects + analysis_job.objects(stack)

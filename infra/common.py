@@ -9,9 +9,14 @@ from modelctl.core.contract import (
     APP_LABEL,
     HTTP_PORT,
     MANAGED_BY,
+    MESH_SOURCES,
+    SERVICE_PORT,
     STACK_LABEL,
     VERSION_HEADER,
     VERSION_LABEL,
+    MeshName,
+    MeshSource,
+    service_host,
     subset_name,
 )
 from modelctl.core.errors import UserError
@@ -21,9 +26,16 @@ from modelctl.core.state import CONFIG_NAMESPACE, Stack
 
 Obj = dict[str, Any]
 # Re-exported for the builders: the names are the contract's.
-__all__ = ["HTTP_PORT", "MANAGED_BY", "STACK_LABEL", "VERSION_HEADER", "VERSION_LABEL", "subset_name"]
+__all__ = [
+    "HTTP_PORT",
+    "MANAGED_BY",
+    "SERVICE_PORT",
+    "STACK_LABEL",
+    "VERSION_HEADER",
+    "VERSION_LABEL",
+    "subset_name",
+]
 
-SERVICE_PORT = 80
 MODEL_DIR = "/models"
 MONITORING_NAMESPACE = "monitoring"
 
@@ -60,6 +72,8 @@ class ModelTarget:
     stack: Stack
     model: ModelFile
     release: Release
+    # The mesh whose request metrics the alerts read; None: the stack's monitoring.mesh.
+    mesh_name: MeshName | None = None
 
     @property
     def env(self) -> Environment:
@@ -70,12 +84,17 @@ class ModelTarget:
         return self.model.name
 
     @property
+    def mesh(self) -> MeshSource:
+        """What callers got, as this stack's mesh counts it (`contract.MESH_SOURCES`)."""
+        return MESH_SOURCES[self.mesh_name or self.env.monitoring.mesh]
+
+    @property
     def namespace(self) -> str:
         return self.env.namespace
 
     @property
     def host(self) -> str:
-        return f"{self.name}.{self.namespace}.svc.cluster.local"
+        return service_host(self.name, self.namespace)
 
     @property
     def external_host(self) -> str | None:

@@ -1,7 +1,9 @@
 """A real Prometheus scraping pods that come and go: the conditions of a cluster, made to happen.
 
 Each `Pod` is one server's metrics (the contract's names and labels, as `serving.metrics`
-exports them) on its own port, scraped as its own target with a `pod` label: stopping its
+exports them), with Istio's standard metrics of the requests it answered as the callers'
+proxies report them (reporter="source": what the judge reads for requests, errors and latency),
+on its own port, scraped as its own target with a `pod` label: stopping its
 HTTP server fails its scrapes (Prometheus writes staleness markers), `restart_process` starts
 its counters from 0 again (a restarted container), a pod first started late is born in the
 window. `PrometheusServer` runs Debian's prometheus on a free port with its own TSDB folder,
@@ -32,6 +34,10 @@ from tests.test_serving_helpers import free_port
 SCRAPE_SECONDS = 1
 WAIT_SECONDS = 60
 MODEL = "fraud-detection"
+NAMESPACE = "models-test"  # the staging stack of tests/factories.py
+ISTIO = contract.MESH_SOURCES["istio"]
+# Istio's default buckets of istio_request_duration_milliseconds (Envoy's histogram defaults).
+ISTIO_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
 
 
 @dataclass
@@ -73,8 +79,20 @@ class Pod:
             (*served, *contract.FEEDBACK.labels),
             registry=self.registry,
         )
+        istio = ISTIO.matchers(NAMESPACE, MODEL, self.version)
+        self.mesh_requests = Counter(
+            ISTIO.requests.removesuffix("_total"),
+            "Istio's requests",
+            (*istio, "response_code"),
+            registry=self.registry,
+        )
+        self.mesh_duration = Histogram(
+            ISTIO.duration, "Istio's request durations", istio, registry=self.registry, buckets=ISTIO_BUCKETS
+        )
         for code in ("200", "500"):
             self.requests.labels(MODEL, self.version, code)
+            self.mesh_requests.labels(**istio, response_code=code)
+        self.mesh_duration.labels(**istio)
         self.duration.labels(MODEL, self.version)
         self.score.labels(MODEL, self.version)
 
@@ -101,14 +119,18 @@ class Pod:
         self, n: int, errors: int = 0, *, seed: int = 0, slower: float = 1.0, observe: bool = True
     ) -> None:
         """Count `n` requests, `errors` of them failed (500), as the server would."""
-        self.requests.labels(MODEL, self.version, "200").inc(n - errors)
-        self.requests.labels(MODEL, self.version, "500").inc(errors)
+        istio = ISTIO.matchers(NAMESPACE, MODEL, self.version)
+        for code, count in (("200", n - errors), ("500", errors)):
+            self.requests.labels(MODEL, self.version, code).inc(count)
+            self.mesh_requests.labels(**istio, response_code=code).inc(count)
         if not observe:
             return
         rng = np.random.default_rng(seed)
         duration, score = self.duration.labels(MODEL, self.version), self.score.labels(MODEL, self.version)
+        called = self.mesh_duration.labels(**istio)
         for seconds in rng.lognormal(np.log(0.004 * slower), 0.4, size=n):
             duration.observe(seconds)
+            called.observe(seconds * 1000)
         for value in rng.beta(2, 5, size=n):
             score.observe(value)
 

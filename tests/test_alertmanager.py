@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -15,8 +16,9 @@ import yaml
 
 from infra.build import build_stack
 from infra.render import NATIVE_ALERTMANAGER, NATIVE_RULES
-from modelctl.core.contract import secret_file
+from modelctl.core.contract import MESH_SOURCES, MeshName, secret_file
 from modelctl.core.errors import UserError
+from modelctl.core.schema import Shadow
 from modelctl.core.state import State, load_state
 from tests.conftest import RenderedStack
 from tests.factories import default_docs, full_docs, write_repo
@@ -39,11 +41,13 @@ def states(tmp_path_factory: pytest.TempPathFactory) -> dict[str, State]:
     return states
 
 
-def rule_groups(state: State, stack: str, model: str | None = None) -> dict[str, Any]:
+def rule_groups(
+    state: State, stack: str, model: str | None = None, mesh: MeshName | None = None
+) -> dict[str, Any]:
     """A Prometheus rule file with the groups of the stack's PrometheusRules (of one model if named)."""
     groups = [
         group
-        for obj in build_stack(state, stack)
+        for obj in build_stack(state, stack, mesh)
         if obj["kind"] == "PrometheusRule" and model in (None, obj["metadata"]["labels"]["app"])
         for group in obj["spec"]["groups"]
     ]
@@ -141,12 +145,41 @@ def latency(version: str, fast: float, slow: float) -> list[tuple[str, str]]:
     ]
 
 
+def _series(name: str, found: dict[str, str]) -> str:
+    return name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(found.items())) + "}"
+
+
+def called(version: str, per_minute: float, code: str = "200", mesh: MeshName = "istio") -> tuple[str, str]:
+    """What the callers' proxies counted: `per_minute` requests to `version` answered `code`."""
+    source = MESH_SOURCES[mesh]
+    found = {**source.matchers(NAMESPACE, "fraud-detection", version), source.code: code}
+    return _series(source.requests, found), f"0+{per_minute:g}x40"
+
+
+def pod_up(version: str, value: int) -> tuple[str, str]:
+    pod = f"fraud-detection-{version.replace('.', '-')}-5d8f7c9b6d-x7k2p"
+    return _series("up", {"namespace": NAMESPACE, "job": "fraud-detection", "pod": pod}), f"{value}x40"
+
+
+def by_class(version: str, per_minute: float, code_class: str = "5xx") -> tuple[str, str]:
+    """Envoy's count of the same requests by code class, under the same name (not to be added)."""
+    envoy = MESH_SOURCES["envoy"]
+    found = {**envoy.matchers(NAMESPACE, "fraud-detection", version), "envoy_response_code_class": code_class}
+    return _series(envoy.requests, found), f"0+{per_minute:g}x40"
+
+
+# Both versions take traffic and answer it, and every pod is up: no mesh alert has cause.
+HEALTHY_MESH = [called(STABLE, 900), called(CANARY, 100), pod_up(STABLE, 1), pod_up(CANARY, 1)]
+MESH_ALERTS = ["ModelVersionFailingCallers", "ModelVersionUnavailable", "ModelNoTraffic"]
+
+
 @dataclass
 class Scenario:
     name: str
     series: list[tuple[str, str]]
     fires: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     quiet: list[str] = field(default_factory=list)
+    mesh: MeshName | None = None
 
 
 def labels(severity: str, version: str | None = STABLE, **extra: str) -> dict[str, str]:
@@ -159,7 +192,7 @@ SCENARIOS = [
         "errors above 5%", requests(STABLE, 100, 20), fires={"ModelHighErrorRate": [labels("critical")]}
     ),
     Scenario("errors at 1%", requests(STABLE, 100, 1), quiet=["ModelHighErrorRate"]),
-    Scenario("no 5xx at all", requests(STABLE, 100), quiet=["ModelHighErrorRate", "ModelNoTraffic"]),
+    Scenario("no 5xx at all", requests(STABLE, 100), quiet=["ModelHighErrorRate"]),
     Scenario("slow p99", latency(STABLE, 0, 100), fires={"ModelHighLatencyP99": [labels("warning")]}),
     Scenario("fast p99", latency(STABLE, 100, 0), quiet=["ModelHighLatencyP99"]),
     Scenario(
@@ -193,14 +226,77 @@ SCENARIOS = [
         quiet=["ModelOutOfDistribution"],
     ),
     Scenario(
-        "requests stopped",
-        [gauge("model_requests_total", STABLE, 500, code="200")],
+        "requests stopped at the mesh, the servers' counters still there",
+        [gauge("model_requests_total", STABLE, 500, code="200"), (called(STABLE, 0)[0], "500x40")],
         fires={"ModelNoTraffic": [labels("warning", None)]},
     ),
     Scenario(
-        "no server reports",
-        [gauge("model_feature_drift", STABLE, 0.05, feature="amount")],
+        "no mesh series at all",
+        [gauge("model_feature_drift", STABLE, 0.05, feature="amount"), *requests(STABLE, 100)],
         fires={"ModelNoTraffic": [labels("warning", None)]},
+    ),
+    Scenario("healthy mesh", HEALTHY_MESH, quiet=MESH_ALERTS),
+    Scenario(
+        "healthy mesh, Envoy",
+        [called(STABLE, 900, mesh="envoy"), called(CANARY, 100, mesh="envoy"), *HEALTHY_MESH[2:]],
+        quiet=MESH_ALERTS,
+        mesh="envoy",
+    ),
+    Scenario(
+        "the canary's requests fail at the callers' proxies, never reaching a server",
+        # The servers saw nothing wrong: the stable one answered 200, the canary was never reached.
+        [*requests(STABLE, 900), called(STABLE, 900), called(CANARY, 100, "503"), *HEALTHY_MESH[2:]],
+        fires={"ModelVersionFailingCallers": [labels("critical", CANARY)]},
+        quiet=["ModelHighErrorRate"],
+    ),
+    Scenario(
+        "6% of the canary's requests time out at Envoy (its count by class would halve that to 3%)",
+        [
+            called(STABLE, 900, mesh="envoy"),
+            called(CANARY, 6, "504", "envoy"),
+            by_class(CANARY, 6),
+            called(CANARY, 94, mesh="envoy"),
+            by_class(CANARY, 94, "2xx"),
+            *HEALTHY_MESH[2:],
+        ],
+        fires={"ModelVersionFailingCallers": [labels("critical", CANARY)]},
+        mesh="envoy",
+    ),
+    Scenario(
+        "the canary times out at Envoy",
+        [
+            called(STABLE, 900, mesh="envoy"),
+            called(CANARY, 90, "504", "envoy"),
+            called(CANARY, 10, mesh="envoy"),
+            *HEALTHY_MESH[2:],
+        ],
+        fires={"ModelVersionFailingCallers": [labels("critical", CANARY)]},
+        mesh="envoy",
+    ),
+    Scenario(
+        "1% of the canary's requests fail at the mesh",
+        [called(STABLE, 900), called(CANARY, 99), called(CANARY, 1, "503"), *HEALTHY_MESH[2:]],
+        quiet=["ModelVersionFailingCallers"],
+    ),
+    Scenario(
+        "the canary's only pod is down",
+        [*HEALTHY_MESH[:3], pod_up(CANARY, 0)],
+        fires={"ModelVersionUnavailable": [labels("critical", CANARY)]},
+    ),
+    Scenario(
+        "no pod of the canary is scraped at all",
+        HEALTHY_MESH[:3],
+        fires={"ModelVersionUnavailable": [labels("critical", CANARY)]},
+    ),
+    Scenario(
+        "only a shadow's mirrored copies arrive (Envoy counts them at the shadow's cluster)",
+        [
+            (called(STABLE, 0, mesh="envoy")[0], "500x40"),
+            (called(CANARY, 0, mesh="envoy")[0], "100x40"),
+            called("v1.0.0", 100, mesh="envoy"),
+        ],
+        fires={"ModelNoTraffic": [labels("warning", None)]},
+        mesh="envoy",
     ),
     Scenario(
         "live quality below the gates, summed over two replicas",
@@ -280,19 +376,30 @@ def promtool_test(scenario: Scenario) -> dict[str, Any]:
     }
 
 
-def _series(name: str, found: dict[str, str]) -> str:
-    return name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(found.items())) + "}"
-
-
 @needs_promtool
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
 def test_built_in_alerts_under_promtool(scenario: Scenario, states: dict[str, State], tmp_path: Path) -> None:
+    state = states["full"]
+    if "shadow" in scenario.name:
+        state = with_shadow(state, "v1.0.0")
     (tmp_path / "rules.yml").write_text(
-        yaml.safe_dump(rule_groups(states["full"], "staging", "fraud-detection"))
+        yaml.safe_dump(rule_groups(state, "staging", "fraud-detection", scenario.mesh))
     )
     (tmp_path / "test.yml").write_text(yaml.safe_dump(promtool_test(scenario), sort_keys=False))
     result = run("promtool", "test", "rules", "test.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def with_shadow(state: State, version: str) -> State:
+    """`state` with staging's fraud-detection mirroring to `version` (a registered version)."""
+    stack = state.stack("staging")
+    release = stack.config.releases["fraud-detection"]
+    shadowed = release.model_copy(update={"shadow": Shadow(version=version, percent=100)})
+    config = stack.config.model_copy(
+        update={"releases": {**stack.config.releases, "fraud-detection": shadowed}}
+    )
+    stacks = {**state.stacks, "staging": dataclasses.replace(stack, config=config)}
+    return dataclasses.replace(state, stacks=stacks)
 
 
 def test_every_alert_is_exercised_both_ways(states: dict[str, State]) -> None:

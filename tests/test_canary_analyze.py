@@ -1,5 +1,7 @@
 """`modelctl canary analyze` against a real Prometheus scraping a real exposition endpoint: the
-snapshot it commits, the decision applied as one commit, the exit codes, and replay."""
+snapshot it commits, the decision applied as one commit, the exit codes, and replay. The
+exposition serves the model servers' metrics and, as a cluster's Istio proxies would, Istio's
+standard metrics at the callers' side (reporter="source"): the stack's mesh (the default)."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from modelctl.repo.state import read_state
 from serving.metrics import LATENCY_BUCKETS, SCORE_BUCKETS
 from tests.conftest import Cli
 from tests.factories import run_git
+from tests.promstack import ISTIO, ISTIO_BUCKETS, NAMESPACE
 from tests.test_serving_helpers import free_port
 
 pytestmark = pytest.mark.skipif(
@@ -48,21 +51,31 @@ class Exposition:
     duration: Histogram
     score: Histogram
     feedback: Counter
+    mesh_requests: Counter
+    mesh_duration: Histogram
 
     def serve(self, version: str, n: int, *, error_rate: float, slower: float = 1.0, seed: int = 0) -> None:
-        """Record `n` requests of `version` as the server would."""
+        """Record `n` requests of `version` as the server would, and as the callers' proxies would."""
         rng = np.random.default_rng(seed)
         errors = round(n * error_rate)
         labels = {"model": MODEL, "version": version}
         self.requests.labels(**labels, code="200").inc(n - errors)
         self.requests.labels(**labels, code="500").inc(errors)
+        self.called(version, n - errors, "200")
+        self.called(version, errors, "500")
         for seconds in rng.lognormal(np.log(0.01 * slower), 0.5, size=n):
             self.duration.labels(**labels).observe(seconds)
+            self.mesh_duration.labels(**ISTIO.matchers(NAMESPACE, MODEL, version)).observe(seconds * 1000)
         for score in rng.beta(2, 5, size=n):
             self.score.labels(**labels).observe(score)
         wrong = rng.random(n // 10) < 0.05
         self.feedback.labels(**labels, actual="fraud", predicted="fraud").inc(int((~wrong).sum()))
         self.feedback.labels(**labels, actual="fraud", predicted="legit").inc(int(wrong.sum()))
+
+    def called(self, version: str, n: int, code: str) -> None:
+        """Record `n` requests of `version` answered `code` at the callers' proxies only (a request
+        that never reached a server: refused, reset, timed out)."""
+        self.mesh_requests.labels(**ISTIO.matchers(NAMESPACE, MODEL, version), response_code=code).inc(n)
 
 
 @pytest.fixture
@@ -84,6 +97,13 @@ def exposition() -> Iterator[Exposition]:
         (*served, *contract.FEEDBACK.labels),
         registry=registry,
     )
+    istio = (*ISTIO.matchers(NAMESPACE, MODEL, "v1.0.0"), "response_code")
+    mesh_requests = Counter(
+        ISTIO.requests.removesuffix("_total"), "Istio's requests", istio, registry=registry
+    )
+    mesh_duration = Histogram(
+        ISTIO.duration, "Istio's request durations", istio[:-1], registry=registry, buckets=ISTIO_BUCKETS
+    )
     for version in ("v1.0.0", "v1.1.0"):
         # Series exist at zero before any traffic, as the server's do once a version loads.
         requests.labels(MODEL, version, "200")
@@ -94,7 +114,16 @@ def exposition() -> Iterator[Exposition]:
             feedback.labels(MODEL, version, "fraud", predicted)
     server, thread = start_http_server(0, "127.0.0.1", registry)
     try:
-        yield Exposition(registry, f"127.0.0.1:{server.server_port}", requests, duration, score, feedback)
+        yield Exposition(
+            registry,
+            f"127.0.0.1:{server.server_port}",
+            requests,
+            duration,
+            score,
+            feedback,
+            mesh_requests,
+            mesh_duration,
+        )
     finally:
         server.shutdown()
         server.server_close()
@@ -187,7 +216,7 @@ def test_a_healthy_canary_steps_in_one_commit_with_its_snapshot(
     exposition.serve("v1.0.0", 54000, error_rate=0.005, seed=2)
     scraped(prometheus, 60000)
     code, results = analyze(cli, canary_repo, prometheus)
-    assert code == 0, results
+    assert code == 0, [r["decision"] for r in results]
     [result] = results
     assert result["outcome"] == "step"
     snapshot_path = str(result["snapshot"])
@@ -202,6 +231,13 @@ def test_a_healthy_canary_steps_in_one_commit_with_its_snapshot(
     assert snapshot["source"]["prometheus"] == prometheus
     queries = snapshot["source"]["queries"]
     assert queries["requests_in_window/end"].startswith("last_over_time(model_requests_total")
+    assert queries["istio_requests_in_window/end"].startswith(
+        'last_over_time(istio_requests_total{reporter="source",destination_service_namespace="models-test"'
+    )
+    assert snapshot["format"] == 2
+    assert snapshot["sources"]["errors"] == snapshot["sources"]["latency_seconds"] == "istio"
+    assert snapshot["sources"]["feedback"] == "server"
+    assert snapshot["canary"]["server"]["requests"] == 6000
     # Exactly what was fed (PromQL's increase() would extrapolate the sampled span to the window).
     assert (snapshot["canary"]["requests"], snapshot["canary"]["errors"]) == (6000, 30)
     assert snapshot["baseline"]["requests"] == 54000
@@ -285,11 +321,41 @@ def test_a_failing_canary_is_rolled_back_and_replays(
     assert json.loads(out)["decision"]["action"] == "rollback"
 
 
-def test_no_canary_traffic_holds_with_a_warning_and_commits_only_when_recorded(
+def test_a_canary_failing_at_the_mesh_is_rolled_back_at_the_first_look_on_what_callers_got(
+    canary_repo: Path, prometheus: str, exposition: Exposition, cli: Cli
+) -> None:
+    """The canary's server died after 40 requests: its next 120 failed at the callers' proxies
+    (503, never reaching it). The servers alone counted 40 good requests of the 500 needed."""
+    exposition.serve("v1.1.0", 40, error_rate=0.0, seed=7)
+    exposition.called("v1.1.0", 120, "503")
+    exposition.serve("v1.0.0", 3000, error_rate=0.0, seed=8)
+    scraped(prometheus, 3040)
+    code, [result] = analyze(cli, canary_repo, prometheus)
+    assert code == 2, result
+    assert result["outcome"] == "rollback"
+    [reason] = result["decision"]["reasons"]  # type: ignore[index]
+    assert reason.startswith("errors: the canary's error rate is higher than the baseline's (75.00% vs 0.00%")
+    snapshot = json.loads((canary_repo / str(result["snapshot"])).read_text())
+    assert (snapshot["canary"]["requests"], snapshot["canary"]["errors"]) == (160, 120)
+    assert (snapshot["canary"]["server"]["requests"], snapshot["canary"]["server"]["errors"]) == (40, 0)
+    assert read_state(canary_repo).stack(STACK).config.releases[MODEL].traffic == {"v1.0.0": 100}
+
+
+def test_a_canary_the_mesh_never_reaches_is_rolled_back_as_unreachable(
     canary_repo: Path, prometheus: str, exposition: Exposition, cli: Cli
 ) -> None:
     exposition.serve("v1.0.0", 5000, error_rate=0.01, seed=5)
     scraped(prometheus, 5000)
+    code, [result] = analyze(cli, canary_repo, prometheus)
+    assert code == 2, result
+    [reason] = result["decision"]["reasons"]  # type: ignore[index]
+    assert reason.startswith("unreachable: the mesh sent the canary none of its 5% share of requests")
+
+
+def test_no_traffic_at_all_holds_with_a_warning_and_commits_only_when_recorded(
+    canary_repo: Path, prometheus: str, exposition: Exposition, cli: Cli
+) -> None:
+    time.sleep(SCRAPE_SECONDS * 2.5)  # scraped: every series at zero
     head = run_git(canary_repo, "rev-parse", "HEAD")
     code, [result] = analyze(cli, canary_repo, prometheus)
     assert code == 3

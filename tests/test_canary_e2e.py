@@ -19,6 +19,8 @@ Every wait is bounded; the traffic process and the stack are stopped by pid at t
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -59,6 +61,13 @@ ANALYSIS: dict[str, Any] = {
     "latency_margin": 1.0,
 }
 RATE = 250  # requests per second through the gateway
+ONCALL = {
+    "name": "oncall-email",
+    "severities": ["critical"],
+    "email": {"to": "oncall@example.com", "from": "alerts@example.com", "smarthost": "smtp.example.com:587"},
+}
+CRITICAL = ("ModelVersionFailingCallers", "ModelVersionUnavailable")
+ALERT_SECONDS = 90
 DECISION_SECONDS = 120  # the longest any one decision may take before the test fails
 LOOK_EVERY = 3.0  # seconds between analyses while the judge holds
 
@@ -72,6 +81,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     dev = stack_doc({STABLE: 100}, namespace="models-dev")
     dev["config"]["modelctl:releases"][MODEL]["analysis"] = ANALYSIS
     dev["config"]["modelctl:releases"][MODEL]["replicas"] = {"min": 1}  # one pod per version is enough here
+    dev["config"]["modelctl:environment"]["receivers"] = [ONCALL]
     yamlio.dump_file(root / "Pulumi.dev.yaml", dev)
     # staging is no canary: `canary analyze` without --stack skips it (it has no Prometheus).
     yamlio.dump_file(root / "Pulumi.staging.yaml", stack_doc({STABLE: 100}, namespace="models-staging"))
@@ -152,6 +162,64 @@ def check_commit(repo: Path, result: dict[str, Any], outcome: str) -> str:
     return commit
 
 
+def servers(repo: Path, version: str) -> list[int]:
+    rows = json.loads(modelctl(repo, "ps", "--stack", "dev", "--json").stdout)["processes"]
+    return [int(r["pid"]) for r in rows if r["kind"] == "server" and r.get("version") == version]
+
+
+def critical_email(mailbox: Path, version: str) -> str:
+    deadline = time.monotonic() + ALERT_SECONDS
+    while time.monotonic() < deadline:
+        for path in sorted(mailbox.glob("*.eml")):
+            text = path.read_text(errors="replace")
+            if version in text and any(name in text for name in CRITICAL):
+                return text
+        time.sleep(1)
+    raise AssertionError(f"no critical email naming {version} within {ALERT_SECONDS} s")
+
+
+@pytest.mark.parametrize(("kind", "sig"), [("killed", signal.SIGKILL), ("hanging", signal.SIGSTOP)])
+def test_a_canary_broken_under_traffic_is_rolled_back_on_what_callers_got(
+    repo: Path, traffic: subprocess.Popen[str], kind: str, sig: signal.Signals
+) -> None:
+    canary = modelctl(repo, "canary", MODEL, HEALTHY, "--stack", "dev")
+    assert canary.returncode == 0, canary.stderr
+    mailbox = Path(up(repo, "dev")["mailbox"])
+    time.sleep(3)  # it serves its share before it breaks
+    pids = servers(repo, HEALTHY)
+    assert pids
+    for pid in pids:
+        os.kill(pid, sig)
+    broke = time.monotonic()
+    if sig == signal.SIGSTOP:
+        # A hang shows once the route's timeout (10 s) cuts the first requests: a look before it
+        # sees only the canary's good answers (and may rightly step it).
+        time.sleep(12)
+    try:
+        result, holds = analyze_until_decided(repo, traffic)
+    finally:
+        for pid in pids if sig == signal.SIGSTOP else []:
+            os.kill(pid, signal.SIGCONT)
+    check_commit(repo, result, "rollback")
+    print(f"{kind}: rolled back {time.monotonic() - broke:.0f} s after the break, {holds} holds")
+    reason = result["decision"]["reasons"][0]
+    assert reason.startswith("errors: the canary's error rate is higher than the baseline's"), reason
+    snapshot = json.loads((repo / str(result["snapshot"])).read_text())
+    assert snapshot["format"] == 2
+    assert snapshot["sources"]["requests"] == snapshot["sources"]["errors"] == "envoy"
+    canary_arm = snapshot["canary"]
+    # Callers' failures the servers never answered: the mesh counts them, the servers do not.
+    assert canary_arm["errors"] > canary_arm["server"]["errors"]
+    assert release(repo)["traffic"].get(HEALTHY, 0) == 0
+    email = critical_email(mailbox, HEALTHY)
+    assert "critical" in email
+    cleared = modelctl(
+        repo, "release-hold", "clear", MODEL, HEALTHY, "--stack", "dev", "--reason", f"test: {kind}"
+    )
+    assert cleared.returncode == 0, cleared.stderr
+    up(repo, "dev")
+
+
 def test_a_healthy_canary_is_promoted_through_every_step_by_analyze_commits(
     repo: Path, traffic: subprocess.Popen[str]
 ) -> None:
@@ -182,11 +250,15 @@ def test_a_broken_version_is_rolled_back_by_an_analyze_commit(
     started = time.monotonic()
     canary = modelctl(repo, "canary", MODEL, BROKEN, "--stack", "dev")
     assert canary.returncode == 0, canary.stderr
-    up(repo, "dev")
+    mailbox = Path(up(repo, "dev")["mailbox"])
     result, holds = analyze_until_decided(repo, traffic)
     check_commit(repo, result, "rollback")
-    [reason] = result["decision"]["reasons"]
+    reason = result["decision"]["reasons"][0]
     assert reason.startswith("errors: the canary's error rate is higher than the baseline's"), reason
+    snapshot = json.loads((repo / str(result["snapshot"])).read_text())
+    assert snapshot["sources"]["errors"] == "envoy"
+    assert snapshot["canary"]["errors"] > 0
+    assert "critical" in critical_email(mailbox, BROKEN)
     after = release(repo)
     assert after["traffic"].get(BROKEN, 0) == 0
     assert after["traffic"][HEALTHY] == 100

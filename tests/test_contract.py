@@ -96,7 +96,51 @@ def test_every_query_reads_only_exported_metrics() -> None:
 def test_every_window_count_reads_an_exported_series_by_its_labels() -> None:
     by_name = {m.name: m for m in METRICS}
     for name, count in contract.WINDOW_COUNTS.items():
+        if count.source != "server":
+            continue
         metric = by_name[re.sub(r"_(bucket|sum|count)$", "", count.series)]
         assert set(count.labels) - {"le"} <= set(metric.label_names), name
         for promql in contract.window_queries(name, {"model": "fraud-detection"}, "90s").values():
             assert f'{count.series}{{model="fraud-detection"' in promql, promql
+
+
+# Istio's standard metrics and labels (https://istio.io/latest/docs/reference/config/metrics/),
+# counted at the caller's proxy; Envoy's cluster statistics as its Prometheus endpoint names them.
+MESH_SERIES = {
+    "istio": {"istio_requests_total", "istio_request_duration_milliseconds_bucket"},
+    "envoy": {"envoy_cluster_upstream_rq", "envoy_cluster_upstream_rq_time_bucket"},
+}
+MESH_LABELS = {
+    "istio": {"reporter", "destination_service_namespace", "destination_service_name", "response_code"},
+    "envoy": {"envoy_cluster_name", "envoy_response_code"},
+}
+
+
+@pytest.mark.parametrize("mesh", sorted(contract.MESH_SOURCES))
+def test_mesh_window_counts_read_the_meshs_documented_series_and_labels(mesh: str) -> None:
+    counts = {n: c for n, c in contract.WINDOW_COUNTS.items() if c.source == mesh}
+    assert set(counts) == {contract.mesh_count(mesh, w) for w in ("requests", "errors", "latency_buckets")}
+    for name in counts:
+        matchers, raw = contract.count_selection(name, "models-dev", "fraud-detection")
+        for promql in contract.window_queries(name, matchers, "90s", raw).values():
+            assert set(re.findall(r"\b(?:istio|envoy)_[a-z_]+(?=\{)", promql)) <= MESH_SERIES[mesh], promql
+            assert set(re.findall(r"([a-z_]+)=~?[`\"]", promql)) <= MESH_LABELS[mesh], promql
+    if mesh == "istio":
+        assert (
+            contract.MESH_SOURCES[mesh].selection("models-dev", "fraud-detection")[0]["reporter"] == "source"
+        )
+
+
+def test_a_versions_mesh_series_are_named_as_istio_names_the_subsets_cluster() -> None:
+    envoy = contract.MESH_SOURCES["envoy"]
+    cluster = envoy.version_value("models-dev", "fraud-detection", "v1.1.0")
+    assert cluster == "outbound|80|v1-1-0|fraud-detection.models-dev.svc.cluster.local"
+    (pattern,) = envoy.selection("models-dev", "fraud-detection")[1]
+    regex = pattern.split("`")[1]
+    assert re.fullmatch(regex, cluster)
+    assert not re.fullmatch(regex, cluster.replace("fraud-detection", "churn"))
+    assert not re.fullmatch(regex, cluster.replace("|80|", "|8080|"))
+    assert (
+        contract.MESH_SOURCES["istio"].matchers("models-dev", "churn", "v1.0.0")["destination_version"]
+        == "v1.0.0"
+    )

@@ -85,7 +85,7 @@ def test_a_plan_says_when_a_change_only_rolls_back(repo: Path, cli: Cli) -> None
     assert restores("HEAD~1") is True
     assert restores("HEAD~2") is True  # from the 10% canary deployed before the step
     _, out, _ = cli(repo, "plan", "--base", "HEAD~1", "--stack", "staging")
-    assert "  staging: 0 added, 3 changed, 3 removed (only rolls back)" in out
+    assert "  staging: 0 added, 4 changed, 3 removed (only rolls back)" in out
     # With another change of the stack (its replicas), the deploy is not only a rollback.
     path = repo / "Pulumi.staging.yaml"
     doc = yamlio.load(path)

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The story `make demo` tells, in a scratch clone: a stack runs on this machine and takes traffic;
-# while traffic runs, `modelctl canary analyze` judges the canary from Prometheus and takes it
-# through every step to promotion, one commit each with the snapshot it decided on; a broken
-# build's canary is rolled back by the same analysis, its error-rate alert is emailed to the
-# local SMTP sink, and everything stops.
+# The story `make demo` tells, in a scratch clone: a stack runs on this machine (model servers
+# behind Envoy) and takes traffic; the canary's server is killed under traffic, and `modelctl
+# canary analyze` rolls it back on what callers got at Envoy (their 503s; the servers counted
+# none of them), one commit with the snapshot it decided on, while the critical alert naming the
+# version is emailed to the local SMTP sink; the hold is cleared in a reviewed commit, and the same
+# analysis takes the canary through every step to promotion, one commit each; a broken build's
+# canary is rolled back by the same analysis, its error-rate alert emailed; everything stops.
 # Usage: tools/demo-local-stack.sh BIN REPO REMOTE MODEL VERSION STACK
 set -euo pipefail
 # The demo runs unattended: git prints, never pages (a terminal would wait for 'q').
@@ -91,17 +93,70 @@ yamlio.dump_file(path, doc)
 PY
 git -C "$repo" commit -qam "demo: analysis settings for a local stack's traffic; on-call email for critical alerts"
 git -C "$repo" log -1 -p --format='%h %s' | grep '^[-+] ' || true
-settings=$(git -C "$repo" rev-parse HEAD)
 
-step "traffic runs on; modelctl canary analyze judges $version from Prometheus, and commits each step"
+step "traffic runs on; the canary $version serves its share through Envoy"
 "$bin/modelctl" -C "$repo" traffic --stack "$stack" --model "$model" --requests 1000000 --users 200 >/dev/null 2>&1 &
 traffic_pid=$!
+sleep 5
+step "the canary's server is killed under traffic (SIGKILL; the supervisor restarts it after 10 s, as the kubelet would)"
+pids=$(modelctl ps --stack "$stack" --json | "$bin/python" -c '
+import json, sys
+rows = json.load(sys.stdin)["processes"]
+print(" ".join(str(r["pid"]) for r in rows if r["kind"] == "server" and r.get("version") == sys.argv[1]))' "$version")
+echo "kill -9 $pids"
+kill -9 $pids
+step "the critical alert naming $model $version, emailed to on-call (the local SMTP sink's mailbox): the demo waits for it, since the rollback ends the version's alerts"
+mailbox=$(field mailbox)
+found=""
+for _ in $(seq 90); do
+  found=$(grep -lE "ModelVersionFailingCallers|ModelVersionUnavailable" "$mailbox"/*.eml 2>/dev/null | xargs -r grep -l "$version" | head -1 || true)
+  [ -n "$found" ] && break
+  sleep 1
+done
+[ -n "$found" ] || { echo "no critical email for $version arrived within 90 s" >&2; exit 1; }
+echo "delivered: $(basename "$found") (in the stack's mailbox, removed with the demo's clone)"
+"$bin/python" - "$found" <<'PY'
+import email, email.policy, html, re, sys
+
+message = email.message_from_bytes(open(sys.argv[1], "rb").read(), policy=email.policy.default)
+for header in ("From", "To", "Subject", "Date"):
+    print(f"{header}: {message[header]}")
+body = message.get_body(("plain", "html"))
+text = body.get_content() if body is not None else ""
+# Alertmanager's default email is HTML: its words, without the markup, are what a reader sees.
+words = " ".join(html.unescape(re.sub(r"<style.*?</style>|<[^>]+>", " ", text, flags=re.S)).split())
+print(words[:700])
+PY
+
+step "canary analyze: Envoy counted the callers' 503s the dead server never saw; rolled back at the first look that shows them"
+analyze_until rollback
+git -C "$repo" log -1 --stat --format='%n%h %s%n%b'
+snapshot=$(git -C "$repo" log -1 --format=%b | sed -n 's/^Analysis-Snapshot: //p')
+"$bin/python" - "$repo/$snapshot" <<'PY'
+import json, sys
+
+snap = json.load(open(sys.argv[1]))
+print(f"snapshot format {snap['format']}: requests, errors and latency from {snap['sources']['requests']}")
+for arm in ("canary", "baseline"):
+    a = snap[arm]
+    print(f"  {arm:<8} {a['version']}: callers sent {a['requests']:.0f}, {a['errors']:.0f} failed; "
+          f"its servers counted {a['server']['requests']:.0f}")
+PY
+modelctl judge --replay HEAD | head -1
+
+step "the fix reviewed: the hold on $version cleared by one commit, the canary started again"
+modelctl release-hold clear "$model" "$version" --stack "$stack" --reason "demo: the server was killed, not broken"
+modelctl canary "$model" "$version" --stack "$stack"
+modelctl up --stack "$stack" --remote "$remote" "${timing[@]}" >/dev/null
+last=$(git -C "$repo" rev-parse HEAD)
+: > "$splits"  # the split table below shows this rollout's splits only
+step "modelctl canary analyze takes $version through every step to promotion, one commit each with the snapshot it decided on"
 record_split
 analyze_until promote
 # The promoted split serves a few scrapes' worth before the table reads it.
 sleep 6
 step "the automatic commits: each holds its snapshot and the stack edit"
-git -C "$repo" log --reverse --stat --format='%n%h %s%n%b' "$settings..HEAD"
+git -C "$repo" log --reverse --stat --format='%n%h %s%n%b' "$last..HEAD"
 last=$(git -C "$repo" rev-parse HEAD)
 step "modelctl judge --replay $(git -C "$repo" rev-parse --short HEAD): the decision recomputed from its snapshot"
 modelctl judge --replay HEAD | head -4

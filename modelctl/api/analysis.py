@@ -23,6 +23,7 @@ from modelctl.api.local import local_prometheus
 from modelctl.core import contract
 from modelctl.core.analysis import window
 from modelctl.core.analysis.judge import duration_text
+from modelctl.core.contract import MeshName
 from modelctl.core.errors import UserError
 from modelctl.core.schema import Release
 from modelctl.core.state import State, stack_file
@@ -44,9 +45,10 @@ Run = Callable[[Release], Callable[[Release | None], bool]]
 @dataclass(frozen=True)
 class Scope:
     """The releases an analysis looks at on one stack (`names`), and what every look at them
-    shares: the state as read once, where and when to query Prometheus, and the stack's history
-    (the windows' starts), deep enough to show where each release's `run` began. With no
-    release chosen, `url` is empty and nothing else was read."""
+    shares: the state as read once, where and when to query Prometheus, the mesh whose metrics
+    it holds (`mesh`: envoy for the local stack's, else the stack's `monitoring.mesh`), and the
+    stack's history (the windows' starts), deep enough to show where each release's `run` began.
+    With no release chosen, `url` is empty and nothing else was read."""
 
     root: Path
     stack: str
@@ -58,6 +60,7 @@ class Scope:
     history: list[StackChange] = dataclasses.field(default_factory=list)
     # How long before a window's start its value may be read: Prometheus' lookback delta.
     bound: str = contract.LOOKBACK_DELTA
+    mesh: MeshName = "istio"
 
     def release(self, model: str) -> Release:
         return self.state.stack(self.stack).config.releases[model]
@@ -141,7 +144,7 @@ def choose(
             "has uncommitted changes, and an analysis window starts at the commit that changed the release",
             "commit the change first (release commands commit unless --no-commit), or discard it",
         )
-    address = prometheus_url(root, state, stack, url)
+    address, mesh = prometheus_source(root, state, stack, url)
 
     def enough(past: list[StackChange]) -> bool:
         return all(covers(past, name, run(config.releases[name])) for name in names)
@@ -156,6 +159,7 @@ def choose(
         now or prometheus.clock(address),
         stack_history(root, stack, enough=enough) if history else [],
         prometheus.lookback_delta(address),
+        mesh,
     )
 
 
@@ -167,15 +171,30 @@ def prometheus_url(root: Path, state: State, stack: str, given: str | None) -> s
     UserError
         None of them.
     """
-    configured = state.stack(stack).config.environment.monitoring.prometheus_url
-    url = given or configured or local_prometheus(root, stack)
-    if url is None:
+    return prometheus_source(root, state, stack, given)[0]
+
+
+def prometheus_source(root: Path, state: State, stack: str, given: str | None) -> tuple[str, MeshName]:
+    """(`prometheus_url`, the mesh whose request metrics it holds): the local stack's Prometheus
+    scrapes Envoy, its data plane; any other holds the stack's `monitoring.mesh`.
+
+    Raises
+    ------
+    UserError
+        No Prometheus URL.
+    """
+    monitoring = state.stack(stack).config.environment.monitoring
+    url = given or monitoring.prometheus_url
+    if url:
+        return url, monitoring.mesh
+    local = local_prometheus(root, stack)
+    if local is None:
         raise UserError(
             stack_file(stack),
             "no Prometheus to query",
             "pass --prometheus URL, set modelctl:environment.monitoring.prometheus_url, or run 'modelctl up'",
         )
-    return url
+    return local, "envoy"
 
 
 def read_counts(url: str, queries: dict[str, str], at: datetime, seconds: float) -> window.WindowRead:

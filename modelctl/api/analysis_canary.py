@@ -25,10 +25,10 @@ from modelctl.api.analysis import (
     snapshot_file,
 )
 from modelctl.api.releases import TransactionOptions, apply, check_policies
-from modelctl.core import releases
+from modelctl.core import contract, releases
 from modelctl.core.analysis import window
 from modelctl.core.analysis.judge import Decision, judge
-from modelctl.core.analysis.snapshot import Snapshot, build_snapshot, canary_arms
+from modelctl.core.analysis.snapshot import Mesh, Snapshot, build_snapshot, canary_arms
 from modelctl.core.errors import UserError
 from modelctl.core.releases import Proposal, Target
 from modelctl.core.schema import Release
@@ -146,7 +146,11 @@ def _analyze(scope: Scope, model: str, options: TransactionOptions, *, record: b
     step_started = changes[0].date if changes else taken_at
     window_start, notes = scope.counted_from(model, step_started)
     seconds = (taken_at - window_start).total_seconds()
-    queries = window.queries(model, seconds, bound=scope.bound)
+    namespace = scope.state.stack(scope.stack).config.environment.namespace
+    mesh = Mesh(contract.MESH_SOURCES[scope.mesh], namespace)
+    queries = window.queries(
+        model, seconds, (*window.WINDOW_QUERIES, *mesh.queries()), bound=scope.bound, namespace=namespace
+    )
     counted = read_counts(scope.url, queries, taken_at, seconds)
     snapshot = build_snapshot(
         model=model,
@@ -160,6 +164,7 @@ def _analyze(scope: Scope, model: str, options: TransactionOptions, *, record: b
         answers=counted.counts,
         source={"prometheus": scope.url, "queries": queries},
         notes=[*notes, *counted.notes(scope.bound)],
+        mesh=mesh,
     )
     decision = judge(snapshot)
     path = scope.snapshot_path(model)

@@ -100,7 +100,9 @@ def run_up(args: argparse.Namespace) -> Result:
         ),
         server_args=tuple(args.server_arg),
     )
-    data = up(root, name, build_stack(state, name), rendered_alertmanager, options=options, say=progress)
+    # The local data plane is Envoy: the alerts read its cluster statistics, whatever the stack's mesh.
+    objects = build_stack(state, name, mesh="envoy")
+    data = up(root, name, objects, rendered_alertmanager, options=options, say=progress)
     return Result(data, _up_text(data))
 
 

@@ -13,10 +13,14 @@ import error, never a silently empty alert.
 - The metrics the server exports, with their label sets (serving registers them), and the
   PromQL built from them as one named table of queries (alert rules, dashboard, canary analysis),
   in the manner of Flagger's per-mesh query table (`pkg/metrics/observers/istio.go`).
+- The mesh's own request metrics, what callers got (`MESH_SOURCES`: Istio's standard metrics in
+  a cluster, Envoy's cluster statistics on the local stack), and Istio's name of the Envoy
+  cluster of a subset (the local data plane names its clusters so, the analysis selects them).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -29,8 +33,9 @@ STACK_LABEL = "modelctl.io/stack"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "modelctl"}
 VERSION_HEADER = "x-model-version"
 
-# The port the server listens on in its container (the Service maps port 80 to it).
+# The port the server listens on in its container, and the Service's port that maps to it.
 HTTP_PORT = 8080
+SERVICE_PORT = 80
 LIVE_PATH = "/v2/health/live"
 READY_PATH = "/v2/health/ready"
 METRICS_PATH = "/metrics"
@@ -62,6 +67,17 @@ def secret_file(key: str) -> str:
 def subset_name(version: str) -> str:
     """A DNS label for a version (Istio subsets and object names cannot hold dots)."""
     return version.replace(".", "-").lower()
+
+
+def service_host(model: str, namespace: str) -> str:
+    """The cluster-local host of a model's Service (the VirtualService's and DestinationRule's host)."""
+    return f"{model}.{namespace}.svc.cluster.local"
+
+
+def outbound_cluster(port: int, subset: str, host: str) -> str:
+    """The Envoy cluster of one subset of a host, as Istio names it: `outbound|<port>|<subset>|<host>`
+    (istiod's `model.BuildSubsetKey`; the subset is empty for the host's default cluster)."""
+    return f"outbound|{port}|{subset}|{host}"
 
 
 # ---------------------------------------------------------------- metrics
@@ -183,27 +199,138 @@ QUERIES: dict[str, str] = {
 }
 
 
+# ---------------------------------------------------------------- the mesh: what callers got
+
+# Istio's `reporter`: the caller's proxy ("source") counts every request it sent, including those
+# that never reached a pod (connection refused or reset, timeouts, no healthy upstream), and not
+# the copies a mirror sends (istio/istio#23496); the destination's proxy counts only arrivals.
+REPORTER = "source"
+MeshName = Literal["istio", "envoy"]
+
+
+@dataclass(frozen=True)
+class MeshSource:
+    """One mesh's request telemetry, what its proxies saw callers get, in the manner of Flagger's
+    observers (`pkg/metrics/observers`): a counter of requests by response code, a histogram of
+    their durations, and how their series name a model and its versions.
+
+    Attributes
+    ----------
+    name
+        "istio" (Istio's standard metrics, https://istio.io/latest/docs/reference/config/metrics/)
+        or "envoy" (Envoy's per-cluster statistics from its Prometheus endpoint, clusters named
+        by `outbound_cluster`).
+    requests
+        The counter of requests, one series per response code.
+    code
+        Its response-code label.
+    duration
+        The request-duration histogram (its `_bucket` series), in `seconds_per_unit` units.
+    version
+        The label whose value names a version (`version_value`).
+    """
+
+    name: MeshName
+    requests: str
+    code: str
+    duration: str
+    seconds_per_unit: float
+    version: str
+
+    def selection(self, namespace: str, model: str) -> tuple[dict[str, str], tuple[str, ...]]:
+        """(exact matchers, raw matchers) selecting the series of every version of `model`."""
+        host = service_host(model, namespace)
+        if self.name == "istio":
+            return {
+                "reporter": REPORTER,
+                "destination_service_namespace": namespace,
+                "destination_service_name": model,
+            }, ()
+        # `outbound_cluster` of any subset, as RE2 in a raw (backtick) PromQL string.
+        pattern = rf"outbound\|{SERVICE_PORT}\|[^|]+\|{re.escape(host)}"
+        return {}, (f"{self.version}=~`{pattern}`",)
+
+    def version_value(self, namespace: str, model: str, version: str) -> str:
+        """The value of the `version` label on `version`'s series."""
+        if self.name == "istio":
+            return version
+        return outbound_cluster(SERVICE_PORT, subset_name(version), service_host(model, namespace))
+
+    def matchers(self, namespace: str, model: str, version: str) -> dict[str, str]:
+        """Exact matchers selecting the series of one version of `model`."""
+        exact, _ = self.selection(namespace, model)
+        return {**exact, self.version: self.version_value(namespace, model, version)}
+
+    @property
+    def answered(self) -> str:
+        """The raw matcher of the series counting requests by response code: Envoy also writes
+        each count by code class (`envoy_response_code_class`) under the same name, and summing both
+        would count every request twice."""
+        return f'{self.code}!=""'
+
+    @property
+    def errors(self) -> str:
+        """The raw matcher of server errors (5xx answers, the mesh's own 503 and 504 included)."""
+        return f'{self.code}=~"5.."'
+
+
+MESH_SOURCES: dict[str, MeshSource] = {
+    "istio": MeshSource(
+        "istio",
+        requests="istio_requests_total",
+        code="response_code",
+        duration="istio_request_duration_milliseconds",
+        seconds_per_unit=0.001,
+        version="destination_version",
+    ),
+    # Envoy's tag names, the whole cluster name one value (onebox/README.md).
+    "envoy": MeshSource(
+        "envoy",
+        requests="envoy_cluster_upstream_rq",
+        code="envoy_response_code",
+        duration="envoy_cluster_upstream_rq_time",
+        seconds_per_unit=0.001,
+        version="envoy_cluster_name",
+    ),
+}
+
+
 @dataclass(frozen=True)
 class WindowCount:
     """A counter's increase over a window, per series, summed by version and `labels`.
 
-    `series` is the sample name (a histogram's `_bucket`, `_sum` or `_count`); `server_errors`
-    keeps only SERVER_ERRORS. The count is exact, not PromQL's `increase()`, which extrapolates
-    the sampled span to the window's edges (689 requests for 600 sent in a short window): it is
-    computed from the instant queries of WINDOW_PARTS (and, for a series reset within the window
-    or without a value at its start, its samples: `series_samples`) by
+    `series` is the sample name (a histogram's `_bucket`, `_sum` or `_count`); `only` a raw
+    matcher keeping some of its series (the server errors); `source` "server" (the model servers'
+    metrics, selected by `model`) or a key of MESH_SOURCES (selected by its `selection`), whose
+    `version` label names the version. The count is exact, not PromQL's `increase()`, which
+    extrapolates the sampled span to the window's edges (689 requests for 600 sent in a short
+    window): it is computed from the instant queries of WINDOW_PARTS (and, for a series reset
+    within the window or without a value at its start, its samples: `series_samples`) by
     `modelctl.core.analysis.window.window_counts`.
     """
 
     series: str
     labels: tuple[str, ...] = ()
-    server_errors: bool = False
+    only: str = ""
+    source: str = "server"
+    version: str = "version"
+
+
+def _mesh_counts(mesh: MeshSource) -> dict[str, WindowCount]:
+    def count(series: str, *labels: str, only: str = "") -> WindowCount:
+        return WindowCount(series, labels, only, mesh.name, mesh.version)
+
+    return {
+        f"{mesh.name}_requests_in_window": count(mesh.requests, only=mesh.answered),
+        f"{mesh.name}_errors_in_window": count(mesh.requests, only=mesh.errors),
+        f"{mesh.name}_latency_buckets_in_window": count(f"{mesh.duration}_bucket", "le"),
+    }
 
 
 # Counts over an analysis window (canary snapshots, A/B looks, shadow reports), by name.
 WINDOW_COUNTS: dict[str, WindowCount] = {
     "requests_in_window": WindowCount(REQUESTS.name),
-    "server_errors_in_window": WindowCount(REQUESTS.name, server_errors=True),
+    "server_errors_in_window": WindowCount(REQUESTS.name, only=SERVER_ERRORS),
     "latency_buckets_in_window": WindowCount(f"{DURATION.name}_bucket", ("le",)),
     "predicted_class_in_window": WindowCount(PREDICTED_CLASS.name, PREDICTED_CLASS.labels),
     "score_buckets_in_window": WindowCount(f"{SCORE.name}_bucket", ("le",)),
@@ -211,7 +338,23 @@ WINDOW_COUNTS: dict[str, WindowCount] = {
     "feedback_value_in_window": WindowCount(f"{FEEDBACK_VALUE.name}_sum"),
     "feedback_values_in_window": WindowCount(f"{FEEDBACK_VALUE.name}_count"),
     "feedback_in_window": WindowCount(FEEDBACK.name, FEEDBACK.labels),
+    **{name: count for mesh in MESH_SOURCES.values() for name, count in _mesh_counts(mesh).items()},
 }
+
+
+def mesh_count(mesh: str, what: Literal["requests", "errors", "latency_buckets"]) -> str:
+    """The name in WINDOW_COUNTS of a mesh's count of requests, errors or duration buckets."""
+    return f"{MESH_SOURCES[mesh].name}_{what}_in_window"
+
+
+def count_selection(name: str, namespace: str, model: str) -> tuple[dict[str, str], tuple[str, ...]]:
+    """(exact matchers, raw matchers) selecting the series of `model` of the window count `name`."""
+    count = WINDOW_COUNTS[name]
+    if count.source == "server":
+        return {"model": model}, ()
+    return MESH_SOURCES[count.source].selection(namespace, model)
+
+
 # The instant queries (at the window's end) each window count is computed from, per series: the
 # last value in the window; the value at its start, which is the last real sample at or before
 # it within `bound` (a range selector skips the staleness markers a failed scrape writes, which
@@ -234,13 +377,18 @@ SERIES_HISTORY = "1d"
 
 
 def window_queries(
-    name: str, matchers: Mapping[str, str], window: str, bound: str = LOOKBACK_DELTA
+    name: str,
+    matchers: Mapping[str, str],
+    window: str,
+    raw: tuple[str, ...] = (),
+    bound: str = LOOKBACK_DELTA,
 ) -> dict[str, str]:
     """The PromQL of each part of the window count `name` (a key of WINDOW_COUNTS) over the
-    series matching `matchers`, keyed `<name>/<part>`; `window` and `bound` (how long before the
-    window's start its value may be read) are Prometheus durations."""
+    series matching `matchers` (and the `raw` matchers as written), keyed `<name>/<part>`;
+    `window` and `bound` (how long before the window's start its value may be read) are
+    Prometheus durations."""
     count = WINDOW_COUNTS[name]
-    matching = selector(matchers, SERVER_ERRORS) if count.server_errors else selector(matchers)
+    matching = selector(matchers, *raw, *([count.only] if count.only else []))
     return {
         f"{name}/{part}": template.format(
             series=count.series, selector=matching, window=window, bound=bound, history=SERIES_HISTORY

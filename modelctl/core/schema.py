@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from modelctl.core.contract import MeshName
 from modelctl.core.formats import FORMATS
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -492,6 +493,11 @@ class Monitoring(Strict):
     # Where `modelctl canary analyze` queries Prometheus (its HTTP API root), e.g. the
     # in-cluster service http://prometheus-operated.monitoring:9090.
     prometheus_url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = None
+    # Whose request metrics say what callers got (the canary judge's errors and latency, the
+    # alerts on a version's failures and on no traffic): `istio`, Istio's standard metrics from
+    # the callers' proxies; `envoy`, Envoy's cluster statistics (`modelctl up` runs the stack
+    # with Envoy as its data plane, and reads Envoy whatever this says).
+    mesh: MeshName = "istio"
 
 
 class AnalysisJob(Strict):

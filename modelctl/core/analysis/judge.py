@@ -13,8 +13,12 @@ snapshot's format is `modelctl.core.analysis.snapshot`.
 Rollback needs evidence of harm on a critical metric, Holm-corrected across them. Promotion
 needs evidence of non-inferiority on every required metric, each at alpha (a decision needing
 all of them holds its level without correction), and no evidence of harm. Before both arms
-have `min_requests` requests the judge holds, whatever the data say: never a rollback on too
-little data, and no traffic is a hold with a warning, never a promotion. A hold says what it
+have `min_requests` requests the judge never promotes, and no traffic is a hold with a warning.
+It rolls back before then only on what callers got (format-2 snapshots counted at the mesh)
+and only on the tests valid from the first request (`MetricDefinition.early`: errors, and a
+canary the mesh never reaches): a dead canary fails every request it is sent, and waiting for
+`min_requests` of them only fails more callers. A snapshot counted at the servers holds until
+`min_requests`, as it always did, so a format-1 decision replays unchanged. A hold says what it
 needs: the canary requests after which the pending tests would pass if the estimates stay as
 they are, and at the current rate about how long. A canary still inconclusive
 `max_duration` after it started is rolled back (or promoted, `on_inconclusive: promote`, when
@@ -133,7 +137,8 @@ def judge(snapshot: dict[str, Any] | Snapshot, source: str = "snapshot") -> Deci
 
 
 def _assess(snap: Snapshot) -> list[Evidence]:
-    return _correct([d.evidence(snap) for d in METRICS], snap.analysis.alpha)
+    judged = [d for d in METRICS if snap.mesh is not None or not d.mesh_only]
+    return _correct([d.evidence(snap) for d in judged], snap.analysis.alpha)
 
 
 def _correct(evidence: list[Evidence], alpha: float) -> list[Evidence]:
@@ -160,10 +165,12 @@ def _decide(
         for name, arm in (("canary", snap.canary), ("baseline", snap.baseline))
         if arm.requests < minimum
     ]
+    harmful = [e for e in evidence if e.outcome in ("harm", "changed") and e.severity == "critical"]
     if short:
+        harmful = [e for e in harmful if definition(e.metric).early] if snap.mesh is not None else []
+    if short and not harmful:
         needs = _needs_for_minimum(snap)
         return "hold", ["not enough data: " + "; ".join(short) + _needs_text(needs)], needs
-    harmful = [e for e in evidence if e.outcome in ("harm", "changed") and e.severity == "critical"]
     if harmful:
         return "rollback", [definition(e.metric).harm_reason(e) for e in harmful], None
     required = [e for e in evidence if definition(e.metric).required(snap.analysis)]

@@ -32,6 +32,12 @@ Canary against baseline:
   arms: harm is the origin test on wrong predictions among labelled requests; non-inferiority
   is the errors' test on the rate of wrong predictions with `accuracy_margin`. Label coverage
   (labelled / requests) is reported.
+- reachability (counted at the mesh, format 2 with sources; never required): a canary with weight that the
+  mesh sent no request at all while its baseline got N, its servers having counted none either
+  (a route not in effect, no ready endpoint: requests that went nowhere near it). The likelihood
+  ratio of "the canary gets none" against "it gets its weight's share s" is (1 - s)^-N, a
+  martingale under the latter (Wald's SPRT of two simple hypotheses), so the always-valid p-value
+  is (1 - s)^N.
 - predicted-score distribution (change; warning or critical per `score_shift`): is
   the arm a score came from independent of its bin? A Bayes factor with a Beta mixture per bin
   against the best-fitting common split (universal inference: Wasserman, Ramdas and
@@ -123,6 +129,12 @@ class MetricDefinition:
         Evidence -> the one-line reason of a rollback or of a promotion.
     row : callable
         (Evidence, arm values, samples) -> the arm's cell in the evidence table.
+    early : bool
+        Its harm test reads only counts (no threshold estimated from the data), so it is valid
+        from the first request: with mesh counts (format 2) it rolls back before min_requests.
+    mesh_only : bool
+        Judged only on counts from the mesh (a format-2 snapshot with `sources`): snapshots
+        counted at the servers replay without it.
     """
 
     name: str
@@ -133,6 +145,8 @@ class MetricDefinition:
     harm_reason: Callable[[Evidence], str]
     ok_reason: Callable[[Evidence], str]
     row: Callable[[Evidence, dict[str, float], float], str]
+    early: bool = False
+    mesh_only: bool = False
 
 
 # ---------------------------------------------------------------- errors
@@ -360,6 +374,64 @@ def _accuracy_row(e: Evidence, values: dict[str, float], n: float) -> str:
     return f"{values['accuracy']:.2%} of {n:,.0f} labelled"
 
 
+# ---------------------------------------------------------------- reachability
+
+
+def _reachability(snap: Snapshot) -> Evidence:
+    can, base = snap.canary, snap.baseline
+    samples = {"baseline": base.requests, "canary": can.requests}
+    share = can.weight / (can.weight + base.weight) if can.weight + base.weight > 0 else 0.0
+    baseline, canary = {"requests": base.requests}, {"requests": can.requests, "weight": can.weight}
+    served = can.server.requests if can.server is not None else 0.0
+    if can.requests > 0 or base.requests == 0 or not 0 < share < 1 or served > 0:
+        note = (
+            f"the mesh counted no request of the canary, but its servers counted {served:,.0f}: "
+            f"check monitoring.mesh ({snap.mesh}) names the mesh that routes it"
+            if can.requests == 0 and served > 0
+            else ""
+        )
+        outcome: Literal["unchanged", "no data"] = "unchanged" if can.requests > 0 else "no data"
+        return replace(
+            _no_data("reachability", "critical", samples),
+            outcome=outcome,
+            note=note,
+            baseline=baseline,
+            canary=canary,
+        )
+    log_e = -base.requests * math.log1p(-share)
+    return Evidence(
+        metric="reachability",
+        severity="critical",
+        outcome="inconclusive",
+        test="SPRT of 'the canary gets none of the requests' against 'it gets its weight's share'",
+        baseline=baseline,
+        canary=canary,
+        estimate={"share": share},
+        confidence=None,
+        statistic=log_e,
+        p_value=p_from_log_e(log_e),
+        p_adjusted=None,
+        p_noninferior=None,
+        samples=samples,
+    )
+
+
+def _reachability_harm(e: Evidence) -> str:
+    return (
+        f"unreachable: the mesh sent the canary none of its {e.estimate['share']:.0%} share of requests, "
+        f"and the baseline {e.baseline['requests']:,.0f} (adjusted always-valid p = {e.p_adjusted:.3g}); "
+        "check that its pods are ready and its route is applied"
+    )
+
+
+def _reachability_ok(e: Evidence) -> str:
+    return "reachability: the mesh sends the canary requests"
+
+
+def _reachability_row(e: Evidence, values: dict[str, float], n: float) -> str:
+    return f"{values['requests']:,.0f} requests"
+
+
 # ---------------------------------------------------------------- predicted scores
 
 
@@ -429,7 +501,9 @@ def _critical(settings: Analysis) -> Severity:
 
 
 METRICS: tuple[MetricDefinition, ...] = (
-    MetricDefinition("errors", _errors, _always, "harm", _critical, _errors_harm, _errors_ok, _errors_row),
+    MetricDefinition(
+        "errors", _errors, _always, "harm", _critical, _errors_harm, _errors_ok, _errors_row, early=True
+    ),
     MetricDefinition(
         "latency", _latency, _always, "harm", _critical, _latency_harm, _latency_ok, _latency_row
     ),
@@ -444,6 +518,18 @@ METRICS: tuple[MetricDefinition, ...] = (
         _accuracy_row,
     ),
     MetricDefinition("score", _scores, _never, "change", _score_severity, _score_harm, _score_ok, _score_row),
+    MetricDefinition(
+        "reachability",
+        _reachability,
+        _never,
+        "harm",
+        _critical,
+        _reachability_harm,
+        _reachability_ok,
+        _reachability_row,
+        early=True,
+        mesh_only=True,
+    ),
 )
 _BY_NAME = {d.name: d for d in METRICS}
 

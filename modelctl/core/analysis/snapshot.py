@@ -6,6 +6,15 @@ score histograms, the feedback labels) with the analysis settings; its JSON Sche
 counts `modelctl.core.analysis.window` reads; an A/B experiment's snapshot holds one for its
 guardrails. Every analysis stores its input through `digest` (a decision names its snapshot by
 it) and its output through `finite` (JSON has no NaN).
+
+Two formats. Format 1 (no `format` key) counts everything at the model servers and ignores
+analysis.interval. Format 2 (`format: 2`) says when the current step began (`step_started`: the
+judge holds a step younger than its interval) and what the counts could not see (`notes`); with
+`sources` it takes an arm's requests, errors and latency from the mesh, what callers got
+(`contract.MESH_SOURCES`: a request that never reached a server is counted, and fails), keeps
+what only the servers know (scores, feedback labels) from them, records the servers' own counts
+beside the mesh's (`Arm.server`), and names the source of each count. A format-1 snapshot reads,
+dumps and digests exactly as it was written, so its decision replays unchanged.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -86,8 +95,30 @@ class Feedback(Strict):
     count: Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
+class Served(Strict):
+    """What one arm's servers counted themselves: the requests that reached them, their 5xx
+    answers, and their latency histogram (format 2 keeps them beside the mesh's counts)."""
+
+    requests: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    errors: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    latency_seconds: Histogram
+
+
+# Where a count came from: the model servers' metrics, or a mesh of `contract.MESH_SOURCES`.
+SourceName = Literal["server", "istio", "envoy"]
+# Keys format 2 added: left out of the JSON (and digest) when unset (`server`, `sources`) or
+# in a format-1 snapshot (`format`, `step_started`, `notes`), so format 1 is written as it was.
+UNSET_FORMAT_2_KEYS = frozenset({"sources", "server"})
+FORMAT_2_KEYS = ("format", "step_started", "notes")
+
+
+def _without_unset_format_2(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k not in UNSET_FORMAT_2_KEYS or v is not None}
+
+
 class Arm(Strict):
-    """One version's cumulative counts since the canary step began."""
+    """One version's cumulative counts since the canary step began (`server`: format 2's
+    servers' own counts, when `requests`, `errors` and `latency_seconds` are the mesh's)."""
 
     version: VersionName
     weight: Annotated[float, Field(ge=0, le=100)]
@@ -96,6 +127,11 @@ class Arm(Strict):
     latency_seconds: Histogram
     score: Histogram | None = None
     feedback: list[Feedback] = Field(default_factory=list)
+    server: Served | None = None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_unset_format_2(handler(self))
 
     @model_validator(mode="after")
     def _errors_are_requests(self) -> Arm:
@@ -122,7 +158,6 @@ class Source(Strict):
 # before it): the judge ignores analysis.interval. 2: the judge holds a step younger than its
 # interval (from `step_started`), and the snapshot carries `notes` on how its counts were read.
 SNAPSHOT_FORMAT = 2
-FORMAT_2_KEYS = ("format", "step_started", "notes")
 
 
 class Snapshot(Strict):
@@ -132,11 +167,14 @@ class Snapshot(Strict):
     the step began by its commit's date (format 2; the same instant, except for a commit dated
     after `taken_at`, whose window starts at the change before it); `canary_started` when the
     canary first took traffic (for `max_duration`); `notes` what the counts could not see (a
-    series without a value at the window's start, a commit dated ahead). The JSON Schema of
-    this format is `analysis/snapshot.schema.json`.
+    series without a value at the window's start, a commit dated ahead); `sources` (format 2)
+    where each arm field's counts came from, when requests, errors and latency are the mesh's
+    (see the module docstring). The JSON Schema of this format is
+    `analysis/snapshot.schema.json`.
     """
 
     format: Literal[1, 2] = 1
+    sources: dict[str, SourceName] | None = None
     model: ModelName
     stack: Annotated[str, Field(min_length=1)]
     taken_at: datetime
@@ -149,6 +187,11 @@ class Snapshot(Strict):
     source: Source | None = None
     notes: list[str] = Field(default_factory=list)
 
+    @property
+    def mesh(self) -> str | None:
+        """The mesh the requests, errors and latency were counted at (format 2), else None."""
+        return None if self.sources is None else self.sources.get("requests")
+
     @field_validator("taken_at", "window_start", "step_started", "canary_started")
     @classmethod
     def _aware(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
@@ -158,6 +201,10 @@ class Snapshot(Strict):
 
     @model_validator(mode="after")
     def _comparable(self) -> Snapshot:
+        if self.sources is not None and self.format != 2:
+            raise ValueError(
+                'sources are named by format 2 snapshots only; write "format": 2 or drop sources'
+            )
         if self.canary.version == self.baseline.version:
             raise ValueError(f"canary and baseline are both {self.canary.version}; compare two versions")
         if self.canary.latency_seconds.le != self.baseline.latency_seconds.le:
@@ -170,7 +217,7 @@ class Snapshot(Strict):
     @model_serializer(mode="wrap")
     def _as_written(self, write: SerializerFunctionWrapHandler) -> dict[str, Any]:
         # A format 1 snapshot is written (and digested) as it was: without format 2's keys.
-        data: dict[str, Any] = write(self)
+        data: dict[str, Any] = _without_unset_format_2(write(self))
         if self.format == 1:
             for key in FORMAT_2_KEYS:
                 data.pop(key, None)
@@ -252,6 +299,20 @@ def canary_arms(release: Release) -> Arms | None:
     return Arms(stable, canary, release.traffic[stable], release.traffic[canary])
 
 
+@dataclass(frozen=True)
+class Mesh:
+    """Where an analysis reads what callers got: a mesh of `contract.MESH_SOURCES` and the
+    namespace its series name (`MeshSource.version_value`)."""
+
+    source: contract.MeshSource
+    namespace: str
+
+    def queries(self) -> tuple[str, ...]:
+        """The window counts (keys of `contract.WINDOW_COUNTS`) of this mesh a snapshot reads."""
+        name = self.source.name
+        return tuple(contract.mesh_count(name, what) for what in ("requests", "errors", "latency_buckets"))
+
+
 def build_snapshot(
     *,
     model: str,
@@ -265,9 +326,11 @@ def build_snapshot(
     source: Mapping[str, Any],
     step_started: datetime | None = None,
     notes: Sequence[str] = (),
+    mesh: Mesh | None = None,
 ) -> Snapshot:
     """The judge's snapshot (format `SNAPSHOT_FORMAT`) from the window counts `answers` (name ->
-    samples); `step_started` defaults to `window_start`.
+    samples), with requests, errors and latency from `mesh` (and the servers' own beside them)
+    when given; `step_started` defaults to `window_start`.
 
     Raises
     ------
@@ -279,20 +342,29 @@ def build_snapshot(
     latency = histograms(answers.get("latency_buckets_in_window", ()))
     scores = histograms(answers.get("score_buckets_in_window", ()))
 
-    def arm(version: str, weight: int) -> dict[str, Any]:
+    def served(version: str) -> dict[str, Any]:
         total = requests.get(version, 0.0)
         return {
-            "version": version,
-            "weight": weight,
             "requests": total,
             "errors": min(errors.get(version, 0.0), total),
             "latency_seconds": _histogram(latency, version),
+        }
+
+    called = _called(model, mesh, answers) if mesh else served
+
+    def arm(version: str, weight: int) -> dict[str, Any]:
+        return {
+            "version": version,
+            "weight": weight,
+            **called(version),
             "score": _histogram(scores, version) if scores else None,
             "feedback": _feedback(answers.get("feedback_in_window", ()), version),
+            **({"server": served(version)} if mesh else {}),
         }
 
     data = {
         "format": SNAPSHOT_FORMAT,
+        **({"sources": _sources(mesh.source.name)} if mesh else {}),
         "model": model,
         "stack": stack,
         "taken_at": taken_at.isoformat(),
@@ -306,6 +378,36 @@ def build_snapshot(
         "notes": list(notes),
     }
     return parse_snapshot(data, f"analysis of {model} on {stack}")
+
+
+def _sources(mesh: str) -> dict[str, str]:
+    called = dict.fromkeys(("requests", "errors", "latency_seconds"), mesh)
+    return {**called, **dict.fromkeys(("score", "feedback", "server"), "server")}
+
+
+def _called(
+    model: str, mesh: Mesh, answers: Mapping[str, Sequence[Sample]]
+) -> Callable[[str], dict[str, Any]]:
+    """An arm's requests, errors and latency as the mesh counted them, by version."""
+    requests_name, errors_name, latency_name = mesh.queries()
+    requests = by_version(answers.get(requests_name, ()))
+    errors = by_version(answers.get(errors_name, ()))
+    unit = mesh.source.seconds_per_unit
+    latency = {
+        key: {bound * unit: count for bound, count in per.items()}
+        for key, per in histograms(answers.get(latency_name, ())).items()
+    }
+
+    def called(version: str) -> dict[str, Any]:
+        key = mesh.source.version_value(mesh.namespace, model, version)
+        total = requests.get(key, 0.0)
+        return {
+            "requests": total,
+            "errors": min(errors.get(key, 0.0), total),
+            "latency_seconds": _histogram(latency, key),
+        }
+
+    return called
 
 
 def _histogram(buckets: Mapping[str, Mapping[float, float]], version: str) -> dict[str, Any]:

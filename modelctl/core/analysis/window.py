@@ -59,17 +59,18 @@ def queries(
     seconds: float,
     names: Sequence[str] = WINDOW_QUERIES,
     bound: str = contract.LOOKBACK_DELTA,
+    namespace: str = "",
 ) -> dict[str, str]:
     """The PromQL of the window counts `names` (keys of `contract.WINDOW_COUNTS`) over every
-    version of `model` and the last `seconds`, reading the start's value at most `bound` (a
-    Prometheus duration) before it: the parts `window_counts` reads, by part name
-    (`<count>/<part>`, the parts of `contract.WINDOW_PARTS`)."""
+    version of `model` (in `namespace`, for the mesh's counts) and the last `seconds`, reading
+    the start's value at most `bound` (a Prometheus duration) before it: the parts
+    `window_counts` reads, by part name (`<count>/<part>`, the parts of `contract.WINDOW_PARTS`)."""
     span = promql_range(seconds)
-    return {
-        part: promql
-        for name in names
-        for part, promql in contract.window_queries(name, {"model": model}, span, bound).items()
-    }
+    parts: dict[str, str] = {}
+    for name in names:
+        matchers, raw = contract.count_selection(name, namespace, model)
+        parts.update(contract.window_queries(name, matchers, span, raw, bound))
+    return parts
 
 
 def first_queries(parts: Mapping[str, str]) -> dict[str, str]:
@@ -148,6 +149,8 @@ def window_counts(
 ) -> dict[str, list[Sample]]:
     """Each window count in `answers` (the parts of `queries`, by part name), by count name:
     samples labelled by version and the count's own labels, summed across series (replicas).
+    The `version` label holds the value of the count's own version label (a mesh's: see
+    `contract.MeshSource.version_value`).
 
     Per series (see the module docstring): `increase` from its value at the start (0 for a
     series new in the window) to its last value in the window; through its `samples` (its
@@ -163,7 +166,7 @@ def window_counts(
             continue
         end, start = (_by_series(answers.get(f"{name}/{part}", ())) for part in ("end", "start"))
         grouped: dict[tuple[str, ...], float] = {}
-        group = ("version", *count.labels)
+        group = (count.version, *count.labels)
         for series, last in end.items():
             values = list((samples or {}).get((name, series), ()))
             if (name, series) in late:
@@ -176,7 +179,8 @@ def window_counts(
             if all(label in labels for label in group) and math.isfinite(value):
                 key = tuple(labels[label] for label in group)
                 grouped[key] = grouped.get(key, 0.0) + value
-        counts[name] = [(dict(zip(group, key, strict=True)), value) for key, value in grouped.items()]
+        named = ("version", *count.labels)
+        counts[name] = [(dict(zip(named, key, strict=True)), value) for key, value in grouped.items()]
     return counts
 
 
