@@ -53,6 +53,8 @@ class Exposition:
     feedback: Counter
     mesh_requests: Counter
     mesh_duration: Histogram
+    # The namespaces whose callers' proxies report these requests (one per stack fed alike).
+    namespaces: tuple[str, ...] = (NAMESPACE,)
 
     def serve(self, version: str, n: int, *, error_rate: float, slower: float = 1.0, seed: int = 0) -> None:
         """Record `n` requests of `version` as the server would, and as the callers' proxies would."""
@@ -65,7 +67,8 @@ class Exposition:
         self.called(version, errors, "500")
         for seconds in rng.lognormal(np.log(0.01 * slower), 0.5, size=n):
             self.duration.labels(**labels).observe(seconds)
-            self.mesh_duration.labels(**ISTIO.matchers(NAMESPACE, MODEL, version)).observe(seconds * 1000)
+            for namespace in self.namespaces:
+                self.mesh_duration.labels(**ISTIO.matchers(namespace, MODEL, version)).observe(seconds * 1000)
         for score in rng.beta(2, 5, size=n):
             self.score.labels(**labels).observe(score)
         wrong = rng.random(n // 10) < 0.05
@@ -75,7 +78,8 @@ class Exposition:
     def called(self, version: str, n: int, code: str) -> None:
         """Record `n` requests of `version` answered `code` at the callers' proxies only (a request
         that never reached a server: refused, reset, timed out)."""
-        self.mesh_requests.labels(**ISTIO.matchers(NAMESPACE, MODEL, version), response_code=code).inc(n)
+        for namespace in self.namespaces:
+            self.mesh_requests.labels(**ISTIO.matchers(namespace, MODEL, version), response_code=code).inc(n)
 
 
 @pytest.fixture

@@ -131,11 +131,14 @@ def publish(repo: Path, tmp_path: Path) -> GitHub:
 
 @pytest.fixture
 def canaries(tmp_path: Path) -> Path:
-    """staging (not production) and prod (production) each with a canary of v1.1.0 at 5%, committed."""
+    """staging (not production) and prod (production) each with a canary of v1.1.0 at 5%, committed;
+    a step may follow one second after the one before (analysis.interval: 1s)."""
     stacks = {
         "staging": stack_doc({"v1.0.0": 100}),
         "prod": stack_doc({"v1.0.0": 100}, production=True, namespace="models-prod", image=PROD_IMAGE),
     }
+    for doc in stacks.values():
+        doc["config"]["modelctl:releases"][MODEL]["analysis"] = {"interval": "1s"}
     repo = write_repo(tmp_path / "repo", {MODEL: model_doc()}, stacks)
     for stack in ("staging", "prod"):
         api.canary(repo, MODEL, "v1.1.0", stack=stack)
@@ -143,7 +146,8 @@ def canaries(tmp_path: Path) -> Path:
 
 
 def healthy(exposition: Exposition, prometheus: str, total: int = 0) -> int:
-    """Both versions serve alike (the canary's 5%); the requests fed so far."""
+    """Both versions serve alike (the canary's 5%) on both stacks; the requests fed so far."""
+    exposition.namespaces = ("models-test", "models-prod")
     exposition.serve("v1.1.0", 5000, error_rate=0.001, seed=total + 1)
     exposition.serve("v1.0.0", 95000, error_rate=0.001, seed=total + 2)
     scraped(prometheus, total + 100_000)
@@ -185,7 +189,7 @@ def test_one_pull_request_per_production_step_and_a_rollback_that_supersedes_it(
     edit = tmp_path / "edit"
     subprocess.run(["git", "clone", "-q", str(github.bare), str(edit)], check=True)
     doc = yamlio.load(edit / "Pulumi.prod.yaml")
-    doc["config"]["modelctl:releases"][MODEL]["analysis"] = {"steps": [20, 50]}
+    doc["config"]["modelctl:releases"][MODEL]["analysis"] = {"steps": [20, 50], "interval": "1s"}
     yamlio.dump_file(edit / "Pulumi.prod.yaml", doc)
     run_git(edit, "commit", "-q", "-am", "prod: steps of 20 and 50%")
     run_git(edit, "push", "-q", "origin", "HEAD:main")

@@ -293,7 +293,10 @@ def stack(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict
     doc["config"]["modelctl:releases"]["churn"] = {"traffic": {"v1.0.0": 100}}
     yamlio.dump_file(root / "Pulumi.dev.yaml", doc)
     run_git(root, "commit", "-qam", "dev serves LightGBM and ONNX")
-    split = modelctl(root, "ab", pipeline_repo.MODEL, "--split", "v1.3.0=50,v1.2.0=50", "--stack", "dev")
+    split = modelctl(
+        root, "ab", pipeline_repo.MODEL, "--split", "v1.3.0=50,v1.2.0=50",
+        "--metric", "accuracy", "--effect", "0.02", "--stack", "dev",
+    )  # fmt: skip
     assert split.returncode == 0, split.stderr
     shadow = modelctl(root, "shadow", pipeline_repo.MODEL, "v1.0.0", "--percent", "50", "--stack", "dev")
     assert shadow.returncode == 0, shadow.stderr
