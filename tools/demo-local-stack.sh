@@ -57,6 +57,34 @@ print(a["outcome"], a["decision"]["canary_version"], reason if len(reason) <= 20
   exit 1
 }
 
+# Wait up to $3 seconds for an email in the stack's mailbox (the local SMTP sink's) whose alert
+# matches the extended regex $1 and names $2, then print it as a reader sees it.
+show_email() {
+  local alerts=$1 names=$2 seconds=$3 mailbox found=""
+  mailbox=$(field mailbox)
+  printf 'waiting for the %s email on %s' "$alerts" "$names"
+  for _ in $(seq "$seconds"); do
+    found=$(grep -lE "$alerts" "$mailbox"/*.eml 2>/dev/null | xargs -r grep -l "$names" | head -1 || true)
+    [ -n "$found" ] && break
+    printf '.'; sleep 1
+  done
+  echo
+  [ -n "$found" ] || { echo "no $alerts email for $names arrived within $seconds s" >&2; exit 1; }
+  echo "delivered: $(basename "$found") (in the stack's mailbox, removed with the demo's clone)"
+  "$bin/python" - "$found" <<'PY'
+import email, email.policy, html, re, sys
+
+message = email.message_from_bytes(open(sys.argv[1], "rb").read(), policy=email.policy.default)
+for header in ("From", "To", "Subject", "Date"):
+    print(f"{header}: {message[header]}")
+body = message.get_body(("plain", "html"))
+text = body.get_content() if body is not None else ""
+# Alertmanager's default email is HTML: its words, without the markup, are what a reader sees.
+words = " ".join(html.unescape(re.sub(r"<style.*?</style>|<[^>]+>", " ", text, flags=re.S)).split())
+print(words[:700])
+PY
+}
+
 step "modelctl up --stack $stack: pods, Envoy gateway, Prometheus, Alertmanager, from the rendered objects"
 modelctl up --stack "$stack" --remote "$remote" "${timing[@]}" --json | tee "$addresses"
 field() { "$bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$addresses" "$1"; }
@@ -106,27 +134,7 @@ print(" ".join(str(r["pid"]) for r in rows if r["kind"] == "server" and r.get("v
 echo "kill -9 $pids"
 kill -9 $pids
 step "the critical alert naming $model $version, emailed to on-call (the local SMTP sink's mailbox): the demo waits for it, since the rollback ends the version's alerts"
-mailbox=$(field mailbox)
-found=""
-for _ in $(seq 90); do
-  found=$(grep -lE "ModelVersionFailingCallers|ModelVersionUnavailable" "$mailbox"/*.eml 2>/dev/null | xargs -r grep -l "$version" | head -1 || true)
-  [ -n "$found" ] && break
-  sleep 1
-done
-[ -n "$found" ] || { echo "no critical email for $version arrived within 90 s" >&2; exit 1; }
-echo "delivered: $(basename "$found") (in the stack's mailbox, removed with the demo's clone)"
-"$bin/python" - "$found" <<'PY'
-import email, email.policy, html, re, sys
-
-message = email.message_from_bytes(open(sys.argv[1], "rb").read(), policy=email.policy.default)
-for header in ("From", "To", "Subject", "Date"):
-    print(f"{header}: {message[header]}")
-body = message.get_body(("plain", "html"))
-text = body.get_content() if body is not None else ""
-# Alertmanager's default email is HTML: its words, without the markup, are what a reader sees.
-words = " ".join(html.unescape(re.sub(r"<style.*?</style>|<[^>]+>", " ", text, flags=re.S)).split())
-print(words[:700])
-PY
+show_email "ModelVersionFailingCallers|ModelVersionUnavailable" "$version" 90
 
 step "canary analyze: Envoy counted the callers' 503s the dead server never saw; rolled back at the first look that shows them"
 analyze_until rollback
@@ -200,29 +208,7 @@ modelctl canary "$model" "$broken" --stack "$stack"
 modelctl up --stack "$stack" --remote "$remote" "${timing[@]}" >/dev/null
 
 step "the error-rate alert on the broken canary, emailed to on-call (the local SMTP sink's mailbox)"
-mailbox=$(field mailbox)
-printf 'waiting for the ModelHighErrorRate email on %s' "$broken"
-found=""
-for _ in $(seq 60); do
-  found=$(grep -l "ModelHighErrorRate" "$mailbox"/*.eml 2>/dev/null | xargs -r grep -l "$broken" | head -1 || true)
-  [ -n "$found" ] && break
-  printf '.'; sleep 1
-done
-echo
-[ -n "$found" ] || { echo "no error-rate email for $broken arrived within 60 s" >&2; exit 1; }
-echo "delivered: $(basename "$found") (in the stack's mailbox, removed with the demo's clone)"
-"$bin/python" - "$found" <<'PY'
-import email, email.policy, html, re, sys
-
-message = email.message_from_bytes(open(sys.argv[1], "rb").read(), policy=email.policy.default)
-for header in ("From", "To", "Subject", "Date"):
-    print(f"{header}: {message[header]}")
-body = message.get_body(("plain", "html"))
-text = body.get_content() if body is not None else ""
-# Alertmanager's default email is HTML: its words, without the markup, are what a reader sees.
-words = " ".join(html.unescape(re.sub(r"<style.*?</style>|<[^>]+>", " ", text, flags=re.S)).split())
-print(words[:700])
-PY
+show_email "ModelHighErrorRate" "$broken" 60
 
 step "canary analyze rolls the broken canary back, by one commit"
 analyze_until rollback
