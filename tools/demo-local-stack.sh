@@ -121,6 +121,7 @@ yamlio.dump_file(path, doc)
 PY
 git -C "$repo" commit -qam "demo: analysis settings for a local stack's traffic; on-call email for critical alerts"
 git -C "$repo" log -1 -p --format='%h %s' | grep '^[-+] ' || true
+modelctl up --stack "$stack" --remote "$remote" "${timing[@]}" >/dev/null  # Alertmanager gets the on-call receiver
 
 step "traffic runs on; the canary $version serves its share through Envoy"
 "$bin/modelctl" -C "$repo" traffic --stack "$stack" --model "$model" --requests 1000000 --users 200 >/dev/null 2>&1 &
