@@ -191,6 +191,32 @@ def test_the_snapshot_takes_callers_counts_from_the_mesh_and_keeps_the_servers_b
     assert judge(snap).action == "rollback"
 
 
+def test_a_mesh_without_one_series_in_prometheus_is_said_and_the_servers_counts_judged() -> None:
+    """Prometheus scrapes no Istio proxy (or monitoring.mesh names another mesh): judging on
+    nothing would hold forever; the servers' counts are judged, and the decision says why."""
+    server = [({"version": "v1.1.0"}, 2_000.0), ({"version": "v1.0.0"}, 18_000.0)]
+    taken = datetime(2026, 11, 24, 12, tzinfo=UTC)
+    snap = build_snapshot(
+        model="fraud-detection",
+        stack="staging",
+        arms=Arms("v1.0.0", "v1.1.0", 90, 10),
+        analysis=Analysis(),
+        taken_at=taken,
+        window_start=taken - timedelta(minutes=10),
+        canary_started=None,
+        answers={"requests_in_window": server, "server_errors_in_window": [({"version": "v1.1.0"}, 80.0)]},
+        source={"prometheus": "http://127.0.0.1:9090", "queries": {}},
+        mesh=Mesh(contract.MESH_SOURCES["istio"], "models-test"),
+    )
+    assert (snap.format, snap.sources, snap.canary.server) == (2, None, None)
+    assert (snap.canary.requests, snap.canary.errors) == (2_000, 80)
+    decision = judge(snap)
+    assert decision.action == "rollback"
+    assert any(
+        w.startswith("the mesh (istio) has no request series of fraud-detection") for w in decision.warnings
+    )
+
+
 def test_sources_are_named_by_format_2_only() -> None:
     snap = mesh_snapshot(arm("v1.1.0", 10, 40, 2), arm("v1.0.0", 90, 360, 18))
     with pytest.raises(Exception, match="sources are named by format 2 snapshots only"):

@@ -330,7 +330,8 @@ def build_snapshot(
 ) -> Snapshot:
     """The judge's snapshot (format `SNAPSHOT_FORMAT`) from the window counts `answers` (name ->
     samples), with requests, errors and latency from `mesh` (and the servers' own beside them)
-    when given; `step_started` defaults to `window_start`.
+    when given and Prometheus holds any of its request series of the model, else counted at
+    the servers with a note saying so; `step_started` defaults to `window_start`.
 
     Raises
     ------
@@ -350,6 +351,11 @@ def build_snapshot(
             "latency_seconds": _histogram(latency, version),
         }
 
+    if mesh is not None and not answers.get(mesh.queries()[0]):
+        # Not one series: Prometheus does not hold the mesh's metrics (not scraped, or another
+        # mesh). Judging on nothing would hold forever; the servers' counts are said to be used.
+        notes = [*notes, _no_mesh_note(mesh, model)]
+        mesh = None
     called = _called(model, mesh, answers) if mesh else served
 
     def arm(version: str, weight: int) -> dict[str, Any]:
@@ -378,6 +384,15 @@ def build_snapshot(
         "notes": list(notes),
     }
     return parse_snapshot(data, f"analysis of {model} on {stack}")
+
+
+def _no_mesh_note(mesh: Mesh, model: str) -> str:
+    return (
+        f"the mesh ({mesh.source.name}) has no request series of {model} in Prometheus: requests, "
+        "errors and latency are the servers' own counts, which miss a request that never reached "
+        "a server; check that Prometheus scrapes the mesh's metrics and that "
+        "modelctl:environment.monitoring.mesh names the mesh"
+    )
 
 
 def _sources(mesh: str) -> dict[str, str]:
