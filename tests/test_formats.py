@@ -13,6 +13,7 @@ LightGBM and XGBoost, a scikit-learn shadow, and an ONNX model.
 from __future__ import annotations
 
 import dataclasses
+import json
 import pickle
 import subprocess
 import sys
@@ -341,3 +342,31 @@ def test_one_local_stack_serves_every_format_split_mirrored_and_side_by_side(sta
     release = yamlio.load(root / "Pulumi.dev.yaml")["config"]["modelctl:releases"]["fraud-detection"]
     assert dict(release["traffic"]) == FRAUD["traffic"]
     assert dict(release["shadow"]) == FRAUD["shadow"]
+
+
+def test_ab_analyze_counts_each_formats_labels_on_the_version_that_predicted(stack: dict[str, Any]) -> None:
+    """The A/B split of LightGBM v1.3.0 against XGBoost v1.2.0 is judged on ground truth: each
+    label, sent through the gateway with its prediction's receipt, is counted for the format that
+    made the prediction (the scikit-learn shadow's mirrored answers get none)."""
+    root, model = stack["root"], "fraud-detection"
+    version = registered(root, "xgboost")
+    host = {"host": stack["models"][model]["host"]}
+    predicted: Counter[str] = Counter()
+    with httpx.Client(timeout=10) as client:
+        for row in json_rows(version.rows, version.types) * 8:
+            answer = client.post(f"{stack['gateway']}/predict", json={"features": row}, headers=host)
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            label = {"receipt": body["receipt"], "label": body["prediction"]}
+            taken = client.post(f"{stack['gateway']}/feedback", json=label, headers=host)
+            assert taken.status_code == 200, taken.text
+            predicted[answer.headers["x-model-version"]] += 1
+    assert set(predicted) == {"v1.2.0", "v1.3.0"}
+
+    def labelled() -> dict[str, float]:
+        proc = modelctl(root, "ab", "analyze", "--stack", "dev", "--model", model, "--dry-run", "--json")
+        assert proc.returncode in (0, 3), proc.stderr
+        [analysis] = json.loads(proc.stdout)["analyses"]
+        return dict(analysis["decision"]["labelled"])
+
+    wait_for("both formats' labels in Prometheus", lambda: labelled() == dict(predicted), timeout=60)
