@@ -6,7 +6,9 @@ no Kubernetes permissions, and a NetworkPolicy letting it reach only Prometheus,
 git host.
 
 The job clones the repository with the deploy key, analyzes every canary of its stack against
-the in-cluster Prometheus, and pushes the commits (each holding its snapshot). A run never
+the in-cluster Prometheus, and pushes the commits (each holding its snapshot). On a production
+stack it pushes rollbacks only (`--rollbacks-only`): a production step or promotion is reviewed
+in a pull request, which the canary workflow proposes (tools/ci.py). A run never
 overlaps the previous one (`concurrencyPolicy: Forbid`); a rejected push (someone else pushed)
 fails the run, and the next one starts from the new main.
 """
@@ -41,7 +43,7 @@ cd /workspace/repo
 git config user.name "modelctl canary analysis"
 git config user.email "canary-analysis@modelctl.invalid"
 # Exit 2 (a rollback) and 3 (a hold) are decisions, not failures; 1 (an error) fails the run.
-modelctl canary analyze --stack "$STACK" --prometheus "$PROMETHEUS_URL" || [ $? -ge 2 ]
+modelctl canary analyze --stack "$STACK" --prometheus "$PROMETHEUS_URL" $ANALYZE_FLAGS || [ $? -ge 2 ]
 git push --quiet origin "HEAD:$BRANCH"
 """
 
@@ -92,6 +94,7 @@ def cron_job(stack: Stack, job: AnalysisJob) -> Obj:
         "PROMETHEUS_URL": env.monitoring.prometheus_url or "",
         "KEY_DIR": SECRET_MOUNT,
         "HOME": "/workspace",
+        "ANALYZE_FLAGS": "--rollbacks-only" if env.production else "",
     }
     container = {
         "name": "analyze",

@@ -13,15 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from infra.analysis_job import SCRIPT
+from infra.analysis_job import cron_job
 from modelctl import api
 from modelctl.api.analysis import Scope, choose
 from modelctl.api.analysis_canary import _canary_run
 from modelctl.core import yamlio
 from modelctl.core.analysis.snapshot import canary_arms
 from modelctl.repo import gitutil
+from modelctl.repo.state import read_state
 from tests.conftest import Cli
-from tests.factories import commit_at, redate_head, run_git, write_repo
+from tests.factories import ANALYSIS_JOB, commit_at, fake_hex, redate_head, run_git, write_repo
 from tests.test_canary_analyze import Exposition, exposition, prometheus, scraped
 
 __all__ = ["exposition", "prometheus"]  # the fixtures, used by name
@@ -157,43 +158,76 @@ def test_a_canary_window_and_start_read_in_a_shallow_clone_are_the_full_clones(
     assert gitutil.shallow_commits(shallow_repo)
 
 
-@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus is not installed (make tools)")
-def test_case_14_the_analysis_jobs_own_script_steps_a_prod_canary_from_its_depth_50_clone(
-    soaked: Path, tmp_path: Path, exposition: Exposition, prometheus: str
-) -> None:
-    """The CronJob's script as rendered (`git clone --depth 50`, then `canary analyze`, then a
-    push) against a bare repository: a healthy prod canary is stepped and the step pushed, as a
-    full clone does (it was refused with 'served on staging for only 0m')."""
+def run_job(
+    soaked: Path, tmp_path: Path, prometheus: str, exposition: Exposition, canary_errors: float
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """The CronJob's script and settings as rendered for prod (`git clone --depth 50`, then
+    `canary analyze`, then a push) against a bare repository holding `soaked`, after 100,000
+    requests at 5% to the canary (`canary_errors` of them failed, 0.1% of the baseline's)."""
     stack = soaked / "Pulumi.prod.yaml"
     doc = yamlio.load(stack)
     doc["config"]["modelctl:releases"][MODEL]["analysis"] = {"interval": "1s"}
+    environment = doc["config"]["modelctl:environment"]
+    # Production pins every image by digest, the job's too.
+    environment["analysis"] = {
+        **ANALYSIS_JOB,
+        "image": f"{ANALYSIS_JOB['image']}@sha256:{fake_hex('job', 64)}",
+    }
+    environment.setdefault("monitoring", {})["prometheus_url"] = prometheus
     yamlio.dump_file(stack, doc)
-    run_git(soaked, "commit", "-q", "-am", "prod: steps a second apart")
+    run_git(soaked, "commit", "-q", "-am", "prod: steps a second apart, analyzed in the cluster")
     bare = tmp_path / "models.git"
     subprocess.run(["git", "clone", "-q", "--bare", str(soaked), str(bare)], check=True)
     exposition.serve("v1.0.0", 95_000, error_rate=0.001, seed=1)
-    exposition.serve("v1.1.0", 5_000, error_rate=0.001, slower=0.9, seed=2)
+    exposition.serve("v1.1.0", 5_000, error_rate=canary_errors, slower=0.9, seed=2)
     scraped(prometheus, 100_000)
+    prod = read_state(soaked).stack("prod")
+    assert prod.config.environment.analysis is not None
+    job = cron_job(prod, prod.config.environment.analysis)
+    [container] = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     workspace = tmp_path / "workspace"
     workspace.mkdir()
+    rendered = {e["name"]: e["value"] for e in container["env"]}
     env = {
         **os.environ,
+        **rendered,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "STACK": "prod",
         "REPOSITORY": f"file://{bare}",
         "BRANCH": "main",
         "PROMETHEUS_URL": prometheus,
         "KEY_DIR": str(workspace),
         "HOME": str(workspace),
     }
-    assert "--depth 50 " in SCRIPT
+    script = container["command"][-1]
+    assert "--depth 50 " in script
     done = subprocess.run(
-        ["/bin/sh", "-c", SCRIPT.replace("/workspace", str(workspace))],
+        ["/bin/sh", "-c", script.replace("/workspace", str(workspace))],
         env=env,
         text=True,
         capture_output=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    return done, bare
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus is not installed (make tools)")
+def test_case_14_the_analysis_jobs_own_script_judges_a_prod_step_from_its_depth_50_clone(
+    soaked: Path, tmp_path: Path, exposition: Exposition, prometheus: str
+) -> None:
+    """A healthy prod canary whose version soaked on staging 60 commits back: the job's clone
+    judges the step as a full clone does (it was refused with 'served on staging for only 0m'),
+    and leaves it for review (production steps go through pull requests): nothing is pushed."""
+    done, bare = run_job(soaked, tmp_path, prometheus, exposition, canary_errors=0.001)
+    assert "STEP fraud-detection on prod: nothing committed" in done.stdout
+    assert "left for review: --rollbacks-only commits rollbacks only" in done.stdout
+    assert run_git(bare, "log", "-1", "--format=%s", "main").startswith("prod: steps a second apart")
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus is not installed (make tools)")
+def test_the_analysis_job_pushes_a_prod_rollback_at_once(
+    soaked: Path, tmp_path: Path, exposition: Exposition, prometheus: str
+) -> None:
+    _, bare = run_job(soaked, tmp_path, prometheus, exposition, canary_errors=0.2)
     subject = run_git(bare, "log", "-1", "--format=%s", "main").strip()
-    assert subject == "canary analyze step: fraud-detection v1.1.0 at 10% on prod (v1.0.0 90%)"
+    assert subject == "canary analyze rollback: fraud-detection to v1.0.0 100% on prod, holding v1.1.0"

@@ -86,6 +86,7 @@ def canary_analyze(
     prometheus: str | None = None,
     dry_run: bool = False,
     record: bool = False,
+    rollbacks_only: bool = False,
     now: datetime | None = None,
     policies: PolicyCheck = check_policies,
     lock_timeout: float | None = None,
@@ -105,6 +106,10 @@ def canary_analyze(
     prometheus
         Prometheus' URL; default the stack's `monitoring.prometheus_url`, then the local
         stack's (`modelctl up`).
+    rollbacks_only
+        Commit rollbacks only; a step or a promotion is judged and returned uncommitted, as a
+        dry run returns it (a production step is reviewed in a pull request: the in-cluster
+        job of a production stack runs with it).
     now
         The instant the queries are evaluated at (default: the current time).
     lock_timeout
@@ -127,7 +132,9 @@ def canary_analyze(
         now=now,
     )
     options: TransactionOptions = {"dry_run": dry_run, "policies": policies, "lock_timeout": lock_timeout}
-    return [_analyze(scope, name, options, record=record) for name in scope.names]
+    return [
+        _analyze(scope, name, options, record=record, rollbacks_only=rollbacks_only) for name in scope.names
+    ]
 
 
 def _canary_run(release: Release) -> Callable[[Release | None], bool]:
@@ -137,7 +144,9 @@ def _canary_run(release: Release) -> Callable[[Release | None], bool]:
     return partial(releases.serves, version=arms.canary)
 
 
-def _analyze(scope: Scope, model: str, options: TransactionOptions, *, record: bool) -> Analysis:
+def _analyze(
+    scope: Scope, model: str, options: TransactionOptions, *, record: bool, rollbacks_only: bool
+) -> Analysis:
     release = scope.release(model)
     arms = canary_arms(release)
     assert arms is not None  # canary_analyze chose only canaries
@@ -202,6 +211,8 @@ def _analyze(scope: Scope, model: str, options: TransactionOptions, *, record: b
             return releases.canary(target, current, arms.canary)
         return releases.promote(target, current)
 
+    if rollbacks_only and outcome != "rollback":
+        options = {**options, "dry_run": True}
     change = apply(scope.root, model, scope.stack, next_release, options, evidence=files, message=message)
     return Analysis(
         model, scope.stack, outcome, decision, snapshot, path, change.commit, change, change.message

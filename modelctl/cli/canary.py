@@ -164,6 +164,11 @@ def _add_analyze(sub: SubParsers) -> argparse.ArgumentParser:
     parser.add_argument("--prometheus", metavar="URL", help="Prometheus' URL (default: the stack's setting)")
     parser.add_argument("--dry-run", action="store_true", help="judge and show the change; commit nothing")
     parser.add_argument("--record", action="store_true", help="commit the snapshot of a hold too")
+    parser.add_argument(
+        "--rollbacks-only",
+        action="store_true",
+        help="commit rollbacks only; show a step or promotion as --dry-run does (it goes through review)",
+    )
     add_lock_timeout(parser)
     return parser
 
@@ -185,6 +190,7 @@ def run_analyze(args: argparse.Namespace) -> Result:
             prometheus=args.prometheus,
             dry_run=args.dry_run,
             record=args.record,
+            rollbacks_only=args.rollbacks_only,
             lock_timeout=args.lock_timeout,
         )
         results += found
@@ -195,13 +201,17 @@ def run_analyze(args: argparse.Namespace) -> Result:
         "analyses": [applied_data(r, args.dry_run) for r in results],
         "skipped": [{"stack": stack, "reason": NO_CANARY} for stack in skipped],
     }
-    return Result(data, _analyze_text(results, skipped, args.dry_run), code)
+    return Result(data, _analyze_text(results, skipped, args.dry_run, args.rollbacks_only), code)
 
 
-def _analyze_text(results: list[Analysis], skipped: list[str], dry_run: bool) -> str:
+def _analyze_text(results: list[Analysis], skipped: list[str], dry_run: bool, rollbacks_only: bool) -> str:
     blocks = [f"skipped {', '.join(skipped)}: {NO_CANARY}"] if skipped else []
     for result in results:
         head = applied_head(result, dry_run)
+        if rollbacks_only and not dry_run and result.outcome in ("step", "promote"):
+            head += (
+                "\n  left for review: --rollbacks-only commits rollbacks only (propose it in a pull request)"
+            )
         diff = result.change.diff if result.change and dry_run else ""
         blocks.append("\n".join(filter(None, [head, format_decision(result.decision), diff])))
     return "\n\n".join(blocks)
