@@ -90,7 +90,7 @@ demo: install system-tools
 	tools/demo-local-stack.sh $(BIN) "$$scratch/repo" "$$remote" $(DEMO_MODEL) $(DEMO_VERSION) $(DEMO_STACK) && \
 	echo "demo: the scratch branch is discarded; your branch and working tree are untouched"
 
-# Every benchmark measures its baseline in the same run; each writes its table (about 15 min).
+# Every benchmark measures its baseline in the same run; each writes its table (about an hour).
 bench: install tools
 	$(BIN)/python -m bench.render
 	$(BIN)/python -m bench.drift.bench

@@ -216,7 +216,8 @@ def local_secret_files(config: Obj, folder: Path) -> Obj:
 def graph_links(objects: list[Obj], prometheus: str, model: str) -> list[Obj]:
     """Each panel of the rendered Grafana dashboards as a link to Prometheus' own graph page
     (`/graph?g0.expr=...`, one expression per panel target), its `$model` variable set to `model`:
-    `[{"panel": title, "url": url}]`."""
+    `[{"panel": title, "url": url}]`; a panel that queries nothing (a table of the releases) has
+    no link."""
     links = []
     for config_map in objects:
         if config_map["kind"] != "ConfigMap" or "grafana_dashboard" not in config_map["metadata"].get(
@@ -225,6 +226,8 @@ def graph_links(objects: list[Obj], prometheus: str, model: str) -> list[Obj]:
             continue
         for text in config_map["data"].values():
             for panel in json.loads(text)["panels"]:
+                if not panel["targets"]:
+                    continue
                 params = {}
                 for index, target in enumerate(panel["targets"]):
                     params[f"g{index}.expr"] = target["expr"].replace("$model", model)

@@ -13,6 +13,7 @@ its pid; every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -108,13 +109,17 @@ def ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the process and everything in its session: faketime runs the server as its child,
+    which a signal to faketime alone would leave running (each was started in a new session)."""
     if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=40)
         except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # a child that outlived its parent
 
 
 def envoy_config(port: int, admin: int, servers: list[Server]) -> str:

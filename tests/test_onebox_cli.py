@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import urllib.parse
 from pathlib import Path
 
+from infra.build import build_stack
 from modelctl.cli.local import local_stack
 from modelctl.core.state import load_state
+from onebox.monitoring import graph_links
 from tests.conftest import Cli
 from tests.factories import default_docs, write_repo
 
@@ -46,3 +50,19 @@ def test_down_and_ps_refuse_a_mistyped_stack(repo: Path, cli: Cli) -> None:
         code, out, err = cli(repo, command, "--stack", "stagin")
         assert (code, out) == (1, "")
         assert "no stack named 'stagin'; did you mean 'staging'?" in err
+
+
+def test_up_links_each_panel_that_queries_to_prometheus_graph_page(tmp_path: Path) -> None:
+    """The links `modelctl up` prints: one per dashboard panel with queries, `$model` filled in;
+    a panel that queries nothing (the releases table) has no link to an empty page."""
+    models, stacks = default_docs()
+    state = load_state(write_repo(tmp_path / "repo", models, stacks))
+    objects = build_stack(state, "staging", mesh="envoy")
+    [dashboard] = [o for o in objects if "grafana_dashboard" in o["metadata"].get("labels", {})]
+    panels = [p for text in dashboard["data"].values() for p in json.loads(text)["panels"]]
+    assert any(not p["targets"] for p in panels)
+    links = graph_links(objects, "http://127.0.0.1:9090", "fraud-detection")
+    assert [link["panel"] for link in links] == [p["title"] for p in panels if p["targets"]]
+    for link, panel in zip(links, [p for p in panels if p["targets"]], strict=True):
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(link["url"]).query)
+        assert query["g0.expr"] == [panel["targets"][0]["expr"].replace("$model", "fraud-detection")]

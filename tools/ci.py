@@ -141,6 +141,9 @@ def canary_analysis() -> int:
         sync(url)
         for decided in analyze(prometheus, name, dry_run=True):
             if decided["outcome"] == "hold":
+                say(
+                    f"{decided['model']} on {name}: hold, nothing to commit: {decided['decision']['reasons'][0]}"
+                )
                 continue
             try:
                 publish(url, prometheus, name, decided["model"], stack.config.environment.production)

@@ -41,7 +41,7 @@ analyze_until() {
     line=$("$bin/python" -c '
 import json, sys
 [a] = json.loads(sys.argv[1])["analyses"]
-reason = a["decision"]["reasons"][-1]
+reason = a["decision"]["reasons"][0]
 print(a["outcome"], a["decision"]["canary_version"], reason if len(reason) <= 200 else reason[:199] + "…", sep="\t")' "$answer")
     outcome=${line%%$'\t'*}
     printf '  %-8s %s\n' "$outcome" "$(cut -f2- <<< "$line" | tr '\t' ' ')"
@@ -150,6 +150,7 @@ for arm in ("canary", "baseline"):
     a = snap[arm]
     print(f"  {arm:<8} {a['version']}: callers sent {a['requests']:.0f}, {a['errors']:.0f} failed; "
           f"its servers counted {a['server']['requests']:.0f}")
+print("  (Envoy and the servers are scraped apart, every 2 s: their counts differ by what came between the scrapes)")
 PY
 modelctl judge --replay HEAD | head -1
 
@@ -191,6 +192,7 @@ def counts(at: str) -> dict[str, float]:
 # means does not depend on how long the judge took to decide it.
 weights = [json.loads(traffic) for _, traffic in applied]
 versions = sorted({v for w in weights for v in w})
+print("  (Prometheus' counts at each split's `up`, scraped every 2 s: a row may start a scrape late)")
 print(f"  {'split applied':<28}{'requests':>9}" + "".join(f"{v:>10}" for v in versions))
 bounds = [at for at, _ in applied] + [end]
 for weight, since, until in zip(weights, bounds, bounds[1:]):
