@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.factories import default_docs, write_repo
+
 ROOT = Path(__file__).resolve().parents[1]
 SHELLS = ("pipeline", "infra", "serving", "policies", "onebox")
 # The outer layer: the CLI and the API under it may load the shells (lazily: see the last test).
@@ -162,18 +164,24 @@ def test_no_source_file_is_over_1000_lines() -> None:
     assert long == {}
 
 
-def test_a_release_command_loads_no_analysis_code() -> None:
+def test_a_release_command_loads_no_analysis_code(tmp_path: Path) -> None:
     """The API's face loads each module on first use: `modelctl fetch` (in the serving image) and
-    the release and registry functions run without the analyses (`modelctl.core.analysis`,
-    `modelctl.api.analysis*`)."""
+    a release command (a canary's step, run) go without the analyses' reading and statistics
+    (`modelctl.api.analysis*`, the judge, and scipy with them: half a second of every release
+    command; the alert rules' margin function, `core.analysis.margins`, is rendered with them)."""
+    repo = write_repo(tmp_path / "repo", *default_docs())
     script = (
         "import contextlib, io, sys\n"
         "from modelctl import api\n"
         "from modelctl.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
         "    main(['fetch', '--help'])\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    code = main(['-C', {str(repo)!r}, 'canary', 'fraud-detection', 'v1.1.0', '--stack', 'staging', '--dry-run'])\n"
+        "assert code == 0, code\n"
         "api.canary, api.rollback, api.register, api.check_policies\n"
-        "print(*(m for m in sys.modules if m.startswith(('modelctl.core.analysis', 'modelctl.api.analysis'))))\n"
+        "heavy = ('modelctl.api.analysis', 'modelctl.core.analysis.judge', 'modelctl.core.analysis.sequential', 'scipy')\n"
+        "print(*(m for m in sys.modules if m.startswith(heavy)))\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr

@@ -22,7 +22,6 @@ from pydantic import BaseModel
 from modelctl.api.local import local_prometheus
 from modelctl.core import contract
 from modelctl.core.analysis import window
-from modelctl.core.analysis.judge import duration_text
 from modelctl.core.contract import MeshName
 from modelctl.core.errors import UserError
 from modelctl.core.schema import Release
@@ -82,6 +81,8 @@ class Scope:
         in the future would count nothing (a failing canary read as "no requests"); it counts
         from the newest change of `model`'s release dated before now (its previous state's
         start: more requests than the step's own, never none)."""
+        from modelctl.core.analysis.judge import duration_text
+
         if began <= self.taken_at:
             return began, []
         earlier = next((c for c in self.changes(model) if c.date <= self.taken_at), None)

@@ -112,10 +112,7 @@ def canary(
     UserError
         The evidence is unreadable or reports on another model, version or stack.
     """
-    # Imported here: the evidence is an analysis's, and release commands load no analysis code.
-    from modelctl.api.analysis_shadow import shadow_evidence
-
-    files, message = shadow_evidence(evidence, model, version, stack) if evidence else (None, None)
+    files, message = _shadow_evidence(evidence, model, version, stack) if evidence else (None, None)
     return apply(
         root,
         model,
@@ -125,6 +122,16 @@ def canary(
         evidence=files,
         message=message,
     )
+
+
+def _shadow_evidence(
+    evidence: Path, model: str, version: str, stack: str
+) -> tuple[dict[str, str], Callable[[Proposal], str]]:
+    # Imported only with evidence: it is an analysis's, and a release command loads no
+    # analysis code (scipy alone takes half a second to import).
+    from modelctl.api.analysis_shadow import shadow_evidence
+
+    return shadow_evidence(evidence, model, version, stack)
 
 
 def promote(
