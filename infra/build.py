@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from infra import (
     alert_rules,
     alertmanager,
@@ -17,15 +19,19 @@ from modelctl.core.contract import MeshName
 from modelctl.core.state import State
 
 
-def build_stack(state: State, stack_name: str, mesh: MeshName | None = None) -> list[Obj]:
+def build_stack(
+    state: State, stack_name: str, mesh: MeshName | None = None, models: Collection[str] | None = None
+) -> list[Obj]:
     """The objects Pulumi applies and render writes: the namespace, the feedback store, each model,
     alertmanager, then the canary analysis job. `mesh` replaces the stack's monitoring.mesh
-    (`modelctl up` runs Envoy as the data plane)."""
+    (`modelctl up` runs Envoy as the data plane); with `models`, only those models' objects
+    beside the stack's own (a model's objects depend on its record and release alone)."""
     stack = state.stack(stack_name)
     objects = [workloads.namespace(stack.config.environment.namespace, stack.name)]
     objects += feedback_store.objects(stack)
     for model_name, release in sorted(stack.config.releases.items()):
-        objects += build_model(ModelTarget(stack, state.model(model_name), release, mesh))
+        if models is None or model_name in models:
+            objects += build_model(ModelTarget(stack, state.model(model_name), release, mesh))
     objects.append(dashboard.dashboard_config_map(stack))
     objects += [obj for obj in (alertmanager.secret(stack), alertmanager.alertmanager_config(stack)) if obj]
     return objects + analysis_job.objects(stack)

@@ -70,7 +70,7 @@ def render_files(state: State, stack_name: str, models: Collection[str] | None =
     With `models`, only those models' objects and the stack's own (the files of the others are
     left out, not changed)."""
     files: dict[str, str] = {}
-    for obj in build_stack(state, stack_name):
+    for obj in build_stack(state, stack_name, models=models):
         app = obj["metadata"].get("labels", {}).get("app")
         if models is not None and app is not None and app not in models:
             continue
