@@ -19,6 +19,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from serving.monitor import load_profile
 from tests import pipeline_repo
 from tests.factories import run_git, stack_doc
 from tests.test_local_stack import modelctl, requests_counted, up, wait_for
-from tests.test_serving_helpers import ROOT, free_port, wait_ready
+from tests.test_serving_helpers import ROOT, serve_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("local-stack")]
 
@@ -126,20 +127,20 @@ def test_register_records_the_format_and_no_trusted_types_for_formats_without_co
 def servers(repo: Path) -> Iterator[dict[str, str]]:
     """`modelctl serve` on each format's version, all started at once; stopped by pid."""
     processes: dict[str, tuple[subprocess.Popen[str], str]] = {}
-    for fmt, (model, version) in VERSIONS.items():
-        port = free_port()
+
+    def start(model: str, version: str, port: int) -> subprocess.Popen[str]:
         command = [sys.executable, "-m", "modelctl", "-C", str(repo), "serve", model, version]
-        process = subprocess.Popen(
+        return subprocess.Popen(
             [*command, "--port", str(port), "--drift-interval-s", "3600"],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        processes[fmt] = (process, f"http://127.0.0.1:{port}")
+
     try:
-        for process, url in processes.values():
-            wait_ready(process, url)
+        for fmt, (model, version) in VERSIONS.items():
+            processes[fmt] = serve_ready(partial(start, model, version))
         yield {fmt: url for fmt, (_, url) in processes.items()}
     finally:
         for process, _ in processes.values():

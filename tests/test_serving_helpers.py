@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,14 +146,30 @@ def start_server(spec: ServingSpec, *flags: str) -> subprocess.Popen[str]:
 @pytest.fixture
 def running_server(served: Version) -> Iterator[ServerProcess]:
     """A real server process, ready, on a free port; stopped with SIGTERM afterwards."""
-    port = free_port()
-    process = start_server(served.spec, "--port", str(port))
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(process, url)
+    process, url = serve_ready(lambda port: start_server(served.spec, "--port", str(port)))
     server = ServerProcess(process, url)
     yield server
     if process.poll() is None:
         server.stop()
+
+
+def serve_ready(
+    start: Callable[[int], subprocess.Popen[str]], attempts: int = 3
+) -> tuple[subprocess.Popen[str], str]:
+    """The server `start(port)` starts on a free port, once ready, and its URL. `free_port`'s
+    port is free only when it is picked: a server finding it taken meanwhile (by another test's
+    process) is started again on another."""
+    for _ in range(attempts):
+        port = free_port()
+        process, url = start(port), f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(process, url)
+        except AssertionError as error:
+            if "Address already in use" in str(error):
+                continue
+            raise
+        return process, url
+    raise AssertionError(f"every one of {attempts} free ports was taken before the server bound it")
 
 
 def wait_ready(process: subprocess.Popen[str], url: str, timeout: float = 60) -> None:

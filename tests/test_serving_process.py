@@ -27,9 +27,9 @@ from tests.test_serving_helpers import (
     free_port,
     reference_rows,
     running_server,
+    serve_ready,
     served,
     start_server,
-    wait_ready,
 )
 
 __all__ = ["running_server", "served"]
@@ -137,12 +137,10 @@ def test_feedback_counters_add_up_across_replicas(served: Version, feedback_stor
     truth = ["legit", "fraud", "fraud"] * 8
     replicas = []
     try:
+        store = feedback_store.flags()
         for _ in range(2):
-            port = free_port()
-            process = start_server(served.spec, "--port", str(port), *feedback_store.flags())
-            replicas.append(ServerProcess(process, f"http://127.0.0.1:{port}"))
-        for replica in replicas:
-            wait_ready(replica.process, replica.url)
+            process, url = serve_ready(lambda port: start_server(served.spec, "--port", str(port), *store))
+            replicas.append(ServerProcess(process, url))
         expected: Counter[tuple[str, str]] = Counter()
         for index, (row, label) in enumerate(zip(rows, truth, strict=True)):
             replica, other = replicas[index % 2], replicas[1 - index % 2]
