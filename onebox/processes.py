@@ -149,16 +149,22 @@ def wait_until_healthy(
     deadline = time.monotonic() + timeout
     while not healthy(proc.health, expect):
         if not running(proc):
-            raise UserError(
-                proc.log, f"{proc.name} exited while starting: {last_line(proc.log)}", "see the log"
-            )
+            raise exited_while_starting(proc)
         if time.monotonic() > deadline:
-            raise UserError(
-                proc.log,
-                f"{proc.name} is not ready after {timeout:g} s: {last_line(proc.log)}",
-                "see the log",
-            )
+            raise not_ready(proc, timeout)
         time.sleep(0.1)
+
+
+def exited_while_starting(proc: Proc) -> UserError:
+    """The error of a process that exited before it answered its probe, with its log's last line."""
+    return UserError(proc.log, f"{proc.name} exited while starting: {last_line(proc.log)}", "see the log")
+
+
+def not_ready(proc: Proc, timeout: float) -> UserError:
+    """The error of a process not ready after `timeout` seconds, with its log's last line."""
+    return UserError(
+        proc.log, f"{proc.name} is not ready after {timeout:g} s: {last_line(proc.log)}", "see the log"
+    )
 
 
 def last_line(path: str) -> str:

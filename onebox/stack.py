@@ -685,21 +685,12 @@ def _wait_ready(run: Path, pods: list[Proc], timeout: float) -> None:
         for proc in list(waiting):
             status = statuses.get(proc.name, {})
             if status.get("last_exit"):
-                raise UserError(
-                    proc.log,
-                    f"{proc.name} exited while starting: {processes.last_line(proc.log)}",
-                    "see the log",
-                )
+                raise processes.exited_while_starting(proc)
             if status.get("state") == "running" and processes.healthy(proc.health):
                 proc.pid, proc.start_ticks = status["pid"], status["start_ticks"]
                 waiting.remove(proc)
         if waiting and time.monotonic() > deadline:
-            proc = waiting[0]
-            raise UserError(
-                proc.log,
-                f"{proc.name} is not ready after {timeout:g} s: {processes.last_line(proc.log)}",
-                "see the log",
-            )
+            raise processes.not_ready(waiting[0], timeout)
         time.sleep(0.1)
 
 
